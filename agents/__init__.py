@@ -1,0 +1,1 @@
+"""Learned sharing policies (RLlib, Stable-Baselines3). Filled by the learned-policies issue."""

@@ -1,0 +1,1 @@
+"""Analytic baselines of the Data Games paper. Filled by the baselines issue."""

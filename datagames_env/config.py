@@ -1,0 +1,251 @@
+"""Typed configuration of a datagames environment.
+
+A config is data: a YAML file in ``configs/`` (or any path), keyword overrides on top, validated into one
+:class:`EnvConfig`. An unknown key or an invalid value raises :class:`ConfigError` naming the key
+(``stream.alpha``, ``n_cache`` ...). Checks that need the dataset (number of classes) run when the
+environment is built and raise the same error.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DatasetConfig(_Strict):
+    name: str = Field("digits", description="digits | mnist | kmnist | fashion_mnist | cifar10 | path to .npz")
+    data_dir: str | None = Field(None, description="folder with the dataset files (else $DATAGAMES_DATA_DIR, else a user cache)")
+    download: bool = Field(False, description="fetch missing official files (md5-checked)")
+    validation_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    split_seed: int = 0
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_pool(self) -> DatasetConfig:
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise ValueError("dataset.validation_fraction + dataset.test_fraction must leave at least 10% for the stream pool")
+        return self
+
+
+class StreamConfig(_Strict):
+    """How each robot's class mix p_i(y) is drawn (heterogeneous by default)."""
+
+    kind: Literal["dirichlet", "rare_specialists", "matrix", "uniform"] = "dirichlet"
+    alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration; small = more heterogeneous robots")
+    rare_classes: list[int] | None = Field(None, description="rare_specialists: classes only specialists see (default: last two)")
+    n_specialists: int = Field(2, ge=0, description="rare_specialists: how many robots see the rare classes")
+    specialist_rare_share: float = Field(0.5, ge=0.0, le=1.0, description="share of a specialist's stream that is rare")
+    others_rare_share: float = Field(0.0, ge=0.0, le=1.0, description="share of a non-specialist's stream that is rare")
+    mixes: list[list[float]] | None = Field(None, description="matrix: explicit (n_robots, n_classes) class mixes")
+    drift: float = Field(0.0, ge=0.0, le=1.0, description="per round, each mix moves this far toward a fresh Dirichlet draw")
+
+    @field_validator("mixes")
+    @classmethod
+    def _mixes_are_distributions(cls, value: list[list[float]] | None) -> list[list[float]] | None:
+        if value is None:
+            return value
+        for i, row in enumerate(value):
+            if any(x < 0 for x in row) or sum(row) <= 0:
+                raise ValueError(f"row {i} (robot_{i}) must be non-negative with a positive sum, got {row}")
+        if len({len(r) for r in value}) > 1:
+            raise ValueError("all rows must have the same length (one entry per class)")
+        return value
+
+
+class PerceptionConfig(_Strict):
+    """The robots' classifier: trained on the cloud set, evaluated on the validation split."""
+
+    model: Literal["auto", "mlp", "cnn"] = Field("auto", description="auto: cnn for images, mlp for vectors")
+    per_robot: bool = Field(False, description="one model per robot (bootstrap of the cloud set, own seed)")
+    retrain_every: int = Field(0, ge=0, description="retrain on the cloud set every k rounds; 0 = never")
+    train_steps: int = Field(300, ge=1, description="Adam steps per training")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    hidden: int = Field(128, ge=1)
+    embedding_dim: int = Field(32, ge=2)
+    seed: int = 0
+
+
+class TargetConfig(_Strict):
+    """Target class counts of the cloud dataset."""
+
+    kind: Literal["uniform", "proportions", "counts"] = "uniform"
+    proportions: list[float] | None = None
+    counts: list[float] | None = None
+    total: float | None = Field(None, gt=0.0, description="default: initial cloud + rounds * n_robots * n_cache")
+
+    @model_validator(mode="after")
+    def _kind_has_its_values(self) -> TargetConfig:
+        if self.kind == "proportions":
+            if not self.proportions:
+                raise ValueError("target.kind 'proportions' needs target.proportions")
+            if any(p < 0 for p in self.proportions) or sum(self.proportions) <= 0:
+                raise ValueError("target.proportions must be non-negative with a positive sum")
+        if self.kind == "counts":
+            if not self.counts:
+                raise ValueError("target.kind 'counts' needs target.counts")
+            if any(c < 0 for c in self.counts):
+                raise ValueError("target.counts must be non-negative")
+        return self
+
+
+class EnvConfig(_Strict):
+    """Every knob of the environment. See README 'Configuration' for the table."""
+
+    dataset: DatasetConfig = DatasetConfig()
+    n_robots: int = Field(10, ge=1)
+    rounds: int = Field(10, ge=1)
+    obs_per_round: int = Field(200, ge=1)
+    n_cache: int = Field(5, ge=1, description="uploads per robot per round")
+    action_mode: Literal["allocation", "selection"] = "allocation"
+    initial_cloud_size: int = Field(100, ge=0)
+    initial_cloud_alpha: float = Field(1.0, gt=0.0, description="Dirichlet skew of the initial cloud's class mix")
+    initial_cloud_proportions: list[float] | None = None
+    target: TargetConfig = TargetConfig()
+    stream: StreamConfig = StreamConfig()
+    perception: PerceptionConfig = PerceptionConfig()
+    mix_estimator: Literal["bbse", "em", "truth"] = Field(
+        "bbse", description="how a robot estimates its class mix: BBSE on the simplex, EM (max likelihood), or the truth"
+    )
+    loss: Literal["l2", "kl"] = "l2"
+    world_seed: int | None = Field(
+        0, description="seeds initial cloud and first model; null = drawn from each reset seed (slower: a model per episode)"
+    )
+    final_accuracy: bool = Field(False, description="train the cloud model on the final cloud set, report test accuracy")
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_by_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EnvConfig:
+        if self.n_cache > self.obs_per_round:
+            raise ValueError(f"n_cache ({self.n_cache}) cannot exceed obs_per_round ({self.obs_per_round})")
+        if self.stream.kind == "rare_specialists" and self.stream.n_specialists > self.n_robots:
+            raise ValueError(f"stream.n_specialists ({self.stream.n_specialists}) exceeds n_robots ({self.n_robots})")
+        if self.stream.kind == "matrix":
+            if self.stream.mixes is None:
+                raise ValueError("stream.kind 'matrix' needs stream.mixes")
+            if len(self.stream.mixes) != self.n_robots:
+                raise ValueError(f"stream.mixes has {len(self.stream.mixes)} rows, expected n_robots = {self.n_robots}")
+        if self.initial_cloud_proportions is not None:
+            p = self.initial_cloud_proportions
+            if any(x < 0 for x in p) or sum(p) <= 0:
+                raise ValueError("initial_cloud_proportions must be non-negative with a positive sum")
+        return self
+
+    @property
+    def upload_budget(self) -> int:
+        """Uploads of the whole fleet in one round: the reward's normaliser."""
+        return self.n_robots * self.n_cache
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<config>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            name = str(e["loc"][-1])
+            known = _known_keys(e["loc"][:-1])
+            hint = difflib.get_close_matches(name, known, n=1)
+            lines.append(f"unknown config key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                         + f"; known keys here: {', '.join(sorted(known))}")
+        else:
+            shown = e.get("input")
+            lines.append(f"config key '{key}': {msg}" + ("" if isinstance(shown, dict) else f" (got {shown!r})"))
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] = EnvConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            break
+    return list(model.model_fields)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        elif isinstance(value, BaseModel):
+            out[key] = value.model_dump()
+        else:
+            out[key] = value
+    return out
+
+
+def _expand_dotted(overrides: dict) -> dict:
+    """``{"stream.alpha": 0.1}`` -> ``{"stream": {"alpha": 0.1}}``."""
+    out: dict = {}
+    for key, value in overrides.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]] = _deep_merge(node[parts[-1]], value)
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A path to a YAML file, or the name of one in ``configs/`` (``"mnist_datagames"``)."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    for candidate in (CONFIG_DIR / f"{name}.yaml", CONFIG_DIR / f"{name}.yml", CONFIG_DIR / str(name)):
+        if candidate.is_file():
+            return candidate
+    available = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    raise ConfigError(f"config '{name}' not found: not a YAML file, and not one of {available} in {CONFIG_DIR}")
+
+
+def load_config(config: str | Path | dict | EnvConfig | None = None, **overrides: Any) -> EnvConfig:
+    """Build a validated :class:`EnvConfig` from a config name/path/dict plus keyword overrides.
+
+    Overrides may be top-level keys (``n_robots=50``), nested dicts (``stream={"alpha": 0.1}``, merged)
+    or dotted keys (``**{"stream.alpha": 0.1}``).
+    """
+    if config is None:
+        data: dict = {}
+    elif isinstance(config, EnvConfig):
+        data = config.model_dump()
+    elif isinstance(config, dict):
+        data = dict(config)
+    else:
+        path = resolve_config_path(config)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    data = _deep_merge(data, _expand_dotted(overrides))
+    try:
+        return EnvConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
