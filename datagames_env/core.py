@@ -1,0 +1,453 @@
+"""The batched, array-first core: B environments x N robots stepped at once.
+
+Every face (PettingZoo parallel and AEC, the vector env, RL adapters) is a thin view of this one
+``step``; ``parallel_env`` is this core with B = 1.
+
+Data path of one round (GUIDE section 2)::
+
+    robot i's class mix p_i(y) --(pool's empirical p(yhat|y) of its model version)--> p_i(yhat)
+    predicted-class histogram h_i ~ Multinomial(obs_per_round, p_i(yhat))     [observation]
+    action -> upload counts per predicted class (allocation) or top-scored samples (selection)
+    uploads' true labels ~ p_i(y | yhat); sample ids uniform in the pool cell (y, yhat)   [ledger]
+    cloud counts += true labels; reward = (d_before - d_after) / (n_robots * n_cache)
+
+Allocation mode never materialises the round's samples (its cost does not grow with obs_per_round);
+selection mode draws real sample ids because the policy scores each sample.
+
+Randomness: env b owns a numpy Generator (episode-level draws: mixes, initial cloud, drift) and an
+xoshiro256** state (per-step draws, advanced only by env b's robots in a fixed order). Hence env b of a
+vector env equals a parallel env reset with the same seed, draw for draw.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import kernels
+from .config import ConfigError, EnvConfig
+from .datasets import Dataset, load_dataset, split_dataset
+from .perception import ModelVersion, Perception
+
+
+# ------------------------------------------------------------------------------------------------ world
+class World:
+    """What all environments of one config share: the dataset, its split, the stream pool's lookup tables
+    and the perception cache (a model version is trained once per training multiset and seed)."""
+
+    def __init__(self, cfg: EnvConfig, dataset: Dataset | None = None) -> None:
+        dcfg = cfg.dataset
+        self.dataset = dataset if dataset is not None else load_dataset(dcfg.name, dcfg.data_dir, dcfg.download)
+        self.n_classes = self.dataset.n_classes
+        self.splits = split_dataset(self.dataset.labels, dcfg.validation_fraction, dcfg.test_fraction, dcfg.split_seed)
+        self.pool = self.splits.pool
+        self.pool_labels = self.dataset.labels[self.pool]
+        counts = np.bincount(self.pool_labels, minlength=self.n_classes)
+        if (counts == 0).any():
+            missing = np.flatnonzero(counts == 0).tolist()
+            raise ConfigError(f"dataset '{self.dataset.name}': classes {missing} have no samples in the stream pool")
+        # pool positions grouped by true class, for materialising streams and drawing the initial cloud
+        self.class_members = np.argsort(self.pool_labels, kind="stable").astype(np.int64)
+        self.class_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.perception = Perception(self.dataset.features, self.dataset.labels, self.splits.pool,
+                                     self.splits.validation, self.splits.test, self.n_classes, cfg.perception)
+
+    def pool_ids_of_class(self, y: int) -> np.ndarray:
+        return self.class_members[self.class_start[y]:self.class_start[y + 1]]
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_world(key: str) -> World:
+    return World(EnvConfig.model_validate(json.loads(key)))
+
+
+def get_world(cfg: EnvConfig) -> World:
+    """Worlds are cached per (dataset, perception) config so many envs of one config share models."""
+    key = json.dumps({"dataset": cfg.dataset.model_dump(), "perception": cfg.perception.model_dump()}, sort_keys=True)
+    return _cached_world(key)
+
+
+# ------------------------------------------------------------------------------------------ versions
+class _VersionTable:
+    """Model versions in use, stacked into arrays the kernels index by a per-robot row."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.versions: list[ModelVersion] = []
+        self._row_of: dict[int, int] = {}
+        self._stale = True
+
+    def row(self, version: ModelVersion) -> int:
+        if version.version_id not in self._row_of:
+            self._row_of[version.version_id] = len(self.versions)
+            self.versions.append(version)
+            self._stale = True
+        return self._row_of[version.version_id]
+
+    def reset(self) -> None:
+        self.versions.clear()
+        self._row_of.clear()
+        self._stale = True
+
+    def build(self) -> None:
+        if not self._stale:
+            return
+        c = self.world.n_classes
+        labels = self.world.pool_labels
+        class_counts = np.bincount(labels, minlength=c).astype(np.float64)
+        n_v, n_pool = len(self.versions), len(labels)
+        self.conditionals = np.empty((n_v, c, c))          # R[y, yhat] on the pool
+        self.confusions = np.empty((n_v, c, c))            # C[y, yhat] on the validation split
+        self.pinv_confusion_t = np.empty((n_v, c, c))
+        self.class_accuracy = np.empty((n_v, c))
+        self.cell_start = np.empty((n_v, c * c + 1), dtype=np.int64)
+        self.cell_members = np.empty((n_v, n_pool), dtype=np.int64)
+        self.pool_predictions = np.empty((n_v, n_pool), dtype=np.int64)
+        for r, v in enumerate(self.versions):
+            cells = labels * c + v.pool_predictions
+            joint = np.bincount(cells, minlength=c * c).reshape(c, c)
+            self.conditionals[r] = joint / class_counts[:, None]
+            self.confusions[r] = v.confusion
+            self.pinv_confusion_t[r] = np.linalg.pinv(v.confusion.T)
+            self.class_accuracy[r] = np.diag(v.confusion)
+            self.cell_members[r] = np.argsort(cells, kind="stable")
+            self.cell_start[r] = np.concatenate([[0], np.cumsum(joint.ravel())])
+            self.pool_predictions[r] = v.pool_predictions
+        self._sample_features = None
+        self._stale = False
+
+    def sample_features(self) -> np.ndarray:
+        """(V, n_pool, E + C) float32: each pool sample's embedding and predicted probabilities."""
+        if self._sample_features is None:
+            self._sample_features = np.stack(
+                [np.concatenate([v.pool_embeddings, v.pool_probs], axis=1) for v in self.versions]).astype(np.float32)
+        return self._sample_features
+
+
+# ----------------------------------------------------------------------------------------------- core
+@dataclass
+class StepResult:
+    rewards: np.ndarray            # (B,) shared by all robots of an env
+    distance: np.ndarray           # (B,) after the step
+    uploaded_ids: np.ndarray       # (B, N, n_cache) dataset indices, -1 = unused slot
+    uploaded_labels: np.ndarray    # (B, N, n_cache) true labels from the annotator, -1 = unused
+    uploaded_predicted: np.ndarray  # (B, N, n_cache) the robot's predicted class, -1 = unused
+    truncated: bool                # the episode's last round was played
+    final_test_accuracy: np.ndarray | None = field(default=None)  # (B,) when config.final_accuracy
+
+
+class BatchedCore:
+    """B environments of one config. State is explicit arrays; ``step`` is the one step function."""
+
+    def __init__(self, cfg: EnvConfig, num_envs: int = 1, world: World | None = None) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.cfg = cfg
+        self.num_envs = num_envs
+        self.world = world if world is not None else get_world(cfg)
+        self.n_classes = c = self.world.n_classes
+        self.n_robots = cfg.n_robots
+        self._check_against_dataset()
+        self.target_counts = self._target_counts()
+        self.embedding_dim = cfg.perception.embedding_dim
+        # observation layout (per robot): name -> slice; documented in env.py and the README
+        layout, start = {}, 0
+        for name, width in (("cloud_hist", c), ("target", c), ("gap", c), ("predicted_hist", c),
+                            ("estimated_mix", c), ("class_accuracy", c), ("rounds_left", 1)):
+            layout[name] = slice(start, start + width)
+            start += width
+        self.context_dim = start
+        if cfg.action_mode == "selection":
+            self.sample_feature_dim = self.embedding_dim + c
+            layout["samples"] = slice(start, start + cfg.obs_per_round * self.sample_feature_dim)
+            start += cfg.obs_per_round * self.sample_feature_dim
+        self.obs_layout = layout
+        self.obs_dim = start
+        self._versions = _VersionTable(self.world)
+        self.round_index = 0
+        self._needs_reset = True
+        self._world_initial_cloud = None
+        if cfg.world_seed is not None:
+            self._world_initial_cloud = self._draw_initial_cloud(
+                np.random.Generator(np.random.PCG64(np.random.SeedSequence([cfg.world_seed, 1]))))
+
+    # -------------------------------------------------------------------------------- validation helpers
+    def _check_against_dataset(self) -> None:
+        c, cfg = self.n_classes, self.cfg
+        t = cfg.target
+        for key, values in (("target.proportions", t.proportions), ("target.counts", t.counts),
+                            ("initial_cloud_proportions", cfg.initial_cloud_proportions)):
+            if values is not None and len(values) != c:
+                raise ConfigError(f"config key '{key}' has {len(values)} entries but dataset "
+                                  f"'{self.world.dataset.name}' has {c} classes")
+        if t.kind == "counts" and t.total is not None:
+            raise ConfigError("config key 'target.total' cannot be combined with target.kind 'counts' (counts fix the total)")
+        s = cfg.stream
+        if s.mixes is not None and any(len(row) != c for row in s.mixes):
+            raise ConfigError(f"config key 'stream.mixes' rows must have {c} entries (one per class)")
+        if s.rare_classes is not None:
+            bad = [k for k in s.rare_classes if not 0 <= k < c]
+            if bad or len(set(s.rare_classes)) >= c:
+                raise ConfigError(f"config key 'stream.rare_classes' must be distinct classes in 0..{c - 1} "
+                                  f"leaving at least one common class, got {s.rare_classes}")
+
+    def _target_counts(self) -> np.ndarray:
+        cfg, c = self.cfg, self.n_classes
+        t = cfg.target
+        total = t.total if t.total is not None else cfg.initial_cloud_size + cfg.rounds * cfg.upload_budget
+        if t.kind == "counts":
+            return np.asarray(t.counts, dtype=np.float64)
+        if t.kind == "proportions":
+            p = np.asarray(t.proportions, dtype=np.float64)
+            return p / p.sum() * total
+        return np.full(c, total / c)
+
+    # --------------------------------------------------------------------------------- episode set-up
+    def _draw_initial_cloud(self, rng: np.random.Generator) -> np.ndarray:
+        """Dataset indices of the initial cloud: a skewed class mix, distinct samples where possible."""
+        cfg, c = self.cfg, self.n_classes
+        if cfg.initial_cloud_proportions is not None:
+            mix = np.asarray(cfg.initial_cloud_proportions, dtype=np.float64)
+            mix = mix / mix.sum()
+        else:
+            mix = rng.dirichlet(np.full(c, cfg.initial_cloud_alpha))
+        per_class = rng.multinomial(cfg.initial_cloud_size, mix)
+        chosen = []
+        for y in range(c):
+            members = self.world.pool_ids_of_class(y)
+            k = int(per_class[y])
+            chosen.append(rng.choice(members, size=k, replace=k > len(members)))
+        return self.world.pool[np.concatenate(chosen).astype(np.int64)]
+
+    def _draw_mixes(self, rng: np.random.Generator) -> np.ndarray:
+        s, c, n = self.cfg.stream, self.n_classes, self.n_robots
+        if s.kind == "uniform":
+            return np.full((n, c), 1.0 / c)
+        if s.kind == "matrix":
+            m = np.asarray(s.mixes, dtype=np.float64)
+            return m / m.sum(axis=1, keepdims=True)
+        if s.kind == "dirichlet":
+            return rng.dirichlet(np.full(c, s.alpha), size=n)
+        # rare specialists: a few robots see the rare classes, the others (almost) only the common ones
+        rare = np.asarray(s.rare_classes if s.rare_classes is not None else [c - 2, c - 1])
+        common = np.setdiff1d(np.arange(c), rare)
+        mixes = np.zeros((n, c))
+        mixes[:, common] = rng.dirichlet(np.full(len(common), s.alpha), size=n)
+        specialists = rng.choice(n, size=s.n_specialists, replace=False)
+        rare_share = np.full(n, s.others_rare_share)
+        rare_share[specialists] = s.specialist_rare_share
+        mixes *= (1.0 - rare_share)[:, None]
+        mixes[:, rare] += rare_share[:, None] / len(rare)
+        return mixes
+
+    def _model_for(self, train_ids: np.ndarray, robot: int) -> ModelVersion:
+        pcfg = self.cfg.perception
+        if not pcfg.per_robot:
+            return self.world.perception.version_for(train_ids, pcfg.seed)
+        # one model per robot: its own seed and a bootstrap of the cloud set, so robots err differently
+        boot = np.random.default_rng([pcfg.seed, robot, len(train_ids)])
+        sample = train_ids[boot.integers(0, len(train_ids), len(train_ids))] if len(train_ids) else train_ids
+        return self.world.perception.version_for(sample, pcfg.seed + 1 + robot)
+
+    def _assign_models(self, envs: range | list[int]) -> None:
+        n_models = self.n_robots if self.cfg.perception.per_robot else 1
+        for b in envs:
+            ids = self.cloud_ids(b)
+            rows = [self._versions.row(self._model_for(ids, m)) for m in range(n_models)]
+            self.robot_version[b] = rows if n_models > 1 else rows[0]
+        self._versions.build()
+
+    def reset(self, seeds: np.ndarray | list[int]) -> None:
+        seeds = np.asarray(seeds, dtype=np.int64)
+        if seeds.shape != (self.num_envs,):
+            raise ValueError(f"reset needs one seed per environment: shape ({self.num_envs},), got {seeds.shape}")
+        cfg, b_n, n, c = self.cfg, self.num_envs, self.n_robots, self.n_classes
+        self.seeds = seeds
+        self.rngs = [np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(s), 0]))) for s in seeds]
+        self.states = kernels.seed_states(seeds)
+        self.round_index = 0
+        self.mixes = np.stack([self._draw_mixes(rng) for rng in self.rngs])
+        if self._world_initial_cloud is not None:
+            self.initial_ids = [self._world_initial_cloud] * b_n
+        else:
+            self.initial_ids = [self._draw_initial_cloud(rng) for rng in self.rngs]
+        labels = self.world.dataset.labels
+        self.cloud_counts = np.stack([np.bincount(labels[ids], minlength=c) for ids in self.initial_ids]).astype(np.float64)
+        shape = (b_n, cfg.rounds, n, cfg.n_cache)
+        self.ledger_ids = np.full(shape, -1, dtype=np.int64)
+        self.ledger_labels = np.full(shape, -1, dtype=np.int64)
+        self.ledger_predicted = np.full(shape, -1, dtype=np.int64)
+        self._versions.reset()
+        self.robot_version = np.zeros((b_n, n), dtype=np.int64)
+        self._assign_models(range(b_n))
+        self.distance = self._distance(self.cloud_counts)
+        self.initial_distance = self.distance.copy()
+        self._needs_reset = False
+        self._observe_round()
+
+    # ------------------------------------------------------------------------------------------ rounds
+    def _observe_round(self) -> None:
+        """Draw what every robot sees this round, and each robot's estimate of its class mix."""
+        cfg, v = self.cfg, self._versions
+        self.histograms = np.zeros((self.num_envs, self.n_robots, self.n_classes), dtype=np.int64)
+        if cfg.action_mode == "allocation":
+            # p_i(yhat) = sum_y p_i(y) R[y, yhat] with each robot's model version
+            marginals = np.einsum("bny,bnyk->bnk", self.mixes, v.conditionals[self.robot_version]) \
+                if len(v.versions) > 1 else self.mixes @ v.conditionals[0]
+            kernels.draw_predicted_histograms(self.states, marginals, cfg.obs_per_round, self.histograms)
+        else:
+            self.stream_positions = np.empty((self.num_envs, self.n_robots, cfg.obs_per_round), dtype=np.int64)
+            kernels.draw_stream_samples(self.states, self.mixes, self.world.class_start, self.world.class_members,
+                                        self.stream_positions)
+            predicted = v.pool_predictions[self.robot_version[:, :, None], self.stream_positions]
+            flat = predicted + self.n_classes * np.arange(self.num_envs * self.n_robots).reshape(
+                self.num_envs, self.n_robots, 1)
+            self.histograms = np.bincount(flat.ravel(), minlength=self.num_envs * self.n_robots * self.n_classes
+                                          ).reshape(self.num_envs, self.n_robots, self.n_classes)
+        if cfg.mix_estimator == "truth":
+            self.estimated_mixes = self.mixes.copy()
+        else:
+            self.estimated_mixes = np.empty((self.num_envs, self.n_robots, self.n_classes))
+            kernels.estimate_mixes(self.histograms, self.robot_version, v.confusions, v.pinv_confusion_t,
+                                   1 if cfg.mix_estimator == "em" else 0, 50, self.estimated_mixes)
+
+    def _distance(self, cloud_counts: np.ndarray) -> np.ndarray:
+        if self.cfg.loss == "l2":
+            return np.linalg.norm(cloud_counts - self.target_counts, axis=-1)
+        # KL(target || cloud) on proportions; cloud smoothed by +0.5 per class so empty classes stay finite
+        t = self.target_counts / self.target_counts.sum()
+        q = (cloud_counts + 0.5) / (cloud_counts.sum(axis=-1, keepdims=True) + 0.5 * self.n_classes)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(t > 0, t * np.log(t / q), 0.0)
+        return terms.sum(axis=-1)
+
+    def validate_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Shape and finiteness checks; returns float64 actions clipped to [0, 1]. Raises before any state
+        changes, naming the environment and robot at fault."""
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step(): the episode has ended or never started")
+        width = self.n_classes if self.cfg.action_mode == "allocation" else self.cfg.obs_per_round
+        expected = (self.num_envs, self.n_robots, width)
+        actions = np.asarray(actions, dtype=np.float64)
+        if actions.shape != expected:
+            raise ValueError(f"actions must have shape {expected} (envs, robots, "
+                             f"{'classes' if width == self.n_classes else 'observed samples'}), got {actions.shape}")
+        bad = ~np.isfinite(actions)
+        if bad.any():
+            b, i, _ = np.argwhere(bad)[0]
+            kind = "NaN" if np.isnan(actions[b, i]).any() else "inf"
+            where = f"env {b}, " if self.num_envs > 1 else ""
+            raise ValueError(f"{where}robot_{i}: action contains {kind}: {actions[b, i]}")
+        return np.clip(actions, 0.0, 1.0) if self.cfg.action_mode == "allocation" else actions
+
+    def upload_counts(self, shares: np.ndarray) -> np.ndarray:
+        """Allocation shares (validated) -> integer uploads per predicted class, (B, N, C)."""
+        counts = np.zeros_like(self.histograms)
+        kernels.allocate_uploads(shares, self.histograms, self.cfg.n_cache, counts)
+        return counts
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        cfg, v = self.cfg, self._versions
+        actions = self.validate_actions(actions)
+        b_n, n, k = self.num_envs, self.n_robots, cfg.n_cache
+        if cfg.action_mode == "allocation":
+            ids = np.empty((b_n, n, k), dtype=np.int64)
+            labels = np.empty_like(ids)
+            predicted = np.empty_like(ids)
+            kernels.draw_uploads(self.states, self.upload_counts(actions), self.mixes, self.robot_version,
+                                 v.conditionals, v.cell_start, v.cell_members, ids, labels, predicted)
+            ids = np.where(ids >= 0, self.world.pool[np.maximum(ids, 0)], -1)
+        else:
+            chosen = np.empty((b_n, n, k), dtype=np.int64)
+            kernels.top_scores(actions, k, chosen)
+            positions = np.take_along_axis(self.stream_positions, chosen, axis=2)
+            ids = self.world.pool[positions]
+            labels = self.world.pool_labels[positions]
+            predicted = v.pool_predictions[self.robot_version[:, :, None], positions]
+        r = self.round_index
+        self.ledger_ids[:, r], self.ledger_labels[:, r], self.ledger_predicted[:, r] = ids, labels, predicted
+        offsets = (np.arange(b_n) * self.n_classes)[:, None, None]
+        valid = labels >= 0
+        self.cloud_counts = self.cloud_counts + np.bincount(
+            (labels + offsets)[valid], minlength=b_n * self.n_classes).reshape(b_n, self.n_classes)
+        before = self.distance
+        self.distance = self._distance(self.cloud_counts)
+        rewards = (before - self.distance) / cfg.upload_budget
+        self.round_index += 1
+        truncated = self.round_index >= cfg.rounds
+        final_accuracy = None
+        if truncated:
+            self._needs_reset = True
+            if cfg.final_accuracy:
+                final_accuracy = np.array([self.world.perception.test_accuracy(self.cloud_ids(b), cfg.perception.seed)
+                                           for b in range(b_n)])
+        else:
+            pcfg = cfg.perception
+            if pcfg.retrain_every and self.round_index % pcfg.retrain_every == 0:
+                self._versions.reset()
+                self._assign_models(range(b_n))
+            if cfg.stream.drift > 0:
+                self._drift_mixes()
+            self._observe_round()
+        return StepResult(rewards, self.distance.copy(), ids, labels, predicted, truncated, final_accuracy)
+
+    def _drift_mixes(self) -> None:
+        s = self.cfg.stream
+        fresh = np.stack([rng.dirichlet(np.full(self.n_classes, s.alpha), size=self.n_robots) for rng in self.rngs])
+        self.mixes = (1.0 - s.drift) * self.mixes + s.drift * fresh
+
+    # ----------------------------------------------------------------------------------- read-outs
+    def observations(self) -> np.ndarray:
+        """(B, N, obs_dim) float32, a fresh array every call (layout: ``obs_layout``)."""
+        cfg, lay, v = self.cfg, self.obs_layout, self._versions
+        b_n, n = self.num_envs, self.n_robots
+        out = np.empty((b_n, n, self.obs_dim), dtype=np.float32)
+        cloud_total = self.cloud_counts.sum(axis=1, keepdims=True)
+        target_total = self.target_counts.sum()
+        out[:, :, lay["cloud_hist"]] = (self.cloud_counts / np.maximum(cloud_total, 1.0))[:, None, :]
+        out[:, :, lay["target"]] = self.target_counts / target_total
+        out[:, :, lay["gap"]] = np.clip((self.target_counts - self.cloud_counts) / target_total, -1.0, 1.0)[:, None, :]
+        out[:, :, lay["predicted_hist"]] = self.histograms / cfg.obs_per_round
+        out[:, :, lay["estimated_mix"]] = self.estimated_mixes
+        out[:, :, lay["class_accuracy"]] = v.class_accuracy[self.robot_version]
+        out[:, :, lay["rounds_left"]] = (cfg.rounds - self.round_index) / cfg.rounds
+        if cfg.action_mode == "selection":
+            feats = v.sample_features()[self.robot_version[:, :, None], self.stream_positions]
+            out[:, :, lay["samples"]] = feats.reshape(b_n, n, -1)
+        return out
+
+    def estimated_feasible_matrices(self) -> np.ndarray:
+        """(B, N, C, C): each robot's estimate of p(y | yhat = j) in column j, from its confusion matrix
+        and estimated mix (GUIDE section 3). A column with no mass (the robot does not expect to predict
+        class j) is all zeros: that predicted class is not available."""
+        return _feasible(self._versions.confusions[self.robot_version], self.estimated_mixes)
+
+    def true_feasible_matrices(self) -> np.ndarray:
+        """(B, N, C, C): the truth, p_i(y | yhat = j) from the true mix and the pool's empirical p(yhat|y).
+        Privileged: for oracle policies and analysis only."""
+        return _feasible(self._versions.conditionals[self.robot_version], self.mixes)
+
+    def cloud_ids(self, b: int) -> np.ndarray:
+        """Dataset indices of env b's cloud set (initial cloud + uploads so far; a multiset)."""
+        uploaded = self.ledger_ids[b].ravel()
+        return np.concatenate([self.initial_ids[b], uploaded[uploaded >= 0]])
+
+    def ledger(self, b: int = 0) -> dict[str, np.ndarray]:
+        """Every upload of env b: sample id, robot, round, true label, the robot's predicted label."""
+        rounds, robots, _ = np.indices(self.ledger_ids.shape[1:])
+        keep = self.ledger_ids[b] >= 0
+        return {"sample_id": self.ledger_ids[b][keep], "robot": robots[keep], "round": rounds[keep],
+                "true_label": self.ledger_labels[b][keep], "predicted_label": self.ledger_predicted[b][keep]}
+
+    def model_versions(self) -> list[ModelVersion]:
+        return list(self._versions.versions)
+
+
+def _feasible(row_conditionals: np.ndarray, mixes: np.ndarray) -> np.ndarray:
+    joint = row_conditionals * mixes[..., :, None]        # [y, j] = p(yhat=j | y) p(y)
+    mass = joint.sum(axis=-2, keepdims=True)              # p(yhat = j)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mass > 1e-12, joint / mass, 0.0)

@@ -1,0 +1,243 @@
+"""PettingZoo faces of the Data Games environment: ``parallel_env`` (the core with B = 1) and ``env`` (AEC).
+
+=====================  ============================================================================
+Agents                 ``robot_0 ... robot_{N-1}`` (``n_robots``), all acting every round
+Observation space      ``Box(-1, 1, (6C+1,), float32)`` per robot in allocation mode, layout below;
+                       selection mode appends ``obs_per_round x (E + C)`` per-sample features
+Action space           allocation: ``Box(0, 1, (C,), float32)``, the share of the ``n_cache`` budget per
+                       *predicted* class; selection: ``Box(0, 1, (obs_per_round,), float32)``, a score per
+                       observed sample, the top ``n_cache`` are uploaded. Values outside [0, 1] are
+                       clipped (allocation); NaN / inf / a wrong shape raise ``ValueError``.
+Reward                 identical for all robots: (d_before - d_after) / (n_robots * n_cache), d the L2
+                       distance (or KL, ``loss: kl``) between cloud class counts and target counts
+Episode end            after ``rounds`` steps every robot is truncated (never terminated); ``agents``
+                       becomes empty
+Arguments              ``config`` (a name in ``configs/``, a YAML path, a dict or an ``EnvConfig``),
+                       ``render_mode`` (``human``, ``ansi``, ``rgb_array``), ``dataset`` (a
+                       ``Dataset`` to use instead of ``config.dataset``), and any config key as a keyword
+=====================  ============================================================================
+
+Observation layout (allocation mode, C classes; ``env.obs_layout`` gives the slices)::
+
+    cloud_hist      C   cloud class counts / cloud size
+    target          C   target counts / target total
+    gap             C   (target - cloud) / target total, clipped to [-1, 1]
+    predicted_hist  C   this round's predicted-class histogram / obs_per_round
+    estimated_mix   C   the robot's estimate of its true class mix (``mix_estimator``)
+    class_accuracy  C   its model's per-class validation accuracy, diag(C)
+    rounds_left     1   (rounds - round) / rounds
+    samples         obs_per_round x (E + C)  [selection mode] per sample: L2-normalised embedding
+                    (E = perception.embedding_dim), then predicted class probabilities
+
+``infos[robot]`` carries ``feasible_matrix`` (its estimate, column j = p(y | yhat = j)),
+``available`` (its samples per predicted class this round), ``estimated_mix``, ``round``, and after a
+step ``uploaded_true_labels``, ``uploaded_predicted_labels``, ``cloud_counts`` and ``distance``. The true
+class mixes and feasible matrices are privileged: only ``state()`` and ``privileged_view()`` (for oracle
+policies) expose them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+from pettingzoo.utils.conversions import parallel_to_aec
+
+from . import render as render_lib
+from .config import EnvConfig, load_config
+from .core import BatchedCore, World
+from .datasets import Dataset
+
+METADATA = {"name": "datagames_v0", "render_modes": ["human", "ansi", "rgb_array"], "is_parallelizable": True,
+            "render_fps": 2}
+
+
+def observation_bounds(core: BatchedCore) -> tuple[np.ndarray, np.ndarray]:
+    low = np.zeros(core.obs_dim, dtype=np.float32)
+    high = np.ones(core.obs_dim, dtype=np.float32)
+    low[core.obs_layout["gap"]] = -1.0
+    if "samples" in core.obs_layout:
+        per_sample = low[core.obs_layout["samples"]].reshape(core.cfg.obs_per_round, core.sample_feature_dim)
+        per_sample[:, :core.embedding_dim] = -1.0
+        low[core.obs_layout["samples"]] = per_sample.ravel()
+    return low, high
+
+
+def action_width(core: BatchedCore) -> int:
+    return core.n_classes if core.cfg.action_mode == "allocation" else core.cfg.obs_per_round
+
+
+class DataGamesParallelEnv(ParallelEnv):
+    """Fleet data collection as a PettingZoo parallel environment (see the module docstring)."""
+
+    metadata = METADATA
+
+    def __init__(self, config: str | dict | EnvConfig | None = None, render_mode: str | None = None,
+                 dataset: Dataset | None = None, **overrides) -> None:
+        if render_mode is not None and render_mode not in METADATA["render_modes"]:
+            raise ValueError(f"render_mode must be one of {METADATA['render_modes']} or None, got {render_mode!r}")
+        self.config = load_config(config, **overrides)
+        world = World(self.config, dataset) if dataset is not None else None
+        self.core = BatchedCore(self.config, num_envs=1, world=world)
+        self.render_mode = render_mode
+        self.possible_agents = [f"robot_{i}" for i in range(self.config.n_robots)]
+        self.agents: list[str] = []
+        self._index = {a: i for i, a in enumerate(self.possible_agents)}
+        low, high = observation_bounds(self.core)
+        width = action_width(self.core)
+        # one space object per agent, returned every call (PettingZoo caches and compares them)
+        self._observation_spaces = {a: spaces.Box(low, high, dtype=np.float32) for a in self.possible_agents}
+        self._action_spaces = {a: spaces.Box(0.0, 1.0, (width,), dtype=np.float32) for a in self.possible_agents}
+        n, c = self.config.n_robots, self.core.n_classes
+        self.state_space = spaces.Box(-1.0, 1.0, (3 * c + 1 + 3 * n * c,), dtype=np.float32)
+        self._next_seed_rng = np.random.default_rng()
+        self._last_step = None
+        self._history: list[float] = []
+
+    # ---------------------------------------------------------------------------------------- spaces
+    def observation_space(self, agent: str) -> spaces.Box:
+        return self._observation_spaces[agent]
+
+    def action_space(self, agent: str) -> spaces.Box:
+        return self._action_spaces[agent]
+
+    @property
+    def obs_layout(self) -> dict[str, slice]:
+        return dict(self.core.obs_layout)
+
+    @property
+    def n_classes(self) -> int:
+        return self.core.n_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.core.world.dataset.class_names
+
+    # ----------------------------------------------------------------------------------------- loop
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._next_seed_rng = np.random.default_rng(seed)  # reset() without a seed then continues a fixed sequence
+        else:
+            seed = int(self._next_seed_rng.integers(2**62))
+        self.core.reset([seed])
+        self.agents = list(self.possible_agents)
+        self._last_step = None
+        self._history = [float(self.core.distance[0])]
+        obs = self._observations()
+        infos = self._infos()
+        if self.render_mode == "human":
+            self.render()
+        return obs, infos
+
+    def step(self, actions: dict):
+        if not self.agents:
+            raise RuntimeError("step() called after the episode ended: call reset()")
+        unknown = [a for a in actions if a not in self._index or a not in self.agents]
+        if unknown:
+            raise ValueError(f"actions for unknown or inactive agents {unknown}; active agents are {self.agents}")
+        missing = [a for a in self.agents if a not in actions]
+        if missing:
+            raise ValueError(f"missing actions for {missing}: every robot acts every round")
+        width = action_width(self.core)
+        rows = []
+        for agent in self.agents:
+            row = np.asarray(actions[agent], dtype=np.float64)
+            if row.shape != (width,):
+                raise ValueError(f"{agent}: action must have shape ({width},), got {row.shape}")
+            rows.append(row)
+        result = self.core.step(np.stack(rows)[None])  # validates values; raises before changing state
+        self._last_step = result
+        self._history.append(float(result.distance[0]))
+        obs = self._observations()
+        reward = float(result.rewards[0])
+        rewards = {a: reward for a in self.agents}
+        terminations = {a: False for a in self.agents}
+        truncations = {a: result.truncated for a in self.agents}
+        infos = self._infos(result)
+        if result.truncated:
+            self.agents = []
+        if self.render_mode == "human":
+            self.render()
+        return obs, rewards, terminations, truncations, infos
+
+    def _observations(self) -> dict[str, np.ndarray]:
+        obs = self.core.observations()[0]
+        return {a: obs[self._index[a]] for a in self.agents}
+
+    def _infos(self, result=None) -> dict[str, dict]:
+        core = self.core
+        feasible = core.estimated_feasible_matrices()[0]
+        cloud = core.cloud_counts[0].copy()
+        distance = float(core.distance[0])
+        infos = {}
+        for agent in self.agents:
+            i = self._index[agent]
+            info = {"round": core.round_index, "available": core.histograms[0, i].copy(),
+                    "feasible_matrix": feasible[i], "estimated_mix": core.estimated_mixes[0, i].copy(),
+                    "cloud_counts": cloud, "distance": distance}
+            if result is not None:
+                labels = result.uploaded_labels[0, i]
+                info["uploaded_true_labels"] = labels[labels >= 0]
+                info["uploaded_predicted_labels"] = result.uploaded_predicted[0, i][labels >= 0]
+                if result.final_test_accuracy is not None:
+                    info["final_test_accuracy"] = float(result.final_test_accuracy[0])
+            infos[agent] = info
+        return infos
+
+    # ------------------------------------------------------------------------------ global / privileged
+    def state(self) -> np.ndarray:
+        """Global state: cloud_hist, target, gap, rounds_left, then per robot its true mix, predicted
+        histogram and class accuracy (the true mixes make this privileged)."""
+        obs = self.core.observations()[0]
+        lay = self.core.obs_layout
+        shared = np.concatenate([obs[0, lay["cloud_hist"]], obs[0, lay["target"]], obs[0, lay["gap"]],
+                                 obs[0, lay["rounds_left"]]])
+        per_robot = np.concatenate([self.core.mixes[0].ravel(), obs[:, lay["predicted_hist"]].ravel(),
+                                    obs[:, lay["class_accuracy"]].ravel()])
+        return np.concatenate([shared, per_robot]).astype(np.float32)
+
+    def privileged_view(self) -> dict[str, np.ndarray]:
+        """Oracle-only truth: true class mixes (N, C), true feasible matrices (N, C, C), available counts
+        per predicted class (N, C), cloud and target counts, n_cache. Policies that read it are oracles."""
+        core = self.core
+        return {"true_mixes": core.mixes[0].copy(), "true_feasible_matrices": core.true_feasible_matrices()[0],
+                "available": core.histograms[0].copy(), "cloud_counts": core.cloud_counts[0].copy(),
+                "target_counts": core.target_counts.copy(), "n_cache": core.cfg.n_cache}
+
+    def ledger(self) -> dict[str, np.ndarray]:
+        return self.core.ledger(0)
+
+    @property
+    def distance_history(self) -> list[float]:
+        return list(self._history)
+
+    # --------------------------------------------------------------------------------------- render
+    def render(self):
+        if self.render_mode is None:
+            import gymnasium
+            gymnasium.logger.warn("render() called without a render_mode; pass render_mode='ansi', 'rgb_array' or 'human'")
+            return None
+        text = render_lib.ansi_table(self)
+        if self.render_mode == "ansi":
+            return text
+        if self.render_mode == "rgb_array":
+            return render_lib.bar_chart_rgb(self)
+        render_lib.show_human(self, text)
+        return None
+
+    def close(self) -> None:
+        render_lib.close(self)
+
+
+def parallel_env(config: str | dict | EnvConfig | None = None, **kwargs) -> DataGamesParallelEnv:
+    """``datagames_env.parallel_env()``: the embedded default (scikit-learn digits), or a config plus overrides."""
+    return DataGamesParallelEnv(config, **kwargs)
+
+
+def raw_env(config: str | dict | EnvConfig | None = None, **kwargs):
+    return parallel_to_aec(DataGamesParallelEnv(config, **kwargs))
+
+
+def env(config: str | dict | EnvConfig | None = None, **kwargs):
+    """AEC face: robots act one after another within a round; the round resolves when the last has acted."""
+    return raw_env(config, **kwargs)

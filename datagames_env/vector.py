@@ -1,0 +1,96 @@
+"""``vector_env(num_envs)``: B environments of one config stepped at once, arrays in and out.
+
+=====================  ============================================================================
+Batch                  B = ``num_envs`` environments x N = ``n_robots`` robots; env b equals a
+                       ``parallel_env`` reset with seed ``seeds[b]``, draw for draw
+Observations           ``(B, N, obs_dim)`` float32, the per-robot layout of ``parallel_env``
+Actions                ``(B, N, C)`` allocation shares or ``(B, N, obs_per_round)`` selection scores
+Rewards                ``(B, N)`` float32, identical across the robots of an env
+terminations           ``(B, N)`` always False; ``truncations`` ``(B, N)`` True after ``rounds`` steps
+Reset                  ``reset(seed)`` with an int (env b gets ``seed + b``) or one seed per env; all
+                       envs truncate together, so there is no auto-reset: call ``reset`` again
+=====================  ============================================================================
+
+``infos`` holds arrays: ``available`` (B, N, C), ``cloud_counts`` (B, C), ``distance`` (B,), ``round``,
+after a step ``uploaded_labels`` (B, N, n_cache, -1 = unused slot). Estimated feasible matrices are
+computed on demand (``estimated_feasible_matrices()``): they cost B*N*C*C per call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gymnasium import spaces
+
+from .config import EnvConfig, load_config
+from .core import BatchedCore
+from .env import action_width, observation_bounds
+
+
+class DataGamesVectorEnv:
+    metadata = {"name": "datagames_v0", "autoreset_mode": None}
+
+    def __init__(self, num_envs: int = 1, config: str | dict | EnvConfig | None = None, **overrides) -> None:
+        self.config = load_config(config, **overrides)
+        self.core = BatchedCore(self.config, num_envs=num_envs)
+        self.num_envs = num_envs
+        self.n_robots = self.config.n_robots
+        self.possible_agents = [f"robot_{i}" for i in range(self.n_robots)]
+        low, high = observation_bounds(self.core)
+        self.single_observation_space = spaces.Box(low, high, dtype=np.float32)
+        self.single_action_space = spaces.Box(0.0, 1.0, (action_width(self.core),), dtype=np.float32)
+        shape = (num_envs, self.n_robots)
+        self.observation_space = spaces.Box(np.broadcast_to(low, shape + low.shape), np.broadcast_to(high, shape + high.shape),
+                                            dtype=np.float32)
+        self.action_space = spaces.Box(0.0, 1.0, shape + self.single_action_space.shape, dtype=np.float32)
+        self._seed_rng = np.random.default_rng()
+
+    @property
+    def obs_layout(self) -> dict[str, slice]:
+        return dict(self.core.obs_layout)
+
+    def reset(self, seed: int | list[int] | np.ndarray | None = None, options: dict | None = None):
+        if seed is None:
+            seeds = self._seed_rng.integers(2**62, size=self.num_envs)
+        elif np.ndim(seed) == 0:
+            seeds = int(seed) + np.arange(self.num_envs)
+            self._seed_rng = np.random.default_rng(seed)
+        else:
+            seeds = np.asarray(seed, dtype=np.int64)
+            if seeds.shape != (self.num_envs,):
+                raise ValueError(f"reset(seed=...) needs an int or {self.num_envs} seeds, got shape {seeds.shape}")
+        self.core.reset(seeds)
+        return self.core.observations(), self._infos()
+
+    def step(self, actions: np.ndarray):
+        result = self.core.step(actions)
+        shape = (self.num_envs, self.n_robots)
+        rewards = np.broadcast_to(result.rewards[:, None], shape).astype(np.float32)
+        terminations = np.zeros(shape, dtype=bool)
+        truncations = np.full(shape, result.truncated)
+        infos = self._infos()
+        infos["uploaded_labels"] = result.uploaded_labels
+        if result.final_test_accuracy is not None:
+            infos["final_test_accuracy"] = result.final_test_accuracy
+        return self.core.observations(), rewards, terminations, truncations, infos
+
+    def _infos(self) -> dict:
+        core = self.core
+        return {"available": core.histograms.copy(), "cloud_counts": core.cloud_counts.copy(),
+                "distance": core.distance.copy(), "round": core.round_index}
+
+    def estimated_feasible_matrices(self) -> np.ndarray:
+        return self.core.estimated_feasible_matrices()
+
+    def privileged_view(self) -> dict[str, np.ndarray]:
+        core = self.core
+        return {"true_mixes": core.mixes.copy(), "true_feasible_matrices": core.true_feasible_matrices(),
+                "available": core.histograms.copy(), "cloud_counts": core.cloud_counts.copy(),
+                "target_counts": core.target_counts.copy(), "n_cache": core.cfg.n_cache}
+
+    def close(self) -> None:
+        pass
+
+
+def vector_env(num_envs: int = 1, config: str | dict | EnvConfig | None = None, **overrides) -> DataGamesVectorEnv:
+    """``datagames_env.vector_env(num_envs=256)``: B environments with the semantics of ``parallel_env``."""
+    return DataGamesVectorEnv(num_envs, config, **overrides)
