@@ -53,7 +53,8 @@ class World:
         self.class_members = np.argsort(self.pool_labels, kind="stable").astype(np.int64)
         self.class_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.perception = Perception(self.dataset.features, self.dataset.labels, self.splits.pool,
-                                     self.splits.validation, self.splits.test, self.n_classes, cfg.perception)
+                                     self.splits.validation, self.splits.test, self.n_classes, cfg.perception,
+                                     max_threads=1)  # small models: a second thread only spins under load
 
     def pool_ids_of_class(self, y: int) -> np.ndarray:
         return self.class_members[self.class_start[y]:self.class_start[y + 1]]
@@ -72,52 +73,60 @@ def get_world(cfg: EnvConfig) -> World:
 
 # ------------------------------------------------------------------------------------------ versions
 class _VersionTable:
-    """Model versions in use, stacked into arrays the kernels index by a per-robot row."""
+    """Model versions in use, stacked into arrays the kernels index by a per-robot row.
+
+    The per-version lookup tables (pool cells sorted, pseudo-inverse of C') are cached by version id, so
+    a reset that reuses the world's model costs no sorting."""
+
+    _DERIVED_CACHE_SIZE = 64
 
     def __init__(self, world: World) -> None:
         self.world = world
         self.versions: list[ModelVersion] = []
         self._row_of: dict[int, int] = {}
-        self._stale = True
+        self._built_ids: tuple[int, ...] | None = None
+        self._derived: dict[int, dict[str, np.ndarray]] = {}
 
     def row(self, version: ModelVersion) -> int:
         if version.version_id not in self._row_of:
             self._row_of[version.version_id] = len(self.versions)
             self.versions.append(version)
-            self._stale = True
         return self._row_of[version.version_id]
 
     def reset(self) -> None:
-        self.versions.clear()
-        self._row_of.clear()
-        self._stale = True
+        self.versions = []
+        self._row_of = {}
 
-    def build(self) -> None:
-        if not self._stale:
-            return
+    def _derive(self, v: ModelVersion) -> dict[str, np.ndarray]:
+        if v.version_id in self._derived:
+            return self._derived[v.version_id]
         c = self.world.n_classes
         labels = self.world.pool_labels
-        class_counts = np.bincount(labels, minlength=c).astype(np.float64)
-        n_v, n_pool = len(self.versions), len(labels)
-        self.conditionals = np.empty((n_v, c, c))          # R[y, yhat] on the pool
-        self.confusions = np.empty((n_v, c, c))            # C[y, yhat] on the validation split
-        self.pinv_confusion_t = np.empty((n_v, c, c))
-        self.class_accuracy = np.empty((n_v, c))
-        self.cell_start = np.empty((n_v, c * c + 1), dtype=np.int64)
-        self.cell_members = np.empty((n_v, n_pool), dtype=np.int64)
-        self.pool_predictions = np.empty((n_v, n_pool), dtype=np.int64)
-        for r, v in enumerate(self.versions):
-            cells = labels * c + v.pool_predictions
-            joint = np.bincount(cells, minlength=c * c).reshape(c, c)
-            self.conditionals[r] = joint / class_counts[:, None]
-            self.confusions[r] = v.confusion
-            self.pinv_confusion_t[r] = np.linalg.pinv(v.confusion.T)
-            self.class_accuracy[r] = np.diag(v.confusion)
-            self.cell_members[r] = np.argsort(cells, kind="stable")
-            self.cell_start[r] = np.concatenate([[0], np.cumsum(joint.ravel())])
-            self.pool_predictions[r] = v.pool_predictions
+        cells = labels * c + v.pool_predictions
+        joint = np.bincount(cells, minlength=c * c).reshape(c, c)
+        derived = {
+            "conditionals": joint / joint.sum(axis=1, keepdims=True),  # R[y, yhat] on the pool
+            "confusions": v.confusion,                                  # C[y, yhat] on the validation split
+            "pinv_confusion_t": np.linalg.pinv(v.confusion.T),
+            "class_accuracy": np.diag(v.confusion).copy(),
+            "cell_start": np.concatenate([[0], np.cumsum(joint.ravel())]).astype(np.int64),
+            "cell_members": np.argsort(cells, kind="stable").astype(np.int64),
+            "pool_predictions": np.asarray(v.pool_predictions, dtype=np.int64),
+        }
+        if len(self._derived) >= self._DERIVED_CACHE_SIZE:
+            self._derived.pop(next(iter(self._derived)))
+        self._derived[v.version_id] = derived
+        return derived
+
+    def build(self) -> None:
+        ids = tuple(v.version_id for v in self.versions)
+        if ids == self._built_ids:
+            return
+        parts = [self._derive(v) for v in self.versions]
+        for name in parts[0]:
+            setattr(self, name, np.stack([p[name] for p in parts]))
         self._sample_features = None
-        self._stale = False
+        self._built_ids = ids
 
     def sample_features(self) -> np.ndarray:
         """(V, n_pool, E + C) float32: each pool sample's embedding and predicted probabilities."""
@@ -335,12 +344,13 @@ class BatchedCore:
         if actions.shape != expected:
             raise ValueError(f"actions must have shape {expected} (envs, robots, "
                              f"{'classes' if width == self.n_classes else 'observed samples'}), got {actions.shape}")
-        bad = ~np.isfinite(actions)
-        if bad.any():
-            b, i, _ = np.argwhere(bad)[0]
+        first_bad = kernels.first_non_finite(actions)
+        if first_bad >= 0:
+            b, i, _ = np.unravel_index(first_bad, actions.shape)
             kind = "NaN" if np.isnan(actions[b, i]).any() else "inf"
             where = f"env {b}, " if self.num_envs > 1 else ""
             raise ValueError(f"{where}robot_{i}: action contains {kind}: {actions[b, i]}")
+        # a copy: the caller's array is never modified
         return np.clip(actions, 0.0, 1.0) if self.cfg.action_mode == "allocation" else actions
 
     def upload_counts(self, shares: np.ndarray) -> np.ndarray:
@@ -369,10 +379,8 @@ class BatchedCore:
             predicted = v.pool_predictions[self.robot_version[:, :, None], positions]
         r = self.round_index
         self.ledger_ids[:, r], self.ledger_labels[:, r], self.ledger_predicted[:, r] = ids, labels, predicted
-        offsets = (np.arange(b_n) * self.n_classes)[:, None, None]
-        valid = labels >= 0
-        self.cloud_counts = self.cloud_counts + np.bincount(
-            (labels + offsets)[valid], minlength=b_n * self.n_classes).reshape(b_n, self.n_classes)
+        self.cloud_counts = self.cloud_counts.copy()  # arrays handed out earlier stay as they were
+        kernels.add_uploads(self.cloud_counts, labels)
         before = self.distance
         self.distance = self._distance(self.cloud_counts)
         rewards = (before - self.distance) / cfg.upload_budget
@@ -405,15 +413,9 @@ class BatchedCore:
         cfg, lay, v = self.cfg, self.obs_layout, self._versions
         b_n, n = self.num_envs, self.n_robots
         out = np.empty((b_n, n, self.obs_dim), dtype=np.float32)
-        cloud_total = self.cloud_counts.sum(axis=1, keepdims=True)
-        target_total = self.target_counts.sum()
-        out[:, :, lay["cloud_hist"]] = (self.cloud_counts / np.maximum(cloud_total, 1.0))[:, None, :]
-        out[:, :, lay["target"]] = self.target_counts / target_total
-        out[:, :, lay["gap"]] = np.clip((self.target_counts - self.cloud_counts) / target_total, -1.0, 1.0)[:, None, :]
-        out[:, :, lay["predicted_hist"]] = self.histograms / cfg.obs_per_round
-        out[:, :, lay["estimated_mix"]] = self.estimated_mixes
-        out[:, :, lay["class_accuracy"]] = v.class_accuracy[self.robot_version]
-        out[:, :, lay["rounds_left"]] = (cfg.rounds - self.round_index) / cfg.rounds
+        kernels.fill_context_observations(self.cloud_counts, self.target_counts, self.histograms, cfg.obs_per_round,
+                                          self.estimated_mixes, v.class_accuracy, self.robot_version,
+                                          (cfg.rounds - self.round_index) / cfg.rounds, out)
         if cfg.action_mode == "selection":
             feats = v.sample_features()[self.robot_version[:, :, None], self.stream_positions]
             out[:, :, lay["samples"]] = feats.reshape(b_n, n, -1)
@@ -423,12 +425,17 @@ class BatchedCore:
         """(B, N, C, C): each robot's estimate of p(y | yhat = j) in column j, from its confusion matrix
         and estimated mix (GUIDE section 3). A column with no mass (the robot does not expect to predict
         class j) is all zeros: that predicted class is not available."""
-        return _feasible(self._versions.confusions[self.robot_version], self.estimated_mixes)
+        return self._feasible(self._versions.confusions, self.estimated_mixes)
 
     def true_feasible_matrices(self) -> np.ndarray:
         """(B, N, C, C): the truth, p_i(y | yhat = j) from the true mix and the pool's empirical p(yhat|y).
         Privileged: for oracle policies and analysis only."""
-        return _feasible(self._versions.conditionals[self.robot_version], self.mixes)
+        return self._feasible(self._versions.conditionals, self.mixes)
+
+    def _feasible(self, conditionals: np.ndarray, mixes: np.ndarray) -> np.ndarray:
+        out = np.empty(mixes.shape + (self.n_classes,))
+        kernels.feasible_matrices(conditionals, self.robot_version, mixes, out)
+        return out
 
     def cloud_ids(self, b: int) -> np.ndarray:
         """Dataset indices of env b's cloud set (initial cloud + uploads so far; a multiset)."""
@@ -445,9 +452,3 @@ class BatchedCore:
     def model_versions(self) -> list[ModelVersion]:
         return list(self._versions.versions)
 
-
-def _feasible(row_conditionals: np.ndarray, mixes: np.ndarray) -> np.ndarray:
-    joint = row_conditionals * mixes[..., :, None]        # [y, j] = p(yhat=j | y) p(y)
-    mass = joint.sum(axis=-2, keepdims=True)              # p(yhat = j)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(mass > 1e-12, joint / mass, 0.0)

@@ -165,22 +165,26 @@ class DataGamesParallelEnv(ParallelEnv):
         return {a: obs[self._index[a]] for a in self.agents}
 
     def _infos(self, result=None) -> dict[str, dict]:
+        # one fresh array per quantity per step; robots get row views of it (never mutated afterwards)
         core = self.core
         feasible = core.estimated_feasible_matrices()[0]
+        available = core.histograms[0].copy()
+        mixes = core.estimated_mixes[0].copy()
         cloud = core.cloud_counts[0].copy()
         distance = float(core.distance[0])
+        shared = {"round": core.round_index, "cloud_counts": cloud, "distance": distance}
+        if result is not None:
+            labels, predicted = result.uploaded_labels[0], result.uploaded_predicted[0]
+            n_uploaded = (labels >= 0).sum(axis=1)  # slots are filled from the left
+            if result.final_test_accuracy is not None:
+                shared["final_test_accuracy"] = float(result.final_test_accuracy[0])
         infos = {}
         for agent in self.agents:
             i = self._index[agent]
-            info = {"round": core.round_index, "available": core.histograms[0, i].copy(),
-                    "feasible_matrix": feasible[i], "estimated_mix": core.estimated_mixes[0, i].copy(),
-                    "cloud_counts": cloud, "distance": distance}
+            info = {"available": available[i], "feasible_matrix": feasible[i], "estimated_mix": mixes[i], **shared}
             if result is not None:
-                labels = result.uploaded_labels[0, i]
-                info["uploaded_true_labels"] = labels[labels >= 0]
-                info["uploaded_predicted_labels"] = result.uploaded_predicted[0, i][labels >= 0]
-                if result.final_test_accuracy is not None:
-                    info["final_test_accuracy"] = float(result.final_test_accuracy[0])
+                info["uploaded_true_labels"] = labels[i, :n_uploaded[i]]
+                info["uploaded_predicted_labels"] = predicted[i, :n_uploaded[i]]
             infos[agent] = info
         return infos
 

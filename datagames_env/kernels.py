@@ -63,13 +63,15 @@ def next_double(state):
 @njit(cache=_CACHE)
 def _binomial_inversion(state, n, p):
     # Sequential search from 0; used when n * p < 10 (few steps on average). As numpy's legacy sampler.
+    u = next_double(state)
+    mean = n * p
+    if u <= 1.0 - mean:  # P(X = 0) = q^n >= 1 - n p (Bernoulli): decided without a transcendental
+        return 0
     q = 1.0 - p
     qn = math.exp(n * math.log(q))
-    mean = n * p
     bound = min(n, mean + 10.0 * math.sqrt(mean * q + 1.0))
     x = 0
     px = qn
-    u = next_double(state)
     while u > px:
         x += 1
         if x > bound:
@@ -348,16 +350,23 @@ def top_scores(scores, n_cache, out):
 
 # ------------------------------------------------------------------------------------ mix estimation
 @njit(cache=_CACHE)
-def project_to_simplex(v, out):
-    """Euclidean projection of v onto the probability simplex (sort-based, Held et al.)."""
+def project_to_simplex(v, out, scratch):
+    """Euclidean projection of v onto the probability simplex (sort-based, Held et al.). ``scratch`` is a
+    buffer of v's length: an insertion sort in place, since np.sort allocates per call (C is small)."""
     n = v.shape[0]
-    u = np.sort(v)[::-1]
+    for k in range(n):  # descending insertion sort into scratch
+        x = v[k]
+        pos = k
+        while pos > 0 and scratch[pos - 1] < x:
+            scratch[pos] = scratch[pos - 1]
+            pos -= 1
+        scratch[pos] = x
     css = 0.0
     theta = 0.0
     for k in range(n):
-        css += u[k]
+        css += scratch[k]
         t = (css - 1.0) / (k + 1)
-        if u[k] - t > 0.0:
+        if scratch[k] - t > 0.0:
             theta = t
     for k in range(n):
         out[k] = max(v[k] - theta, 0.0)
@@ -376,6 +385,7 @@ def estimate_mixes(histograms, robot_version, confusions, pinv_transposed, metho
     raw = np.empty(n_class)
     p = np.empty(n_class)
     pred = np.empty(n_class)
+    scratch = np.empty(n_class)
     for b in range(n_env):
         for i in range(n_robot):
             v = robot_version[b, i]
@@ -393,7 +403,7 @@ def estimate_mixes(histograms, robot_version, confusions, pinv_transposed, metho
                 for j in range(n_class):
                     acc += pinv_transposed[v, y, j] * q[j]
                 raw[y] = acc
-            project_to_simplex(raw, p)
+            project_to_simplex(raw, p, scratch)
             if method == 1:
                 for y in range(n_class):  # start inside the simplex so no class is stuck at exactly zero
                     p[y] = 0.9 * p[y] + 0.1 / n_class
@@ -415,3 +425,71 @@ def estimate_mixes(histograms, robot_version, confusions, pinv_transposed, metho
                         p[y] /= norm
             for y in range(n_class):
                 out[b, i, y] = p[y]
+
+
+# ------------------------------------------------------------------------------------ read-outs
+@njit(cache=_CACHE)
+def first_non_finite(values):
+    """Flat index of the first NaN/inf in values, or -1."""
+    flat = values.ravel()
+    for k in range(flat.shape[0]):
+        if not np.isfinite(flat[k]):
+            return k
+    return -1
+
+
+@njit(cache=_CACHE)
+def fill_context_observations(cloud_counts, target_counts, histograms, obs_per_round, estimated_mixes,
+                              class_accuracy, robot_version, rounds_left, out):
+    """Write the per-robot context block of the observation, in the order of ``BatchedCore.obs_layout``:
+    cloud_hist, target, gap, predicted_hist, estimated_mix, class_accuracy (C each), rounds_left (1)."""
+    n_env, n_robot, n_class = histograms.shape
+    target_total = 0.0
+    for j in range(n_class):
+        target_total += target_counts[j]
+    for b in range(n_env):
+        cloud_total = 0.0
+        for j in range(n_class):
+            cloud_total += cloud_counts[b, j]
+        cloud_norm = 1.0 / max(cloud_total, 1.0)
+        for i in range(n_robot):
+            row = out[b, i]
+            v = robot_version[b, i]
+            for j in range(n_class):
+                gap = (target_counts[j] - cloud_counts[b, j]) / target_total
+                row[j] = cloud_counts[b, j] * cloud_norm
+                row[n_class + j] = target_counts[j] / target_total
+                row[2 * n_class + j] = min(1.0, max(-1.0, gap))
+                row[3 * n_class + j] = histograms[b, i, j] / obs_per_round
+                row[4 * n_class + j] = estimated_mixes[b, i, j]
+                row[5 * n_class + j] = class_accuracy[v, j]
+            row[6 * n_class] = rounds_left
+
+
+@njit(cache=_CACHE)
+def feasible_matrices(conditionals, robot_version, mixes, out):
+    """out[b, i, :, j] = p_i(y | yhat = j) proportional to conditionals[v, y, j] * mixes[b, i, y]; a column
+    with no mass (class j not expected among the robot's predictions) is all zeros."""
+    n_env, n_robot, n_class = mixes.shape
+    for b in range(n_env):
+        for i in range(n_robot):
+            v = robot_version[b, i]
+            for j in range(n_class):
+                mass = 0.0
+                for y in range(n_class):
+                    mass += conditionals[v, y, j] * mixes[b, i, y]
+                inv = 1.0 / mass if mass > 1e-12 else 0.0
+                for y in range(n_class):
+                    out[b, i, y, j] = conditionals[v, y, j] * mixes[b, i, y] * inv
+
+
+@njit(cache=_CACHE)
+def add_uploads(cloud_counts, uploaded_labels):
+    """cloud_counts[b, y] += number of uploads of env b with true label y (-1 slots ignored)."""
+    n_env, n_robot, n_slot = uploaded_labels.shape
+    for b in range(n_env):
+        for i in range(n_robot):
+            for s in range(n_slot):
+                y = uploaded_labels[b, i, s]
+                if y >= 0:
+                    cloud_counts[b, y] += 1.0

@@ -1,0 +1,146 @@
+"""``datagames`` command line: ``datagames run --config default --policy random --seed 0``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    """``--set n_robots=50 --set stream.alpha=0.1`` -> overrides (values parsed as YAML scalars)."""
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects KEY=VALUE, got '{pair}'")
+        key, value = pair.split("=", 1)
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def run_episode(env, policy, seed: int, progress=None, task=None) -> dict:
+    """Play one episode; returns a JSON-ready record (per round: distance, reward, cloud counts)."""
+    observations, infos = env.reset(seed=seed)
+    policy.reset(seed)
+    rounds = [{"round": 0, "distance": float(env.core.distance[0]), "reward": 0.0,
+               "cloud_counts": env.core.cloud_counts[0].tolist()}]
+    last_infos = infos
+    while env.agents:
+        t = time.perf_counter()
+        actions = policy.act(observations, infos)
+        observations, rewards, _, _, infos = env.step(actions)
+        any_info = next(iter(infos.values()))
+        rounds.append({"round": len(rounds), "distance": any_info["distance"],
+                       "reward": float(next(iter(rewards.values()))),
+                       "cloud_counts": np.asarray(any_info["cloud_counts"]).tolist(),
+                       "wall_time_s": time.perf_counter() - t})
+        last_infos = infos
+        if progress is not None:
+            progress.update(task, advance=1, description=f"round {len(rounds) - 1}  distance {any_info['distance']:.2f}")
+    final = next(iter(last_infos.values()))
+    record = {"seed": seed, "policy": policy.name, "rounds": rounds,
+              "initial_distance": rounds[0]["distance"], "final_distance": rounds[-1]["distance"],
+              "return": float(sum(r["reward"] for r in rounds)),
+              "target_counts": env.core.target_counts.tolist(), "class_names": list(env.class_names)}
+    if "final_test_accuracy" in final:
+        record["final_test_accuracy"] = final["final_test_accuracy"]
+    return record
+
+
+def plot_distance(record: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot([r["round"] for r in record["rounds"]], [r["distance"] for r in record["rounds"]], marker="o")
+    ax1.set_xlabel("round")
+    ax1.set_ylabel("distance to target")
+    ax1.set_title(title)
+    ax1.grid(alpha=0.3)
+    x = np.arange(len(record["class_names"]))
+    ax2.bar(x - 0.2, record["rounds"][-1]["cloud_counts"], width=0.4, label="cloud (final)")
+    ax2.bar(x + 0.2, record["target_counts"], width=0.4, label="target")
+    ax2.set_xticks(x, record["class_names"], fontsize=8)
+    ax2.set_title("final class counts")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    import datagames_env
+    from datagames_env.policy import make_policy
+
+    console = Console(stderr=False)
+    overrides = _parse_overrides(args.set)
+    if args.data_dir:
+        overrides["dataset.data_dir"] = args.data_dir
+    with console.status("building environment (dataset, first model version)..."):
+        env = datagames_env.parallel_env(args.config, **overrides)
+        policy = make_policy(args.policy, env)
+    cfg = env.config
+    console.print(f"[bold]datagames_v0[/] config [cyan]{args.config}[/]: {cfg.n_robots} robots, {cfg.rounds} rounds, "
+                  f"{cfg.obs_per_round} obs/round, n_cache {cfg.n_cache}, dataset {cfg.dataset.name}, "
+                  f"policy [cyan]{policy.name}[/], seed {args.seed}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        task = progress.add_task("round 0", total=cfg.rounds)
+        record = run_episode(env, policy, args.seed, progress, task)
+    table = Table(title=f"final cloud vs target ({cfg.loss} distance {record['initial_distance']:.2f} -> "
+                        f"{record['final_distance']:.2f})")
+    for column in ("class", "cloud", "target", "gap"):
+        table.add_column(column, justify="right")
+    for name, c, t in zip(record["class_names"], record["rounds"][-1]["cloud_counts"], record["target_counts"]):
+        table.add_row(name, f"{c:.0f}", f"{t:.1f}", f"{t - c:+.1f}")
+    console.print(table)
+    out = Path(args.out) / f"{Path(str(args.config)).stem}-{policy.name}-seed{args.seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    record["config"] = cfg.model_dump()
+    (out / "episode.json").write_text(json.dumps(record, indent=1))
+    plot_distance(record, out / "distance.png", f"{policy.name} on {Path(str(args.config)).stem}")
+    console.print(f"return {record['return']:.4f}; wrote {out / 'episode.json'} and {out / 'distance.png'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="datagames", description="Fleet data collection environment (Data Games).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="play one episode with a policy, print the final table, save a plot")
+    run.add_argument("--config", default="default", help="config name in configs/ or a YAML path (default: default)")
+    run.add_argument("--policy", default="random", help="policy name (random, uniform, ...)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--data-dir", default=None, help="folder with dataset files (else $DATAGAMES_DATA_DIR)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="config override, repeatable: --set n_robots=50 --set stream.alpha=0.1")
+    run.add_argument("--out", default="runs", help="results folder (default: runs/)")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from datagames_env.config import ConfigError
+    from datagames_env.datasets import DatasetError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError, ValueError) as exc:
+        print(f"datagames: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
