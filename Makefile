@@ -1,0 +1,28 @@
+# Fresh machine -> venv -> install -> job. `make demo` plays an episode on the embedded default,
+# `make test` runs the whole suite (what CI runs), `make bench` prints the speed figures.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+# torch pinned first: 2.13.0 is the CPU build on these machines; an unpinned torch pulls GBs of CUDA wheels
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(BIN)/datagames run --config default --policy uniform --seed 0
+
+test: install
+	$(BIN)/python -m pytest -q -n 2 --durations=15
+
+bench: install
+	$(BIN)/python benchmarks/bench_env.py
+
+clean:
+	rm -rf $(VENV) runs results .pytest_cache
