@@ -14,7 +14,8 @@ Episode end            after ``rounds`` steps every robot is truncated (never te
                        becomes empty
 Arguments              ``config`` (a name in ``configs/``, a YAML path, a dict or an ``EnvConfig``),
                        ``render_mode`` (``human``, ``ansi``, ``rgb_array``), ``dataset`` (a
-                       ``Dataset`` to use instead of ``config.dataset``), and any config key as a keyword
+                       ``Dataset`` to use instead of ``config.dataset``), ``max_cycles`` (PettingZoo's
+                       name for ``rounds``), and any config key as a keyword
 =====================  ============================================================================
 
 Observation layout (allocation mode, C classes; ``env.obs_layout`` gives the slices)::
@@ -73,7 +74,9 @@ class DataGamesParallelEnv(ParallelEnv):
     metadata = METADATA
 
     def __init__(self, config: str | dict | EnvConfig | None = None, render_mode: str | None = None,
-                 dataset: Dataset | None = None, **overrides) -> None:
+                 dataset: Dataset | None = None, max_cycles: int | None = None, **overrides) -> None:
+        if max_cycles is not None:  # PettingZoo's name for the episode length (max_cycles_test, registry)
+            overrides["rounds"] = max_cycles
         if render_mode is not None and render_mode not in METADATA["render_modes"]:
             raise ValueError(f"render_mode must be one of {METADATA['render_modes']} or None, got {render_mode!r}")
         self.config = load_config(config, **overrides)
