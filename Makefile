@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/datagames run --config default --policy uniform --seed 0
+	$(BIN)/datagames eval --config default --seeds 5 --out results/default
 
 test: install
 	$(BIN)/python -m pytest -q -n 2 --durations=15

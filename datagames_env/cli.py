@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -115,6 +116,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from datagames_env.evaluate import evaluate
+
+    overrides = _parse_overrides(args.set)
+    if args.data_dir:
+        overrides["dataset.data_dir"] = args.data_dir
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    out = Path(args.out) if args.out else Path("results") / Path(str(args.config)).stem
+    payload = evaluate(args.config, policies, seeds, out, workers=args.workers, ray_address=args.ray_address,
+                       **overrides)
+    console = Console()
+    console.print(Markdown((out / "summary.md").read_text()))
+    console.print(f"results in {out}/: results.json rounds.csv final.csv distance.png final_counts.png summary.md "
+                  f"({payload['elapsed_s']:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="datagames", description="Fleet data collection environment (Data Games).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="config override, repeatable: --set n_robots=50 --set stream.alpha=0.1")
     run.add_argument("--out", default="runs", help="results folder (default: runs/)")
     run.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("eval", help="compare policies on the same seeds; writes a results folder with plots")
+    ev.add_argument("--config", default="default")
+    ev.add_argument("--policies", default="uniform,random,greedy,interactive,oracle",
+                    help="comma-separated policy names (default: all analytic baselines)")
+    ev.add_argument("--seeds", type=int, default=10, help="number of seeds (default 10)")
+    ev.add_argument("--first-seed", type=int, default=0)
+    ev.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                    help="local processes (default: min(2, cores))")
+    ev.add_argument("--ray-address", default=None,
+                    help="spread jobs over a Ray cluster ('auto', 'ray://host:10001', or 'local'); "
+                         "falls back to local processes if unreachable")
+    ev.add_argument("--data-dir", default=None)
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ev.add_argument("--out", default=None, help="results folder (default: results/<config>)")
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -31,9 +31,9 @@ Observation layout (allocation mode, C classes; ``env.obs_layout`` gives the sli
                     (E = perception.embedding_dim), then predicted class probabilities
 
 ``infos[robot]`` carries ``feasible_matrix`` (its estimate, column j = p(y | yhat = j)),
-``available`` (its samples per predicted class this round), ``estimated_mix``, ``round``, and after a
-step ``uploaded_true_labels``, ``uploaded_predicted_labels``, ``cloud_counts`` and ``distance``. The true
-class mixes and feasible matrices are privileged: only ``state()`` and ``privileged_view()`` (for oracle
+``available`` (its samples per predicted class this round), ``estimated_mix``, ``round``, the public
+``cloud_counts``, ``target_counts``, ``n_cache`` and ``distance``, and after a step
+``uploaded_true_labels`` and ``uploaded_predicted_labels``. The true class mixes and feasible matrices are privileged: only ``state()`` and ``privileged_view()`` (for oracle
 policies) expose them.
 """
 
@@ -94,6 +94,8 @@ class DataGamesParallelEnv(ParallelEnv):
         n, c = self.config.n_robots, self.core.n_classes
         self.state_space = spaces.Box(-1.0, 1.0, (3 * c + 1 + 3 * n * c,), dtype=np.float32)
         self._next_seed_rng = np.random.default_rng()
+        self._target_counts = self.core.target_counts.copy()
+        self._target_counts.flags.writeable = False  # shared by every robot's info; fixed per config
         self._last_step = None
         self._history: list[float] = []
 
@@ -175,7 +177,8 @@ class DataGamesParallelEnv(ParallelEnv):
         mixes = core.estimated_mixes[0].copy()
         cloud = core.cloud_counts[0].copy()
         distance = float(core.distance[0])
-        shared = {"round": core.round_index, "cloud_counts": cloud, "distance": distance}
+        shared = {"round": core.round_index, "cloud_counts": cloud, "target_counts": self._target_counts,
+                  "n_cache": core.cfg.n_cache, "distance": distance}
         if result is not None:
             labels, predicted = result.uploaded_labels[0], result.uploaded_predicted[0]
             n_uploaded = (labels >= 0).sum(axis=1)  # slots are filled from the left

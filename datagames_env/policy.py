@@ -66,7 +66,13 @@ POLICIES: dict[str, type] = {"random": RandomPolicy, "uniform": UniformPolicy}
 
 
 def make_policy(name: str, env) -> Policy:
-    """``make_policy("random", env)``. Later issues register more names in ``POLICIES``."""
+    """``make_policy("oracle", env)``: random, uniform, and the analytic baselines (greedy, interactive,
+    oracle) that ``baselines.policies`` registers on import."""
+    if name not in POLICIES:
+        try:
+            import baselines.policies  # noqa: F401  (registers the analytic baselines)
+        except ImportError:
+            pass
     try:
         cls = POLICIES[name]
     except KeyError:
