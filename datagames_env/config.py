@@ -99,8 +99,8 @@ class TargetConfig(_Strict):
         if self.kind == "counts":
             if not self.counts:
                 raise ValueError("target.kind 'counts' needs target.counts")
-            if any(c < 0 for c in self.counts):
-                raise ValueError("target.counts must be non-negative")
+            if any(c < 0 for c in self.counts) or sum(self.counts) <= 0:
+                raise ValueError("target.counts must be non-negative with a positive sum")
         return self
 
 
@@ -188,23 +188,36 @@ def _known_keys(loc: tuple) -> list[str]:
 def _deep_merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():
+        value = _plain(value)
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _deep_merge(out[key], value)
-        elif isinstance(value, BaseModel):
-            out[key] = value.model_dump()
         else:
             out[key] = value
     return out
+
+
+def _plain(value: Any) -> Any:
+    """Typed sub-configs become plain dicts and nested dicts are copied, so merging never writes into the
+    caller's objects."""
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _expand_dotted(overrides: dict) -> dict:
     """``{"stream.alpha": 0.1}`` -> ``{"stream": {"alpha": 0.1}}``."""
     out: dict = {}
     for key, value in overrides.items():
+        value = _plain(value)
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {} if child is None else child
+            node = child
         if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
             node[parts[-1]] = _deep_merge(node[parts[-1]], value)
         else:

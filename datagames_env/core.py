@@ -270,9 +270,11 @@ class BatchedCore:
         self._versions.build()
 
     def reset(self, seeds: np.ndarray | list[int]) -> None:
-        seeds = np.asarray(seeds, dtype=np.int64)
-        if seeds.shape != (self.num_envs,):
-            raise ValueError(f"reset needs one seed per environment: shape ({self.num_envs},), got {seeds.shape}")
+        seeds = [int(s) for s in np.ravel(np.asarray(seeds, dtype=object))]  # python ints: any size
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"reset needs one seed per environment ({self.num_envs}), got {len(seeds)}")
+        if any(s < 0 for s in seeds):
+            raise ValueError(f"seeds must be non-negative integers, got {seeds}")
         cfg, b_n, n, c = self.cfg, self.num_envs, self.n_robots, self.n_classes
         self.seeds = seeds
         self.rngs = [np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(s), 0]))) for s in seeds]

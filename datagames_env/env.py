@@ -13,8 +13,8 @@ Reward                 identical for all robots: (d_before - d_after) / (n_robot
 Episode end            after ``rounds`` steps every robot is truncated (never terminated); ``agents``
                        becomes empty
 Arguments              ``config`` (a name in ``configs/``, a YAML path, a dict or an ``EnvConfig``),
-                       ``render_mode`` (``human``, ``ansi``, ``rgb_array``), ``dataset`` (a
-                       ``Dataset`` to use instead of ``config.dataset``), ``max_cycles`` (PettingZoo's
+                       ``render_mode`` (``human``, ``ansi``, ``rgb_array``), ``dataset`` (an in-memory
+                       ``Dataset`` to use, or the ``dataset`` config key: a name or dict), ``max_cycles`` (PettingZoo's
                        name for ``rounds``), and any config key as a keyword
 =====================  ============================================================================
 
@@ -79,6 +79,11 @@ class DataGamesParallelEnv(ParallelEnv):
             overrides["rounds"] = max_cycles
         if render_mode is not None and render_mode not in METADATA["render_modes"]:
             raise ValueError(f"render_mode must be one of {METADATA['render_modes']} or None, got {render_mode!r}")
+        if dataset is not None and not isinstance(dataset, Dataset):
+            overrides["dataset"] = dataset  # the config key: a name or a dict of dataset.* settings
+            dataset = None
+        if dataset is not None:
+            overrides["dataset.name"] = dataset.name  # recorded in the config; the arrays come from `dataset`
         self.config = load_config(config, **overrides)
         world = World(self.config, dataset) if dataset is not None else None
         self.core = BatchedCore(self.config, num_envs=1, world=world)

@@ -280,8 +280,6 @@ def allocate_uploads(shares, available, n_cache, out):
     """
     n_env, n_robot, n_class = shares.shape
     quota = np.empty(n_class)
-    order = np.empty(n_class, dtype=np.int64)
-    key = np.empty(n_class)
     for b in range(n_env):
         for i in range(n_robot):
             s = 0.0
@@ -321,20 +319,19 @@ def allocate_uploads(shares, available, n_cache, out):
                 if out[b, i, j] > available[b, i, j]:
                     leftover += out[b, i, j] - available[b, i, j]
                     out[b, i, j] = available[b, i, j]
-            if leftover > 0:
-                for j in range(n_class):  # preference: share desc, availability desc, class asc
-                    key[j] = -(shares[b, i, j] * 1e9 + available[b, i, j] * 1e-3) + j * 1e-12
-                    order[j] = j
-                order = np.argsort(key, kind="mergesort")
-                for r in range(n_class):
-                    j = order[r]
-                    spare = available[b, i, j] - out[b, i, j]
-                    if spare > 0:
-                        take = min(spare, leftover)
-                        out[b, i, j] += take
-                        leftover -= take
-                        if leftover == 0:
-                            break
+            while leftover > 0:  # preference: higher share, then more available, then lower class
+                best = -1
+                for j in range(n_class):
+                    if available[b, i, j] - out[b, i, j] <= 0:
+                        continue
+                    if best < 0 or shares[b, i, j] > shares[b, i, best] or (
+                            shares[b, i, j] == shares[b, i, best] and available[b, i, j] > available[b, i, best]):
+                        best = j
+                if best < 0:
+                    break
+                take = min(available[b, i, best] - out[b, i, best], leftover)
+                out[b, i, best] += take
+                leftover -= take
 
 
 @njit(cache=_CACHE)

@@ -52,12 +52,12 @@ class DataGamesVectorEnv:
         if seed is None:
             seeds = self._seed_rng.integers(2**62, size=self.num_envs)
         elif np.ndim(seed) == 0:
-            seeds = int(seed) + np.arange(self.num_envs)
+            seeds = [int(seed) + b for b in range(self.num_envs)]
             self._seed_rng = np.random.default_rng(seed)
         else:
-            seeds = np.asarray(seed, dtype=np.int64)
-            if seeds.shape != (self.num_envs,):
-                raise ValueError(f"reset(seed=...) needs an int or {self.num_envs} seeds, got shape {seeds.shape}")
+            seeds = [int(s) for s in seed]
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"reset(seed=...) needs an int or {self.num_envs} seeds, got {len(seeds)}")
         self.core.reset(seeds)
         return self.core.observations(), self._infos()
 

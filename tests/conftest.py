@@ -1,0 +1,45 @@
+"""Shared fixtures of the datagames_env test suite.
+
+Nothing here is autouse: every fixture is opt-in, so collecting the suite costs nothing extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# <repo>/tests/conftest.py -> <repo>/.. /shared/datasets (the official MNIST / KMNIST t10k files)
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+# A fast environment: 4 robots, 3 rounds, 50 observations per robot per round, 2 uploads each. Every env built
+# from these keys (with the default dataset and perception) shares one cached world and one trained model.
+SMALL_KWARGS: dict = {"n_robots": 4, "rounds": 3, "obs_per_round": 50, "n_cache": 2}
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The shared datasets folder; skips the test when the MNIST files are not there."""
+    mnist = SHARED_DATASETS / "MNIST"
+    needed = [mnist / "t10k-images-idx3-ubyte.gz", mnist / "t10k-labels-idx1-ubyte.gz"]
+    if not all(p.is_file() for p in needed):
+        pytest.skip(f"shared MNIST files not found under {SHARED_DATASETS}")
+    return SHARED_DATASETS
+
+
+@pytest.fixture
+def small_kwargs() -> dict:
+    """Keyword overrides for a small, fast environment (a fresh dict per test: mutate freely)."""
+    return dict(SMALL_KWARGS)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Train models single-threaded inside the test (on 2 cores under pytest-xdist, torch's default thread count
+    oversubscribes the CPU and tiny trainings become many times slower). Restores the caller's setting."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
