@@ -4,7 +4,7 @@
     python benchmarks/bench_env.py --config default --num-envs 1024
 
 Prints single parallel_env steps/s with the split of a step between the core and PettingZoo dict
-building, and vector_env robot-steps/s at B = num_envs. Retraining is off (perception.retrain_every = 0),
+building, and vector_env robot-steps/s at B = num_envs. Retraining and the final-accuracy training are off,
 as the targets are stated for the step itself; the first episode is a warm-up (numba, torch).
 """
 
@@ -63,7 +63,7 @@ def main() -> None:
 
     import datagames_env
 
-    overrides = {"perception.retrain_every": 0}
+    overrides = {"perception.retrain_every": 0, "final_accuracy": False}  # the step itself, no training
     env = datagames_env.parallel_env(config, **overrides)
     cfg = env.config
     print(f"config {config}: {cfg.n_robots} robots, {cfg.rounds} rounds, {cfg.obs_per_round} obs/round, "

@@ -92,7 +92,8 @@ class DataGamesParallelEnv(ParallelEnv):
         self.agents: list[str] = []
         self._index = {a: i for i, a in enumerate(self.possible_agents)}
         low, high = observation_bounds(self.core)
-        width = action_width(self.core)
+        width = self._action_width = action_width(self.core)
+        self._active: frozenset[str] = frozenset()
         # one space object per agent, returned every call (PettingZoo caches and compares them)
         self._observation_spaces = {a: spaces.Box(low, high, dtype=np.float32) for a in self.possible_agents}
         self._action_spaces = {a: spaces.Box(0.0, 1.0, (width,), dtype=np.float32) for a in self.possible_agents}
@@ -131,6 +132,7 @@ class DataGamesParallelEnv(ParallelEnv):
             seed = int(self._next_seed_rng.integers(2**62))
         self.core.reset([seed])
         self.agents = list(self.possible_agents)
+        self._active = frozenset(self.agents)
         self._last_step = None
         self._history = [float(self.core.distance[0])]
         obs = self._observations()
@@ -142,20 +144,20 @@ class DataGamesParallelEnv(ParallelEnv):
     def step(self, actions: dict):
         if not self.agents:
             raise RuntimeError("step() called after the episode ended: call reset()")
-        unknown = [a for a in actions if a not in self._index or a not in self.agents]
-        if unknown:
-            raise ValueError(f"actions for unknown or inactive agents {unknown}; active agents are {self.agents}")
-        missing = [a for a in self.agents if a not in actions]
-        if missing:
+        if len(actions) != len(self.agents) or not self._active.issuperset(actions):
+            unknown = [a for a in actions if a not in self._active]
+            if unknown:
+                raise ValueError(f"actions for unknown or inactive agents {unknown}; active agents are {self.agents}")
+            missing = [a for a in self.agents if a not in actions]
             raise ValueError(f"missing actions for {missing}: every robot acts every round")
-        width = action_width(self.core)
-        rows = []
-        for agent in self.agents:
+        width = self._action_width
+        batch = np.empty((1, len(self.agents), width))
+        for k, agent in enumerate(self.agents):
             row = np.asarray(actions[agent], dtype=np.float64)
             if row.shape != (width,):
                 raise ValueError(f"{agent}: action must have shape ({width},), got {row.shape}")
-            rows.append(row)
-        result = self.core.step(np.stack(rows)[None])  # validates values; raises before changing state
+            batch[0, k] = row
+        result = self.core.step(batch)  # validates values; raises before changing state
         self._last_step = result
         self._history.append(float(result.distance[0]))
         obs = self._observations()
@@ -166,6 +168,7 @@ class DataGamesParallelEnv(ParallelEnv):
         infos = self._infos(result)
         if result.truncated:
             self.agents = []
+            self._active = frozenset()
         if self.render_mode == "human":
             self.render()
         return obs, rewards, terminations, truncations, infos

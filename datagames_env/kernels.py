@@ -400,7 +400,18 @@ def estimate_mixes(histograms, robot_version, confusions, pinv_transposed, metho
                 for j in range(n_class):
                     acc += pinv_transposed[v, y, j] * q[j]
                 raw[y] = acc
-            project_to_simplex(raw, p, scratch)
+            # pinv(C') q sums to 1 when C has full rank; then, with no negative entry, it is its own projection
+            s = 0.0
+            inside = True
+            for y in range(n_class):
+                s += raw[y]
+                if raw[y] < 0.0:
+                    inside = False
+            if inside and abs(s - 1.0) < 1e-9:
+                for y in range(n_class):
+                    p[y] = raw[y] / s
+            else:
+                project_to_simplex(raw, p, scratch)
             if method == 1:
                 for y in range(n_class):  # start inside the simplex so no class is stuck at exactly zero
                     p[y] = 0.9 * p[y] + 0.1 / n_class
