@@ -23,8 +23,8 @@ from baselines import (
     solve_oracle,
 )
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-CVXPY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+CVXPY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEASIBILITY_TOL = 1e-7
 
 
@@ -158,7 +158,7 @@ def test_native_oracle_satisfies_kkt(instance) -> None:
 
 
 # ------------------------------------------------------------------------------------------ brute force
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n_classes=st.integers(2, 3), n_cache=st.integers(0, 3),
        with_caps=st.booleans())
 def test_integer_brute_force_bounds(seed, n_classes, n_cache, with_caps) -> None:
@@ -183,7 +183,7 @@ def test_integer_brute_force_bounds(seed, n_classes, n_cache, with_caps) -> None
 
 
 # ------------------------------------------------------------------------------------------ KL (cvxpy)
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n_robots=st.integers(1, 4), n_classes=st.integers(2, 5),
        n_cache=st.integers(1, 20), with_caps=st.booleans())
 def test_kl_backend_feasible_and_ordered(seed, n_robots, n_classes, n_cache, with_caps) -> None:
@@ -199,7 +199,8 @@ def test_kl_backend_feasible_and_ordered(seed, n_robots, n_classes, n_cache, wit
     oracle_kl = loss_value(feasible_matrices, oracle, cloud_counts, target_counts, loss="kl")
     greedy_kl = loss_value(feasible_matrices, greedy, cloud_counts, target_counts, loss="kl")
     l2_oracle_kl = loss_value(feasible_matrices, solve_oracle(*instance), cloud_counts, target_counts, loss="kl")
-    slack = 1e-6 * max(1.0, greedy_kl)
+    # exponential-cone programs: CLARABEL's default accuracy (~1e-7 relative, up to ~1e-6 seen) is the slack
+    slack = 1e-5 * max(1.0, greedy_kl)
     assert oracle_kl >= -1e-12
     assert oracle_kl <= greedy_kl + slack
     assert oracle_kl <= l2_oracle_kl + slack  # the KL Oracle minimises KL, the L2 Oracle does not
@@ -272,11 +273,11 @@ def test_interactive_messages_and_broadcast_variants() -> None:
     assert capped.sweeps == 2 and not capped.converged and len(capped.history) == 3
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(instances)
 def test_interactive_cvxpy_matches_native(instance) -> None:
     """Sweep by sweep the same iterates: each best response's contribution P_i a_i is unique (a projection)."""
-    feasible_matrices, cloud_counts, target_counts, _, _ = instance
+    target_counts = instance[2]
     native = solve_interactive(*instance, backend="native", tol=1e-300, max_sweeps=3)
     reference = solve_interactive(*instance, backend="cvxpy", tol=1e-300, max_sweeps=3)
     # sweeps may differ by one where a robot is already at its fixed point (a 1e-9 wobble of cvxpy counts as a move)
@@ -350,22 +351,22 @@ def test_available_with_inf_and_partial_overshoot() -> None:
 # ------------------------------------------------------------------------------------------ validation
 def test_validation_errors_name_the_argument() -> None:
     feasible_matrices, cloud_counts, target_counts, n_cache, _ = random_instance(1, 3, 4, 5, False)
-    good = dict(P=feasible_matrices, cloud=cloud_counts, target=target_counts, n_cache=n_cache)
+    good = {"P": feasible_matrices, "cloud": cloud_counts, "target": target_counts, "n_cache": n_cache}
     cases = [
-        (dict(P=np.zeros((3, 4))), r"P must have shape \(n_robots, C, C\).*got \(3, 4\)"),
-        (dict(P=np.zeros((3, 4, 5))), r"P must have shape"),
-        (dict(P=-feasible_matrices), r"P must be >= 0"),
-        (dict(P=2 * feasible_matrices), r"P columns must be probability vectors"),
-        (dict(cloud=np.zeros((2, 2))), r"cloud must have shape \(C,\)"),
-        (dict(target=np.zeros(5)), r"target must have shape \(C,\) = \(4,\)"),
-        (dict(target=np.full(4, np.nan)), r"target must be finite"),
-        (dict(cloud=-np.ones(4)), r"cloud must be >= 0"),
-        (dict(n_cache=-1), r"n_cache must be a finite number >= 0"),
-        (dict(n_cache="many"), r"n_cache must be"),
-        (dict(available=np.ones((4, 3))), r"available must have shape \(n_robots, C\) = \(3, 4\), got \(4, 3\)"),
-        (dict(available=-np.ones((3, 4))), r"available must be >= 0"),
-        (dict(loss="l1"), r"loss must be one of"),
-        (dict(backend="gpu"), r"backend must be one of"),
+        ({"P": np.zeros((3, 4))}, r"P must have shape \(n_robots, C, C\).*got \(3, 4\)"),
+        ({"P": np.zeros((3, 4, 5))}, r"P must have shape"),
+        ({"P": -feasible_matrices}, r"P must be >= 0"),
+        ({"P": 2 * feasible_matrices}, r"P columns must be probability vectors"),
+        ({"cloud": np.zeros((2, 2))}, r"cloud must have shape \(C,\)"),
+        ({"target": np.zeros(5)}, r"target must have shape \(C,\) = \(4,\)"),
+        ({"target": np.full(4, np.nan)}, r"target must be finite"),
+        ({"cloud": -np.ones(4)}, r"cloud must be >= 0"),
+        ({"n_cache": -1}, r"n_cache must be a finite number >= 0"),
+        ({"n_cache": "many"}, r"n_cache must be"),
+        ({"available": np.ones((4, 3))}, r"available must have shape \(n_robots, C\) = \(3, 4\), got \(4, 3\)"),
+        ({"available": -np.ones((3, 4))}, r"available must be >= 0"),
+        ({"loss": "l1"}, r"loss must be one of"),
+        ({"backend": "gpu"}, r"backend must be one of"),
     ]
     for solve in (solve_oracle, solve_greedy, solve_interactive):
         for override, message in cases:
