@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,35 +22,6 @@ def _parse_overrides(pairs: list[str]) -> dict:
         key, value = pair.split("=", 1)
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
-
-
-def run_episode(env, policy, seed: int, progress=None, task=None) -> dict:
-    """Play one episode; returns a JSON-ready record (per round: distance, reward, cloud counts)."""
-    observations, infos = env.reset(seed=seed)
-    policy.reset(seed)
-    rounds = [{"round": 0, "distance": float(env.core.distance[0]), "reward": 0.0,
-               "cloud_counts": env.core.cloud_counts[0].tolist()}]
-    last_infos = infos
-    while env.agents:
-        t = time.perf_counter()
-        actions = policy.act(observations, infos)
-        observations, rewards, _, _, infos = env.step(actions)
-        any_info = next(iter(infos.values()))
-        rounds.append({"round": len(rounds), "distance": any_info["distance"],
-                       "reward": float(next(iter(rewards.values()))),
-                       "cloud_counts": np.asarray(any_info["cloud_counts"]).tolist(),
-                       "wall_time_s": time.perf_counter() - t})
-        last_infos = infos
-        if progress is not None:
-            progress.update(task, advance=1, description=f"round {len(rounds) - 1}  distance {any_info['distance']:.2f}")
-    final = next(iter(last_infos.values()))
-    record = {"seed": seed, "policy": policy.name, "rounds": rounds,
-              "initial_distance": rounds[0]["distance"], "final_distance": rounds[-1]["distance"],
-              "return": float(sum(r["reward"] for r in rounds)),
-              "target_counts": env.core.target_counts.tolist(), "class_names": list(env.class_names)}
-    if "final_test_accuracy" in final:
-        record["final_test_accuracy"] = final["final_test_accuracy"]
-    return record
 
 
 def plot_distance(record: dict, path: Path, title: str) -> None:
@@ -82,7 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    import datagames_env
+    from datagames_env import parallel_env
+    from datagames_env.evaluate import Job, run_job
     from datagames_env.policy import make_policy
 
     console = Console(stderr=False)
@@ -90,8 +61,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.data_dir:
         overrides["dataset.data_dir"] = args.data_dir
     with console.status("building environment (dataset, first model version)..."):
-        env = datagames_env.parallel_env(args.config, **overrides)
-        policy = make_policy(args.policy, env)
+        env = parallel_env(args.config, **overrides)
+        policy = make_policy(args.policy, env)  # fails early on an unknown name
     cfg = env.config
     console.print(f"[bold]datagames_v0[/] config [cyan]{args.config}[/]: {cfg.n_robots} robots, {cfg.rounds} rounds, "
                   f"{cfg.obs_per_round} obs/round, n_cache {cfg.n_cache}, dataset {cfg.dataset.name}, "
@@ -99,7 +70,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
         task = progress.add_task("round 0", total=cfg.rounds)
-        record = run_episode(env, policy, args.seed, progress, task)
+
+        def on_round(r: dict) -> None:
+            progress.update(task, advance=1, description=f"round {r['round']}  distance {r['distance']:.2f}")
+
+        record = run_job(Job(cfg.model_dump(), args.policy, args.seed), on_round=on_round, env=env)
     table = Table(title=f"final cloud vs target ({cfg.loss} distance {record['initial_distance']:.2f} -> "
                         f"{record['final_distance']:.2f})")
     for column in ("class", "cloud", "target", "gap"):

@@ -41,12 +41,13 @@ def episode_lower_bound(cloud0: np.ndarray, target: np.ndarray, budget_per_round
     return [max(0.0, need - r * budget_per_round) / math.sqrt(len(target)) for r in range(rounds + 1)]
 
 
-def run_job(job: Job) -> dict:
-    """Play one episode of one policy; the record has everything the tables and plots need."""
+def run_job(job: Job, on_round=None, env=None) -> dict:
+    """Play one episode of one policy; the record has everything the tables and plots need.
+    ``on_round(record_of_the_round)`` is called after every step (progress bars)."""
     import datagames_env
     from datagames_env.policy import make_policy
 
-    env = datagames_env.parallel_env(EnvConfig.model_validate(job.config))
+    env = env if env is not None else datagames_env.parallel_env(EnvConfig.model_validate(job.config))
     policy = make_policy(job.policy, env)
     observations, infos = env.reset(seed=job.seed)
     policy.reset(job.seed)
@@ -65,6 +66,8 @@ def run_job(job: Job) -> dict:
         rounds.append({"round": len(rounds), "distance": info["distance"], "reward": float(next(iter(rewards.values()))),
                        "messages": int(stats.get("messages", 0)), "sweeps": int(stats.get("sweeps", 0)),
                        "wall_time_s": decide, "cloud_counts": np.asarray(info["cloud_counts"]).tolist()})
+        if on_round is not None:
+            on_round(rounds[-1])
         final_accuracy = info.get("final_test_accuracy", final_accuracy)
     bound = episode_lower_bound(np.asarray(rounds[0]["cloud_counts"]), core.target_counts, cfg.upload_budget,
                                 cfg.rounds) if cfg.loss == "l2" else [float("nan")] * (cfg.rounds + 1)
@@ -73,6 +76,7 @@ def run_job(job: Job) -> dict:
     return {"policy": job.policy, "seed": job.seed, "rounds": rounds, "final_distance": rounds[-1]["distance"],
             "initial_distance": rounds[0]["distance"], "final_test_accuracy": final_accuracy,
             "messages": sum(r["messages"] for r in rounds), "policy_time_s": sum(r["wall_time_s"] for r in rounds),
+            "return": float(sum(r["reward"] for r in rounds)),
             "target_counts": core.target_counts.tolist(), "class_names": list(env.class_names)}
 
 
@@ -115,9 +119,9 @@ def evaluate(config: str | dict | EnvConfig | None, policies: list[str], seeds: 
              workers: int = 1, ray_address: str | None = None, progress: bool = True, **overrides) -> dict:
     """Run every (policy, seed) job, write the results folder, return the summary dict."""
     cfg = load_config(config, **overrides)
-    from .policy import POLICIES, make_policy  # noqa: F401  validate names before any work starts
-
     import baselines.policies  # noqa: F401
+
+    from .policy import POLICIES, make_policy  # noqa: F401  validate names before any work starts
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
         raise ValueError(f"unknown policies {unknown}; available: {sorted(POLICIES)}")

@@ -168,8 +168,7 @@ def multinomial_into(state, n, pvals, out):
         if pj <= 0.0:
             continue
         ratio = pj / remaining_p
-        if ratio > 1.0:
-            ratio = 1.0
+        ratio = min(ratio, 1.0)
         x = binomial(state, remaining_n, ratio)
         out[j] = x
         remaining_n -= x

@@ -105,7 +105,7 @@ def test_evaluate_writes_the_results_folder(tmp_path):
 def test_evaluate_results_do_not_depend_on_workers(tmp_path):
     one = evaluate(None, ["random", "interactive"], [4, 5], tmp_path / "a", workers=1, progress=False, **SMALL)
     two = evaluate(None, ["random", "interactive"], [4, 5], tmp_path / "b", workers=2, progress=False, **SMALL)
-    key = lambda p: [(e["policy"], e["seed"], e["final_distance"], e["messages"]) for e in p["episodes"]]  # noqa: E731
+    key = lambda p: [(e["policy"], e["seed"], e["final_distance"], e["messages"]) for e in p["episodes"]]
     assert key(one) == key(two)
 
 
@@ -145,5 +145,5 @@ def test_ray_results_equal_local_results(tmp_path):
                           progress=False, **SMALL)
     finally:
         ray.shutdown()
-    key = lambda p: [(e["policy"], e["seed"], e["final_distance"]) for e in p["episodes"]]  # noqa: E731
+    key = lambda p: [(e["policy"], e["seed"], e["final_distance"]) for e in p["episodes"]]
     assert key(local) == key(remote)
