@@ -4,6 +4,7 @@
 |---------------|---------------------------------------------------------------|---------------------------------|
 | `greedy`      | each robot: its own estimated feasible matrix + availability  | Problem 2, robot by robot       |
 | `interactive` | the same, plus the protocol's messages (others' P_k a_k)      | Algorithm 1 (best responses)    |
+| `interactive-sum` | the same, messages are only the running sum (O(N))        | Algorithm 1, same actions       |
 | `oracle`      | privileged truth via ``env.privileged_view()``                | Problem 1, all robots jointly   |
 | `uniform`, `random` | see ``datagames_env.policy``                            |                                 |
 
@@ -106,6 +107,16 @@ class InteractivePolicy(_SolverPolicy):
         return result.actions
 
 
+class InteractiveSumPolicy(InteractivePolicy):
+    """Algorithm 1 where robots exchange only the running sum of contributions: O(N) messages per sweep
+    instead of N(N-1); the same actions."""
+
+    name = "interactive-sum"
+
+    def __init__(self, env, loss: str | None = None, tol: float = 1e-6) -> None:
+        super().__init__(env, loss, tol, broadcast="sum")
+
+
 class OraclePolicy(_SolverPolicy):
     """Problem 1 with the truth: every robot's true feasible matrix (privileged_view). An upper reference,
     not a deployable policy."""
@@ -122,7 +133,8 @@ class OraclePolicy(_SolverPolicy):
 
 
 def register() -> None:
-    POLICIES.update({"greedy": GreedyPolicy, "interactive": InteractivePolicy, "oracle": OraclePolicy})
+    POLICIES.update({"greedy": GreedyPolicy, "interactive": InteractivePolicy, "interactive-sum": InteractiveSumPolicy,
+                     "oracle": OraclePolicy})
 
 
 register()

@@ -147,3 +147,16 @@ def test_ray_results_equal_local_results(tmp_path):
         ray.shutdown()
     key = lambda p: [(e["policy"], e["seed"], e["final_distance"]) for e in p["episodes"]]
     assert key(local) == key(remote)
+
+
+def test_interactive_sum_takes_the_same_actions_with_fewer_messages():
+    env = datagames_env.parallel_env(**SMALL)
+    obs, infos = env.reset(seed=2)
+    full, summed = make_policy("interactive", env), make_policy("interactive-sum", env)
+    a, b = full.act(obs, infos), summed.act(obs, infos)
+    for agent in a:
+        np.testing.assert_allclose(a[agent], b[agent])
+    n = SMALL["n_robots"]
+    assert full.last_stats["sweeps"] == summed.last_stats["sweeps"]
+    assert full.last_stats["messages"] == n * (n - 1) * (1 + full.last_stats["sweeps"])
+    assert summed.last_stats["messages"] == n + 2 * n * summed.last_stats["sweeps"]
