@@ -331,21 +331,21 @@ def _lmo(P, PT, caps, budget, x, a_out, w_out, g):
     """Vertex of S_1 x ... x S_N minimising <x, sum_i P_i a_i>. Writes it to a_out and w_out = sum_i P_i a_i.
 
     Per robot a fractional knapsack: the classes with the most negative gradient (P_i' x)_j first, each up to
-    its cap, until the budget is spent (ties: the lower class index first). P[i] is row-major (the gradient
-    loop runs along j, vectorisable); PT[i, j] is column j of P_i (contiguous, for the accumulation of w)."""
+    its cap, until the budget is spent (ties: the lower class index first). PT[i, j] is column j of P_i
+    (contiguous): the gradient entries are dot products with x (skipped for unavailable classes) and w
+    accumulates the picked columns; P is not read here."""
     n_robots, n_classes = caps.shape
     for y in range(n_classes):
         w_out[y] = 0.0
     for i in range(n_robots):
         for j in range(n_classes):
-            g[j] = 0.0
-        for y in range(n_classes):
-            xy = x[y]
-            for j in range(n_classes):
-                g[j] += P[i, y, j] * xy
-        for j in range(n_classes):
             a_out[i, j] = 0.0
-            if caps[i, j] <= 0.0:
+            if caps[i, j] > 0.0:  # a dot product with the contiguous column j of P_i
+                s = 0.0
+                for y in range(n_classes):
+                    s += PT[i, j, y] * x[y]
+                g[j] = s
+            else:
                 g[j] = 0.0  # unavailable: never picked
         # pick the most improving class until the budget is spent: the budget usually runs out after a few
         # picks, so repeated selection beats sorting all C classes
@@ -369,7 +369,9 @@ def _lmo(P, PT, caps, budget, x, a_out, w_out, g):
 
 # The affine minimiser of the corral: min_beta ||p_0 + E beta||, E = [p_1 - p_0, ..., p_{m-1} - p_0], by a
 # Householder QR written out (m <= C + 1 is tiny: a LAPACK call costs more than the arithmetic). Adding a corral
-# point appends one column (O(C m) update); dropping one refactors (O(C m^2)). alpha = (1 - sum beta, beta).
+# point appends one column (O(C m) update); dropping points keeps the reflectors of the columns before the first
+# dropped point (column c is p_{c+1} - p_0; all of them when p_0 leaves), rebuilds Q'(-p_0) from them and
+# re-pushes the rest (O(C m^2) at worst). alpha = (1 - sum beta, beta).
 @njit(cache=_CACHE)
 def _qr_reset(points, edges, rhs, house, norms2, raw):
     n_classes = points.shape[1]
@@ -387,7 +389,8 @@ def _qr_push(points, k, edges, rhs, house, norms2, raw):
         v = points[k + 1, y] - points[0, y]
         edges[y, k] = v
         raw_norm2 += v * v
-    raw[0] = max(raw[0], np.sqrt(raw_norm2))
+    raw[k + 1] = np.sqrt(raw_norm2)
+    raw[0] = max(raw[0], raw[k + 1])
     for c in range(k):  # earlier reflectors
         if norms2[c] == 0.0:
             continue
@@ -456,8 +459,10 @@ def _workspace(n_robots, n_classes):
             np.zeros((n_robots, n_classes)),         # LMO vertex
             np.zeros(n_classes), np.zeros(n_classes),  # LMO: w = sum_i P_i a_i, gradient scratch
             np.zeros((n_classes, slots)), np.zeros(n_classes),  # QR: R (upper part of edges), Q' rhs
-            np.zeros((n_classes, slots)), np.zeros(slots), np.zeros(1), np.zeros(slots),  # reflectors, beta
-            np.zeros(n_classes), np.zeros(n_classes))  # x, q
+            np.zeros((n_classes, slots)), np.zeros(slots), np.zeros(slots + 1), np.zeros(slots),  # reflectors,
+            # raw (largest raw column norm, then each column's), beta
+            np.zeros(n_classes), np.zeros(n_classes),  # x, q
+            np.zeros(slots))  # squared norms of the corral points
 
 
 @njit(cache=_CACHE)
@@ -467,7 +472,7 @@ def _min_norm_point(P, PT, caps, budget, d, max_iter, ws, out):
 
     status 0: Frank-Wolfe gap below tolerance; 2: corral full-dimensional (x = 0 up to round-off);
     3: no decrease of ||x|| (round-off floor); 1: max_iter reached."""
-    (points, vertices, slot, lam, alpha, a_new, w_new, g, edges, rhs, house, norms2, raw, beta, x, q) = ws
+    (points, vertices, slot, lam, alpha, a_new, w_new, g, edges, rhs, house, norms2, raw, beta, x, q, pnorm2) = ws
     n_robots, n_classes = caps.shape
     for y in range(n_classes):  # a = 0 is a vertex of H: the start
         x[y] = -d[y]
@@ -476,10 +481,12 @@ def _min_norm_point(P, PT, caps, budget, d, max_iter, ws, out):
     vertices[0] = 0.0
     lam[0] = 1.0
     m = 1
-    factored = -1  # QR columns valid for the current corral (-1: none)
+    factored = 0  # leading QR columns valid for the current corral
+    stale = True  # rhs = Q'(-p_0) must be rebuilt from the valid columns' reflectors
     xx = 0.0
     for y in range(n_classes):
         xx += x[y] * x[y]
+    pnorm2[0] = xx
     status = 1
     iters = 0
     for it in range(max_iter):
@@ -491,11 +498,9 @@ def _min_norm_point(P, PT, caps, budget, d, max_iter, ws, out):
             q[y] = w_new[y] - d[y]
             scale += q[y] * q[y]
             xq += x[y] * q[y]
+        qq = scale
         for k in range(m):
-            nk = 0.0
-            for y in range(n_classes):
-                nk += points[k, y] * points[k, y]
-            scale = max(scale, nk)
+            scale = max(scale, pnorm2[k])
         if xx - xq <= _GAP_TOL * scale:
             status = 0
             break
@@ -512,6 +517,7 @@ def _min_norm_point(P, PT, caps, budget, d, max_iter, ws, out):
                 break
             free += 1
         points[m] = q
+        pnorm2[m] = qq
         slot[m] = free
         vertices[free] = a_new
         lam[m] = 0.0
@@ -520,11 +526,21 @@ def _min_norm_point(P, PT, caps, budget, d, max_iter, ws, out):
             if m == 1:
                 alpha[0] = 1.0
             else:
-                if factored != m - 2:  # refactor from scratch (after a drop, or at the start)
+                if stale:  # after a drop (or at the start): keep the columns before the first dropped point
                     _qr_reset(points, edges, rhs, house, norms2, raw)
-                    for k in range(m - 2):
-                        _qr_push(points, k, edges, rhs, house, norms2, raw)
-                _qr_push(points, m - 2, edges, rhs, house, norms2, raw)
+                    for c in range(factored):
+                        raw[0] = max(raw[0], raw[c + 1])
+                        if norms2[c] == 0.0:
+                            continue
+                        s = 0.0
+                        for y in range(c, n_classes):
+                            s += house[y, c] * rhs[y]
+                        f = 2.0 * s / norms2[c]
+                        for y in range(c, n_classes):
+                            rhs[y] -= f * house[y, c]
+                    stale = False
+                for k in range(factored, m - 1):
+                    _qr_push(points, k, edges, rhs, house, norms2, raw)
                 factored = m - 1
                 _qr_solve(m, edges, rhs, raw, beta, alpha)
             inside = True
@@ -553,16 +569,22 @@ def _min_norm_point(P, PT, caps, budget, d, max_iter, ws, out):
             lam[leaving] = 0.0
             kept = 0
             total = 0.0
+            first_drop = m
             for k in range(m):
+                if lam[k] <= 0.0 and k < first_drop:
+                    first_drop = k
                 if lam[k] > 0.0:
                     if kept != k:
                         points[kept] = points[k]
+                        pnorm2[kept] = pnorm2[k]
                         slot[kept] = slot[k]
                         lam[kept] = lam[k]
                     total += lam[kept]
                     kept += 1
             m = kept
-            factored = -1
+            # column c is p_{c+1} - p_0: the columns before the first dropped point keep their reflectors
+            factored = min(factored, max(first_drop - 1, 0))
+            stale = True
             for k in range(m):
                 lam[k] /= total
         new_xx = 0.0
@@ -606,9 +628,19 @@ def _clip_feasible(actions, caps, budget):
 
 
 @njit(cache=_CACHE)
-def _oracle_native(P, PT, caps, budget, d, max_iter):
+def _oracle_native(P, caps, budget, target, cloud, max_iter):
+    """Oracle: d = target - cloud and PT (column j of P_i contiguous) built here, not by numpy calls (at N = 20
+    each numpy call costs about as much as a few Wolfe iterations). All caps zero: returns zeros at once."""
     n_robots, n_classes = caps.shape
     actions = np.zeros((n_robots, n_classes))
+    PT = np.empty((n_robots, n_classes, n_classes))
+    for i in range(n_robots):
+        for y in range(n_classes):
+            for j in range(n_classes):
+                PT[i, j, y] = P[i, y, j]
+    d = np.empty(n_classes)
+    for y in range(n_classes):
+        d[y] = target[y] - cloud[y]
     status, iters = _min_norm_point(P, PT, caps, budget, d, max_iter, _workspace(n_robots, n_classes), actions)
     return actions, status, iters
 
@@ -799,15 +831,17 @@ def solve_oracle(P, cloud, target, n_cache, available=None, loss: str = "l2", ba
     feasible_matrices, cloud_counts, target_counts, budget, caps = _validate(P, cloud, target, n_cache, available)
     backend = _pick_backend(backend, loss)
     loss = loss.lower()
-    if budget == 0 or not caps.any():
+    if budget == 0:
         return np.zeros_like(caps)
-    if backend == "native":
-        actions, status, iterations = _oracle_native(feasible_matrices, _columns(feasible_matrices), caps, budget,
-                                                     target_counts - cloud_counts, _max_iter(caps.shape[1]))
+    if backend == "native":  # all caps zero: Wolfe stops at its start a = 0 (gap 0)
+        actions, status, iterations = _oracle_native(feasible_matrices, caps, budget, target_counts, cloud_counts,
+                                                     _max_iter(caps.shape[1]))
         if status == 1:  # never seen in testing; say so rather than return a silently inexact optimum
             warnings.warn(f"solve_oracle: Wolfe's algorithm stopped at its iteration limit ({iterations}); the "
                           f"actions are feasible but may be slightly suboptimal", RuntimeWarning, stacklevel=2)
         return actions
+    if not caps.any():
+        return np.zeros_like(caps)
     if loss == "kl":
         _check_kl_reachable(feasible_matrices, cloud_counts, target_counts, budget, caps)
     return _oracle_cvxpy(feasible_matrices, cloud_counts, target_counts, budget, caps, loss, solver)
