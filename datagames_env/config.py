@@ -119,8 +119,9 @@ class EnvConfig(_Strict):
     target: TargetConfig = TargetConfig()
     stream: StreamConfig = StreamConfig()
     perception: PerceptionConfig = PerceptionConfig()
-    mix_estimator: Literal["bbse", "em", "truth"] = Field(
-        "bbse", description="how a robot estimates its class mix: BBSE on the simplex, EM (max likelihood), or the truth"
+    mix_estimator: Literal["bbse", "pooled", "em", "truth"] = Field(
+        "bbse", description="how a robot estimates its class mix: BBSE on the simplex from this round, BBSE on every "
+                            "round since its model last changed (pooled), EM (max likelihood), or the truth"
     )
     loss: Literal["l2", "kl"] = "l2"
     world_seed: int | None = Field(

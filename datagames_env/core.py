@@ -294,6 +294,7 @@ class BatchedCore:
         self._versions.reset()
         self.robot_version = np.zeros((b_n, n), dtype=np.int64)
         self._assign_models(range(b_n))
+        self.pooled_histograms = np.zeros((b_n, n, c), dtype=np.int64)
         self.distance = self._distance(self.cloud_counts)
         self.initial_distance = self.distance.copy()
         self._needs_reset = False
@@ -318,11 +319,15 @@ class BatchedCore:
                 self.num_envs, self.n_robots, 1)
             self.histograms = np.bincount(flat.ravel(), minlength=self.num_envs * self.n_robots * self.n_classes
                                           ).reshape(self.num_envs, self.n_robots, self.n_classes)
+        # pooled: the rounds since the robot's model last changed share one confusion matrix, so their
+        # histograms add up (less noise; biased if the mixes drift)
+        self.pooled_histograms = self.pooled_histograms + self.histograms
         if cfg.mix_estimator == "truth":
             self.estimated_mixes = self.mixes.copy()
         else:
+            source = self.pooled_histograms if cfg.mix_estimator == "pooled" else self.histograms
             self.estimated_mixes = np.empty((self.num_envs, self.n_robots, self.n_classes))
-            kernels.estimate_mixes(self.histograms, self.robot_version, v.confusions, v.pinv_confusion_t,
+            kernels.estimate_mixes(source, self.robot_version, v.confusions, v.pinv_confusion_t,
                                    1 if cfg.mix_estimator == "em" else 0, 50, self.estimated_mixes)
 
     def _distance(self, cloud_counts: np.ndarray) -> np.ndarray:
@@ -399,6 +404,7 @@ class BatchedCore:
             if pcfg.retrain_every and self.round_index % pcfg.retrain_every == 0:
                 self._versions.reset()
                 self._assign_models(range(b_n))
+                self.pooled_histograms = np.zeros_like(self.pooled_histograms)  # a new confusion matrix
             if cfg.stream.drift > 0:
                 self._drift_mixes()
             self._observe_round()

@@ -889,3 +889,41 @@ def test_retraining_changes_the_model_versions():
     # still deterministic: a second env with the same seed replays the same episode
     a, b = make(**kwargs), make(**kwargs)
     assert_same(play_episode(a, 3, 3), play_episode(b, 3, 3))
+
+
+def test_pooled_mix_estimate_is_bbse_of_the_summed_rounds_and_less_noisy():
+    """mix_estimator 'pooled' = BBSE on the histograms summed since the model last changed; over an episode
+    without retraining or drift its error shrinks below the single-round estimate's."""
+    from datagames_env import kernels
+
+    kwargs = dict(n_robots=6, rounds=6, obs_per_round=100, n_cache=2)
+    pooled = datagames_env.parallel_env(mix_estimator="pooled", **kwargs)
+    single = datagames_env.parallel_env(mix_estimator="bbse", **kwargs)
+    errors = {"pooled": [], "bbse": []}
+    summed = 0
+    for seed in range(3):
+        for env in (pooled, single):
+            env.reset(seed=seed)
+        summed = pooled.core.histograms.copy()
+        for _ in range(kwargs["rounds"] - 1):
+            actions = {a: np.full(pooled.n_classes, 0.1) for a in pooled.agents}
+            pooled.step(actions)
+            single.step(actions)
+            summed = summed + pooled.core.histograms
+        core = pooled.core
+        expected = np.empty_like(core.estimated_mixes)
+        kernels.estimate_mixes(summed, core.robot_version, core._versions.confusions,
+                               core._versions.pinv_confusion_t, 0, 50, expected)
+        np.testing.assert_allclose(core.estimated_mixes, expected)
+        np.testing.assert_array_equal(single.core.histograms, core.histograms)  # same draws, only the estimate differs
+        errors["pooled"].append(np.abs(core.estimated_mixes - core.mixes).sum(axis=-1).mean())
+        errors["bbse"].append(np.abs(single.core.estimated_mixes - single.core.mixes).sum(axis=-1).mean())
+    assert np.mean(errors["pooled"]) < np.mean(errors["bbse"])
+
+
+def test_pooled_estimate_restarts_when_the_model_changes():
+    env = datagames_env.parallel_env(mix_estimator="pooled", n_robots=3, rounds=3, obs_per_round=50, n_cache=2,
+                                     **{"perception.retrain_every": 1})
+    env.reset(seed=0)
+    env.step({a: np.full(env.n_classes, 0.1) for a in env.agents})
+    np.testing.assert_array_equal(env.core.pooled_histograms, env.core.histograms)
