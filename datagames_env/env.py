@@ -102,7 +102,6 @@ class DataGamesParallelEnv(ParallelEnv):
         self._next_seed_rng = np.random.default_rng()
         self._target_counts = self.core.target_counts.copy()
         self._target_counts.flags.writeable = False  # shared by every robot's info; fixed per config
-        self._last_step = None
         self._history: list[float] = []
 
     # ---------------------------------------------------------------------------------------- spaces
@@ -133,7 +132,6 @@ class DataGamesParallelEnv(ParallelEnv):
         self.core.reset([seed])
         self.agents = list(self.possible_agents)
         self._active = frozenset(self.agents)
-        self._last_step = None
         self._history = [float(self.core.distance[0])]
         obs = self._observations()
         infos = self._infos()
@@ -158,7 +156,6 @@ class DataGamesParallelEnv(ParallelEnv):
                 raise ValueError(f"{agent}: action must have shape ({width},), got {row.shape}")
             batch[0, k] = row
         result = self.core.step(batch)  # validates values; raises before changing state
-        self._last_step = result
         self._history.append(float(result.distance[0]))
         obs = self._observations()
         reward = float(result.rewards[0])

@@ -18,13 +18,8 @@ def ansi_table(env) -> str:
     return "\n".join(lines)
 
 
-def _figure(env):
-    import matplotlib
-    from matplotlib.figure import Figure
-
+def _draw_bars(ax, env) -> None:
     core = env.core
-    fig = Figure(figsize=(6.4, 3.6), dpi=100)
-    ax = fig.add_subplot()
     x = np.arange(core.n_classes)
     ax.bar(x - 0.2, core.cloud_counts[0], width=0.4, label="cloud", color="tab:green")
     ax.bar(x + 0.2, core.target_counts, width=0.4, label="target", color="tab:pink")
@@ -32,15 +27,15 @@ def _figure(env):
     ax.set_ylabel("samples")
     ax.set_title(f"round {core.round_index}/{core.cfg.rounds}  distance {core.distance[0]:.2f}")
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    del matplotlib
-    return fig
 
 
 def bar_chart_rgb(env) -> np.ndarray:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    fig = _figure(env)
+    fig = Figure(figsize=(6.4, 3.6), dpi=100)  # no pyplot: no global figure state, works headless
+    _draw_bars(fig.add_subplot(), env)
+    fig.tight_layout()
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
@@ -51,20 +46,15 @@ def show_human(env, text: str) -> None:
     import matplotlib
     import matplotlib.pyplot as plt
 
-    if matplotlib.get_backend().lower() in ("agg", "pdf", "svg", "ps", "cairo", "template") or \
-            "inline" in matplotlib.get_backend().lower():
+    backend = matplotlib.get_backend().lower()
+    if backend in ("agg", "pdf", "svg", "ps", "cairo", "template") or "inline" in backend:
         print(text)
         return
     if getattr(env, "_human_fig", None) is None:
         env._human_fig = plt.figure(figsize=(6.4, 3.6))
     fig = env._human_fig
     fig.clf()
-    core = env.core
-    ax = fig.add_subplot()
-    x = np.arange(core.n_classes)
-    ax.bar(x - 0.2, core.cloud_counts[0], width=0.4, label="cloud")
-    ax.bar(x + 0.2, core.target_counts, width=0.4, label="target")
-    ax.legend()
+    _draw_bars(fig.add_subplot(), env)
     plt.pause(1.0 / env.metadata["render_fps"])
 
 
