@@ -140,10 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ev.add_argument("--out", default=None, help="results folder (default: results/<config>)")
     ev.set_defaults(func=cmd_eval)
+
+    # The other scenarios own their command lines: `datagames p2p --help`, `datagames dual --help`
+    for name, module in SCENARIO_COMMANDS.items():
+        sub.add_parser(name, add_help=False, help=f"scenario commands, see `datagames {name} --help` ({module})")
     return parser
 
 
+SCENARIO_COMMANDS = {"p2p": "datagames_env.p2p_cli", "dual": "datagames_env.dual_cli"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SCENARIO_COMMANDS:
+        import importlib
+
+        return importlib.import_module(SCENARIO_COMMANDS[argv[0]]).main(argv[1:])
     args = build_parser().parse_args(argv)
     from datagames_env.config import ConfigError
     from datagames_env.datasets import DatasetError

@@ -107,6 +107,9 @@ class TargetConfig(_Strict):
 class EnvConfig(_Strict):
     """Every knob of the environment. See README 'Configuration' for the table."""
 
+    scenario: Literal["datagames"] = Field(
+        "datagames", description="the cloud potential game; other scenarios (p2p, dual) have configs of their own"
+    )
     dataset: DatasetConfig = DatasetConfig()
     n_robots: int = Field(10, ge=1)
     rounds: int = Field(10, ge=1)
