@@ -112,6 +112,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console()
+    try:
+        from agents.rllib_train import TrainSettings
+    except ImportError as exc:
+        raise SystemExit(f"datagames train needs the rl extra (pip install -e '.[rl]'): {exc}") from None
+    settings = TrainSettings(
+        config=args.config, overrides=_parse_overrides(args.set), iterations=args.iterations, model=args.model,
+        per_robot=args.per_robot, num_env_runners=args.num_env_runners,
+        num_envs_per_env_runner=args.num_envs_per_env_runner, num_learners=args.num_learners,
+        num_gpus_per_learner=args.num_gpus_per_learner, ray_address=args.ray_address, tune=args.tune,
+        seed=args.seed, lr=args.lr, train_batch_size=args.train_batch_size, minibatch_size=args.minibatch_size,
+        num_epochs=args.num_epochs, entropy_coeff=args.entropy_coeff, out=args.out, run_name=args.name,
+        resume=args.resume, checkpoint_every=args.checkpoint_every)
+    if args.algo == "ppo":
+        from agents.rllib_train import train
+    else:
+        from agents.sb3_train import train_sb3 as train
+    result = train(settings, log=console.print)
+    last = result["history"][-1] if result["history"] else {}
+    console.print(f"trained {len(result['history'])} iterations, {last.get('agent_steps', 0):,} agent steps in "
+                  f"{result['elapsed_s']:.0f} s; checkpoint {result['checkpoint']}")
+    console.print(f"evaluate: datagames eval --config {args.config} --policies greedy,interactive,oracle,"
+                  f"{'rllib' if args.algo == 'ppo' else 'sb3'}:{result['checkpoint']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="datagames", description="Fleet data collection environment (Data Games).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,6 +169,35 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ev.add_argument("--out", default=None, help="results folder (default: results/<config>)")
     ev.set_defaults(func=cmd_eval)
+
+    tr = sub.add_parser("train", help="train a learned sharing policy (RLlib PPO or SB3 PPO); same command on a "
+                                      "laptop CPU and a GPU Ray cluster")
+    tr.add_argument("--config", default="default", help="config name in configs/ or a YAML path (any scenario)")
+    tr.add_argument("--algo", default="ppo", choices=["ppo", "sb3-ppo"], help="ppo: RLlib (new API stack); "
+                    "sb3-ppo: Stable-Baselines3 on the (envs x robots) VecEnv")
+    tr.add_argument("--iterations", type=int, default=20, help="training iterations (PPO updates)")
+    tr.add_argument("--model", default="auto", choices=["auto", "scoring", "mlp"],
+                    help="RLlib module: scoring (per-class / per-sample shared network, the GU model) or mlp")
+    tr.add_argument("--per-robot", action="store_true", help="one module per robot instead of parameter sharing")
+    tr.add_argument("--num-env-runners", type=int, default=0, help="sampling actors (0: sample in the driver)")
+    tr.add_argument("--num-envs-per-env-runner", type=int, default=1,
+                    help="environments per runner (sb3-ppo: environments of the vector core)")
+    tr.add_argument("--num-learners", type=int, default=0, help="learner actors (0: learn in the driver)")
+    tr.add_argument("--num-gpus-per-learner", type=float, default=0.0, help="GPUs per learner (cluster)")
+    tr.add_argument("--ray-address", default=None, help="an existing Ray cluster ('auto', 'ray://host:10001')")
+    tr.add_argument("--tune", action="store_true", help="Ray Tune sweep over the learning rate")
+    tr.add_argument("--lr", type=float, default=3e-4)
+    tr.add_argument("--train-batch-size", type=int, default=2000, help="agent steps per iteration")
+    tr.add_argument("--minibatch-size", type=int, default=250)
+    tr.add_argument("--num-epochs", type=int, default=10)
+    tr.add_argument("--entropy-coeff", type=float, default=0.0)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    tr.add_argument("--out", default="runs/train", help="runs folder (default runs/train)")
+    tr.add_argument("--name", default=None, help="run name (default <config>-<algo>-<time>)")
+    tr.add_argument("--resume", default=None, help="checkpoint folder to resume from")
+    tr.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints (0: only at end)")
+    tr.set_defaults(func=cmd_train)
 
     # The other scenarios own their command lines: `datagames p2p --help`, `datagames dual --help`
     for name, module in SCENARIO_COMMANDS.items():

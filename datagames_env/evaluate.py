@@ -121,10 +121,13 @@ def evaluate(config: str | dict | EnvConfig | None, policies: list[str], seeds: 
     cfg = load_config(config, **overrides)
     import baselines.policies  # noqa: F401
 
-    from .policy import POLICIES, make_policy  # noqa: F401  validate names before any work starts
-    unknown = [p for p in policies if p not in POLICIES]
+    from .policy import POLICIES, is_checkpoint_spec, make_policy  # noqa: F401  validate names before any work starts
+    unknown = [p for p in policies if p not in POLICIES and not is_checkpoint_spec(p)]
+    missing = [p for p in policies if is_checkpoint_spec(p) and not Path(p.partition(":")[2]).exists()]
+    if missing:
+        raise ValueError(f"checkpoints not found: {missing}")
     if unknown:
-        raise ValueError(f"unknown policies {unknown}; available: {sorted(POLICIES)}")
+        raise ValueError(f"unknown policies {unknown}; available: {sorted(POLICIES)}, or rllib:PATH, sb3:PATH")
     jobs = [Job(cfg.model_dump(), policy, seed) for seed in seeds for policy in policies]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

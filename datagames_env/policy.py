@@ -65,9 +65,22 @@ class UniformPolicy(_Base):
 POLICIES: dict[str, type] = {"random": RandomPolicy, "uniform": UniformPolicy}
 
 
+CHECKPOINT_KINDS = ("rllib", "sb3")
+
+
+def is_checkpoint_spec(name: str) -> bool:
+    """``rllib:PATH`` / ``sb3:PATH``: a trained policy loaded from a checkpoint (``agents.policies``)."""
+    return name.partition(":")[0] in CHECKPOINT_KINDS and ":" in name
+
+
 def make_policy(name: str, env) -> Policy:
     """``make_policy("oracle", env)``: random, uniform, and the analytic baselines (greedy, interactive,
-    oracle) that ``baselines.policies`` registers on import."""
+    oracle) that ``baselines.policies`` registers on import; ``rllib:PATH`` and ``sb3:PATH`` load trained
+    policies from checkpoints."""
+    if is_checkpoint_spec(name):
+        from agents.policies import load_checkpoint_policy
+
+        return load_checkpoint_policy(name, env)
     if name not in POLICIES:
         try:
             import baselines.policies  # noqa: F401  (registers the analytic baselines)

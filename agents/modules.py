@@ -1,0 +1,119 @@
+"""Torch RLModules for the learned sharing policies (RLlib new API stack, PPO-compatible).
+
+* :class:`SampleScoringModule` (selection mode, the GU model of the papers): one small network, shared across
+  the samples of a round, scores each observed sample from its embedding and predicted probabilities together
+  with the robot's context (cloud histogram, target, its own estimates). The policy is therefore independent of
+  the number of samples and sees what the papers' GU model sees. Actions are the scores; the environment
+  uploads the top ``n_cache``. Exploration is a diagonal Gaussian on the scores with one learned width.
+* :class:`ClassScoringModule` (allocation mode): the same idea over classes: a network shared across the C
+  classes maps each class's features (cloud share, target share, gap, this round's predicted share, estimated
+  mix, accuracy) plus the robot's context to that class's share of the budget. Equivariant to relabelling
+  classes, so it learns from every class at once. The plain alternative is RLlib's default PPO MLP
+  (``--model mlp``).
+
+Both read the flat observation through a layout given in ``model_config``: ``context_dim`` (the context block
+comes first), ``n_samples`` and ``sample_dim`` (selection), ``n_classes`` (allocation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis import ValueFunctionAPI
+from ray.rllib.core.rl_module.torch import TorchRLModule
+from torch import nn
+
+# the allocation-mode context blocks, in the environment's order (env.obs_layout)
+CLASS_BLOCKS = ("cloud_hist", "target", "gap", "predicted_hist", "estimated_mix", "class_accuracy")
+
+
+def _mlp(sizes: list[int], out_gain: float = 1.0) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        linear = nn.Linear(a, b)
+        last = i == len(sizes) - 2
+        nn.init.orthogonal_(linear.weight, gain=out_gain if last else 2 ** 0.5)
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if not last:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+def _require(model_config: dict, keys: tuple[str, ...], module: str) -> None:
+    missing = [k for k in keys if k not in model_config]
+    if missing:
+        raise ValueError(f"{module}: model_config is missing {missing} (build it with agents.rllib_train.module_spec)")
+
+
+class _ScoringBase(TorchRLModule, ValueFunctionAPI):
+    """Shared pieces: per-item scores -> Gaussian inputs, a value head on context + pooled items."""
+
+    def _items(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _setup_heads(self, item_dim: int, context_dim: int) -> None:
+        hidden = list(self.model_config.get("hidden", [64, 64]))
+        self.scorer = _mlp([item_dim + context_dim, *hidden, 1], out_gain=0.01)
+        self.value_head = _mlp([context_dim + item_dim, *hidden, 1], out_gain=1.0)
+        self.log_std = nn.Parameter(torch.tensor(float(self.model_config.get("initial_log_std", -1.0))))
+
+    def _scores(self, obs: torch.Tensor) -> torch.Tensor:
+        context, items = self._items(obs)
+        expanded = context.unsqueeze(-2).expand(*items.shape[:-1], context.shape[-1])
+        return self.scorer(torch.cat([items, expanded], dim=-1)).squeeze(-1)
+
+    def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        scores = self._scores(batch[Columns.OBS]) + self.score_offset
+        return {Columns.ACTION_DIST_INPUTS: torch.cat([scores, self.log_std.expand_as(scores)], dim=-1)}
+
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
+        context, items = self._items(batch[Columns.OBS])
+        return self.value_head(torch.cat([context, items.mean(dim=-2)], dim=-1)).squeeze(-1)
+
+
+class SampleScoringModule(_ScoringBase):
+    """GU scoring over the samples of a round (selection mode); see the module docstring."""
+
+    score_offset = 0.0
+
+    def setup(self) -> None:
+        _require(self.model_config, ("context_dim", "n_samples", "sample_dim"), "SampleScoringModule")
+        self.context_dim = int(self.model_config["context_dim"])
+        self.n_samples = int(self.model_config["n_samples"])
+        self.sample_dim = int(self.model_config["sample_dim"])
+        expected = self.context_dim + self.n_samples * self.sample_dim
+        if self.observation_space is not None and self.observation_space.shape[-1] != expected:
+            raise ValueError(f"SampleScoringModule: observation has {self.observation_space.shape[-1]} features, the "
+                             f"layout says context {self.context_dim} + {self.n_samples} x {self.sample_dim} = {expected}")
+        self._setup_heads(self.sample_dim, self.context_dim)
+
+    def _items(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        context = obs[..., :self.context_dim]
+        samples = obs[..., self.context_dim:self.context_dim + self.n_samples * self.sample_dim]
+        return context, samples.reshape(*obs.shape[:-1], self.n_samples, self.sample_dim)
+
+
+class ClassScoringModule(_ScoringBase):
+    """Per-class shares from one network shared across classes (allocation mode); see the module docstring."""
+
+    # RLlib unsquashes actions from [-1, 1] to the Box [0, 1]: start near share 0.5 of every class
+    score_offset = 0.0
+
+    def setup(self) -> None:
+        _require(self.model_config, ("n_classes",), "ClassScoringModule")
+        self.n_classes = int(self.model_config["n_classes"])
+        expected = len(CLASS_BLOCKS) * self.n_classes + 1
+        if self.observation_space is not None and self.observation_space.shape[-1] != expected:
+            raise ValueError(f"ClassScoringModule: observation has {self.observation_space.shape[-1]} features, "
+                             f"allocation mode with {self.n_classes} classes has {expected}")
+        self.context_dim = 1 + len(CLASS_BLOCKS)  # rounds left + the mean of each block
+        self._setup_heads(len(CLASS_BLOCKS), self.context_dim)
+
+    def _items(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.n_classes
+        per_class = obs[..., :len(CLASS_BLOCKS) * c].reshape(*obs.shape[:-1], len(CLASS_BLOCKS), c).transpose(-1, -2)
+        context = torch.cat([obs[..., -1:], per_class.mean(dim=-2)], dim=-1)
+        return context, per_class

@@ -1,0 +1,119 @@
+"""Trained policies behind the one policy protocol, loaded by checkpoint: ``rllib:PATH`` and ``sb3:PATH``.
+
+``make_policy("rllib:runs/train/default-ppo-.../checkpoint", env)`` returns a policy whose ``act`` feeds each
+robot's observation to its module (the shared one, or the robot's own) and returns the *deterministic* action:
+the Gaussian's mean, mapped to the action box as RLlib's ``normalize_actions`` does in training. These
+policies see only their robot's observation: they are not privileged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .rllib_train import META_FILE, SHARED_MODULE
+
+
+def _check_space(env, expected_shape: tuple, path: Path) -> None:
+    shape = env.observation_space(env.possible_agents[0]).shape
+    if tuple(shape) != tuple(expected_shape):
+        raise ValueError(f"checkpoint {path}: trained on observations of shape {tuple(expected_shape)}, this environment "
+                         f"has {tuple(shape)}; evaluate it on the config it was trained on")
+
+
+def _read_meta(path: Path) -> dict:
+    meta_file = path / META_FILE
+    return json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+
+
+class RLlibCheckpointPolicy:
+    """A policy from an RLlib checkpoint folder (the ``checkpoint`` of ``datagames train``)."""
+
+    privileged = False
+
+    def __init__(self, env, path: str | Path) -> None:
+        import torch
+        from ray.rllib.core.rl_module.rl_module import RLModule
+
+        self.path = Path(path)
+        modules_dir = self.path / "learner_group" / "learner" / "rl_module"
+        if not modules_dir.is_dir():
+            raise ValueError(f"rllib checkpoint: {self.path} has no learner_group/learner/rl_module folder; "
+                             "pass the checkpoint folder that `datagames train` wrote")
+        self.name = f"rllib:{self.path}"
+        self.torch = torch
+        self.modules = {}
+        for agent in env.possible_agents:
+            module_id = agent if (modules_dir / agent).is_dir() else SHARED_MODULE
+            if module_id not in self.modules:
+                if not (modules_dir / module_id).is_dir():
+                    raise ValueError(f"rllib checkpoint {self.path}: no module for {agent} (neither {agent} nor "
+                                     f"{SHARED_MODULE})")
+                module = RLModule.from_checkpoint(str((modules_dir / module_id).resolve()))
+                module.eval()
+                self.modules[module_id] = module
+        self.module_of = {a: (a if a in self.modules else SHARED_MODULE) for a in env.possible_agents}
+        first = next(iter(self.modules.values()))
+        _check_space(env, first.observation_space.shape, self.path)
+        self.action_space = env.action_space(env.possible_agents[0])
+        self.meta = _read_meta(self.path)
+
+    def reset(self, seed: int | None = None) -> None:
+        pass
+
+    def act(self, observations: dict, infos: dict) -> dict:
+        from ray.rllib.core.columns import Columns
+
+        actions = {}
+        by_module: dict[str, list[str]] = {}
+        for agent in observations:
+            by_module.setdefault(self.module_of[agent], []).append(agent)
+        low, high = self.action_space.low, self.action_space.high
+        with self.torch.no_grad():
+            for module_id, agents in by_module.items():
+                obs = self.torch.as_tensor(np.stack([observations[a] for a in agents]), dtype=self.torch.float32)
+                out = self.modules[module_id].forward_inference({Columns.OBS: obs})
+                mean = out[Columns.ACTION_DIST_INPUTS][:, :low.shape[0]].numpy()
+                # RLlib's normalize_actions: the module acts in [-1, 1], the env gets [low, high]
+                scaled = np.clip(low + (mean + 1.0) * 0.5 * (high - low), low, high).astype(np.float32)
+                actions.update(zip(agents, scaled))
+        return actions
+
+
+class SB3CheckpointPolicy:
+    """A policy from an SB3 checkpoint (``model.zip`` or the folder holding it)."""
+
+    privileged = False
+
+    def __init__(self, env, path: str | Path) -> None:
+        from stable_baselines3 import PPO
+
+        from .sb3_train import _load_model_file
+
+        self.path = Path(path)
+        self.name = f"sb3:{self.path}"
+        self.model = PPO.load(str(_load_model_file(self.path)), device="cpu")
+        _check_space(env, self.model.observation_space.shape, self.path)
+
+    def reset(self, seed: int | None = None) -> None:
+        pass
+
+    def act(self, observations: dict, infos: dict) -> dict:
+        agents = list(observations)
+        actions, _ = self.model.predict(np.stack([observations[a] for a in agents]), deterministic=True)
+        return dict(zip(agents, np.asarray(actions, dtype=np.float32)))
+
+
+LOADERS = {"rllib": RLlibCheckpointPolicy, "sb3": SB3CheckpointPolicy}
+
+
+def load_checkpoint_policy(spec: str, env):
+    """``rllib:PATH`` or ``sb3:PATH`` -> a policy for ``env``."""
+    kind, _, path = spec.partition(":")
+    if kind not in LOADERS or not path:
+        raise ValueError(f"policy '{spec}': expected rllib:PATH or sb3:PATH")
+    if not Path(path).exists():
+        raise ValueError(f"policy '{spec}': {path} does not exist")
+    return LOADERS[kind](env, path)

@@ -1,0 +1,281 @@
+"""RLlib PPO training of learned sharing policies, laptop CPU to GPU Ray cluster with the same command.
+
+``datagames train --config default --algo ppo --iterations 50`` builds :func:`build_ppo_config`, trains with a
+progress bar, writes TensorBoard scalars to ``<run>/tensorboard``, checkpoints to ``<run>/checkpoint`` (every
+``--checkpoint-every`` iterations and at the end) and resumes from ``--resume <checkpoint>``. Scaling is only
+flags: ``--num-env-runners`` (sampling actors), ``--num-envs-per-env-runner``, ``--num-learners`` and
+``--num-gpus-per-learner`` (learner actors, GPUs), ``--ray-address`` (an existing cluster), ``--tune`` (a Ray
+Tune sweep over the learning rate).
+
+Robots share one module (``shared``) by default; ``--per-robot`` gives each robot its own. The module is
+:class:`agents.modules.ClassScoringModule` (allocation) or :class:`agents.modules.SampleScoringModule`
+(selection, the GU model) unless ``--model mlp`` asks for RLlib's default PPO MLP.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SHARED_MODULE = "shared"
+META_FILE = "datagames_meta.json"
+
+
+@dataclass
+class TrainSettings:
+    config: Any = "default"
+    overrides: dict = field(default_factory=dict)
+    iterations: int = 20
+    model: str = "auto"                  # auto | scoring | mlp
+    per_robot: bool = False
+    num_env_runners: int = 0
+    num_envs_per_env_runner: int = 1
+    num_learners: int = 0
+    num_gpus_per_learner: float = 0.0
+    num_cpus_per_env_runner: float = 1.0
+    ray_address: str | None = None
+    tune: bool = False
+    tune_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    seed: int = 0
+    lr: float = 3e-4
+    gamma: float = 0.99
+    lambda_: float = 0.95
+    entropy_coeff: float = 0.0
+    train_batch_size: int = 2000         # agent steps per iteration
+    minibatch_size: int = 250
+    num_epochs: int = 10
+    hidden: tuple[int, ...] = (64, 64)
+    initial_log_std: float = -1.0
+    out: str = "runs/train"
+    run_name: str | None = None
+    resume: str | None = None
+    checkpoint_every: int = 10
+    progress: bool = True
+
+
+def env_layout(par_env) -> dict:
+    """What the modules need to read a scenario's flat observation: the ``model_config`` of the module."""
+    layout = dict(getattr(par_env, "obs_layout", {}) or {})
+    if "samples" in layout:
+        context_dim = int(getattr(par_env, "context_dim", layout["samples"].start))
+        n_samples = int(getattr(par_env, "n_samples", 0) or par_env.action_space(par_env.possible_agents[0]).shape[0])
+        width = layout["samples"].stop - layout["samples"].start
+        sample_dim = int(getattr(par_env, "sample_feature_dim", 0) or width // n_samples)
+        if context_dim + n_samples * sample_dim != layout["samples"].stop:
+            raise ValueError(f"observation layout: context {context_dim} + {n_samples} x {sample_dim} does not end at "
+                             f"{layout['samples'].stop}")
+        return {"kind": "samples", "context_dim": context_dim, "n_samples": n_samples, "sample_dim": sample_dim}
+    from .modules import CLASS_BLOCKS
+
+    n_classes = int(getattr(par_env, "n_classes", 0))
+    blocks = [k for k in layout if k != "rounds_left"]
+    if tuple(blocks) == CLASS_BLOCKS and "rounds_left" in layout:
+        return {"kind": "classes", "n_classes": n_classes}
+    return {"kind": "flat"}
+
+
+def module_spec(par_env, settings: TrainSettings):
+    """One ``RLModuleSpec`` for a robot of ``par_env``, per ``settings.model``."""
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from .modules import ClassScoringModule, SampleScoringModule
+
+    layout = env_layout(par_env)
+    model = settings.model
+    if model == "auto":
+        model = "mlp" if layout["kind"] == "flat" else "scoring"
+    if model == "mlp":
+        return RLModuleSpec(model_config=DefaultModelConfig(fcnet_hiddens=list(settings.hidden),
+                                                            fcnet_activation="tanh", vf_share_layers=False))
+    if model != "scoring":
+        raise ValueError(f"--model: '{settings.model}' is not one of auto, scoring, mlp")
+    if layout["kind"] == "flat":
+        raise ValueError("--model scoring needs an observation layout with per-class blocks or per-sample features; "
+                         "this scenario has neither: use --model mlp")
+    config = {k: v for k, v in layout.items() if k != "kind"}
+    config.update(hidden=list(settings.hidden), initial_log_std=settings.initial_log_std)
+    module_class = SampleScoringModule if layout["kind"] == "samples" else ClassScoringModule
+    return RLModuleSpec(module_class=module_class, model_config=config)
+
+
+def _shared_policy(agent_id, episode=None, **kwargs) -> str:
+    return SHARED_MODULE
+
+
+def _own_policy(agent_id, episode=None, **kwargs) -> str:
+    return str(agent_id)
+
+
+def build_ppo_config(settings: TrainSettings):
+    """The ``PPOConfig`` of a run (new API stack). Builds one environment in the driver to read spaces."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
+
+    from datagames_env.scenarios import make_parallel_env
+
+    from .rllib_env import register_rllib_env
+
+    env_name = register_rllib_env()
+    probe = make_parallel_env(settings.config, **settings.overrides)
+    spec = module_spec(probe, settings)
+    agents = list(probe.possible_agents)
+    episode_len = int(getattr(getattr(probe, "config", None), "rounds", 0) or 10)
+    probe.close()
+    module_ids = agents if settings.per_robot else [SHARED_MODULE]
+    config_ref = settings.config if isinstance(settings.config, (str, dict)) else settings.config.model_dump()
+    env_config = {"config": config_ref, "overrides": dict(settings.overrides)}
+    # Fragments of whole episodes: every robot's episode is `rounds` steps, so GAE sees true episode ends.
+    n_runners = max(1, settings.num_env_runners) * settings.num_envs_per_env_runner
+    per_runner_env_steps = max(episode_len, settings.train_batch_size // (len(agents) * n_runners))
+    config = (
+        PPOConfig()
+        .environment(env_name, env_config=env_config, disable_env_checking=False)
+        .multi_agent(policies=set(module_ids), policy_mapping_fn=_own_policy if settings.per_robot else _shared_policy,
+                     count_steps_by="agent_steps")
+        .rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs={m: spec for m in module_ids}))
+        .env_runners(num_env_runners=settings.num_env_runners,
+                     num_envs_per_env_runner=settings.num_envs_per_env_runner,
+                     num_cpus_per_env_runner=settings.num_cpus_per_env_runner,
+                     rollout_fragment_length=int(math.ceil(per_runner_env_steps / settings.num_envs_per_env_runner)),
+                     batch_mode="complete_episodes")
+        .learners(num_learners=settings.num_learners, num_gpus_per_learner=settings.num_gpus_per_learner)
+        .training(lr=settings.lr, gamma=settings.gamma, lambda_=settings.lambda_, entropy_coeff=settings.entropy_coeff,
+                  train_batch_size_per_learner=settings.train_batch_size // max(1, settings.num_learners),
+                  minibatch_size=settings.minibatch_size, num_epochs=settings.num_epochs)
+        .debugging(seed=settings.seed, log_level="ERROR")
+        .reporting(metrics_num_episodes_for_smoothing=20)
+    )
+    return config
+
+
+def _flat_scalars(result: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for key, value in result.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_scalars(value, name + "/"))
+        elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            if math.isfinite(float(value)):
+                out[name] = float(value)
+    return out
+
+
+def iteration_summary(result: dict) -> dict[str, float]:
+    """The few numbers a person watches: mean episode return (summed over robots), agent steps so far."""
+    env = result.get("env_runners", {})
+    agent_steps = env.get("num_agent_steps_sampled_lifetime", 0) or 0
+    if isinstance(agent_steps, dict):  # per robot
+        agent_steps = sum(agent_steps.values())
+    return {"iteration": int(result.get("training_iteration", 0)),
+            "episode_return_mean": float(env.get("episode_return_mean", float("nan"))),
+            "agent_steps": int(agent_steps),
+            "env_steps": int(env.get("num_env_steps_sampled_lifetime", 0) or 0)}
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address in (None, "local"):
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+
+
+def write_meta(checkpoint: Path, settings: TrainSettings, extra: dict) -> None:
+    meta = {"framework": "rllib", "algo": "ppo", "settings": {k: v for k, v in asdict(settings).items()
+                                                               if k not in ("progress",)}}
+    meta.update(extra)
+    (checkpoint / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+
+
+def run_dir_for(settings: TrainSettings, algo: str) -> Path:
+    name = settings.run_name or f"{Path(str(settings.config)).stem if isinstance(settings.config, str) else 'custom'}-" \
+                                f"{algo}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = Path(settings.out) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def train(settings: TrainSettings, log=print) -> dict:
+    """Train PPO; returns ``{"checkpoint", "run_dir", "history", "elapsed_s", ...}``."""
+    if settings.tune:
+        return tune_sweep(settings, log)
+    init_ray(settings.ray_address)
+    config = build_ppo_config(settings)
+    run_dir = run_dir_for(settings, "ppo")
+    checkpoint = run_dir / "checkpoint"
+    algo = config.build_algo()
+    if settings.resume:
+        resume = Path(settings.resume)
+        if not resume.is_dir():
+            raise ValueError(f"--resume: {resume} is not a checkpoint folder")
+        algo.restore_from_path(str(resume.resolve()))
+        log(f"resumed from {resume} at iteration {algo.iteration}")
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    history = []
+    started = time.perf_counter()
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[status]}"), disable=not settings.progress)
+    try:
+        with bar:
+            task = bar.add_task("PPO", total=settings.iterations, status="")
+            for i in range(settings.iterations):
+                result = algo.train()
+                summary = iteration_summary(result)
+                summary["elapsed_s"] = time.perf_counter() - started
+                history.append(summary)
+                step = summary["agent_steps"]
+                for name, value in _flat_scalars(result).items():
+                    writer.add_scalar(name, value, step)
+                bar.update(task, advance=1, status=f"return {summary['episode_return_mean']:.3f}  "
+                                                   f"agent steps {step:,}")
+                if settings.checkpoint_every and (i + 1) % settings.checkpoint_every == 0:
+                    algo.save_to_path(str(checkpoint.resolve()))
+                    write_meta(checkpoint, settings, {"iteration": algo.iteration, "agent_steps": step})
+        algo.save_to_path(str(checkpoint.resolve()))
+        elapsed = time.perf_counter() - started
+        write_meta(checkpoint, settings, {"iteration": algo.iteration, "agent_steps": history[-1]["agent_steps"]
+                                          if history else 0, "train_time_s": elapsed})
+    finally:
+        writer.close()
+        algo.stop()
+    (run_dir / "history.json").write_text(json.dumps(history, indent=2))
+    return {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "history": history, "elapsed_s": elapsed}
+
+
+def tune_sweep(settings: TrainSettings, log=print) -> dict:
+    """A Ray Tune grid over the learning rate; each trial checkpoints at the end; returns the best trial."""
+    from ray import tune
+
+    init_ray(settings.ray_address)
+    config = build_ppo_config(settings).training(lr=tune.grid_search(list(settings.tune_lrs)))
+    run_dir = run_dir_for(settings, "ppo-tune")
+    tuner = tune.Tuner(
+        "PPO", param_space=config,
+        run_config=tune.RunConfig(name="tune", storage_path=str(run_dir.resolve()),
+                                  stop={"training_iteration": settings.iterations},
+                                  checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True),
+                                  verbose=1 if settings.progress else 0),
+        tune_config=tune.TuneConfig(metric="env_runners/episode_return_mean", mode="max"),
+    )
+    started = time.perf_counter()
+    results = tuner.fit()
+    best = results.get_best_result()
+    checkpoint = Path(best.checkpoint.path)
+    write_meta(checkpoint, settings, {"iteration": settings.iterations, "tune_best_lr": best.config.get("lr")})
+    log(f"best lr {best.config.get('lr')}: return {best.metrics.get('env_runners', {}).get('episode_return_mean')}")
+    return {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "elapsed_s": time.perf_counter() - started,
+            "history": [], "best_lr": best.config.get("lr")}

@@ -1,0 +1,90 @@
+"""Stable-Baselines3 PPO on :class:`agents.sb3_env.DataGamesSB3VecEnv` (``datagames train --algo sb3-ppo``).
+
+One ``MlpPolicy`` shared by every robot (rows of the VecEnv). ``iterations`` counts PPO rollouts of
+``n_steps`` steps of all ``B * N`` rows; ``--num-envs-per-env-runner`` sets B. TensorBoard logs go to
+``<run>/tensorboard``, the model to ``<run>/checkpoint/model.zip`` (with ``datagames_meta.json``);
+``--resume <checkpoint>`` continues a run. SB3 trains the cloud scenario (``datagames``) only: the
+vector core is what makes its rows cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .rllib_train import META_FILE, TrainSettings, run_dir_for
+
+MODEL_FILE = "model.zip"
+
+
+def _load_model_file(checkpoint: Path) -> Path:
+    path = checkpoint / MODEL_FILE if checkpoint.is_dir() else checkpoint
+    if not path.is_file():
+        raise ValueError(f"SB3 checkpoint: {path} not found (expected a folder with {MODEL_FILE} or a .zip)")
+    return path
+
+
+def train_sb3(settings: TrainSettings, log=print) -> dict:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    from datagames_env.scenarios import scenario_of
+
+    from .sb3_env import DataGamesSB3VecEnv
+
+    if scenario_of(settings.config, **settings.overrides) != "datagames":
+        raise ValueError("--algo sb3-ppo trains the datagames scenario; use --algo ppo (RLlib) for p2p and dual")
+    if settings.per_robot:
+        raise ValueError("--per-robot is RLlib only: SB3 shares one policy across the robot rows")
+    venv = DataGamesSB3VecEnv(num_envs=settings.num_envs_per_env_runner, config=settings.config, **settings.overrides)
+    venv.seed(settings.seed)
+    env = VecMonitor(venv)
+    rounds = venv.vector.config.rounds
+    # a rollout holds whole episodes of every row, about train_batch_size agent steps
+    n_steps = max(rounds, (settings.train_batch_size // venv.num_envs) // rounds * rounds)
+    run_dir = run_dir_for(settings, "sb3-ppo")
+    checkpoint = run_dir / "checkpoint"
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    batch = n_steps * venv.num_envs
+    minibatch = min(settings.minibatch_size, batch)
+    if settings.resume:
+        model = PPO.load(str(_load_model_file(Path(settings.resume))), env=env, device="cpu",
+                         tensorboard_log=str(run_dir / "tensorboard"))
+        log(f"resumed from {settings.resume} at {model.num_timesteps:,} steps")
+    else:
+        model = PPO("MlpPolicy", env, learning_rate=settings.lr, n_steps=n_steps, batch_size=minibatch,
+                    n_epochs=settings.num_epochs, gamma=settings.gamma, gae_lambda=settings.lambda_,
+                    ent_coef=settings.entropy_coeff, seed=settings.seed, device="cpu", verbose=0,
+                    tensorboard_log=str(run_dir / "tensorboard"),
+                    policy_kwargs={"net_arch": list(settings.hidden),
+                                   "log_std_init": settings.initial_log_std})
+
+    history: list[dict] = []
+    started = time.perf_counter()
+
+    class _History(BaseCallback):
+        def _on_rollout_end(self) -> None:
+            buffer = self.model.ep_info_buffer
+            mean_return = float(sum(e["r"] for e in buffer) / len(buffer)) if buffer else float("nan")
+            # VecMonitor returns are per row (robot); x N gives the fleet return RLlib reports
+            history.append({"iteration": len(history) + 1, "episode_return_mean": mean_return * venv.n_robots,
+                            "agent_steps": int(self.model.num_timesteps),
+                            "elapsed_s": time.perf_counter() - started})
+            if settings.checkpoint_every and len(history) % settings.checkpoint_every == 0:
+                self.model.save(str(checkpoint / MODEL_FILE))
+
+        def _on_step(self) -> bool:
+            return True
+
+    model.learn(total_timesteps=settings.iterations * batch, callback=_History(), progress_bar=settings.progress,
+                reset_num_timesteps=not settings.resume, tb_log_name="ppo")
+    model.save(str(checkpoint / MODEL_FILE))
+    elapsed = time.perf_counter() - started
+    meta = {"framework": "sb3", "algo": "ppo", "iteration": len(history), "agent_steps": int(model.num_timesteps),
+            "train_time_s": elapsed, "settings": {k: v for k, v in asdict(settings).items() if k != "progress"}}
+    (checkpoint / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    (run_dir / "history.json").write_text(json.dumps(history, indent=2))
+    return {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "history": history, "elapsed_s": elapsed}

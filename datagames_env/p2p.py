@@ -1,0 +1,788 @@
+"""Peer-to-peer GU sharing (scenario ``p2p``): robots share observations with peers, peers vote by OoD detection.
+
+The decentralized system of ``papers/gu-decentralized-data-sharing.txt``. Each robot has its own local model,
+trained on its own labeled data (it starts from its home domains). Every round each robot observes
+``obs_per_round`` samples from its stream of domains, scores them (the action), caches the top
+``share_fraction``, passes them through the privacy filter and sends them to its peers (topology ``all``,
+``ring`` or ``random``). Every receiver runs an out-of-distribution detector (:mod:`datagames_env.ood`) on each
+received sample against its own model; the fraction of receivers that found a sample novel is the sample's
+utility, returned to the sender (the training target of a GU model, :mod:`baselines.p2p_policies`). Receivers keep
+what was novel to them, label it (trusted local annotator: the ground truth) and retrain their local models every
+``perception.retrain_every`` rounds.
+
+=====================  ==========================================================================================
+Agents                 ``robot_0 ... robot_{N-1}`` (one per entry of ``robots``), all acting every round
+Observation space      ``Box(low, high, (context_dim + obs_per_round * (E + C),), float32)``, layout below;
+                       ``env.obs_layout`` gives the slices (always ``"context"`` and ``"samples"``)
+Action space           ``Box(0, 1, (obs_per_round,), float32)``: a score per observed sample; the top
+                       ``n_share = max(1, round(share_fraction * obs_per_round))`` are cached and shared (ties go to
+                       the lower position). NaN / inf / a wrong shape raise ``ValueError``
+Reward                 ``reward: feedback``: per robot, the mean utility its ``n_share`` cached samples earned (a
+                       sample the privacy filter dropped earns 0), in [0, 1]. ``reward: potential``: shared by all
+                       robots, ``(D_before - D_after) / (n_robots * n_share)`` with
+                       ``D = sum_i || max(0, T - H_i) ||_2``, ``H_i`` robot i's labeled (domain, class) counts and
+                       ``T = potential_cell_target`` (the cloud game's potential, per robot)
+Episode end            after ``rounds`` steps every robot is truncated (never terminated); ``agents`` becomes empty
+Arguments              ``config`` (a name in ``configs/``, a YAML path, a dict or a :class:`P2PConfig`),
+                       ``max_cycles`` (PettingZoo's name for ``rounds``), and any config key as a keyword (dotted
+                       keys for nested ones: ``**{"ood.detector": "ensemble"}``)
+=====================  ==========================================================================================
+
+Observation layout (D domains, C classes, E = ``perception.embedding_dim``)::
+
+    domain_hist      D   the robot's labeled set per domain / its size
+    class_hist       C   the robot's labeled set per class / its size
+    confidence       3   its model on this round's observations: mean and std of max-probability, mean
+                         normalised entropy
+    last_feedback    1   mean utility its shares earned last round (0 before the first)
+    rounds_left      1   (rounds - round) / rounds
+    samples          obs_per_round x (E + C): per observed sample its model's L2-normalised embedding, then its
+                     predicted class probabilities
+
+``context`` is everything before ``samples`` (``context_dim = D + C + 5``); ``n_samples = obs_per_round``,
+``sample_feature_dim = E + C``.
+
+``infos[robot]``: ``round``, ``labeled_size``, ``domain_accuracy`` (domain -> test accuracy of its current model),
+``domain_names``, ``n_share``, ``neighbors``, cumulative privacy counters ``total_blurred``, ``total_dropped``,
+``total_passed_private`` and rare-domain counters ``total_cached``, ``total_rare_cached``, ``total_rare_seen``,
+``rare_share_cached`` (rare-domain share of everything it cached so far; NaN while it cached nothing). After a
+step also: ``cached_slots`` (int64 ``(n_share,)``, positions in the previous observation's sample block),
+``sent_mask`` (bool: left the robot; False = dropped by the privacy filter), ``feedback_utilities`` (float32
+``(n_share,)``, 0 where not sent), ``n_sent``, ``n_received``, ``n_kept``, ``n_private_cached``, ``n_blurred``,
+``n_dropped``, ``n_passed_private``, ``round_rare_share`` (rare share among this round's cache) and ``trained``
+(whether its model was retrained after this round).
+
+Everything a step needs from a model is computed once per (model version, round) in one batched pass per robot;
+only the shared samples go through the receivers' detectors, one batched pass per receiver. Oracle policies read
+the truth through :meth:`P2PParallelEnv.privileged_view`; :attr:`P2PParallelEnv.last_transmissions` records what
+left each robot in the last step (for the privacy tests).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from .config import CONFIG_DIR, ConfigError, PerceptionConfig, _deep_merge, _expand_dotted, _Strict, resolve_config_path
+from .datasets import Dataset, DatasetError, load_dataset
+from .domains import corrupt
+from .ood import NoveltyDetector, train_dropout_classifier
+from .perception import Classifier, limited_torch_threads, train_classifier
+from .privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
+
+__all__ = ["P2PConfig", "P2PParallelEnv", "load_p2p_config", "parallel_env"]
+
+METADATA = {"name": "datagames_p2p_v0", "render_modes": [], "is_parallelizable": True}
+
+# --------------------------------------------------------------------------------------------------------- config
+
+
+class DomainConfig(_Strict):
+    """One visual domain: a dataset, optionally corrupted by code (:mod:`datagames_env.domains`)."""
+
+    name: str = Field(description="how robots, rare_domains and results refer to this domain")
+    dataset: str = Field("digits", description="load_dataset name: digits | mnist | kmnist | fashion_mnist | .npz")
+    corruption: Literal["none", "fog", "snow", "noise"] = "none"
+    severity: float = Field(0.5, gt=0.0, le=1.0)
+    max_samples: int | None = Field(None, ge=10, description="cap on this domain's images (speed)")
+    fallback: DomainConfig | None = Field(None, description="used when the dataset's files are missing")
+
+
+class RobotConfig(_Strict):
+    """A robot: what it observes and what it starts with."""
+
+    stream: dict[str, float] = Field(description="domain -> share of its observations (normalised)")
+    initial_labeled: dict[str, int] = Field(description="domain -> labeled samples it starts with (home domains)")
+
+    @field_validator("stream")
+    @classmethod
+    def _positive_shares(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value or any(v < 0 for v in value.values()) or sum(value.values()) <= 0:
+            raise ValueError(f"must map domains to non-negative shares with a positive sum, got {value}")
+        return value
+
+    @field_validator("initial_labeled")
+    @classmethod
+    def _some_labels(cls, value: dict[str, int]) -> dict[str, int]:
+        if any(v < 0 for v in value.values()) or sum(value.values()) < 1:
+            raise ValueError(f"must give at least one labeled sample (non-negative counts), got {value}")
+        return value
+
+
+class TopologyConfig(_Strict):
+    kind: Literal["all", "ring", "random"] = "all"
+    p: float = Field(0.5, ge=0.0, le=1.0, description="random: edge probability (undirected, drawn per episode)")
+
+
+class OODConfig(_Strict):
+    """The receivers' novelty detector (:mod:`datagames_env.ood`)."""
+
+    detector: Literal["max_softmax", "mc_dropout", "ensemble"] = "max_softmax"
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="novel if score > threshold (when not calibrated)")
+    calibration_quantile: float | None = Field(
+        0.95, gt=0.0, lt=1.0, description="threshold = this quantile of the scores on held-out home-domain samples")
+    calibration_size: int = Field(100, ge=0, description="held-out home-domain samples per robot for calibration")
+    mc_samples: int = Field(10, ge=2)
+    dropout: float = Field(0.25, gt=0.0, lt=1.0, description="mc_dropout: rate in training and at test time")
+    uncertainty: Literal["total", "epistemic"] = "total"
+    ensemble_size: int = Field(3, ge=2)
+
+    def detector_object(self) -> NoveltyDetector:
+        return NoveltyDetector(self.detector, self.threshold, self.calibration_quantile, self.mc_samples,
+                               self.dropout, self.uncertainty, self.ensemble_size)
+
+
+class P2PConfig(_Strict):
+    """Every knob of the p2p scenario; see docs/p2p.md for the table."""
+
+    scenario: Literal["p2p"] = "p2p"
+    data_dir: str | None = Field(None, description="folder with dataset files; relative: to cwd, else the project")
+    domains: list[DomainConfig] = Field(min_length=1)
+    rare_domains: list[str] = Field(default_factory=list, description="domains whose cached share is reported")
+    robots: list[RobotConfig] = Field(min_length=2)
+    rounds: int = Field(8, ge=1)
+    obs_per_round: int = Field(100, ge=1)
+    share_fraction: float = Field(0.1, gt=0.0, le=1.0, description="cache and share this top share of each round")
+    topology: TopologyConfig = TopologyConfig()
+    ood: OODConfig = OODConfig()
+    perception: PerceptionConfig = PerceptionConfig(retrain_every=1)
+    receiver_keeps: Literal["novel", "all"] = Field("novel", description="which received samples a robot labels")
+    reward: Literal["feedback", "potential"] = "feedback"
+    potential_cell_target: int = Field(20, ge=1, description="T: labeled samples wanted per (domain, class) cell")
+    privacy: PrivacyConfig = PrivacyConfig()
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="per domain, held out for per-domain accuracy")
+    split_seed: int = Field(0, description="domain splits, corruptions, private stamps")
+    world_seed: int | None = Field(
+        0, description="seeds initial labeled sets and first models (trained once); null = from each reset seed")
+    max_threads: int | None = Field(1, ge=1, description="torch threads while training / scoring (None: unchanged)")
+
+    @field_validator("topology", mode="before")
+    @classmethod
+    def _topology_by_name(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @field_validator("perception", mode="before")
+    @classmethod
+    def _retrain_every_round_by_default(cls, value: Any) -> Any:
+        # Local models learn from what they receive: unlike the cloud game, retraining is the default here.
+        if isinstance(value, dict) and "retrain_every" not in value:
+            return {**value, "retrain_every": 1}
+        return value
+
+    @field_validator("ood", mode="before")
+    @classmethod
+    def _ood_by_name(cls, value: Any) -> Any:
+        return {"detector": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _names_exist(self) -> P2PConfig:
+        names = [d.name for d in self.domains]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"domains: duplicate names {duplicates}")
+        for name in self.rare_domains:
+            if name not in names:
+                raise ValueError(f"rare_domains: '{name}' is not a domain (domains: {names})")
+        for i, robot in enumerate(self.robots):
+            for key, mapping in (("stream", robot.stream), ("initial_labeled", robot.initial_labeled)):
+                unknown = [d for d in mapping if d not in names]
+                if unknown:
+                    raise ValueError(f"robots.{i}.{key} (robot_{i}): unknown domains {unknown}; domains: {names}")
+        return self
+
+    @property
+    def n_robots(self) -> int:
+        return len(self.robots)
+
+    @property
+    def n_share(self) -> int:
+        """Samples each robot caches and shares per round."""
+        return max(1, int(round(self.share_fraction * self.obs_per_round)))
+
+
+def _format_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<config>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown config key '{key}'")
+        else:
+            shown = e.get("input")
+            parts.append(f"config key '{key}': {msg}" + ("" if isinstance(shown, dict) else f" (got {shown!r})"))
+    return "invalid p2p configuration: " + "; ".join(parts)
+
+
+def load_p2p_config(config: str | Path | dict | P2PConfig | None = None, **overrides: Any) -> P2PConfig:
+    """A validated :class:`P2PConfig` from a name in ``configs/`` (default ``p2p_default``), a YAML path, a dict
+    or a config, plus keyword overrides (top-level keys, nested dicts, or dotted keys ``"ood.detector"``)."""
+    if config is None:
+        config = "p2p_default"
+    if isinstance(config, P2PConfig):
+        data = config.model_dump()
+    elif isinstance(config, dict):
+        data = dict(config)
+    else:
+        path = resolve_config_path(config)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    data = _deep_merge(data, _expand_dotted(overrides))
+    try:
+        return P2PConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+# ---------------------------------------------------------------------------------------------------------- world
+
+
+def _resolve_data_dir(data_dir: str | None) -> str | None:
+    """Relative folders are tried against the working directory, then against the project root (so the shipped
+    configs' ``../shared/datasets`` works from anywhere)."""
+    if data_dir is None or os.path.isabs(data_dir) or Path(data_dir).is_dir():
+        return data_dir
+    candidate = CONFIG_DIR.parent / data_dir
+    return str(candidate) if candidate.is_dir() else data_dir
+
+
+_DATASET_CACHE: dict[tuple[str, str | None], Dataset] = {}
+
+
+def _load_images(name: str, data_dir: str | None) -> Dataset:
+    key = (name, data_dir)
+    if key not in _DATASET_CACHE:
+        dataset = load_dataset(name, data_dir=data_dir)
+        features = dataset.features
+        if features.ndim == 2:  # vectors of a square image (digits: 64 = 8x8) become 1-channel images
+            side = int(round(np.sqrt(features.shape[1])))
+            if side * side != features.shape[1]:
+                raise DatasetError(f"dataset {name!r}: vectors of length {features.shape[1]} are not square images")
+            features = features.reshape(len(features), 1, side, side)
+        _DATASET_CACHE[key] = Dataset(dataset.name, np.ascontiguousarray(features), dataset.labels, dataset.class_names)
+    return _DATASET_CACHE[key]
+
+
+@dataclass
+class P2PWorld:
+    """Everything fixed for a config: the domains' pools (with private stamps) and test sets."""
+
+    domain_names: list[str]
+    domain_sources: list[str]  # what each domain really is, e.g. "mnist+fog (fallback: ...)"
+    features: np.ndarray  # float32 (n_pool, ch, H, W): every domain's stream pool, private patches stamped
+    labels: np.ndarray  # int64 (n_pool,)
+    domains: np.ndarray  # int64 (n_pool,) domain index
+    private: np.ndarray  # bool (n_pool,)
+    regions: np.ndarray  # int64 (n_pool, 4) private boxes
+    pool_by_domain: list[np.ndarray]  # world ids of each domain's pool
+    test_features: list[np.ndarray]
+    test_labels: list[np.ndarray]
+    n_classes: int
+
+
+def build_world(cfg: P2PConfig) -> P2PWorld:
+    data_dir = _resolve_data_dir(cfg.data_dir)
+    resolved: list[DomainConfig] = []
+    sources: list[str] = []
+    datasets: list[Dataset] = []
+    for i, domain in enumerate(cfg.domains):
+        chosen, note = domain, ""
+        while True:
+            try:
+                dataset = _load_images(chosen.dataset, data_dir)
+                break
+            except DatasetError as exc:
+                if chosen.fallback is None:
+                    raise DatasetError(f"domains.{i} ({domain.name}): {exc}") from None
+                note = f" (fallback: {chosen.dataset} not available)"
+                warnings.warn(f"p2p domain '{domain.name}': {chosen.dataset} not available, using its fallback "
+                              f"{chosen.fallback.dataset}+{chosen.fallback.corruption}", stacklevel=2)
+                chosen = chosen.fallback
+        resolved.append(chosen)
+        datasets.append(dataset)
+        sources.append(chosen.dataset + ("" if chosen.corruption == "none" else f"+{chosen.corruption}") + note)
+    shapes = {d.feature_shape for d in datasets}
+    if len(shapes) > 1:
+        raise ConfigError(f"domains: all domains must have the same image shape, got "
+                          f"{ {cfg.domains[i].name: datasets[i].feature_shape for i in range(len(datasets))} }")
+
+    # Domains built on the same dataset get disjoint parts of it (fog-MNIST never shows a clean MNIST image).
+    rng = np.random.default_rng(cfg.split_seed)
+    parts: dict[int, np.ndarray] = {}
+    by_source: dict[str, list[int]] = {}
+    for i, domain in enumerate(resolved):
+        by_source.setdefault(domain.dataset, []).append(i)
+    for source, members in by_source.items():
+        order = rng.permutation(datasets[members[0]].n_samples)
+        for i, chunk in zip(members, np.array_split(order, len(members))):
+            cap = resolved[i].max_samples
+            parts[i] = np.sort(chunk[:cap] if cap is not None else chunk)
+
+    pool_features, pool_labels, pool_domains, test_features, test_labels, pool_by_domain = [], [], [], [], [], []
+    offset = 0
+    for i, domain in enumerate(resolved):
+        ds = datasets[i]
+        idx = parts[i]
+        n_test = max(1, int(round(cfg.test_fraction * len(idx))))
+        shuffled = rng.permutation(idx)
+        test_idx, pool_idx = np.sort(shuffled[:n_test]), np.sort(shuffled[n_test:])
+        corruption_seed = int(np.random.SeedSequence([cfg.split_seed, i]).generate_state(1)[0])
+        images = corrupt(ds.features[np.concatenate([test_idx, pool_idx])], domain.corruption, domain.severity,
+                         corruption_seed)
+        test_features.append(images[:n_test])
+        test_labels.append(ds.labels[test_idx])
+        pool_features.append(images[n_test:])
+        pool_labels.append(ds.labels[pool_idx])
+        pool_domains.append(np.full(len(pool_idx), i, dtype=np.int64))
+        pool_by_domain.append(np.arange(offset, offset + len(pool_idx), dtype=np.int64))
+        offset += len(pool_idx)
+    features = np.concatenate(pool_features)
+    n = len(features)
+    private, regions = np.zeros(n, dtype=bool), np.zeros((n, 4), dtype=np.int64)
+    if cfg.privacy.private_fraction > 0:
+        features, private, regions = stamp_private_patches(features, cfg.privacy.private_fraction,
+                                                           np.random.default_rng([cfg.split_seed, 1]),
+                                                           cfg.privacy.patch_size)
+    return P2PWorld([d.name for d in cfg.domains], sources, features, np.concatenate(pool_labels),
+                    np.concatenate(pool_domains), private, regions, pool_by_domain, test_features, test_labels,
+                    n_classes=max(d.n_classes for d in datasets))
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class LocalModel:
+    """One version of a robot's local model: the classifier(s), its OoD threshold, its per-domain accuracy."""
+
+    classifiers: list[Classifier]  # [0] is the robot's model; more only for the ensemble detector
+    threshold: float
+    domain_accuracy: np.ndarray  # float64 (D,)
+
+
+def _seed_of(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) & 0xFFFF_FFFF_FFFF for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+@dataclass
+class _Robot:
+    """Mutable per-episode state of one robot."""
+
+    labeled_features: list[np.ndarray]
+    labeled_labels: list[np.ndarray]
+    labeled_domains: list[np.ndarray]
+    labeled_ids: set[int]
+    calibration_ids: np.ndarray
+    stream: np.ndarray  # int64 (rounds, obs_per_round) world ids
+    model: LocalModel
+    stale: bool = False  # labeled set grew since the last training
+    n_trainings: int = 0
+    totals: dict[str, int] = field(default_factory=lambda: {
+        "total_blurred": 0, "total_dropped": 0, "total_passed_private": 0, "total_cached": 0,
+        "total_rare_cached": 0, "total_rare_seen": 0})
+
+
+# ------------------------------------------------------------------------------------------------------------ env
+
+
+class P2PParallelEnv(ParallelEnv):
+    """Peer-to-peer GU sharing as a PettingZoo parallel environment (see the module docstring)."""
+
+    metadata = METADATA
+
+    def __init__(self, config: str | dict | P2PConfig | None = None, max_cycles: int | None = None,
+                 render_mode: str | None = None, **overrides: Any) -> None:
+        if max_cycles is not None:
+            overrides["rounds"] = max_cycles
+        if render_mode is not None:
+            raise ValueError("the p2p scenario has no render modes; pass render_mode=None")
+        self.render_mode = None
+        self.config = cfg = load_p2p_config(config, **overrides)
+        self.world = build_world(cfg)
+        self.detector = cfg.ood.detector_object()
+        self.filter = PrivacyFilter.from_config(cfg.privacy)
+        self.domain_names = list(self.world.domain_names)
+        self.n_domains = len(self.domain_names)
+        self.n_classes = self.world.n_classes
+        self._rare = np.isin(np.arange(self.n_domains), [self.domain_names.index(d) for d in cfg.rare_domains])
+        self.possible_agents = [f"robot_{i}" for i in range(cfg.n_robots)]
+        self.agents: list[str] = []
+        self._index = {a: i for i, a in enumerate(self.possible_agents)}
+        self.n_share = cfg.n_share
+        self.n_samples = cfg.obs_per_round
+        self.embedding_dim = cfg.perception.embedding_dim
+        self.sample_feature_dim = self.embedding_dim + self.n_classes
+        d, c = self.n_domains, self.n_classes
+        layout, start = {}, 0
+        for name, width in (("domain_hist", d), ("class_hist", c), ("confidence", 3), ("last_feedback", 1),
+                            ("rounds_left", 1)):
+            layout[name] = slice(start, start + width)
+            start += width
+        self.context_dim = start
+        layout["context"] = slice(0, start)
+        layout["samples"] = slice(start, start + self.n_samples * self.sample_feature_dim)
+        self._layout = layout
+        self.obs_dim = layout["samples"].stop
+        low = np.zeros(self.obs_dim, dtype=np.float32)
+        per_sample_low = np.zeros((self.n_samples, self.sample_feature_dim), dtype=np.float32)
+        per_sample_low[:, :self.embedding_dim] = -1.0
+        low[layout["samples"]] = per_sample_low.ravel()
+        high = np.ones(self.obs_dim, dtype=np.float32)
+        # One space object per agent, returned on every call (PettingZoo compares them by identity).
+        self._observation_spaces = {a: spaces.Box(low, high, dtype=np.float32) for a in self.possible_agents}
+        self._action_spaces = {a: spaces.Box(0.0, 1.0, (self.n_samples,), dtype=np.float32)
+                               for a in self.possible_agents}
+        self._initial_cache: dict[tuple[int, int], tuple[list, list, list, set, np.ndarray, LocalModel]] = {}
+        self._next_seed_rng = np.random.default_rng()
+        self._robots: list[_Robot] = []
+        self.neighbors: list[list[int]] = []
+        self.round_index = 0
+        self.last_transmissions: list[dict] = []
+        self.n_trainings = 0
+
+    # --------------------------------------------------------------------------------------------- spaces
+    def observation_space(self, agent: str) -> spaces.Box:
+        return self._observation_spaces[agent]
+
+    def action_space(self, agent: str) -> spaces.Box:
+        return self._action_spaces[agent]
+
+    @property
+    def obs_layout(self) -> dict[str, slice]:
+        return dict(self._layout)
+
+    # ---------------------------------------------------------------------------------------------- models
+    def _train(self, features: np.ndarray, labels: np.ndarray, seed: int, calibration: np.ndarray) -> LocalModel:
+        cfg = self.config
+        with limited_torch_threads(cfg.max_threads):
+            if self.detector.detector == "mc_dropout":
+                members = [train_dropout_classifier(features, labels, self.n_classes, cfg.perception, seed,
+                                                    cfg.ood.dropout)]
+            else:
+                members = [train_classifier(features, labels, self.n_classes, cfg.perception, _seed_of(seed, k))
+                           for k in range(self.detector.n_models)]
+            self.n_trainings += len(members)
+            threshold = self.detector.calibrate(members, self.world.features[calibration], seed=seed)
+            accuracy = np.array([members[0].accuracy(x, y) for x, y in
+                                 zip(self.world.test_features, self.world.test_labels)])
+        return LocalModel(members, threshold, accuracy)
+
+    def _initial_robot(self, i: int, seed: int) -> tuple[list, list, list, set, np.ndarray, LocalModel]:
+        """Initial labeled set, calibration ids and first model of robot i (drawn from ``seed``)."""
+        key = (seed, i)
+        if key in self._initial_cache:
+            return self._initial_cache[key]
+        cfg, world = self.config, self.world
+        rng = np.random.default_rng([seed, i, 7])
+        labeled, calibration = [], []
+        robot_cfg = cfg.robots[i]
+        home = [self.domain_names.index(d) for d, n in robot_cfg.initial_labeled.items() if n > 0]
+        for d in home:
+            want = robot_cfg.initial_labeled[self.domain_names[d]]
+            pool = world.pool_by_domain[d]
+            n_cal = int(round(cfg.ood.calibration_size / len(home)))
+            if want + n_cal > len(pool):
+                raise ConfigError(f"robots.{i}.initial_labeled (robot_{i}): {want} labeled + {n_cal} calibration "
+                                  f"samples of domain '{self.domain_names[d]}' exceed its pool of {len(pool)}")
+            chosen = rng.choice(pool, size=want + n_cal, replace=False)
+            labeled.append(np.sort(chosen[:want]))
+            calibration.append(np.sort(chosen[want:]))
+        ids = np.concatenate(labeled)
+        calibration_ids = np.concatenate(calibration)
+        model = self._train(world.features[ids], world.labels[ids], _seed_of(seed, i, 11), calibration_ids)
+        entry = ([world.features[ids]], [world.labels[ids]], [world.domains[ids]], set(ids.tolist()),
+                 calibration_ids, model)
+        if cfg.world_seed is not None:
+            self._initial_cache[key] = entry
+        return entry
+
+    def _stream(self, i: int, rng: np.random.Generator, exclude: set[int]) -> np.ndarray:
+        """World ids robot i observes, (rounds, obs_per_round): exact per-round domain quotas (largest remainder),
+        each domain consumed along a seeded permutation (wrapping only when the pool is exhausted)."""
+        cfg = self.config
+        shares = np.array([cfg.robots[i].stream.get(name, 0.0) for name in self.domain_names], dtype=np.float64)
+        shares /= shares.sum()
+        raw = shares * cfg.obs_per_round
+        quotas = np.floor(raw).astype(int)
+        quotas[np.argsort(-(raw - quotas), kind="stable")[: cfg.obs_per_round - quotas.sum()]] += 1
+        stream = np.empty((cfg.rounds, cfg.obs_per_round), dtype=np.int64)
+        per_domain = []
+        for d in range(self.n_domains):
+            if quotas[d] == 0:
+                per_domain.append(np.zeros((cfg.rounds, 0), dtype=np.int64))
+                continue
+            pool = self.world.pool_by_domain[d]
+            pool = pool[~np.isin(pool, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))]
+            if len(pool) == 0:
+                raise ConfigError(f"robots.{i}.stream (robot_{i}): domain '{self.domain_names[d]}' has no samples left "
+                                  "after its initial labeled set")
+            need = cfg.rounds * quotas[d]
+            order = np.concatenate([rng.permutation(pool) for _ in range(-(-need // len(pool)))])[:need]
+            per_domain.append(order.reshape(cfg.rounds, quotas[d]))
+        for r in range(cfg.rounds):
+            stream[r] = rng.permutation(np.concatenate([p[r] for p in per_domain]))
+        return stream
+
+    # ------------------------------------------------------------------------------------------------ loop
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._next_seed_rng = np.random.default_rng(seed)
+        else:
+            seed = int(self._next_seed_rng.integers(2**62))
+        self._episode_seed = int(seed)
+        cfg = self.config
+        rng = np.random.default_rng([self._episode_seed, 1])
+        n = cfg.n_robots
+        if cfg.topology.kind == "all":
+            self.neighbors = [[j for j in range(n) if j != i] for i in range(n)]
+        elif cfg.topology.kind == "ring":
+            self.neighbors = [sorted({(i - 1) % n, (i + 1) % n} - {i}) for i in range(n)]
+        else:
+            upper = np.triu(rng.random((n, n)) < cfg.topology.p, k=1)
+            adjacency = upper | upper.T
+            self.neighbors = [np.flatnonzero(adjacency[i]).tolist() for i in range(n)]
+        initial_seed = cfg.world_seed if cfg.world_seed is not None else self._episode_seed
+        self._robots = []
+        for i in range(n):
+            feats, labels, domains, ids, calibration, model = self._initial_robot(i, initial_seed)
+            robot = _Robot(list(feats), list(labels), list(domains), set(ids), calibration,
+                           stream=np.zeros((0, 0), dtype=np.int64), model=model)
+            robot.stream = self._stream(i, rng, ids | set(calibration.tolist()))
+            self._robots.append(robot)
+        self._cell_counts = np.stack([self._cells(r) for r in self._robots])
+        self.round_index = 0
+        self._last_feedback = np.zeros(n)
+        self.last_transmissions = []
+        self.agents = list(self.possible_agents)
+        self._predict_round()
+        obs = self._observations()
+        return obs, self._infos(None)
+
+    def _cells(self, robot: _Robot) -> np.ndarray:
+        labels = np.concatenate(robot.labeled_labels)
+        domains = np.concatenate(robot.labeled_domains)
+        return np.bincount(domains * self.n_classes + labels,
+                           minlength=self.n_domains * self.n_classes).reshape(self.n_domains, self.n_classes)
+
+    def _predict_round(self) -> None:
+        """One batched pass of each robot's current model over this round's observations."""
+        self._round_ids = np.stack([r.stream[min(self.round_index, self.config.rounds - 1)] for r in self._robots])
+        self._round_probs, self._round_embeddings = [], []
+        with limited_torch_threads(self.config.max_threads):
+            for robot, ids in zip(self._robots, self._round_ids):
+                probs, embeddings = robot.model.classifiers[0].predict(self.world.features[ids])
+                self._round_probs.append(probs)
+                self._round_embeddings.append(embeddings)
+
+    def _observations(self) -> dict[str, np.ndarray]:
+        cfg = self.config
+        out = {}
+        log_c = np.log(self.n_classes) if self.n_classes > 1 else 1.0
+        for agent in self.agents:
+            i = self._index[agent]
+            obs = np.zeros(self.obs_dim, dtype=np.float32)
+            cells = self._cell_counts[i]
+            total = max(cells.sum(), 1)
+            obs[self._layout["domain_hist"]] = cells.sum(axis=1) / total
+            obs[self._layout["class_hist"]] = cells.sum(axis=0) / total
+            probs = self._round_probs[i]
+            top = probs.max(axis=1)
+            entropy = -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=1) / log_c
+            obs[self._layout["confidence"]] = (top.mean(), top.std(), entropy.mean())
+            obs[self._layout["last_feedback"]] = self._last_feedback[i]
+            obs[self._layout["rounds_left"]] = (cfg.rounds - self.round_index) / cfg.rounds
+            obs[self._layout["samples"]] = np.concatenate([self._round_embeddings[i], probs], axis=1).ravel()
+            out[agent] = np.clip(obs, self._observation_spaces[agent].low, 1.0)
+        return out
+
+    def _potential_distance(self) -> float:
+        deficit = np.clip(self.config.potential_cell_target - self._cell_counts, 0, None).astype(np.float64)
+        return float(np.sqrt((deficit ** 2).sum(axis=(1, 2))).sum())
+
+    def step(self, actions: dict):
+        if not self.agents:
+            raise RuntimeError("step() called after the episode ended: call reset()")
+        missing = [a for a in self.agents if a not in actions]
+        unknown = [a for a in actions if a not in self.agents]
+        if unknown:
+            raise ValueError(f"actions for unknown or inactive agents {unknown}; active agents are {self.agents}")
+        if missing:
+            raise ValueError(f"missing actions for {missing}: every robot acts every round")
+        cfg, world = self.config, self.world
+        n, k = cfg.n_robots, self.n_share
+        slots = np.empty((n, k), dtype=np.int64)
+        for agent in self.agents:
+            i = self._index[agent]
+            scores = np.asarray(actions[agent], dtype=np.float64)
+            if scores.shape != (self.n_samples,):
+                raise ValueError(f"{agent}: action must have shape ({self.n_samples},), got {scores.shape}")
+            if not np.isfinite(scores).all():
+                raise ValueError(f"{agent}: action has NaN or inf scores")
+            slots[i] = np.argsort(-scores, kind="stable")[:k]  # top k; ties go to the lower position
+        potential_before = self._potential_distance()
+
+        # 1. cache -> privacy filter -> send
+        cached_ids = np.take_along_axis(self._round_ids, slots, axis=1)
+        transmissions, sent = [], []
+        for i in range(n):
+            ids = cached_ids[i]
+            result = self.filter.apply(world.features[ids], world.private[ids], world.regions[ids])
+            receivers = self.neighbors[i] if len(self.neighbors[i]) else []
+            sent_mask = result.kept & (len(receivers) > 0)
+            sent.append((ids[result.kept], result.features, result))
+            transmissions.append({"sender": i, "receivers": list(receivers), "cached_ids": ids.copy(),
+                                  "sent_ids": ids[result.kept].copy(), "sent_features": result.features,
+                                  "private": world.private[ids][result.kept].copy(),
+                                  "blurred": result.blurred[result.kept].copy(), "sent_mask": sent_mask})
+        # 2. every receiver scores everything it received in one batched pass
+        votes = [np.zeros(len(s[0])) for s in sent]
+        received = [[] for _ in range(n)]  # receiver -> [(sender, positions in sender's sent list)]
+        for i in range(n):
+            for j in self.neighbors[i]:
+                received[j].append(i)
+        n_kept = np.zeros(n, dtype=np.int64)
+        n_received = np.zeros(n, dtype=np.int64)
+        keep_plan = []
+        for j in range(n):
+            senders = [i for i in received[j] if len(sent[i][0])]
+            if not senders:
+                continue
+            features = np.concatenate([sent[i][1] for i in senders])
+            ids = np.concatenate([sent[i][0] for i in senders])
+            mc_seed = _seed_of(self._episode_seed, self.round_index, j, 3)
+            with limited_torch_threads(cfg.max_threads):
+                novel = self.detector.novel(self._robots[j].model.classifiers, features,
+                                            self._robots[j].model.threshold, seed=mc_seed)
+            n_received[j] = len(ids)
+            start = 0
+            for i in senders:
+                stop = start + len(sent[i][0])
+                votes[i] += novel[start:stop]
+                start = stop
+            keep = novel if cfg.receiver_keeps == "novel" else np.ones(len(ids), dtype=bool)
+            keep_plan.append((j, features[keep], ids[keep]))
+        # 3. receivers label what they keep (ground truth from their trusted annotator), dedupe by sample
+        for j, features, ids in keep_plan:
+            robot = self._robots[j]
+            fresh = np.array([x not in robot.labeled_ids for x in ids.tolist()], dtype=bool)
+            _, first = np.unique(ids, return_index=True)
+            once = np.zeros(len(ids), dtype=bool)
+            once[first] = True
+            take = fresh & once
+            if take.any():
+                robot.labeled_features.append(features[take])
+                robot.labeled_labels.append(world.labels[ids[take]])
+                robot.labeled_domains.append(world.domains[ids[take]])
+                robot.labeled_ids.update(ids[take].tolist())
+                robot.stale = True
+                n_kept[j] = int(take.sum())
+        # 4. utilities back to the senders
+        utilities = np.zeros((n, k), dtype=np.float32)
+        round_stats = []
+        for i in range(n):
+            result = sent[i][2]
+            n_receivers = len(self.neighbors[i])
+            if n_receivers:
+                utilities[i, result.kept] = votes[i] / n_receivers
+            robot = self._robots[i]
+            rare_cached = int(self._rare[world.domains[cached_ids[i]]].sum())
+            robot.totals["total_blurred"] += result.n_blurred
+            robot.totals["total_dropped"] += result.n_dropped
+            robot.totals["total_passed_private"] += result.n_passed_private
+            robot.totals["total_cached"] += k
+            robot.totals["total_rare_cached"] += rare_cached
+            robot.totals["total_rare_seen"] += int(self._rare[world.domains[self._round_ids[i]]].sum())
+            round_stats.append({"cached_slots": slots[i].copy(), "sent_mask": transmissions[i]["sent_mask"].copy(),
+                                "feedback_utilities": utilities[i].copy(), "n_sent": int(transmissions[i]["sent_mask"].sum()),
+                                "n_received": int(n_received[i]), "n_kept": int(n_kept[i]),
+                                "n_private_cached": result.n_private, "n_blurred": result.n_blurred,
+                                "n_dropped": result.n_dropped, "n_passed_private": result.n_passed_private,
+                                "round_rare_share": rare_cached / k})
+        self._last_feedback = utilities.mean(axis=1).astype(np.float64)
+        self.last_transmissions = transmissions
+        self._cell_counts = np.stack([self._cells(r) for r in self._robots])
+        # 5. retrain on the schedule
+        self.round_index += 1
+        every = cfg.perception.retrain_every
+        for i, robot in enumerate(self._robots):
+            trained = bool(every and self.round_index % every == 0 and robot.stale)
+            if trained:
+                robot.n_trainings += 1
+                robot.model = self._train(np.concatenate(robot.labeled_features), np.concatenate(robot.labeled_labels),
+                                          _seed_of(self._episode_seed, i, self.round_index, 13), robot.calibration_ids)
+                robot.stale = False
+            round_stats[i]["trained"] = trained
+
+        if cfg.reward == "feedback":
+            rewards = {a: float(self._last_feedback[self._index[a]]) for a in self.agents}
+        else:
+            shared = (potential_before - self._potential_distance()) / (n * k)
+            rewards = {a: float(shared) for a in self.agents}
+        done = self.round_index >= cfg.rounds
+        if not done:
+            self._predict_round()
+        obs = self._observations()
+        infos = self._infos(round_stats)
+        terminations = {a: False for a in self.agents}
+        truncations = {a: done for a in self.agents}
+        if done:
+            self.agents = []
+        return obs, rewards, terminations, truncations, infos
+
+    def _infos(self, round_stats: list[dict] | None) -> dict[str, dict]:
+        infos = {}
+        for agent in self.agents:
+            i = self._index[agent]
+            robot = self._robots[i]
+            totals = dict(robot.totals)
+            info = {"round": self.round_index, "labeled_size": int(self._cell_counts[i].sum()),
+                    "domain_accuracy": dict(zip(self.domain_names, robot.model.domain_accuracy.tolist())),
+                    "domain_names": list(self.domain_names), "n_share": self.n_share,
+                    "neighbors": [self.possible_agents[j] for j in self.neighbors[i]],
+                    "ood_threshold": float(robot.model.threshold), **totals,
+                    "rare_share_cached": (totals["total_rare_cached"] / totals["total_cached"]
+                                          if totals["total_cached"] else float("nan"))}
+            if round_stats is not None:
+                info.update(round_stats[i])
+            infos[agent] = info
+        return infos
+
+    # ------------------------------------------------------------------------------------ privileged / misc
+    def privileged_view(self) -> dict[str, Any]:
+        """Oracle-only truth: domains and labels of this round's observations (N, obs_per_round), every robot's
+        labeled (domain, class) counts (N, D, C), the neighbor lists, rare domains and the cell target."""
+        return {"observed_domains": self.world.domains[self._round_ids].copy(),
+                "observed_labels": self.world.labels[self._round_ids].copy(),
+                "labeled_cell_counts": self._cell_counts.copy(),
+                "neighbors": [list(x) for x in self.neighbors],
+                "rare_domains": np.flatnonzero(self._rare).tolist(),
+                "potential_cell_target": self.config.potential_cell_target}
+
+    def state(self) -> np.ndarray:
+        """Global state: every robot's labeled (domain, class) counts / potential_cell_target, clipped to [0, 1]."""
+        return np.clip(self._cell_counts / self.config.potential_cell_target, 0, 1).ravel().astype(np.float32)
+
+    def render(self) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def parallel_env(config: str | dict | P2PConfig | None = None, **overrides: Any) -> P2PParallelEnv:
+    """``make_parallel_env("p2p_toy")`` lands here: the p2p env of a config (default ``p2p_default``)."""
+    return P2PParallelEnv(config, **overrides)
+
+
