@@ -56,6 +56,7 @@ class TrainSettings:
     run_name: str | None = None
     resume: str | None = None
     checkpoint_every: int = 10
+    torch_threads: int | None = 1        # tiny networks: one thread is fastest, and never spins on busy cores
     progress: bool = True
 
 
@@ -179,13 +180,23 @@ def iteration_summary(result: dict) -> dict[str, float]:
             "env_steps": int(env.get("num_env_steps_sampled_lifetime", 0) or 0)}
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+def set_torch_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def init_ray(address: str | None, torch_threads: int | None = None) -> None:
+    """A local Ray runtime (``None`` / ``"local"``) or an existing cluster (``"auto"``, ``"ray://host:10001"``)."""
     import ray
 
     if ray.is_initialized():
         return
     if address in (None, "local"):
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        env_vars = {"OMP_NUM_THREADS": str(torch_threads)} if torch_threads else {}
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": env_vars})
     else:
         ray.init(address=address, log_to_driver=False)
 
@@ -209,7 +220,8 @@ def train(settings: TrainSettings, log=print) -> dict:
     """Train PPO; returns ``{"checkpoint", "run_dir", "history", "elapsed_s", ...}``."""
     if settings.tune:
         return tune_sweep(settings, log)
-    init_ray(settings.ray_address)
+    set_torch_threads(settings.torch_threads)
+    init_ray(settings.ray_address, settings.torch_threads)
     config = build_ppo_config(settings)
     run_dir = run_dir_for(settings, "ppo")
     checkpoint = run_dir / "checkpoint"
@@ -240,8 +252,10 @@ def train(settings: TrainSettings, log=print) -> dict:
                 step = summary["agent_steps"]
                 for name, value in _flat_scalars(result).items():
                     writer.add_scalar(name, value, step)
-                bar.update(task, advance=1, status=f"return {summary['episode_return_mean']:.3f}  "
-                                                   f"agent steps {step:,}")
+                status = f"return {summary['episode_return_mean']:.3f}  agent steps {step:,}"
+                bar.update(task, advance=1, status=status)
+                if settings.progress and not bar.console.is_terminal and (i + 1) % 10 == 0:
+                    log(f"iteration {i + 1}/{settings.iterations}: {status}  ({summary['elapsed_s']:.0f} s)")
                 if settings.checkpoint_every and (i + 1) % settings.checkpoint_every == 0:
                     algo.save_to_path(str(checkpoint.resolve()))
                     write_meta(checkpoint, settings, {"iteration": algo.iteration, "agent_steps": step})
@@ -260,7 +274,8 @@ def tune_sweep(settings: TrainSettings, log=print) -> dict:
     """A Ray Tune grid over the learning rate; each trial checkpoints at the end; returns the best trial."""
     from ray import tune
 
-    init_ray(settings.ray_address)
+    set_torch_threads(settings.torch_threads)
+    init_ray(settings.ray_address, settings.torch_threads)
     config = build_ppo_config(settings).training(lr=tune.grid_search(list(settings.tune_lrs)))
     run_dir = run_dir_for(settings, "ppo-tune")
     tuner = tune.Tuner(

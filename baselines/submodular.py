@@ -124,9 +124,10 @@ def similarity(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, kerne
     if kernel == "cosine":
         a, b = _unit(a), _unit(b)
     distance = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+    # in place: no temporaries beside the block itself (the memory bound counts 4 bytes per entry here)
     if kernel == "cosine":
-        return 1.0 - 0.5 * distance.square()
-    return 1.0 / (1.0 + scale * distance)
+        return distance.square_().mul_(-0.5).add_(1.0)
+    return distance.mul_(scale).add_(1.0).reciprocal_()
 
 
 def block_rows_for(n_columns: int, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES) -> int:
@@ -223,6 +224,7 @@ class FacilityLocation:
             work -= coverage
             np.maximum(work, 0.0, out=work)
             out[start:start + len(chunk)] = work.sum(axis=1)
+            del work  # free before the next block is allocated: peak stays one block
         self.evaluations += len(idx)
         return out
 
@@ -331,7 +333,9 @@ def lazy_greedy(fl: FacilityLocation, k: int, groups: np.ndarray | None = None, 
             continue
         stale = [c]
         while heap and len(stale) < refresh_batch and heap[0][2] != len(picks):
-            stale.append(heapq.heappop(heap)[1])
+            other = heapq.heappop(heap)[1]
+            if taken[group_of[other]] < cap[group_of[other]]:  # full robots' candidates are dropped, not refreshed
+                stale.append(other)
         for value, candidate in zip(fl.gains(coverage, np.asarray(stale)), stale):
             heapq.heappush(heap, (-float(value), candidate, len(picks)))
     return _result(fl, picks, gains, coverage, fl.evaluations - start_evaluations)

@@ -127,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_gpus_per_learner=args.num_gpus_per_learner, ray_address=args.ray_address, tune=args.tune,
         seed=args.seed, lr=args.lr, train_batch_size=args.train_batch_size, minibatch_size=args.minibatch_size,
         num_epochs=args.num_epochs, entropy_coeff=args.entropy_coeff, out=args.out, run_name=args.name,
-        resume=args.resume, checkpoint_every=args.checkpoint_every)
+        resume=args.resume, checkpoint_every=args.checkpoint_every, torch_threads=args.torch_threads or None)
     if args.algo == "ppo":
         from agents.rllib_train import train
     else:
@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--name", default=None, help="run name (default <config>-<algo>-<time>)")
     tr.add_argument("--resume", default=None, help="checkpoint folder to resume from")
     tr.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints (0: only at end)")
+    tr.add_argument("--torch-threads", type=int, default=1,
+                    help="torch threads in the driver (default 1: fastest for these small networks; 0 = torch's default)")
     tr.set_defaults(func=cmd_train)
 
     # The other scenarios own their command lines: `datagames p2p --help`, `datagames dual --help`

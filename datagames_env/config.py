@@ -127,6 +127,10 @@ class EnvConfig(_Strict):
                             "round since its model last changed (pooled), EM (max likelihood), or the truth"
     )
     loss: Literal["l2", "kl"] = "l2"
+    reward: Literal["shared", "marginal"] = Field(
+        "shared", description="shared: every robot gets the fleet's potential gain; marginal: each robot gets the "
+                              "gain its own uploads made given the others' (difference reward, same potential game)"
+    )
     world_seed: int | None = Field(
         0, description="seeds initial cloud and first model; null = drawn from each reset seed (slower: a model per episode)"
     )

@@ -139,7 +139,7 @@ class _VersionTable:
 # ----------------------------------------------------------------------------------------------- core
 @dataclass
 class StepResult:
-    rewards: np.ndarray            # (B,) shared by all robots of an env
+    rewards: np.ndarray            # (B, N); equal across an env's robots with reward 'shared'
     distance: np.ndarray           # (B,) after the step
     uploaded_ids: np.ndarray       # (B, N, n_cache) dataset indices, -1 = unused slot
     uploaded_labels: np.ndarray    # (B, N, n_cache) true labels from the annotator, -1 = unused
@@ -330,6 +330,13 @@ class BatchedCore:
             kernels.estimate_mixes(source, self.robot_version, v.confusions, v.pinv_confusion_t,
                                    1 if cfg.mix_estimator == "em" else 0, 50, self.estimated_mixes)
 
+    def _distance_without_each_robot(self, labels: np.ndarray) -> np.ndarray:
+        """(B, N): the distance had robot i uploaded nothing this round, the others as they did."""
+        own = np.zeros((self.num_envs, self.n_robots, self.n_classes))
+        b_idx, i_idx, s_idx = np.nonzero(labels >= 0)
+        np.add.at(own, (b_idx, i_idx, labels[b_idx, i_idx, s_idx]), 1.0)
+        return self._distance(self.cloud_counts[:, None, :] - own)
+
     def _distance(self, cloud_counts: np.ndarray) -> np.ndarray:
         if self.cfg.loss == "l2":
             return np.linalg.norm(cloud_counts - self.target_counts, axis=-1)
@@ -390,7 +397,10 @@ class BatchedCore:
         kernels.add_uploads(self.cloud_counts, labels)
         before = self.distance
         self.distance = self._distance(self.cloud_counts)
-        rewards = (before - self.distance) / cfg.upload_budget
+        if cfg.reward == "shared":
+            rewards = np.repeat(((before - self.distance) / cfg.upload_budget)[:, None], n, axis=1)
+        else:
+            rewards = (self._distance_without_each_robot(labels) - self.distance[:, None]) / k
         self.round_index += 1
         truncated = self.round_index >= cfg.rounds
         final_accuracy = None

@@ -48,7 +48,7 @@ def corrupt(images: np.ndarray, kind: str, severity: float = 0.5, seed: int = 0)
     if kind == "none" or len(x) == 0:
         return x
     rng = np.random.default_rng(seed)
-    n, channels, height, width = x.shape
+    n, _channels, height, width = x.shape
     if kind == "fog":
         # Low-frequency field: noise blurred over about a quarter of the image, rescaled per image to [0, 1].
         field = gaussian_filter(rng.random((n, 1, height, width)), sigma=(0, 0, height / 4, width / 4), mode="wrap")

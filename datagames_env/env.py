@@ -8,8 +8,10 @@ Action space           allocation: ``Box(0, 1, (C,), float32)``, the share of th
                        *predicted* class; selection: ``Box(0, 1, (obs_per_round,), float32)``, a score per
                        observed sample, the top ``n_cache`` are uploaded. Values outside [0, 1] are
                        clipped (allocation); NaN / inf / a wrong shape raise ``ValueError``.
-Reward                 identical for all robots: (d_before - d_after) / (n_robots * n_cache), d the L2
-                       distance (or KL, ``loss: kl``) between cloud class counts and target counts
+Reward                 ``reward: shared`` (default): identical for all robots, (d_before - d_after) /
+                       (n_robots * n_cache), d the L2 distance (or KL, ``loss: kl``) between cloud class
+                       counts and target counts; ``reward: marginal``: robot i gets (d_without_i - d_after)
+                       / n_cache, the gain of its own uploads given the others' (a difference reward)
 Episode end            after ``rounds`` steps every robot is truncated (never terminated); ``agents``
                        becomes empty
 Arguments              ``config`` (a name in ``configs/``, a YAML path, a dict or an ``EnvConfig``),
@@ -158,8 +160,7 @@ class DataGamesParallelEnv(ParallelEnv):
         result = self.core.step(batch)  # validates values; raises before changing state
         self._history.append(float(result.distance[0]))
         obs = self._observations()
-        reward = float(result.rewards[0])
-        rewards = {a: reward for a in self.agents}
+        rewards = {a: float(result.rewards[0, i]) for i, a in enumerate(self.agents)}
         terminations = {a: False for a in self.agents}
         truncations = {a: result.truncated for a in self.agents}
         infos = self._infos(result)

@@ -50,7 +50,11 @@ step also: ``cached_slots`` (int64 ``(n_share,)``, positions in the previous obs
 ``sent_mask`` (bool: left the robot; False = dropped by the privacy filter), ``feedback_utilities`` (float32
 ``(n_share,)``, 0 where not sent), ``n_sent``, ``n_received``, ``n_kept``, ``n_private_cached``, ``n_blurred``,
 ``n_dropped``, ``n_passed_private``, ``round_rare_share`` (rare share among this round's cache) and ``trained``
-(whether its model was retrained after this round).
+(whether its model was retrained after this round). With ``feedback_memory > 0`` also
+``feedback_memory_features`` (float32 ``(m, E + C)``: the last ``m <= feedback_memory`` samples it sent, re-embedded
+by its *current* model, as the paper's sender that keeps its shared images) and ``feedback_memory_utilities``
+(float32 ``(m,)``, what each earned): the training set of a GU model. A robot's retrainings in one episode start
+from the same initialisation seed, so its embedding space drifts as little as the data allows.
 
 Everything a step needs from a model is computed once per (model version, round) in one batched pass per robot;
 only the shared samples go through the receivers' detectors, one batched pass per receiver. Oracle policies read
@@ -156,6 +160,8 @@ class P2PConfig(_Strict):
     ood: OODConfig = OODConfig()
     perception: PerceptionConfig = PerceptionConfig(retrain_every=1)
     receiver_keeps: Literal["novel", "all"] = Field("novel", description="which received samples a robot labels")
+    feedback_memory: int = Field(
+        1000, ge=0, description="a sender keeps its last this many shared samples with their utilities (GU data)")
     reward: Literal["feedback", "potential"] = "feedback"
     potential_cell_target: int = Field(20, ge=1, description="T: labeled samples wanted per (domain, class) cell")
     privacy: PrivacyConfig = PrivacyConfig()
@@ -206,7 +212,7 @@ class P2PConfig(_Strict):
     @property
     def n_share(self) -> int:
         """Samples each robot caches and shares per round."""
-        return max(1, int(round(self.share_fraction * self.obs_per_round)))
+        return max(1, round(self.share_fraction * self.obs_per_round))
 
 
 def _format_error(err: ValidationError) -> str:
@@ -267,7 +273,7 @@ def _load_images(name: str, data_dir: str | None) -> Dataset:
         dataset = load_dataset(name, data_dir=data_dir)
         features = dataset.features
         if features.ndim == 2:  # vectors of a square image (digits: 64 = 8x8) become 1-channel images
-            side = int(round(np.sqrt(features.shape[1])))
+            side = round(np.sqrt(features.shape[1]))
             if side * side != features.shape[1]:
                 raise DatasetError(f"dataset {name!r}: vectors of length {features.shape[1]} are not square images")
             features = features.reshape(len(features), 1, side, side)
@@ -324,7 +330,7 @@ def build_world(cfg: P2PConfig) -> P2PWorld:
     by_source: dict[str, list[int]] = {}
     for i, domain in enumerate(resolved):
         by_source.setdefault(domain.dataset, []).append(i)
-    for source, members in by_source.items():
+    for members in by_source.values():
         order = rng.permutation(datasets[members[0]].n_samples)
         for i, chunk in zip(members, np.array_split(order, len(members))):
             cap = resolved[i].max_samples
@@ -335,7 +341,7 @@ def build_world(cfg: P2PConfig) -> P2PWorld:
     for i, domain in enumerate(resolved):
         ds = datasets[i]
         idx = parts[i]
-        n_test = max(1, int(round(cfg.test_fraction * len(idx))))
+        n_test = max(1, round(cfg.test_fraction * len(idx)))
         shuffled = rng.permutation(idx)
         test_idx, pool_idx = np.sort(shuffled[:n_test]), np.sort(shuffled[n_test:])
         corruption_seed = int(np.random.SeedSequence([cfg.split_seed, i]).generate_state(1)[0])
@@ -388,6 +394,8 @@ class _Robot:
     stream: np.ndarray  # int64 (rounds, obs_per_round) world ids
     model: LocalModel
     stale: bool = False  # labeled set grew since the last training
+    memory_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # its shared samples
+    memory_utilities: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     n_trainings: int = 0
     totals: dict[str, int] = field(default_factory=lambda: {
         "total_blurred": 0, "total_dropped": 0, "total_passed_private": 0, "total_cached": 0,
@@ -492,7 +500,7 @@ class P2PParallelEnv(ParallelEnv):
         for d in home:
             want = robot_cfg.initial_labeled[self.domain_names[d]]
             pool = world.pool_by_domain[d]
-            n_cal = int(round(cfg.ood.calibration_size / len(home)))
+            n_cal = round(cfg.ood.calibration_size / len(home))
             if want + n_cal > len(pool):
                 raise ConfigError(f"robots.{i}.initial_labeled (robot_{i}): {want} labeled + {n_cal} calibration "
                                   f"samples of domain '{self.domain_names[d]}' exceed its pool of {len(pool)}")
@@ -577,14 +585,18 @@ class P2PParallelEnv(ParallelEnv):
                            minlength=self.n_domains * self.n_classes).reshape(self.n_domains, self.n_classes)
 
     def _predict_round(self) -> None:
-        """One batched pass of each robot's current model over this round's observations."""
+        """One batched pass of each robot's current model over this round's observations and over the samples it
+        shared before (its feedback memory: re-embedded, since a retrained model has a new embedding space)."""
         self._round_ids = np.stack([r.stream[min(self.round_index, self.config.rounds - 1)] for r in self._robots])
-        self._round_probs, self._round_embeddings = [], []
+        self._round_probs, self._round_embeddings, self._memory_features = [], [], []
+        n_obs = self.config.obs_per_round
         with limited_torch_threads(self.config.max_threads):
             for robot, ids in zip(self._robots, self._round_ids):
-                probs, embeddings = robot.model.classifiers[0].predict(self.world.features[ids])
-                self._round_probs.append(probs)
-                self._round_embeddings.append(embeddings)
+                probs, embeddings = robot.model.classifiers[0].predict(
+                    self.world.features[np.concatenate([ids, robot.memory_ids])])
+                self._round_probs.append(probs[:n_obs])
+                self._round_embeddings.append(embeddings[:n_obs])
+                self._memory_features.append(np.concatenate([embeddings[n_obs:], probs[n_obs:]], axis=1))
 
     def _observations(self) -> dict[str, np.ndarray]:
         cfg = self.config
@@ -712,6 +724,12 @@ class P2PParallelEnv(ParallelEnv):
                                 "round_rare_share": rare_cached / k})
         self._last_feedback = utilities.mean(axis=1).astype(np.float64)
         self.last_transmissions = transmissions
+        if cfg.feedback_memory:  # the sender keeps its own (unfiltered) shared samples and what they earned
+            for i, robot in enumerate(self._robots):
+                sent_here = transmissions[i]["sent_mask"]
+                robot.memory_ids = np.concatenate([robot.memory_ids, cached_ids[i][sent_here]])[-cfg.feedback_memory:]
+                robot.memory_utilities = np.concatenate([robot.memory_utilities,
+                                                         utilities[i][sent_here]])[-cfg.feedback_memory:]
         self._cell_counts = np.stack([self._cells(r) for r in self._robots])
         # 5. retrain on the schedule
         self.round_index += 1
@@ -721,7 +739,7 @@ class P2PParallelEnv(ParallelEnv):
             if trained:
                 robot.n_trainings += 1
                 robot.model = self._train(np.concatenate(robot.labeled_features), np.concatenate(robot.labeled_labels),
-                                          _seed_of(self._episode_seed, i, self.round_index, 13), robot.calibration_ids)
+                                          _seed_of(self._episode_seed, i, 13), robot.calibration_ids)
                 robot.stale = False
             round_stats[i]["trained"] = trained
 
@@ -731,8 +749,7 @@ class P2PParallelEnv(ParallelEnv):
             shared = (potential_before - self._potential_distance()) / (n * k)
             rewards = {a: float(shared) for a in self.agents}
         done = self.round_index >= cfg.rounds
-        if not done:
-            self._predict_round()
+        self._predict_round()  # after the last round only for the infos' feedback memory
         obs = self._observations()
         infos = self._infos(round_stats)
         terminations = {a: False for a in self.agents}
@@ -756,6 +773,9 @@ class P2PParallelEnv(ParallelEnv):
                                           if totals["total_cached"] else float("nan"))}
             if round_stats is not None:
                 info.update(round_stats[i])
+            if self.config.feedback_memory and self._memory_features:
+                info["feedback_memory_features"] = self._memory_features[i]
+                info["feedback_memory_utilities"] = robot.memory_utilities.copy()
             infos[agent] = info
         return infos
 

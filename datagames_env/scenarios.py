@@ -56,6 +56,16 @@ def scenario_module(name: str):
     return importlib.import_module(SCENARIOS[name])
 
 
+def load_scenario_config(config: Any = None, **overrides: Any):
+    """The validated config object of the config's scenario (``EnvConfig`` for ``datagames``)."""
+    name = scenario_of(config, **overrides)
+    if name == "datagames":
+        from .config import load_config
+
+        return load_config(config, **overrides)
+    return getattr(scenario_module(name), f"load_{name}_config")(config, **overrides)
+
+
 def make_parallel_env(config: Any = None, **overrides: Any):
     """``parallel_env`` of the config's scenario (``scenario`` key), with keyword overrides."""
     return scenario_module(scenario_of(config, **overrides)).parallel_env(config, **overrides)

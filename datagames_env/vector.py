@@ -64,7 +64,7 @@ class DataGamesVectorEnv:
     def step(self, actions: np.ndarray):
         result = self.core.step(actions)
         shape = (self.num_envs, self.n_robots)
-        rewards = np.broadcast_to(result.rewards[:, None], shape).astype(np.float32)
+        rewards = result.rewards.astype(np.float32)
         terminations = np.zeros(shape, dtype=bool)
         truncations = np.full(shape, result.truncated)
         infos = self._infos()

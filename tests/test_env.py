@@ -510,6 +510,35 @@ def test_reward_is_the_normalised_distance_decrease(loss):
         env.config.initial_cloud_size + SMALL["rounds"] * budget)
 
 
+@pytest.mark.parametrize("loss", ["l2", "kl"])
+def test_marginal_reward_is_each_robots_own_gain_given_the_others(loss):
+    """reward: marginal gives robot i (d(cloud without i's uploads) - d(cloud)) / n_cache, from the uploads' true
+    labels in its info; the vector env hands out the same per-robot rewards."""
+    env = make(loss=loss, reward="marginal")
+    obs, infos = env.reset(seed=4)
+    rng = np.random.default_rng(0)
+    distinct = False
+    while env.agents:
+        actions = {a: rng.random(env.action_space(a).shape) for a in env.agents}
+        obs, rewards, _, _, infos = env.step(actions)
+        cloud = np.asarray(infos["robot_0"]["cloud_counts"], dtype=float)
+        for a in rewards:
+            without = cloud - np.bincount(infos[a]["uploaded_true_labels"], minlength=len(cloud))
+            expected = (env.core._distance(without[None])[0] - infos[a]["distance"]) / SMALL["n_cache"]
+            assert rewards[a] == pytest.approx(expected, rel=1e-12, abs=1e-12)
+        distinct |= len(set(rewards.values())) > 1
+    assert distinct
+    venv = datagames_env.vector_env(2, reward="marginal", loss=loss, **SMALL)
+    venv.reset(seed=[4, 4])
+    env.reset(seed=4)
+    rng = np.random.default_rng(1)
+    for _ in range(SMALL["rounds"]):
+        batch = rng.random((2, SMALL["n_robots"], env.n_classes))
+        _, vec_rewards, _, _, _ = venv.step(batch)
+        _, rewards, _, _, _ = env.step({a: batch[0, i] for i, a in enumerate(env.possible_agents)})
+        np.testing.assert_allclose(vec_rewards[0], [rewards[a] for a in env.possible_agents], rtol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------ uploads
 def _pool_positions(env) -> np.ndarray:
     world = env.core.world

@@ -136,6 +136,7 @@ def test_cli_run_and_eval(tmp_path, capsys):
     assert set(POLICIES) >= {"random", "uniform", "greedy", "interactive", "oracle"}
 
 
+@pytest.mark.xdist_group("ray")
 def test_ray_results_equal_local_results(tmp_path):
     """Where ray is installed (extra 'cluster'), a local Ray runtime gives exactly the local results."""
     ray = pytest.importorskip("ray")

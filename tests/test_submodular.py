@@ -99,7 +99,7 @@ def test_greedy_with_caps_reaches_half_of_brute_force(instance, kernel, data):
     caps = np.full(int(groups.max()) + 1, 1)
     sims = dense_similarity_reference(points, points, kernel, 0.5)
     cov0 = np.zeros(len(points)) if coverage is None else coverage
-    best, best_set = brute_force_best(sims, len(caps), cov0, groups, caps)
+    best, _best_set = brute_force_best(sims, len(caps), cov0, groups, caps)
     result = lazy_greedy(FacilityLocation(points, None, cov0, kernel, 0.5), len(caps), groups, caps)
     empty = dense_objective_reference(sims, [], cov0)
     assert result.value - empty >= 0.5 * (best - empty) - 1e-5 * len(points)

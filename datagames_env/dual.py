@@ -1,0 +1,742 @@
+"""DUAL scenario: two-stage fleet data curation, distributed upload then active labeling in the cloud.
+
+Each round every robot sees ``obs_per_round`` samples of its own stream and scores them; its top ``n_cache``
+go through the privacy filter and up to the cloud (stage 1, the robots' action). The cloud then chooses which
+of its unlabeled uploads to label under a global ``label_budget`` per round with the configured ``labeler``
+(stage 2, inside the step; submodular by default, as in DUAL). Only labeled samples enter the training set; the
+rest stays in the cloud marked unlabeled (a later round may still label it, ``label_pool: all``). The cloud
+model retrains on the labeled set on its schedule and the robots download it.
+
+=====================  ===========================================================================
+Agents                 ``robot_0 ... robot_{N-1}`` (``n_robots``), all acting every round
+Observation space      ``Box(low, high, (context_dim + obs_per_round * sample_feature_dim,), float32)``:
+                       a context block, then per observed sample its L2-normalised embedding (E =
+                       ``perception.embedding_dim``), the predicted class probabilities (C) and its
+                       coverage by the cloud set (1). ``env.obs_layout`` (slices, incl. ``context`` and
+                       ``samples``), ``env.sample_layout``, ``n_samples``, ``sample_feature_dim``,
+                       ``context_dim`` describe it
+Action space           ``Box(0, 1, (obs_per_round,), float32)``: a score per observed sample; the top
+                       ``n_cache`` are uploaded (ties: lower index). Any finite value is ranked; NaN / inf /
+                       a wrong shape raise ``ValueError`` naming the robot, and a failed step changes nothing
+Reward                 identical for all robots. ``reward: accuracy`` (default): the change of the cloud
+                       model's validation accuracy this round (0 in rounds without retraining).
+                       ``reward: coverage``: the increase of the mean coverage of this round's fleet
+                       observations by the *labeled* cloud set (facility location / |ground|)
+Episode end            after ``rounds`` steps every robot is truncated (never terminated); ``agents``
+                       becomes empty
+Arguments              ``config`` (a name in ``configs/``, a YAML path, a dict or a ``DualConfig``),
+                       ``render_mode`` (``ansi`` or None), and any config key as a keyword
+                       (``n_robots=4``, ``**{"privacy.mode": "drop"}``)
+=====================  ===========================================================================
+
+Context block (``obs_layout`` names, C classes)::
+
+    labeled_hist     C  labeled cloud class counts / labeled cloud size
+    predicted_hist   C  this round's predicted-class histogram / obs_per_round
+    class_accuracy   C  the cloud model's per-class validation accuracy, diag(C)
+    estimated_mix    C  the robot's BBSE estimate of its true class mix
+    budgets          2  n_cache / obs_per_round, min(1, label_budget / (n_robots * n_cache))
+    unlabeled_share  1  unlabeled uploads / cloud size
+    rounds_left      1  (rounds - round) / rounds
+    mean_coverage    1  mean coverage of this robot's samples by the cloud set
+
+Coverage uses the facility-location kernel (``kernel``, ``kernel_scale``; :mod:`baselines.submodular`), floored at
+0, over the whole cloud set (labeled and unlabeled: a second copy of an uploaded scene is wasted bandwidth).
+
+``infos[robot]``: ``round``; its ``feasible_matrix`` (estimated, column j = p(y | yhat = j)), ``available``
+(samples per predicted class), ``estimated_mix``; the public ``cloud_counts`` (labeled class counts),
+``target_counts`` (uniform over the labeled set at episode end), ``n_cache``, ``label_budget``,
+``labels_used``, ``cloud_labeled``, ``cloud_unlabeled``, ``validation_accuracy``, ``test_accuracy``; after a
+step also ``uploaded`` (count), ``uploaded_sample_ids``, ``labeled_from_robot``, ``labeled`` (this round, whole
+fleet), ``privacy`` (``private``, ``dropped``, ``blurred``, ``passed_private`` for this robot),
+``privacy_total`` (fleet), ``upload_objective`` / ``upload_objective_gain`` (fleet facility location of the
+uploads over the round's observations, mean per ground sample), ``label_objective`` and ``coverage_gain``.
+``env.privileged_view()`` (oracles only) exposes true mixes, true feasible matrices and the true labels of
+what every robot sees; ``env.cloud()`` the cloud ledger; ``env.history`` the per-round records.
+
+Privacy: a ``privacy.private_fraction`` of the stream pool carries a synthetic private patch
+(:func:`~datagames_env.privacy.stamp_private_patches`). Every upload goes through
+:meth:`~datagames_env.privacy.PrivacyFilter.apply`; what reaches the cloud is the filter's output (blurred
+copies are interned as extra feature rows so the model cache still works; the interned copy is checked equal
+to the filter's output on every upload). The initial cloud is drawn from public samples.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from baselines.submodular import (
+    DEFAULT_MAX_BLOCK_BYTES,
+    FacilityLocation,
+    fleet_objective,
+    lazy_greedy,
+    max_similarity,
+)
+
+from . import kernels
+from .config import (
+    ConfigError,
+    DatasetConfig,
+    PerceptionConfig,
+    StreamConfig,
+    _deep_merge,
+    _expand_dotted,
+    _Strict,
+    resolve_config_path,
+)
+from .datasets import Dataset, load_dataset, split_dataset
+from .perception import ModelVersion, Perception, limited_torch_threads
+from .privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
+
+__all__ = ["DualConfig", "DualParallelEnv", "DualWorld", "load_dual_config", "parallel_env"]
+
+METADATA = {"name": "datagames_dual_v0", "render_modes": ["ansi"], "is_parallelizable": True}
+LABELERS = ("submodular", "random", "entropy", "margin")
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+class DualPerceptionConfig(PerceptionConfig):
+    """The cloud model; in DUAL it retrains on the labeled set after every round by default."""
+
+    retrain_every: int = Field(1, ge=0, description="retrain on the labeled cloud set every k rounds; 0 = never")
+
+
+class DualConfig(_Strict):
+    """Every knob of the DUAL scenario (``configs/dual_default.yaml`` lists them with their defaults)."""
+
+    scenario: Literal["dual"] = "dual"
+    dataset: DatasetConfig = DatasetConfig()
+    n_robots: int = Field(6, ge=1)
+    rounds: int = Field(5, ge=1)
+    obs_per_round: int = Field(60, ge=1, description="samples each robot sees per round")
+    n_cache: int = Field(6, ge=1, description="uploads per robot per round (stage 1)")
+    label_budget: int = Field(12, ge=0, description="labels per round for the whole fleet (stage 2)")
+    labeler: Literal["submodular", "random", "entropy", "margin"] = Field(
+        "submodular", description="how the cloud picks what to label among its unlabeled uploads")
+    label_pool: Literal["all", "round"] = Field(
+        "all", description="label candidates: every unlabeled upload so far (all) or this round's uploads only")
+    initial_cloud_size: int = Field(50, ge=0, description="labeled samples the cloud starts with (public only)")
+    initial_cloud_alpha: float = Field(1.0, gt=0.0, description="Dirichlet skew of the initial cloud's class mix")
+    stream: StreamConfig = StreamConfig()
+    perception: DualPerceptionConfig = DualPerceptionConfig()
+    kernel: Literal["inverse_distance", "cosine"] = Field(
+        "inverse_distance", description="facility-location kernel: 1/(1 + kernel_scale * distance) or cosine")
+    kernel_scale: float = Field(0.01, gt=0.0, description="inverse_distance: the 0.01 of Fleet-AL's kernel")
+    max_block_bytes: int = Field(DEFAULT_MAX_BLOCK_BYTES, ge=1024, description="memory bound of similarity blocks")
+    reward: Literal["accuracy", "coverage"] = "accuracy"
+    privacy: PrivacyConfig = PrivacyConfig()
+    world_seed: int | None = Field(
+        0, description="seeds the initial cloud (and so the first model), shared by all episodes; null = per reset")
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_by_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DualConfig:
+        if self.n_cache > self.obs_per_round:
+            raise ValueError(f"n_cache ({self.n_cache}) cannot exceed obs_per_round ({self.obs_per_round})")
+        if self.stream.kind == "rare_specialists" and self.stream.n_specialists > self.n_robots:
+            raise ValueError(f"stream.n_specialists ({self.stream.n_specialists}) exceeds n_robots ({self.n_robots})")
+        if self.stream.kind == "matrix":
+            if self.stream.mixes is None:
+                raise ValueError("stream.kind 'matrix' needs stream.mixes")
+            if len(self.stream.mixes) != self.n_robots:
+                raise ValueError(f"stream.mixes has {len(self.stream.mixes)} rows, expected n_robots = {self.n_robots}")
+        return self
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<config>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            model: type[BaseModel] = DualConfig
+            for part in e["loc"][:-1]:
+                ann = getattr(model.model_fields.get(str(part)), "annotation", None)
+                if isinstance(ann, type) and issubclass(ann, BaseModel):
+                    model = ann
+            known = list(model.model_fields)
+            hint = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            lines.append(f"unknown config key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                         + f"; known keys here: {', '.join(sorted(known))}")
+        else:
+            shown = e.get("input")
+            lines.append(f"config key '{key}': {msg}" + ("" if isinstance(shown, dict) else f" (got {shown!r})"))
+    return "invalid dual configuration: " + "; ".join(lines)
+
+
+def load_dual_config(config: str | Path | dict | DualConfig | None = None, **overrides: Any) -> DualConfig:
+    """A validated :class:`DualConfig` from a config name / YAML path / dict plus keyword overrides (top-level,
+    nested dicts, or dotted keys like ``**{"privacy.mode": "drop"}``). Errors name the key."""
+    if config is None:
+        data: dict = {}
+    elif isinstance(config, DualConfig):
+        data = config.model_dump()
+    elif isinstance(config, dict):
+        data = dict(config)
+    else:
+        path = resolve_config_path(config)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    data = _deep_merge(data, _expand_dotted(overrides))
+    scenario = data.get("scenario", "dual")
+    if scenario != "dual":
+        raise ConfigError(f"config key 'scenario': the dual environment needs 'dual', got {scenario!r}")
+    try:
+        return DualConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+# ------------------------------------------------------------------------------------------------- world
+
+
+def _image_shape(dataset: Dataset) -> tuple[int, int, int] | None:
+    """How the privacy filter sees a sample: images as they are, square vectors (digits 8x8) as 1-channel
+    images, anything else not at all (no private patches possible)."""
+    if dataset.is_image:
+        return dataset.feature_shape  # type: ignore[return-value]
+    side = math.isqrt(dataset.feature_shape[0])
+    return (1, side, side) if side * side == dataset.feature_shape[0] else None
+
+
+class DualWorld:
+    """What every episode of one config shares: dataset and split, the private patches, the interned blurred
+    copies, and the perception cache (one model per labeled multiset and seed)."""
+
+    def __init__(self, cfg: DualConfig) -> None:
+        dcfg, pcfg = cfg.dataset, cfg.privacy
+        self.dataset = load_dataset(dcfg.name, dcfg.data_dir, dcfg.download)
+        self.n_classes = self.dataset.n_classes
+        self.splits = split_dataset(self.dataset.labels, dcfg.validation_fraction, dcfg.test_fraction, dcfg.split_seed)
+        self.pool = self.splits.pool
+        self.pool_labels = self.dataset.labels[self.pool]
+        counts = np.bincount(self.pool_labels, minlength=self.n_classes)
+        if (counts == 0).any():
+            raise ConfigError(f"dataset '{self.dataset.name}': classes {np.flatnonzero(counts == 0).tolist()} have "
+                              "no samples in the stream pool")
+        self.class_members = np.argsort(self.pool_labels, kind="stable").astype(np.int64)  # pool positions
+        self.class_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.image_shape = _image_shape(self.dataset)
+        n = self.dataset.n_samples
+        self.private = np.zeros(n, dtype=bool)
+        self.regions = np.zeros((n, 4), dtype=np.int64)
+        features = self.dataset.features
+        if pcfg.private_fraction > 0:
+            if self.image_shape is None:
+                raise ConfigError(f"config key 'privacy.private_fraction': dataset '{self.dataset.name}' has "
+                                  f"feature shape {self.dataset.feature_shape}, not images: no region to stamp")
+            rng = np.random.default_rng(np.random.SeedSequence([dcfg.split_seed, 0x9817]))
+            images = features[self.pool].reshape((len(self.pool), *self.image_shape))
+            try:
+                stamped, private, regions = stamp_private_patches(images, pcfg.private_fraction, rng, pcfg.patch_size)
+            except ValueError as exc:
+                raise ConfigError(f"config key 'privacy.patch_size': {exc}") from None
+            features = features.copy()
+            features[self.pool] = stamped.reshape((len(self.pool), *self.dataset.feature_shape))
+            self.private[self.pool], self.regions[self.pool] = private, regions
+        self.robot_features = features  # what the robots see (private patches included)
+        # Interned blurred copies: row n + k is the blurred version of the k-th private pool sample.
+        private_ids = np.flatnonzero(self.private)
+        self.blurred_row = np.full(n, -1, dtype=np.int64)
+        extra = np.zeros((0, *self.dataset.feature_shape), dtype=np.float32)
+        if len(private_ids):
+            blur = PrivacyFilter("blur", pcfg.blur_sigma).apply(
+                self.as_images(features[private_ids]), np.ones(len(private_ids), bool), self.regions[private_ids])
+            extra = blur.features.reshape((len(private_ids), *self.dataset.feature_shape)).astype(np.float32)
+            self.blurred_row[private_ids] = n + np.arange(len(private_ids))
+        self.features = np.concatenate([features, extra]) if len(extra) else features
+        self.labels = np.concatenate([self.dataset.labels, self.dataset.labels[private_ids]])
+        self.source_of_row = np.concatenate([np.arange(n), private_ids])  # dataset sample behind each row
+        self.pool_position = np.full(len(self.features), -1, dtype=np.int64)
+        self.pool_position[self.pool] = np.arange(len(self.pool))
+        self.public_members = [self.class_members[self.class_start[y]:self.class_start[y + 1]] for y in
+                               range(self.n_classes)]
+        self.public_members = [m[~self.private[self.pool[m]]] for m in self.public_members]
+        self.perception = Perception(self.features, self.labels, self.pool, self.splits.validation, self.splits.test,
+                                     self.n_classes, cfg.perception, max_threads=1)
+
+    def as_images(self, rows: np.ndarray) -> np.ndarray:
+        """Feature rows in the privacy filter's layout ((n, C, H, W) images, or the vectors themselves)."""
+        return rows if self.image_shape is None else rows.reshape((len(rows), *self.image_shape))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_world(key: str) -> DualWorld:
+    return DualWorld(DualConfig.model_validate(json.loads(key)))
+
+
+def get_dual_world(cfg: DualConfig) -> DualWorld:
+    """Worlds are cached per (dataset, perception, privacy) so the episodes of one config share models."""
+    key = {"dataset": cfg.dataset.model_dump(), "perception": cfg.perception.model_dump(),
+           "privacy": cfg.privacy.model_dump()}
+    return _cached_world(json.dumps(key, sort_keys=True))
+
+
+def draw_class_mixes(stream: StreamConfig, n_robots: int, n_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-robot class mixes ``(n_robots, C)`` for the stream kinds of :class:`StreamConfig` (same semantics as
+    the Data Games core: Dirichlet, rare specialists, an explicit matrix, uniform)."""
+    s, c, n = stream, n_classes, n_robots
+    if s.kind == "uniform":
+        return np.full((n, c), 1.0 / c)
+    if s.kind == "matrix":
+        m = np.asarray(s.mixes, dtype=np.float64)
+        if m.shape != (n, c):
+            raise ConfigError(f"config key 'stream.mixes' must be ({n}, {c}) (robots x classes), got {m.shape}")
+        return m / m.sum(axis=1, keepdims=True)
+    if s.kind == "dirichlet":
+        return rng.dirichlet(np.full(c, s.alpha), size=n)
+    rare = np.asarray(s.rare_classes if s.rare_classes is not None else [c - 2, c - 1])
+    if rare.min() < 0 or rare.max() >= c or len(set(rare.tolist())) >= c:
+        raise ConfigError(f"config key 'stream.rare_classes' must be distinct classes in 0..{c - 1} leaving a "
+                          f"common class, got {rare.tolist()}")
+    common = np.setdiff1d(np.arange(c), rare)
+    mixes = np.zeros((n, c))
+    mixes[:, common] = rng.dirichlet(np.full(len(common), s.alpha), size=n)
+    specialists = rng.choice(n, size=s.n_specialists, replace=False)
+    rare_share = np.full(n, s.others_rare_share)
+    rare_share[specialists] = s.specialist_rare_share
+    mixes *= (1.0 - rare_share)[:, None]
+    mixes[:, rare] += rare_share[:, None] / len(rare)
+    return mixes
+
+
+# ---------------------------------------------------------------------------------------------------- env
+
+
+class DualParallelEnv(ParallelEnv):
+    """DUAL as a PettingZoo parallel environment (see the module docstring)."""
+
+    metadata = METADATA
+
+    def __init__(self, config: str | Path | dict | DualConfig | None = None, render_mode: str | None = None,
+                 max_cycles: int | None = None, **overrides: Any) -> None:
+        if max_cycles is not None:
+            overrides["rounds"] = max_cycles
+        if render_mode is not None and render_mode not in METADATA["render_modes"]:
+            raise ValueError(f"render_mode must be one of {METADATA['render_modes']} or None, got {render_mode!r}")
+        self.config = cfg = load_dual_config(config, **overrides)
+        self.render_mode = render_mode
+        self.world = get_dual_world(cfg)
+        self.n_classes = c = self.world.n_classes
+        self.class_names = self.world.dataset.class_names
+        self.embedding_dim = e = cfg.perception.embedding_dim
+        self.possible_agents = [f"robot_{i}" for i in range(cfg.n_robots)]
+        self.agents: list[str] = []
+        self._index = {a: i for i, a in enumerate(self.possible_agents)}
+        layout, start = {}, 0
+        for name, width in (("labeled_hist", c), ("predicted_hist", c), ("class_accuracy", c), ("estimated_mix", c),
+                            ("budgets", 2), ("unlabeled_share", 1), ("rounds_left", 1), ("mean_coverage", 1)):
+            layout[name] = slice(start, start + width)
+            start += width
+        self.context_dim = start
+        layout["context"] = slice(0, start)
+        self.n_samples = cfg.obs_per_round
+        self.sample_layout = {"embedding": slice(0, e), "probs": slice(e, e + c), "coverage": slice(e + c, e + c + 1)}
+        self.sample_feature_dim = e + c + 1
+        layout["samples"] = slice(start, start + self.n_samples * self.sample_feature_dim)
+        self.obs_layout = layout
+        self.obs_dim = layout["samples"].stop
+        low = np.zeros(self.obs_dim, dtype=np.float32)
+        per_sample_low = np.zeros(self.sample_feature_dim, dtype=np.float32)
+        per_sample_low[self.sample_layout["embedding"]] = -1.0
+        low[layout["samples"]] = np.tile(per_sample_low, self.n_samples)
+        self._low, self._high = low, np.ones(self.obs_dim, dtype=np.float32)
+        # one space object per agent, returned on every call (PettingZoo compares them)
+        self._observation_spaces = {a: spaces.Box(self._low, self._high, dtype=np.float32)
+                                    for a in self.possible_agents}
+        self._action_spaces = {a: spaces.Box(0.0, 1.0, (self.n_samples,), dtype=np.float32)
+                               for a in self.possible_agents}
+        self.state_space = spaces.Box(np.tile(self._low, cfg.n_robots), np.tile(self._high, cfg.n_robots),
+                                      dtype=np.float32)
+        self.filter = PrivacyFilter.from_config(cfg.privacy)
+        self.target_counts = np.full(c, (cfg.initial_cloud_size + cfg.rounds * cfg.label_budget) / c)
+        self.target_counts.flags.writeable = False
+        self._next_seed_rng = np.random.default_rng()
+        self._world_initial_rows = None
+        if cfg.world_seed is not None:
+            self._world_initial_rows = self._draw_initial_cloud(
+                np.random.default_rng(np.random.SeedSequence([cfg.world_seed, 1])))
+        self._needs_reset = True
+        self.history: list[dict] = []
+
+    # ---------------------------------------------------------------------------------------- spaces
+    def observation_space(self, agent: str) -> spaces.Box:
+        return self._observation_spaces[agent]
+
+    def action_space(self, agent: str) -> spaces.Box:
+        return self._action_spaces[agent]
+
+    # ------------------------------------------------------------------------------------- episode set-up
+    def _draw_initial_cloud(self, rng: np.random.Generator) -> np.ndarray:
+        """Dataset rows of the initial (labeled) cloud: a Dirichlet-skewed class mix of *public* pool samples."""
+        cfg, w = self.config, self.world
+        per_class = rng.multinomial(cfg.initial_cloud_size, rng.dirichlet(np.full(self.n_classes,
+                                                                                  cfg.initial_cloud_alpha)))
+        chosen = []
+        for y in range(self.n_classes):
+            members, k = w.public_members[y], int(per_class[y])
+            if k and len(members) == 0:
+                raise ConfigError(f"config key 'privacy.private_fraction': class {y} has no public sample for the "
+                                  "initial cloud")
+            chosen.append(rng.choice(members, size=k, replace=k > len(members)) if k else np.zeros(0, np.int64))
+        return w.pool[np.concatenate(chosen).astype(np.int64)]
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._next_seed_rng = np.random.default_rng(seed)  # later seedless resets continue a fixed sequence
+        else:
+            seed = int(self._next_seed_rng.integers(2**62))
+        if seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed}")
+        cfg = self.config
+        self.seed = int(seed)
+        self.rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, 0])))
+        self.states = kernels.seed_states([self.seed])
+        self.mixes = draw_class_mixes(cfg.stream, cfg.n_robots, self.n_classes, self.rng)
+        initial = self._world_initial_rows if self._world_initial_rows is not None else self._draw_initial_cloud(self.rng)
+        n0 = len(initial)
+        # the cloud ledger: one entry per sample that reached the cloud
+        self._cloud = {"row": initial.astype(np.int64), "labeled": np.ones(n0, bool), "robot": np.full(n0, -1),
+                       "round": np.full(n0, -1), "labeled_round": np.full(n0, -1), "private": np.zeros(n0, bool),
+                       "blurred": np.zeros(n0, bool)}
+        self.round_index = 0
+        self.labels_used = 0
+        self._version_rows = np.zeros(0, np.int64)
+        self._set_model()
+        self.history = [{"round": 0, "validation_accuracy": self.version.validation_accuracy,
+                         "test_accuracy": self.test_accuracy, "labels_used": 0,
+                         "cloud_labeled": int(n0), "cloud_unlabeled": 0}]
+        self._observe_round()
+        self.agents = list(self.possible_agents)
+        self._needs_reset = False
+        return self._observations(), self._infos(None)
+
+    # --------------------------------------------------------------------------------------- model / views
+    def _labeled_rows(self) -> np.ndarray:
+        return self._cloud["row"][self._cloud["labeled"]]
+
+    def _set_model(self) -> None:
+        """(Re)train the cloud model on the labeled set; the robots download it."""
+        w, pcfg = self.world, self.config.perception
+        self._version_rows = self._labeled_rows().copy()
+        self.version: ModelVersion = w.perception.version_for(self._version_rows, pcfg.seed)
+        self.classifier = w.perception.classifier_for(self._version_rows, pcfg.seed)
+        self.test_accuracy = float(w.perception.test_accuracy(self._version_rows, pcfg.seed))
+        self._row_view_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        c = self.n_classes
+        cells = self.world.pool_labels * c + self.version.pool_predictions
+        joint = np.bincount(cells, minlength=c * c).reshape(c, c).astype(np.float64)
+        self._pool_conditionals = (joint / np.maximum(joint.sum(axis=1, keepdims=True), 1))[None]
+        self._confusion = np.asarray(self.version.confusion)[None]
+        self._pinv_confusion_t = np.linalg.pinv(self.version.confusion.T)[None]
+
+    def _cloud_view(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and embeddings of feature rows under the current model: pool rows from the version's
+        cache, interned (blurred) rows by one batched inference, memoised per model version."""
+        rows = np.asarray(rows, dtype=np.int64)
+        probs = np.empty((len(rows), self.n_classes), np.float32)
+        emb = np.empty((len(rows), self.embedding_dim), np.float32)
+        pos = self.world.pool_position[rows]
+        in_pool = pos >= 0
+        probs[in_pool], emb[in_pool] = self.version.pool_probs[pos[in_pool]], self.version.pool_embeddings[pos[in_pool]]
+        missing = sorted({int(r) for r in rows[~in_pool]} - set(self._row_view_cache))
+        if missing:
+            with limited_torch_threads(1):
+                p, e = self.classifier.predict(self.world.features, indices=np.asarray(missing))
+            self._row_view_cache.update({r: (p[k], e[k]) for k, r in enumerate(missing)})
+        for k in np.flatnonzero(~in_pool):
+            probs[k], emb[k] = self._row_view_cache[int(rows[k])]
+        return probs, emb
+
+    def _similarity_kwargs(self) -> dict:
+        cfg = self.config
+        return {"kernel": cfg.kernel, "scale": cfg.kernel_scale, "max_block_bytes": cfg.max_block_bytes}
+
+    def _observe_round(self) -> None:
+        """Draw every robot's round and compute what it sees (robot view, current model)."""
+        cfg, w = self.config, self.world
+        n, obs = cfg.n_robots, cfg.obs_per_round
+        positions = np.empty((1, n, obs), dtype=np.int64)
+        kernels.draw_stream_samples(self.states, self.mixes[None], w.class_start, w.class_members, positions)
+        self.stream_positions = positions[0]
+        self.stream_probs = self.version.pool_probs[self.stream_positions]            # (N, obs, C)
+        self.stream_embeddings = self.version.pool_embeddings[self.stream_positions]  # (N, obs, E)
+        predicted = self.version.pool_predictions[self.stream_positions]
+        self.histograms = np.stack([np.bincount(p, minlength=self.n_classes) for p in predicted]).astype(np.int64)
+        self.estimated_mixes = np.empty((1, n, self.n_classes))
+        kernels.estimate_mixes(self.histograms[None], np.zeros((1, n), np.int64), self._confusion,
+                               self._pinv_confusion_t, 0, 50, self.estimated_mixes)
+        self.estimated_mixes = self.estimated_mixes[0]
+        ground = self.stream_embeddings.reshape(n * obs, -1)
+        _, cloud_emb = self._cloud_view(self._cloud["row"])
+        _, labeled_emb = self._cloud_view(self._labeled_rows())
+        with limited_torch_threads(1):
+            self.coverage = max_similarity(ground, cloud_emb, **self._similarity_kwargs()).reshape(n, obs)
+            self.labeled_coverage = max_similarity(ground, labeled_emb, **self._similarity_kwargs()).reshape(n, obs)
+
+    # ------------------------------------------------------------------------------------------- step
+    def step(self, actions: dict):
+        if self._needs_reset or not self.agents:
+            raise RuntimeError("step() called before reset() or after the episode ended: call reset()")
+        cfg, w = self.config, self.world
+        unknown = [a for a in actions if a not in self._index or a not in self.agents]
+        if unknown:
+            raise ValueError(f"actions for unknown or inactive agents {unknown}; active agents are {self.agents}")
+        missing = [a for a in self.agents if a not in actions]
+        if missing:
+            raise ValueError(f"missing actions for {missing}: every robot acts every round")
+        scores = np.empty((cfg.n_robots, self.n_samples))
+        for agent in self.agents:
+            row = np.asarray(actions[agent], dtype=np.float64)
+            if row.shape != (self.n_samples,):
+                raise ValueError(f"{agent}: action must have shape ({self.n_samples},) (a score per observed sample), "
+                                 f"got {row.shape}")
+            if not np.isfinite(row).all():
+                raise ValueError(f"{agent}: action contains NaN or inf: {row}")
+            scores[self._index[agent]] = row
+        # ---- stage 1: each robot's top n_cache, through the privacy filter, up to the cloud
+        chosen = np.argsort(-scores, axis=1, kind="stable")[:, :cfg.n_cache]
+        new_rows, new_robot, new_private, new_blurred, kept_positions = [], [], [], [], []
+        per_robot_privacy, uploaded_ids = [], []
+        for i in range(cfg.n_robots):
+            sample_ids = w.pool[self.stream_positions[i, chosen[i]]]
+            private = w.private[sample_ids]
+            result = self.filter.apply(w.as_images(w.robot_features[sample_ids]), private, w.regions[sample_ids])
+            rows = sample_ids[result.kept].copy()
+            blurred = result.blurred[result.kept]
+            if blurred.any():
+                rows[blurred] = w.blurred_row[rows[blurred]]
+                # what reaches the cloud is the filter's output: check the interned copy is exactly that
+                out = result.features[np.flatnonzero(blurred)].reshape((int(blurred.sum()), -1))
+                if not np.array_equal(out, w.features[rows[blurred]].reshape((len(out), -1))):
+                    raise RuntimeError(f"robot_{i}: privacy filter output differs from the interned blurred copy")
+            new_rows.append(rows)
+            new_robot.append(np.full(len(rows), i))
+            new_private.append(private[result.kept])
+            new_blurred.append(blurred)
+            kept_positions.append(chosen[i][result.kept])
+            uploaded_ids.append(sample_ids[result.kept])
+            per_robot_privacy.append({"private": result.n_private, "dropped": result.n_dropped,
+                                      "blurred": result.n_blurred, "passed_private": result.n_passed_private})
+        kwargs = self._similarity_kwargs()
+        with limited_torch_threads(1):
+            upload = fleet_objective(list(self.stream_embeddings), kept_positions, list(self.coverage), **kwargs)
+        n_new = sum(len(r) for r in new_rows)
+        cloud = self._cloud
+        self._cloud = cloud = {
+            "row": np.concatenate([cloud["row"], *new_rows]),
+            "labeled": np.concatenate([cloud["labeled"], np.zeros(n_new, bool)]),
+            "robot": np.concatenate([cloud["robot"], *new_robot]),
+            "round": np.concatenate([cloud["round"], np.full(n_new, self.round_index)]),
+            "labeled_round": np.concatenate([cloud["labeled_round"], np.full(n_new, -1)]),
+            "private": np.concatenate([cloud["private"], *new_private]),
+            "blurred": np.concatenate([cloud["blurred"], *new_blurred]),
+        }
+        # ---- stage 2: the cloud labels under the global budget
+        candidates = np.flatnonzero(~cloud["labeled"])
+        if cfg.label_pool == "round":
+            candidates = candidates[cloud["round"][candidates] == self.round_index]
+        to_label, label_objective = self._label(candidates)
+        cloud["labeled"][to_label] = True
+        cloud["labeled_round"][to_label] = self.round_index
+        self.labels_used += len(to_label)
+        # coverage of this round's fleet observations by the labeled set, before and after labeling
+        ground = self.stream_embeddings.reshape(-1, self.embedding_dim)
+        _, newly_emb = self._cloud_view(cloud["row"][to_label])
+        with limited_torch_threads(1):
+            after = np.maximum(self.labeled_coverage.ravel(), max_similarity(ground, newly_emb, **kwargs))
+        coverage_gain = float(after.mean() - self.labeled_coverage.mean())
+        # ---- retrain on schedule, reward
+        accuracy_before = self.version.validation_accuracy
+        self.round_index += 1
+        pcfg = cfg.perception
+        if pcfg.retrain_every and self.round_index % pcfg.retrain_every == 0:
+            self._set_model()
+        accuracy_gain = float(self.version.validation_accuracy - accuracy_before)
+        reward = accuracy_gain if cfg.reward == "accuracy" else coverage_gain
+        privacy_total = {k: int(sum(p[k] for p in per_robot_privacy)) for k in per_robot_privacy[0]}
+        labeled_robot = cloud["robot"][to_label]
+        step_record = {
+            "round": self.round_index, "validation_accuracy": float(self.version.validation_accuracy),
+            "test_accuracy": self.test_accuracy, "labels_used": int(self.labels_used), "labeled": len(to_label),
+            "uploaded": int(n_new), "cloud_labeled": int(cloud["labeled"].sum()),
+            "cloud_unlabeled": int((~cloud["labeled"]).sum()),
+            "upload_objective": upload["mean_coverage"],
+            "upload_objective_gain": upload["gain"] / max(ground.shape[0], 1),
+            "label_objective": label_objective, "coverage_gain": coverage_gain, "reward": reward,
+            "privacy_total": privacy_total,
+        }
+        self.history.append(step_record)
+        truncated = self.round_index >= cfg.rounds
+        per_robot = [{"uploaded": len(new_rows[i]), "uploaded_sample_ids": uploaded_ids[i],
+                      "labeled_from_robot": int((labeled_robot == i).sum()), "privacy": per_robot_privacy[i]}
+                     for i in range(cfg.n_robots)]
+        if truncated:
+            self._needs_reset = True
+        else:
+            if cfg.stream.drift > 0:
+                fresh = self.rng.dirichlet(np.full(self.n_classes, cfg.stream.alpha), size=cfg.n_robots)
+                self.mixes = (1.0 - cfg.stream.drift) * self.mixes + cfg.stream.drift * fresh
+            self._observe_round()
+        agents = list(self.agents)
+        obs = self._observations()
+        infos = self._infos(step_record, per_robot)
+        rewards = {a: reward for a in agents}
+        terminations = {a: False for a in agents}
+        truncations = {a: truncated for a in agents}
+        if truncated:
+            self.agents = []
+        return obs, rewards, terminations, truncations, infos
+
+    def _label(self, candidates: np.ndarray) -> tuple[np.ndarray, float]:
+        """Stage 2: ledger positions of the candidates to label, and the facility-location value (mean coverage
+        of the candidates by the labeled set after labeling)."""
+        cfg = self.config
+        budget = min(cfg.label_budget, len(candidates))
+        if len(candidates) == 0:
+            return candidates, float("nan")
+        probs, emb = self._cloud_view(self._cloud["row"][candidates])
+        _, labeled_emb = self._cloud_view(self._labeled_rows())
+        kwargs = self._similarity_kwargs()
+        with limited_torch_threads(1):
+            covered = max_similarity(emb, labeled_emb, **kwargs)
+            if cfg.labeler == "submodular":
+                fl = FacilityLocation(emb, None, covered, cfg.kernel, cfg.kernel_scale, cfg.max_block_bytes)
+                result = lazy_greedy(fl, budget)
+                return candidates[result.indices], float(result.value / len(candidates))
+            if cfg.labeler == "random":
+                picks = np.sort(self.rng.choice(len(candidates), size=budget, replace=False))
+            else:
+                picks = np.argsort(-uncertainty(probs, cfg.labeler), kind="stable")[:budget]
+            after = np.maximum(covered, max_similarity(emb, emb[picks], **kwargs)) if budget else covered
+        return candidates[picks], float(after.mean())
+
+    # -------------------------------------------------------------------------------------- read-outs
+    def _observation_matrix(self) -> np.ndarray:
+        cfg, lay, c = self.config, self.obs_layout, self.n_classes
+        n = cfg.n_robots
+        out = np.empty((n, self.obs_dim), dtype=np.float32)
+        labels = self.world.labels[self._labeled_rows()]
+        labeled_counts = np.bincount(labels, minlength=c)
+        out[:, lay["labeled_hist"]] = labeled_counts / max(labeled_counts.sum(), 1)
+        out[:, lay["predicted_hist"]] = self.histograms / cfg.obs_per_round
+        out[:, lay["class_accuracy"]] = np.diag(self.version.confusion)
+        out[:, lay["estimated_mix"]] = self.estimated_mixes
+        out[:, lay["budgets"]] = [cfg.n_cache / cfg.obs_per_round, min(1.0, cfg.label_budget / (n * cfg.n_cache))]
+        out[:, lay["unlabeled_share"]] = (~self._cloud["labeled"]).sum() / max(len(self._cloud["labeled"]), 1)
+        out[:, lay["rounds_left"]] = (cfg.rounds - self.round_index) / cfg.rounds
+        out[:, lay["mean_coverage"]] = self.coverage.mean(axis=1, keepdims=True)
+        samples = np.concatenate([self.stream_embeddings, self.stream_probs, self.coverage[:, :, None]], axis=2)
+        out[:, lay["samples"]] = samples.reshape(n, -1)
+        return np.clip(out, self._low, self._high)  # unit-norm embeddings can exceed 1 by a float32 ulp
+
+    def _observations(self) -> dict[str, np.ndarray]:
+        matrix = self._observation_matrix()
+        return {a: matrix[self._index[a]] for a in self.agents}
+
+    def _infos(self, record: dict | None, per_robot: list[dict] | None = None) -> dict[str, dict]:
+        feasible = np.empty((1, self.config.n_robots, self.n_classes, self.n_classes))
+        kernels.feasible_matrices(self._confusion, np.zeros((1, self.config.n_robots), np.int64),
+                                  self.estimated_mixes[None], feasible)
+        labels = self.world.labels[self._labeled_rows()]
+        shared = {"round": self.round_index, "cloud_counts": np.bincount(labels, minlength=self.n_classes).astype(float),
+                  "target_counts": self.target_counts, "n_cache": self.config.n_cache,
+                  "label_budget": self.config.label_budget, "labels_used": int(self.labels_used),
+                  "cloud_labeled": int(self._cloud["labeled"].sum()),
+                  "cloud_unlabeled": int((~self._cloud["labeled"]).sum()),
+                  "validation_accuracy": float(self.version.validation_accuracy),
+                  "test_accuracy": self.test_accuracy}
+        if record is not None:
+            shared.update({k: record[k] for k in ("labeled", "upload_objective", "upload_objective_gain",
+                                                  "label_objective", "coverage_gain")})
+        infos = {}
+        for agent in self.agents:
+            i = self._index[agent]
+            info = {"available": self.histograms[i].copy(), "feasible_matrix": feasible[0, i],
+                    "estimated_mix": self.estimated_mixes[i].copy(), **shared}
+            if record is not None:
+                info.update(per_robot[i])
+                info["privacy_total"] = dict(record["privacy_total"])
+            infos[agent] = info
+        return infos
+
+    def state(self) -> np.ndarray:
+        """Global state: every robot's observation, concatenated (it holds all robots' samples)."""
+        return self._observation_matrix().ravel()
+
+    def privileged_view(self) -> dict[str, np.ndarray]:
+        """Oracle-only truth: true class mixes (N, C), true feasible matrices (N, C, C) (from the pool's
+        empirical p(yhat | y) under the current model), predicted-class counts (N, C), labeled cloud counts,
+        target counts, n_cache, and the true labels of every robot's observed samples (N, obs)."""
+        n = self.config.n_robots
+        true_feasible = np.empty((1, n, self.n_classes, self.n_classes))
+        kernels.feasible_matrices(self._pool_conditionals, np.zeros((1, n), np.int64), self.mixes[None], true_feasible)
+        labels = self.world.labels[self._labeled_rows()]
+        return {"true_mixes": self.mixes.copy(), "true_feasible_matrices": true_feasible[0],
+                "available": self.histograms.copy(), "cloud_counts": np.bincount(labels, minlength=self.n_classes)
+                .astype(float), "target_counts": self.target_counts.copy(), "n_cache": self.config.n_cache,
+                "stream_labels": self.world.pool_labels[self.stream_positions]}
+
+    def cloud(self) -> dict[str, np.ndarray]:
+        """The cloud ledger (copies): feature ``row`` (>= dataset size: an interned blurred copy), dataset
+        ``sample_id``, ``labeled``, uploading ``robot`` (-1: initial cloud), ``round``, ``labeled_round``,
+        ``private`` (the sample carries a private patch), ``blurred``, ``true_label``, and ``features`` (what the
+        cloud stores, i.e. the privacy filter's output)."""
+        out = {k: v.copy() for k, v in self._cloud.items()}
+        out["sample_id"] = self.world.source_of_row[out["row"]]
+        out["true_label"] = self.world.labels[out["row"]]
+        out["features"] = self.world.features[out["row"]]
+        return out
+
+    def render(self):
+        if self.render_mode is None:
+            import gymnasium
+            gymnasium.logger.warn("render() called without a render_mode; pass render_mode='ansi'")
+            return None
+        rec = self.history[-1] if self.history else {}
+        return (f"round {self.round_index}/{self.config.rounds}  labeled {rec.get('cloud_labeled', 0)}  "
+                f"unlabeled {rec.get('cloud_unlabeled', 0)}  labels used {self.labels_used}  "
+                f"val acc {rec.get('validation_accuracy', float('nan')):.3f}  "
+                f"test acc {rec.get('test_accuracy', float('nan')):.3f}")
+
+    def close(self) -> None:
+        pass
+
+
+def uncertainty(probs: np.ndarray, kind: str) -> np.ndarray:
+    """Per-sample uncertainty from class probabilities ``(n, C)``: ``entropy`` (nats) or ``margin``
+    (1 - (p_top1 - p_top2)); higher = more uncertain."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if kind == "entropy":
+        return -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=1)
+    if kind == "margin":
+        top2 = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] > 1 else np.concatenate(
+            [np.zeros((len(probs), 1)), probs], axis=1)
+        return 1.0 - (top2[:, 1] - top2[:, 0])
+    raise ValueError(f"uncertainty kind must be 'entropy' or 'margin', got {kind!r}")
+
+
+def parallel_env(config: str | Path | dict | DualConfig | None = None, **overrides: Any) -> DualParallelEnv:
+    """``datagames_env.dual.parallel_env()``: the DUAL scenario on the embedded digits, or a config + overrides."""
+    return DualParallelEnv(config, **overrides)

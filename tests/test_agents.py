@@ -1,0 +1,301 @@
+"""Learned policies: the RLlib adapter (RLlib's own env checker), the scoring modules, a real RLlib and SB3
+training loop with checkpoint, resume and evaluation in the harness, and the SB3 VecEnv's contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.rllib")
+pytest.importorskip("stable_baselines3")
+torch = pytest.importorskip("torch")
+
+from agents.rllib_env import RLlibMultiAgentEnv  # noqa: E402
+from agents.sb3_env import DataGamesSB3VecEnv  # noqa: E402
+from datagames_env.evaluate import Job, evaluate, run_job  # noqa: E402
+from datagames_env.vector import DataGamesVectorEnv  # noqa: E402
+
+SMALL = {"n_robots": 3, "rounds": 3, "obs_per_round": 30, "n_cache": 2}
+SELECTION = dict(SMALL, action_mode="selection")
+
+# Every test that starts Ray runs in one xdist worker (`--dist loadgroup`): one Ray runtime, not two on 2 cores.
+ray_group = pytest.mark.xdist_group("ray")
+
+
+# -- the RLlib environment ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides", [SMALL, SELECTION], ids=["allocation", "selection"])
+def test_rllib_env_checker_passes(overrides):
+    from ray.rllib.utils.pre_checks.env import check_multiagent_environments
+
+    env = RLlibMultiAgentEnv({"config": "default", "overrides": overrides})
+    check_multiagent_environments(env)
+    assert env.possible_agents == [f"robot_{i}" for i in range(3)]
+    assert env.get_observation_space("robot_1") is env.get_observation_space("robot_1")
+
+
+def test_rllib_env_episode_end_fresh_dicts_and_render():
+    env = RLlibMultiAgentEnv({"config": "default", "overrides": SMALL, "render_mode": "ansi"})
+    obs, infos = env.reset(seed=3)
+    assert list(obs) == env.possible_agents and all(obs[a] in env.observation_spaces[a] for a in obs)
+    assert all(isinstance(v, (int, float)) for info in infos.values() for v in info.values())  # scalars only
+    actions = {a: env.action_spaces[a].sample() for a in obs}
+    for round_ in range(SMALL["rounds"]):
+        obs, rewards, terminateds, truncateds, infos = env.step(actions)
+        last = round_ == SMALL["rounds"] - 1
+        assert truncateds["__all__"] is last and terminateds["__all__"] is False
+        assert all(truncateds[a] is last for a in env.possible_agents)
+        assert len(set(rewards.values())) == 1  # the shared potential
+        obs.clear()  # RLlib may mutate what it gets: the env must not care
+    assert env.agents == []
+    assert "round" in env.render()
+    # a second episode from the same seed replays the first
+    first, _ = env.reset(seed=3)
+    again = RLlibMultiAgentEnv({"config": "default", "overrides": SMALL}).reset(seed=3)[0]
+    assert all(np.array_equal(first[a], again[a]) for a in first)
+
+
+def test_rllib_env_rejects_unknown_env_config_keys():
+    with pytest.raises(ValueError, match="unknown keys.*'confg'"):
+        RLlibMultiAgentEnv({"confg": "default"})
+
+
+# -- the scoring modules ----------------------------------------------------------------------------------------
+def _module(overrides):
+    import datagames_env
+    from agents.rllib_train import TrainSettings, module_spec
+
+    par = datagames_env.parallel_env(**overrides)
+    spec = module_spec(par, TrainSettings(hidden=(16,)))
+    spec.observation_space = par.observation_space(par.possible_agents[0])
+    spec.action_space = par.action_space(par.possible_agents[0])
+    return par, spec.build()
+
+
+def test_sample_scoring_module_is_permutation_equivariant_over_samples():
+    """The GU module scores each sample with one shared network: permuting the samples permutes the scores."""
+    from ray.rllib.core.columns import Columns
+
+    par, module = _module(SELECTION)
+    obs, _ = par.reset(seed=0)
+    x = torch.as_tensor(np.stack(list(obs.values())))
+    layout = par.obs_layout
+    n = SELECTION["obs_per_round"]
+    perm = np.random.default_rng(0).permutation(n)
+    samples = x[:, layout["samples"]].reshape(len(x), n, -1)
+    x_perm = torch.cat([x[:, :layout["samples"].start], samples[:, perm].reshape(len(x), -1)], dim=1)
+    with torch.no_grad():
+        out = module.forward_inference({Columns.OBS: x})[Columns.ACTION_DIST_INPUTS]
+        out_perm = module.forward_inference({Columns.OBS: x_perm})[Columns.ACTION_DIST_INPUTS]
+        values = module.compute_values({Columns.OBS: x})
+        values_perm = module.compute_values({Columns.OBS: x_perm})
+    assert out.shape == (len(x), 2 * n)  # means and log-stds of the Gaussian over scores
+    torch.testing.assert_close(out_perm[:, :n], out[:, :n][:, perm])
+    torch.testing.assert_close(values_perm, values, rtol=1e-5, atol=1e-6)  # mean pooling: order-free
+
+
+def test_class_scoring_module_is_equivariant_to_relabelling_classes():
+    from ray.rllib.core.columns import Columns
+
+    par, module = _module(SMALL)
+    obs, _ = par.reset(seed=0)
+    x = torch.as_tensor(np.stack(list(obs.values())))
+    c = par.n_classes
+    perm = np.random.default_rng(1).permutation(c)
+    blocks = x[:, :6 * c].reshape(len(x), 6, c)[:, :, perm].reshape(len(x), -1)
+    x_perm = torch.cat([blocks, x[:, 6 * c:]], dim=1)
+    with torch.no_grad():
+        out = module.forward_inference({Columns.OBS: x})[Columns.ACTION_DIST_INPUTS][:, :c]
+        out_perm = module.forward_inference({Columns.OBS: x_perm})[Columns.ACTION_DIST_INPUTS][:, :c]
+    torch.testing.assert_close(out_perm, out[:, perm])
+
+
+def test_module_spec_rejects_a_layout_mismatch():
+    from agents.rllib_train import TrainSettings, module_spec
+
+    import datagames_env
+
+    with pytest.raises(ValueError, match="--model"):
+        module_spec(datagames_env.parallel_env(**SMALL), TrainSettings(model="transformer"))
+
+
+# -- a real RLlib training loop ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def rllib_run(tmp_path_factory):
+    import ray
+
+    from agents.rllib_train import TrainSettings, train
+
+    out = tmp_path_factory.mktemp("rllib")
+    settings = TrainSettings(config="default", overrides=dict(SMALL), iterations=2, train_batch_size=180,
+                             minibatch_size=60, num_epochs=2, out=str(out), run_name="run", progress=False,
+                             checkpoint_every=1)
+    try:
+        result = train(settings, log=lambda *a: None)
+        yield settings, result
+    finally:
+        ray.shutdown()
+
+
+@ray_group
+def test_rllib_training_writes_checkpoint_history_and_tensorboard(rllib_run):
+    settings, result = rllib_run
+    history = result["history"]
+    assert [h["iteration"] for h in history] == [1, 2]
+    assert history[-1]["agent_steps"] >= 2 * 180 and np.isfinite(history[-1]["episode_return_mean"])
+    checkpoint = result["checkpoint"]
+    meta = json.loads((Path(checkpoint) / "datagames_meta.json").read_text())
+    assert meta["framework"] == "rllib" and meta["iteration"] == 2
+    tensorboard = list((Path(result["run_dir"]) / "tensorboard").glob("events.*"))
+    assert tensorboard, "no TensorBoard event file written"
+
+
+@ray_group
+def test_rllib_checkpoint_resumes_and_evaluates_in_the_harness(rllib_run, tmp_path):
+    from dataclasses import replace
+
+    from agents.rllib_train import train
+    from datagames_env.config import load_config
+
+    settings, result = rllib_run
+    resumed = train(replace(settings, iterations=1, resume=result["checkpoint"], run_name="resumed",
+                            checkpoint_every=0), log=lambda *a: None)
+    meta = json.loads((Path(resumed["checkpoint"]) / "datagames_meta.json").read_text())
+    assert meta["iteration"] == 3  # continued from iteration 2
+    spec = f"rllib:{result['checkpoint']}"
+    cfg = load_config("default", **SMALL).model_dump()
+    one = run_job(Job(cfg, spec, 5))
+    two = run_job(Job(cfg, spec, 5))
+    assert one["final_distance"] == two["final_distance"]  # deterministic actions, same seed
+    payload = evaluate("default", ["greedy", spec], [0, 1], tmp_path, workers=1, progress=False, **SMALL)
+    assert {e["policy"] for e in payload["episodes"]} == {"greedy", spec}
+
+
+@ray_group
+def test_rllib_trains_the_gu_module_in_selection_mode(tmp_path):
+    import ray
+
+    from agents.modules import SampleScoringModule
+    from agents.policies import RLlibCheckpointPolicy
+    from agents.rllib_train import TrainSettings, train
+
+    import datagames_env
+
+    settings = TrainSettings(config="default", overrides=dict(SELECTION), iterations=1, train_batch_size=90,
+                             minibatch_size=45, num_epochs=1, out=str(tmp_path), run_name="gu", progress=False,
+                             per_robot=True)
+    try:
+        result = train(settings, log=lambda *a: None)
+    finally:
+        ray.shutdown()
+    env = datagames_env.parallel_env(**SELECTION)
+    policy = RLlibCheckpointPolicy(env, result["checkpoint"])
+    assert set(policy.modules) == set(env.possible_agents)  # --per-robot: one module each
+    assert all(isinstance(m, SampleScoringModule) for m in policy.modules.values())
+    obs, infos = env.reset(seed=0)
+    actions = policy.act(obs, infos)
+    assert all(actions[a].shape == (SELECTION["obs_per_round"],) and env.action_space(a).contains(actions[a])
+               for a in env.possible_agents)
+
+
+def test_checkpoint_policies_give_clear_errors(tmp_path):
+    import datagames_env
+    from datagames_env.policy import make_policy
+
+    env = datagames_env.parallel_env(**SMALL)
+    with pytest.raises(ValueError, match="does not exist"):
+        make_policy(f"rllib:{tmp_path / 'nope'}", env)
+    with pytest.raises(ValueError, match="learner_group"):
+        make_policy(f"rllib:{tmp_path}", env)
+    with pytest.raises(ValueError, match="model.zip"):
+        make_policy(f"sb3:{tmp_path}", env)
+    with pytest.raises(ValueError, match="checkpoints not found"):
+        evaluate("default", ["greedy", f"sb3:{tmp_path / 'nope'}"], [0], tmp_path / "ev", progress=False, **SMALL)
+
+
+# -- Stable-Baselines3 -------------------------------------------------------------------------------------------
+def test_sb3_vecenv_rows_are_the_vector_env_and_episodes_end_truncated():
+    venv = DataGamesSB3VecEnv(num_envs=2, config="default", **SMALL)
+    assert venv.num_envs == 2 * SMALL["n_robots"]
+    venv.seed(11)
+    obs = venv.reset()
+    reference = DataGamesVectorEnv(num_envs=2, config="default", **SMALL)
+    ref_obs, _ = reference.reset(seed=11)
+    np.testing.assert_array_equal(obs, ref_obs.reshape(venv.num_envs, -1))
+    rng = np.random.default_rng(0)
+    for round_ in range(SMALL["rounds"]):
+        actions = rng.random((venv.num_envs, venv.action_space.shape[0])).astype(np.float32)
+        obs, rewards, dones, infos = venv.step(actions)
+        ref_obs, ref_rewards, _, ref_trunc, _ = reference.step(actions.reshape(2, SMALL["n_robots"], -1))
+        np.testing.assert_array_equal(rewards, ref_rewards.reshape(-1))
+        assert obs.shape == (venv.num_envs, venv.observation_space.shape[0]) and obs.dtype == np.float32
+        last = round_ == SMALL["rounds"] - 1
+        assert dones.all() == last and (not dones.any() or last)
+        if last:
+            for row, info in enumerate(infos):
+                np.testing.assert_array_equal(info["terminal_observation"], ref_obs.reshape(venv.num_envs, -1)[row])
+                assert info["TimeLimit.truncated"] is True
+            assert venv.observation_space.contains(obs[0])  # auto-reset: a fresh first observation
+    with pytest.raises(ValueError, match=r"expected \(6, 10\)"):
+        venv.step(np.zeros((5, 10), dtype=np.float32))
+
+
+def test_sb3_vecenv_seeding_replays_whole_runs():
+    def rollout(seed):
+        venv = DataGamesSB3VecEnv(num_envs=2, config="default", **SMALL)
+        venv.seed(seed)
+        frames = [venv.reset()]
+        rng = np.random.default_rng(1)
+        for _ in range(2 * SMALL["rounds"] + 1):  # crosses an auto-reset
+            frames.append(venv.step(rng.random((venv.num_envs, 10)).astype(np.float32))[0])
+        return np.stack(frames)
+
+    np.testing.assert_array_equal(rollout(4), rollout(4))
+    assert not np.array_equal(rollout(4), rollout(5))
+
+
+def test_sb3_vecenv_passes_sb3_checks():
+    """SB3's own checks that apply to a VecEnv: its VecEnv wrappers run over it, and PPO accepts its spaces."""
+    from stable_baselines3.common.env_checker import _check_box_obs, _check_unsupported_spaces
+    from stable_baselines3.common.vec_env import VecCheckNan, VecMonitor
+
+    venv = DataGamesSB3VecEnv(num_envs=1, config="default", **SMALL)
+    single = venv.observation_space
+    _check_box_obs(single)
+    _check_unsupported_spaces(venv, single, venv.action_space)
+    wrapped = VecCheckNan(VecMonitor(venv), raise_exception=True)
+    wrapped.seed(0)
+    wrapped.reset()
+    for _ in range(SMALL["rounds"]):
+        _, _, dones, infos = wrapped.step(np.full((venv.num_envs, 10), 0.5, dtype=np.float32))
+    assert dones.all() and all("episode" in info for info in infos)  # VecMonitor saw whole episodes
+
+
+def test_sb3_training_saves_resumes_and_evaluates(tmp_path):
+    from dataclasses import replace
+
+    from agents.rllib_train import TrainSettings
+    from agents.sb3_train import train_sb3
+
+    settings = TrainSettings(config="default", overrides=dict(SMALL), iterations=2, train_batch_size=90,
+                             minibatch_size=45, num_epochs=2, out=str(tmp_path), run_name="sb3", progress=False,
+                             num_envs_per_env_runner=2)
+    result = train_sb3(settings, log=lambda *a: None)
+    assert len(result["history"]) == 2 and result["history"][-1]["agent_steps"] >= 2 * 90
+    resumed = train_sb3(replace(settings, iterations=1, resume=result["checkpoint"], run_name="sb3b"),
+                        log=lambda *a: None)
+    assert resumed["history"][-1]["agent_steps"] > result["history"][-1]["agent_steps"]
+    assert list((tmp_path / "sb3" / "tensorboard").rglob("events.*"))
+    payload = evaluate("default", ["uniform", f"sb3:{result['checkpoint']}"], [0, 1], tmp_path / "ev", workers=1,
+                       progress=False, **SMALL)
+    finals = {e["policy"]: e["final_distance"] for e in payload["episodes"] if e["seed"] == 0}
+    assert all(np.isfinite(v) for v in finals.values())
+
+
+def test_cli_train_rejects_sb3_on_other_options(tmp_path, capsys):
+    from datagames_env.cli import main
+
+    code = main(["train", "--algo", "sb3-ppo", "--per-robot", "--iterations", "1", "--out", str(tmp_path)])
+    assert code == 2 and "--per-robot is RLlib only" in capsys.readouterr().err
