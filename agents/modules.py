@@ -7,7 +7,7 @@
   uploads the top ``n_cache``. Exploration is a diagonal Gaussian on the scores with one learned width.
 * :class:`ClassScoringModule` (allocation mode): the same idea over classes: a network shared across the C
   classes maps each class's features (cloud share, target share, gap, this round's predicted share, estimated
-  mix, accuracy) plus the robot's context to that class's share of the budget. Equivariant to relabelling
+  mix, accuracy, purity) plus the robot's context to that class's share of the budget. Equivariant to relabelling
   classes, so it learns from every class at once. The plain alternative is RLlib's default PPO MLP
   (``--model mlp``).
 
@@ -26,7 +26,7 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
 
 # the allocation-mode context blocks, in the environment's order (env.obs_layout)
-CLASS_BLOCKS = ("cloud_hist", "target", "gap", "predicted_hist", "estimated_mix", "class_accuracy")
+CLASS_BLOCKS = ("cloud_hist", "target", "gap", "predicted_hist", "estimated_mix", "class_accuracy", "purity")
 
 
 def _mlp(sizes: list[int], out_gain: float = 1.0) -> nn.Sequential:

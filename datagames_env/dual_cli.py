@@ -7,7 +7,7 @@
 A policy spec is ``UPLOAD`` or ``UPLOAD/LABELER``: the stage-1 policy (``baselines.dual_policies``) and, optionally,
 the stage-2 labeler that overrides the config's ``labeler`` (``random/random`` is the "no curation" baseline,
 ``submodular-independent/submodular`` is DUAL). ``eval`` runs every spec on the same seeds and writes
-``results.json``, ``rounds.csv``, ``accuracy.png`` and ``summary.md``.
+``results.json``, ``rounds.csv``, ``accuracy.png`` and ``summary.md``; ``report FOLDER`` re-renders the last two.
 """
 
 from __future__ import annotations
@@ -125,10 +125,14 @@ def summary_markdown(summary: dict, cfg, seeds: list[int], elapsed: float, basel
         base = summary[baseline]["final_test_accuracy_mean"]
         lines += ["", (f"Final test accuracy relative to `{baseline}` (the paper's \"gain in accuracy\" is relative "
                   "in the same way; percentage points in brackets):"), ""]
+        base_rounds = np.array(summary[baseline]["test_accuracy_mean"])
         for spec, s in summary.items():
             acc = s["final_test_accuracy_mean"]
+            per_round = (np.array(s["test_accuracy_mean"]) - base_rounds) / base_rounds
+            best = int(np.argmax(per_round[1:])) + 1 if len(per_round) > 1 else 0
             lines.append(f"- `{spec}`: {acc:.3f} ({100 * (acc - base) / base:+.1f}% relative, "
-                         f"{100 * (acc - base):+.1f} pp)")
+                         f"{100 * (acc - base):+.1f} pp); largest per-round gain {100 * per_round[best]:+.1f}% "
+                         f"(round {best})")
     return "\n".join(lines) + "\n"
 
 
@@ -155,6 +159,7 @@ def _plot(path: Path, summary: dict, title: str) -> None:
         x = np.arange(len(mean))
         ax.plot(x, mean, marker="o", label=spec, linestyle="--" if s["privileged"] else "-")
         ax.fill_between(x, mean - std, mean + std, alpha=0.12)
+    ax.set_xticks(np.arange(len(next(iter(summary.values()))["test_accuracy_mean"])) if summary else [])
     ax.set_xlabel("round")
     ax.set_ylabel("cloud model test accuracy")
     ax.set_title(title)
@@ -229,6 +234,26 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Re-render summary.md and accuracy.png from an eval folder's results.json (no episodes are run)."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from datagames_env.dual import DualConfig
+
+    out = Path(args.folder)
+    payload = json.loads((out / "results.json").read_text())
+    cfg = DualConfig.model_validate(payload["config"])
+    specs = payload["policies"]
+    summary = summarise(payload["records"], specs)
+    baseline = args.baseline if args.baseline in specs else specs[0]
+    _plot(out / "accuracy.png", summary, f"DUAL on {cfg.dataset.name}: {cfg.n_robots} robots, "
+                                         f"label budget {cfg.label_budget}/round")
+    (out / "summary.md").write_text(summary_markdown(summary, cfg, payload["seeds"], payload["elapsed_s"], baseline))
+    Console().print(Markdown((out / "summary.md").read_text()))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -270,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     ev.add_argument("--out", default=None, help="results folder (default: results/<config>)")
     ev.set_defaults(func=cmd_eval)
+    rep = sub.add_parser("report", help="re-render summary.md and accuracy.png from a results folder")
+    rep.add_argument("folder")
+    rep.add_argument("--baseline", default="random/random")
+    rep.set_defaults(func=cmd_report)
     run = sub.add_parser("run", help="one episode of one policy spec, printed round by round")
     run.add_argument("--config", default="dual_default")
     run.add_argument("--policy", default="submodular-independent")

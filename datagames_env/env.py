@@ -2,7 +2,7 @@
 
 =====================  ============================================================================
 Agents                 ``robot_0 ... robot_{N-1}`` (``n_robots``), all acting every round
-Observation space      ``Box(-1, 1, (6C+1,), float32)`` per robot in allocation mode, layout below;
+Observation space      ``Box(-1, 1, (7C+1,), float32)`` per robot in allocation mode, layout below;
                        selection mode appends ``obs_per_round x (E + C)`` per-sample features
 Action space           allocation: ``Box(0, 1, (C,), float32)``, the share of the ``n_cache`` budget per
                        *predicted* class; selection: ``Box(0, 1, (obs_per_round,), float32)``, a score per
@@ -28,6 +28,7 @@ Observation layout (allocation mode, C classes; ``env.obs_layout`` gives the sli
     predicted_hist  C   this round's predicted-class histogram / obs_per_round
     estimated_mix   C   the robot's estimate of its true class mix (``mix_estimator``)
     class_accuracy  C   its model's per-class validation accuracy, diag(C)
+    purity          C   p(y = j | yhat = j): the diagonal of its estimated feasible matrix
     rounds_left     1   (rounds - round) / rounds
     samples         obs_per_round x (E + C)  [selection mode] per sample: L2-normalised embedding
                     (E = perception.embedding_dim), then predicted class probabilities

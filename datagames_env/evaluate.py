@@ -73,7 +73,11 @@ def run_job(job: Job, on_round=None, env=None) -> dict:
                                 cfg.rounds) if cfg.loss == "l2" else [float("nan")] * (cfg.rounds + 1)
     for record, b in zip(rounds, bound):
         record["lower_bound"] = b
+    uploads = np.asarray(rounds[-1]["cloud_counts"]) - np.asarray(rounds[0]["cloud_counts"])
+    rare = cfg.stream.rare_classes
+    rare_share = float(uploads[list(rare)].sum() / uploads.sum()) if rare and uploads.sum() > 0 else None
     return {"policy": job.policy, "seed": job.seed, "rounds": rounds, "final_distance": rounds[-1]["distance"],
+            "rare_upload_share": rare_share,
             "initial_distance": rounds[0]["distance"], "final_test_accuracy": final_accuracy,
             "messages": sum(r["messages"] for r in rounds), "policy_time_s": sum(r["wall_time_s"] for r in rounds),
             "return": float(sum(r["reward"] for r in rounds)),
@@ -180,6 +184,8 @@ def summarise(records: list[dict], policies: list[str]) -> dict:
                       "messages_mean": float(np.mean([r["messages"] for r in mine])),
                       "policy_time_s_mean": float(np.mean([r["policy_time_s"] for r in mine])),
                       "lower_bound": mine[0]["rounds"][-1]["lower_bound"], "n_seeds": len(mine)}
+        rare = [r["rare_upload_share"] for r in mine if r.get("rare_upload_share") is not None]
+        summary[p]["rare_upload_share_mean"] = float(np.mean(rare)) if rare else None
     for p, s in summary.items():
         for ref in ("greedy", "oracle"):
             if ref in summary and ref != p:
@@ -189,18 +195,29 @@ def summarise(records: list[dict], policies: list[str]) -> dict:
     return summary
 
 
+def policy_label(policy: str) -> str:
+    """``rllib:runs/train/default-ppo-.../checkpoint`` -> ``rllib:default-ppo-...`` for tables and legends."""
+    kind, sep, path = policy.partition(":")
+    if not sep or kind not in ("rllib", "sb3"):
+        return policy
+    p = Path(path)
+    return f"{kind}:{p.parent.name if p.name == 'checkpoint' else p.name}"
+
+
 def summary_markdown(summary: dict, cfg: EnvConfig, n_seeds: int, elapsed: float) -> str:
     lines = [f"# {cfg.dataset.name}: {cfg.n_robots} robots, {cfg.rounds} rounds, {cfg.obs_per_round} obs/round, "
              f"n_cache {cfg.n_cache}, initial cloud {cfg.initial_cloud_size}, target {cfg.target.kind}",
              "", f"{n_seeds} seeds (mean ± std), {cfg.loss} distance to the target; wall time {elapsed:.0f} s", "",
-             "| policy | final distance | vs greedy | vs oracle | cloud model test accuracy | messages / episode |",
-             "|---|---|---|---|---|---|"]
+             "| policy | final distance | vs greedy | vs oracle | cloud model test accuracy | messages / episode |"
+             " rare-class share of uploads |",
+             "|---|---|---|---|---|---|---|"]
     for p, s in summary.items():
         acc = f"{s['final_accuracy_mean']:.4f} ± {s['final_accuracy_std'] or 0:.4f}" if s["final_accuracy_mean"] is not None else "n/a"
         vs_g = f"{s['improvement_vs_greedy_pct']:+.1f}%" if s.get("improvement_vs_greedy_pct") is not None else ""
         vs_o = f"{s['improvement_vs_oracle_pct']:+.1f}%" if s.get("improvement_vs_oracle_pct") is not None else ""
-        lines.append(f"| {p} | {s['final_distance_mean']:.2f} ± {s['final_distance_std']:.2f} | {vs_g} | {vs_o} | {acc} | "
-                     f"{s['messages_mean']:.0f} |")
+        rare = f"{s['rare_upload_share_mean']:.3f}" if s.get("rare_upload_share_mean") is not None else "n/a"
+        lines.append(f"| {policy_label(p)} | {s['final_distance_mean']:.2f} ± {s['final_distance_std']:.2f} | {vs_g} | "
+                     f"{vs_o} | {acc} | {s['messages_mean']:.0f} | {rare} |")
     bound = next(iter(summary.values()))["lower_bound"]
     lines += ["", f"Lower bound on the final distance (any policy; Lemma 6 over the episode): {bound:.2f}.",
               "'vs X' = (d_X - d_policy) / d_X: positive means closer to the target than X."]
@@ -237,7 +254,7 @@ def _plot(out: Path, records: list[dict], policies: list[str], cfg: EnvConfig) -
         d = np.array([[x["distance"] for x in r["rounds"]] for r in records if r["policy"] == p])
         mean, std = d.mean(axis=0), d.std(axis=0)
         x = np.arange(d.shape[1])
-        ax.plot(x, mean, marker="o", ms=3, label=p)
+        ax.plot(x, mean, marker="o", ms=3, label=policy_label(p))
         ax.fill_between(x, mean - std, mean + std, alpha=0.2)
     bound = [x["lower_bound"] for x in records[0]["rounds"]]
     if not np.isnan(bound).all():
@@ -258,7 +275,7 @@ def _plot(out: Path, records: list[dict], policies: list[str], cfg: EnvConfig) -
     ax.bar(x - 0.4 + width / 2, records[0]["target_counts"], width=width, color="pink", label="target")
     for k, p in enumerate(policies, start=1):
         counts = np.mean([r["rounds"][-1]["cloud_counts"] for r in records if r["policy"] == p], axis=0)
-        ax.bar(x - 0.4 + width * (k + 0.5), counts, width=width, label=p)
+        ax.bar(x - 0.4 + width * (k + 0.5), counts, width=width, label=policy_label(p))
     ax.set_xticks(x, names, fontsize=8)
     ax.set_ylabel("samples in the cloud (final, mean over seeds)")
     ax.legend(fontsize=7, ncol=3)

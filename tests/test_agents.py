@@ -13,10 +13,10 @@ pytest.importorskip("ray.rllib")
 pytest.importorskip("stable_baselines3")
 torch = pytest.importorskip("torch")
 
-from agents.rllib_env import RLlibMultiAgentEnv  # noqa: E402
-from agents.sb3_env import DataGamesSB3VecEnv  # noqa: E402
-from datagames_env.evaluate import Job, evaluate, run_job  # noqa: E402
-from datagames_env.vector import DataGamesVectorEnv  # noqa: E402
+from agents.rllib_env import RLlibMultiAgentEnv
+from agents.sb3_env import DataGamesSB3VecEnv
+from datagames_env.evaluate import Job, evaluate, run_job
+from datagames_env.vector import DataGamesVectorEnv
 
 SMALL = {"n_robots": 3, "rounds": 3, "obs_per_round": 30, "n_cache": 2}
 SELECTION = dict(SMALL, action_mode="selection")
@@ -104,8 +104,11 @@ def test_class_scoring_module_is_equivariant_to_relabelling_classes():
     x = torch.as_tensor(np.stack(list(obs.values())))
     c = par.n_classes
     perm = np.random.default_rng(1).permutation(c)
-    blocks = x[:, :6 * c].reshape(len(x), 6, c)[:, :, perm].reshape(len(x), -1)
-    x_perm = torch.cat([blocks, x[:, 6 * c:]], dim=1)
+    from agents.modules import CLASS_BLOCKS
+
+    k = len(CLASS_BLOCKS)
+    blocks = x[:, :k * c].reshape(len(x), k, c)[:, :, perm].reshape(len(x), -1)
+    x_perm = torch.cat([blocks, x[:, k * c:]], dim=1)
     with torch.no_grad():
         out = module.forward_inference({Columns.OBS: x})[Columns.ACTION_DIST_INPUTS][:, :c]
         out_perm = module.forward_inference({Columns.OBS: x_perm})[Columns.ACTION_DIST_INPUTS][:, :c]
@@ -113,9 +116,8 @@ def test_class_scoring_module_is_equivariant_to_relabelling_classes():
 
 
 def test_module_spec_rejects_a_layout_mismatch():
-    from agents.rllib_train import TrainSettings, module_spec
-
     import datagames_env
+    from agents.rllib_train import TrainSettings, module_spec
 
     with pytest.raises(ValueError, match="--model"):
         module_spec(datagames_env.parallel_env(**SMALL), TrainSettings(model="transformer"))
@@ -141,7 +143,7 @@ def rllib_run(tmp_path_factory):
 
 @ray_group
 def test_rllib_training_writes_checkpoint_history_and_tensorboard(rllib_run):
-    settings, result = rllib_run
+    _settings, result = rllib_run
     history = result["history"]
     assert [h["iteration"] for h in history] == [1, 2]
     assert history[-1]["agent_steps"] >= 2 * 180 and np.isfinite(history[-1]["episode_return_mean"])
@@ -177,11 +179,10 @@ def test_rllib_checkpoint_resumes_and_evaluates_in_the_harness(rllib_run, tmp_pa
 def test_rllib_trains_the_gu_module_in_selection_mode(tmp_path):
     import ray
 
+    import datagames_env
     from agents.modules import SampleScoringModule
     from agents.policies import RLlibCheckpointPolicy
     from agents.rllib_train import TrainSettings, train
-
-    import datagames_env
 
     settings = TrainSettings(config="default", overrides=dict(SELECTION), iterations=1, train_batch_size=90,
                              minibatch_size=45, num_epochs=1, out=str(tmp_path), run_name="gu", progress=False,
@@ -228,7 +229,7 @@ def test_sb3_vecenv_rows_are_the_vector_env_and_episodes_end_truncated():
     for round_ in range(SMALL["rounds"]):
         actions = rng.random((venv.num_envs, venv.action_space.shape[0])).astype(np.float32)
         obs, rewards, dones, infos = venv.step(actions)
-        ref_obs, ref_rewards, _, ref_trunc, _ = reference.step(actions.reshape(2, SMALL["n_robots"], -1))
+        ref_obs, ref_rewards, _, _ref_trunc, _ = reference.step(actions.reshape(2, SMALL["n_robots"], -1))
         np.testing.assert_array_equal(rewards, ref_rewards.reshape(-1))
         assert obs.shape == (venv.num_envs, venv.observation_space.shape[0]) and obs.dtype == np.float32
         last = round_ == SMALL["rounds"] - 1
