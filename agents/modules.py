@@ -27,6 +27,7 @@ from torch import nn
 
 # the allocation-mode context blocks, in the environment's order (env.obs_layout)
 CLASS_BLOCKS = ("cloud_hist", "target", "gap", "predicted_hist", "estimated_mix", "class_accuracy", "purity")
+DISTRIBUTION_BLOCKS = ("cloud_hist", "target", "gap", "predicted_hist", "estimated_mix")
 
 
 def _mlp(sizes: list[int], out_gain: float = 1.0) -> nn.Sequential:
@@ -89,18 +90,27 @@ class SampleScoringModule(_ScoringBase):
             raise ValueError(f"SampleScoringModule: observation has {self.observation_space.shape[-1]} features, the "
                              f"layout says context {self.context_dim} + {self.n_samples} x {self.sample_dim} = {expected}")
         self._setup_heads(self.sample_dim, self.context_dim)
+        # optional fixed input scales (module_spec sets them where the layout is known) so features are O(1)
+        context_scale = self.model_config.get("context_scale") or [1.0] * self.context_dim
+        sample_scale = self.model_config.get("sample_scale") or [1.0] * self.sample_dim
+        if len(context_scale) != self.context_dim or len(sample_scale) != self.sample_dim:
+            raise ValueError(f"SampleScoringModule: context_scale / sample_scale must have {self.context_dim} / "
+                             f"{self.sample_dim} entries, got {len(context_scale)} / {len(sample_scale)}")
+        self.register_buffer("context_scale", torch.tensor(context_scale, dtype=torch.float32), persistent=False)
+        self.register_buffer("sample_scale", torch.tensor(sample_scale, dtype=torch.float32), persistent=False)
 
     def _items(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        context = obs[..., :self.context_dim]
+        context = obs[..., :self.context_dim] * self.context_scale
         samples = obs[..., self.context_dim:self.context_dim + self.n_samples * self.sample_dim]
-        return context, samples.reshape(*obs.shape[:-1], self.n_samples, self.sample_dim)
+        return context, samples.reshape(*obs.shape[:-1], self.n_samples, self.sample_dim) * self.sample_scale
 
 
 class ClassScoringModule(_ScoringBase):
     """Per-class shares from one network shared across classes (allocation mode); see the module docstring."""
 
-    # RLlib unsquashes actions from [-1, 1] to the Box [0, 1]: start near share 0.5 of every class
-    score_offset = 0.0
+    # RLlib unsquashes actions from [-1, 1] to the Box [0, 1]: -0.8 is a share of 0.1 per class, so the untrained
+    # policy spends exactly its budget uniformly, and raising one class or zeroing another moves the allocation
+    score_offset = -0.8
 
     def setup(self) -> None:
         _require(self.model_config, ("n_classes",), "ClassScoringModule")
@@ -110,10 +120,14 @@ class ClassScoringModule(_ScoringBase):
             raise ValueError(f"ClassScoringModule: observation has {self.observation_space.shape[-1]} features, "
                              f"allocation mode with {self.n_classes} classes has {expected}")
         self.context_dim = 1 + len(CLASS_BLOCKS)  # rounds left + the mean of each block
+        scale = [float(self.n_classes) if b in DISTRIBUTION_BLOCKS else 1.0 for b in CLASS_BLOCKS]
+        self.register_buffer("block_scale", torch.tensor(scale), persistent=False)
         self._setup_heads(len(CLASS_BLOCKS), self.context_dim)
 
     def _items(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.n_classes
         per_class = obs[..., :len(CLASS_BLOCKS) * c].reshape(*obs.shape[:-1], len(CLASS_BLOCKS), c).transpose(-1, -2)
+        # distributions over C classes are O(1/C) per class: rescale so a uniform class reads 1, as accuracy does
+        per_class = per_class * self.block_scale
         context = torch.cat([obs[..., -1:], per_class.mean(dim=-2)], dim=-1)
         return context, per_class

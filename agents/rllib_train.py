@@ -71,7 +71,18 @@ def env_layout(par_env) -> dict:
         if context_dim + n_samples * sample_dim != layout["samples"].stop:
             raise ValueError(f"observation layout: context {context_dim} + {n_samples} x {sample_dim} does not end at "
                              f"{layout['samples'].stop}")
-        return {"kind": "samples", "context_dim": context_dim, "n_samples": n_samples, "sample_dim": sample_dim}
+        layout_out = {"kind": "samples", "context_dim": context_dim, "n_samples": n_samples, "sample_dim": sample_dim}
+        core = getattr(par_env, "core", None)
+        if core is not None and hasattr(core, "embedding_dim"):  # datagames: scale features to O(1)
+            from .modules import DISTRIBUTION_BLOCKS
+
+            c, e = core.n_classes, core.embedding_dim
+            context_scale = np.ones(context_dim)
+            for name in DISTRIBUTION_BLOCKS:
+                context_scale[layout[name]] = c
+            layout_out["context_scale"] = context_scale.tolist()
+            layout_out["sample_scale"] = [float(np.sqrt(e))] * e + [1.0] * (sample_dim - e)
+        return layout_out
     from .modules import CLASS_BLOCKS
 
     n_classes = int(getattr(par_env, "n_classes", 0))

@@ -207,13 +207,18 @@ def register_p2p_policy(name: str, factory: Callable[[Any], Any]) -> None:
 
 
 def make_p2p_policy(spec: Any, env) -> Any:
-    """A policy for ``env`` from a registered name, a ``"module:factory"`` string, or a policy object."""
+    """A policy for ``env`` from a registered name, ``rllib:PATH`` (a checkpoint of ``datagames train``), a
+    ``"module:factory"`` string, or a policy object."""
     if not isinstance(spec, str):
         if not (hasattr(spec, "act") and hasattr(spec, "reset")):
             raise TypeError(f"policy {spec!r} does not implement the Policy protocol (reset, act)")
         return spec
     if spec in P2P_POLICIES:
         return P2P_POLICIES[spec](env)
+    if spec.partition(":")[0] in ("rllib", "sb3"):  # a trained checkpoint (datagames train --config p2p_...)
+        from agents.policies import load_checkpoint_policy
+
+        return load_checkpoint_policy(spec, env)
     if ":" in spec:
         module_name, attr = spec.split(":", 1)
         try:

@@ -126,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_envs_per_env_runner=args.num_envs_per_env_runner, num_learners=args.num_learners,
         num_gpus_per_learner=args.num_gpus_per_learner, ray_address=args.ray_address, tune=args.tune,
         seed=args.seed, lr=args.lr, train_batch_size=args.train_batch_size, minibatch_size=args.minibatch_size,
-        num_epochs=args.num_epochs, entropy_coeff=args.entropy_coeff, out=args.out, run_name=args.name,
+        num_epochs=args.num_epochs, entropy_coeff=args.entropy_coeff, initial_log_std=args.initial_log_std, out=args.out, run_name=args.name,
         resume=args.resume, checkpoint_every=args.checkpoint_every, torch_threads=args.torch_threads or None)
     if args.algo == "ppo":
         from agents.rllib_train import train
@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--minibatch-size", type=int, default=250)
     tr.add_argument("--num-epochs", type=int, default=10)
     tr.add_argument("--entropy-coeff", type=float, default=0.0)
+    tr.add_argument("--initial-log-std", type=float, default=-1.0,
+                    help="initial log std of the Gaussian exploration (scoring modules, SB3)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     tr.add_argument("--out", default="runs/train", help="runs folder (default runs/train)")

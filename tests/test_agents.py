@@ -300,3 +300,27 @@ def test_cli_train_rejects_sb3_on_other_options(tmp_path, capsys):
 
     code = main(["train", "--algo", "sb3-ppo", "--per-robot", "--iterations", "1", "--out", str(tmp_path)])
     assert code == 2 and "--per-robot is RLlib only" in capsys.readouterr().err
+
+
+@ray_group
+def test_tune_sweep_picks_a_learning_rate_and_its_checkpoint_evaluates(tmp_path):
+    import ray
+
+    import datagames_env
+    from agents.policies import RLlibCheckpointPolicy
+    from agents.rllib_train import TrainSettings, train
+
+    settings = TrainSettings(config="default", overrides=dict(SMALL), iterations=1, train_batch_size=90,
+                             minibatch_size=45, num_epochs=1, out=str(tmp_path), run_name="tune", tune=True,
+                             tune_lrs=(1e-4, 1e-3), progress=False)
+    try:
+        result = train(settings, log=lambda *a: None)
+    finally:
+        ray.shutdown()
+    assert result["best_lr"] in (1e-4, 1e-3)
+    trials = list((tmp_path / "tune" / "tune").glob("PPO_*"))
+    assert len(trials) == 2  # one trial per learning rate
+    env = datagames_env.parallel_env(**SMALL)
+    obs, infos = env.reset(seed=0)
+    actions = RLlibCheckpointPolicy(env, result["checkpoint"]).act(obs, infos)
+    assert all(env.action_space(a).contains(actions[a]) for a in env.possible_agents)

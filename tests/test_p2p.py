@@ -404,3 +404,5 @@ def test_eval_cli_writes_results(tmp_path):
     rows = (out / "rounds.csv").read_text().splitlines()
     assert len(rows) == 1 + 6 * 3 * 3  # header + episodes x (round 0 + 2 rounds) x robots
     assert main(["p2p", "eval", "--policies", "nope", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    (out / "summary.md").unlink()
+    assert main(["p2p", "report", str(out)]) == 0 and (out / "summary.md").is_file()  # rebuilt from results.json
