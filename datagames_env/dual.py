@@ -287,9 +287,11 @@ def _cached_world(key: str) -> DualWorld:
 
 
 def get_dual_world(cfg: DualConfig) -> DualWorld:
-    """Worlds are cached per (dataset, perception, privacy) so the episodes of one config share models."""
+    """Worlds are cached per (dataset, perception, private patches) so the episodes of one config share models.
+    The filter mode is not part of the world (blurred copies are interned whatever the mode), so configs that
+    differ only in ``privacy.mode`` share one world and its trained models."""
     key = {"dataset": cfg.dataset.model_dump(), "perception": cfg.perception.model_dump(),
-           "privacy": cfg.privacy.model_dump()}
+           "privacy": cfg.privacy.model_dump(exclude={"mode"})}
     return _cached_world(json.dumps(key, sort_keys=True))
 
 

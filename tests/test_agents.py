@@ -324,3 +324,36 @@ def test_tune_sweep_picks_a_learning_rate_and_its_checkpoint_evaluates(tmp_path)
     obs, infos = env.reset(seed=0)
     actions = RLlibCheckpointPolicy(env, result["checkpoint"]).act(obs, infos)
     assert all(env.action_space(a).contains(actions[a]) for a in env.possible_agents)
+
+
+@pytest.mark.parametrize("config", ["p2p_default", "dual_default"])
+def test_rllib_env_checker_passes_on_the_other_scenarios(config):
+    from ray.rllib.utils.pre_checks.env import check_multiagent_environments
+
+    from agents.rllib_train import env_layout
+
+    env = RLlibMultiAgentEnv({"config": config, "overrides": {"rounds": 2}})
+    check_multiagent_environments(env)
+    layout = env_layout(env.par_env)
+    assert layout["kind"] == "samples"  # the GU module reads context + per-sample features
+    assert layout["context_dim"] + layout["n_samples"] * layout["sample_dim"] == env.observation_space.shape[0]
+
+
+@ray_group
+def test_rllib_trains_on_p2p_and_the_p2p_harness_evaluates_the_checkpoint(tmp_path):
+    import ray
+
+    from agents.rllib_train import TrainSettings, train
+    from datagames_env.p2p_cli import evaluate_p2p
+
+    overrides = {"rounds": 2, "obs_per_round": 50}
+    settings = TrainSettings(config="p2p_default", overrides=overrides, iterations=1, train_batch_size=6,
+                             minibatch_size=6, num_epochs=1, out=str(tmp_path), run_name="p2p", progress=False)
+    try:
+        result = train(settings, log=lambda *a: None)
+    finally:
+        ray.shutdown()
+    assert result["history"][-1]["agent_steps"] >= 6
+    payload = evaluate_p2p("p2p_default", ["random", f"rllib:{result['checkpoint']}"], [0], tmp_path / "ev",
+                           progress=False, **overrides)
+    assert len(payload["episodes"]) == 2
