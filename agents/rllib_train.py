@@ -204,8 +204,14 @@ def init_ray(address: str | None, torch_threads: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    import os
+
+    from datagames_env.datasets import DATA_DIR_ENV_VAR
+
     if address in (None, "local"):
         env_vars = {"OMP_NUM_THREADS": str(torch_threads)} if torch_threads else {}
+        if os.environ.get(DATA_DIR_ENV_VAR):
+            env_vars[DATA_DIR_ENV_VAR] = os.environ[DATA_DIR_ENV_VAR]
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": env_vars})
     else:

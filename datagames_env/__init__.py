@@ -25,6 +25,8 @@ def _register() -> None:
         warnings.simplefilter("ignore")  # re-imports re-register the same ids
         register("parallel", "datagames/DataGames-v0", "datagames_env.env:parallel_env")
         register("aec", "datagames/DataGames-v0", "datagames_env.env:env")
+        register("parallel", "datagames/P2P-v0", "datagames_env.p2p:parallel_env")
+        register("parallel", "datagames/Dual-v0", "datagames_env.dual:parallel_env")
 
 
 _register()

@@ -120,6 +120,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         from agents.rllib_train import TrainSettings
     except ImportError as exc:
         raise SystemExit(f"datagames train needs the rl extra (pip install -e '.[rl]'): {exc}") from None
+    if args.data_dir:  # every scenario, and the Ray workers, read $DATAGAMES_DATA_DIR
+        from datagames_env.datasets import DATA_DIR_ENV_VAR
+
+        os.environ[DATA_DIR_ENV_VAR] = str(Path(args.data_dir).resolve())
     settings = TrainSettings(
         config=args.config, overrides=_parse_overrides(args.set), iterations=args.iterations, model=args.model,
         per_robot=args.per_robot, num_env_runners=args.num_env_runners,
@@ -195,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="initial log std of the Gaussian exploration (scoring modules, SB3)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    tr.add_argument("--data-dir", default=None, help="folder with dataset files (sets $DATAGAMES_DATA_DIR)")
     tr.add_argument("--out", default="runs/train", help="runs folder (default runs/train)")
     tr.add_argument("--name", default=None, help="run name (default <config>-<algo>-<time>)")
     tr.add_argument("--resume", default=None, help="checkpoint folder to resume from")

@@ -846,6 +846,14 @@ def test_registry_builds_both_faces():
     assert pettingzoo.spec("parallel", "datagames/DataGames-v0").id == "datagames/DataGames-v0"
 
 
+def test_registry_has_the_other_scenarios():
+    from datagames_env.dual import DualParallelEnv
+
+    assert pettingzoo.spec("parallel", "datagames/P2P-v0").entry_point == "datagames_env.p2p:parallel_env"
+    dual = pettingzoo.make("parallel", "datagames/Dual-v0", rounds=2)
+    assert isinstance(dual, DualParallelEnv) and dual.config.rounds == 2
+
+
 # ------------------------------------------------------------------------------------------ real datasets
 def test_mnist_env_resets_and_steps(shared_datasets, monkeypatch):
     monkeypatch.setenv("DATAGAMES_DATA_DIR", str(shared_datasets))
