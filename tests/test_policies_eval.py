@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -140,10 +141,13 @@ def test_cli_run_and_eval(tmp_path, capsys):
 def test_ray_results_equal_local_results(tmp_path):
     """Where ray is installed (extra 'cluster'), a local Ray runtime gives exactly the local results."""
     ray = pytest.importorskip("ray")
+    ray.shutdown()  # a runtime left by another test must not be reused (or fail) here
     local = evaluate(None, ["uniform", "greedy"], [0, 1], tmp_path / "local", workers=1, progress=False, **SMALL)
     try:
-        remote = evaluate(None, ["uniform", "greedy"], [0, 1], tmp_path / "ray", ray_address="local",
-                          progress=False, **SMALL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # a silent fallback to local processes would pass vacuously
+            remote = evaluate(None, ["uniform", "greedy"], [0, 1], tmp_path / "ray", ray_address="local",
+                              progress=False, **SMALL)
     finally:
         ray.shutdown()
     key = lambda p: [(e["policy"], e["seed"], e["final_distance"]) for e in p["episodes"]]
