@@ -3,8 +3,9 @@
 * :class:`SampleScoringModule` (selection mode, the GU model of the papers): one small network, shared across
   the samples of a round, scores each observed sample from its embedding and predicted probabilities together
   with the robot's context (cloud histogram, target, its own estimates). The policy is therefore independent of
-  the number of samples and sees what the papers' GU model sees. Actions are the scores; the environment
-  uploads the top ``n_cache``. Exploration is a diagonal Gaussian on the scores with one learned width.
+  the number of samples and sees what the papers' GU model sees. The environment uploads the top ``k``
+  (``select_k``); the scores are the logits of a Plackett-Luce distribution over those k picks
+  (:mod:`agents.distributions`), or, without ``select_k``, the means of a diagonal Gaussian.
 * :class:`ClassScoringModule` (allocation mode): the same idea over classes: a network shared across the C
   classes maps each class's features (cloud share, target share, gap, this round's predicted share, estimated
   mix, accuracy, purity) plus the robot's context to that class's share of the budget. Equivariant to relabelling
@@ -98,6 +99,17 @@ class SampleScoringModule(_ScoringBase):
                              f"{self.sample_dim} entries, got {len(context_scale)} / {len(sample_scale)}")
         self.register_buffer("context_scale", torch.tensor(context_scale, dtype=torch.float32), persistent=False)
         self.register_buffer("sample_scale", torch.tensor(sample_scale, dtype=torch.float32), persistent=False)
+        # the environment uploads the top k: Plackett-Luce over k picks (agents.distributions) unless told otherwise
+        self.select_k = self.model_config.get("select_k")
+        if self.select_k:
+            from .distributions import top_k_distribution
+
+            self.action_dist_cls = top_k_distribution(int(self.select_k))
+
+    def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        if not self.select_k:
+            return super()._forward(batch, **kwargs)
+        return {Columns.ACTION_DIST_INPUTS: self._scores(batch[Columns.OBS])}  # logits of the picks
 
     def _items(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         context = obs[..., :self.context_dim] * self.context_scale

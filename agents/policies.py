@@ -2,7 +2,8 @@
 
 ``make_policy("rllib:runs/train/default-ppo-.../checkpoint", env)`` returns a policy whose ``act`` feeds each
 robot's observation to its module (the shared one, or the robot's own) and returns the *deterministic* action:
-the Gaussian's mean, mapped to the action box as RLlib's ``normalize_actions`` does in training. These
+the Gaussian's mean or the top-k picks of the Plackett-Luce scores, mapped to the action box as RLlib's
+``normalize_actions`` does in training. These
 policies see only their robot's observation: they are not privileged.
 """
 
@@ -74,10 +75,13 @@ class RLlibCheckpointPolicy:
         with self.torch.no_grad():
             for module_id, agents in by_module.items():
                 obs = self.torch.as_tensor(np.stack([observations[a] for a in agents]), dtype=self.torch.float32)
-                out = self.modules[module_id].forward_inference({Columns.OBS: obs})
-                mean = out[Columns.ACTION_DIST_INPUTS][:, :low.shape[0]].numpy()
+                module = self.modules[module_id]
+                inputs = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+                # the distribution's deterministic action: the Gaussian mean, or the top-k picks (Plackett-Luce)
+                action = module.get_inference_action_dist_cls().from_logits(inputs).to_deterministic().sample()
+                action = action.numpy()
                 # RLlib's normalize_actions: the module acts in [-1, 1], the env gets [low, high]
-                scaled = np.clip(low + (mean + 1.0) * 0.5 * (high - low), low, high).astype(np.float32)
+                scaled = np.clip(low + (action + 1.0) * 0.5 * (high - low), low, high).astype(np.float32)
                 actions.update(zip(agents, scaled))
         return actions
 

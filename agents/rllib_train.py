@@ -33,6 +33,7 @@ class TrainSettings:
     overrides: dict = field(default_factory=dict)
     iterations: int = 20
     model: str = "auto"                  # auto | scoring | mlp
+    selection_dist: str = "plackett-luce"  # selection mode: plackett-luce (top-k picks) | gaussian (scores)
     per_robot: bool = False
     num_env_runners: int = 0
     num_envs_per_env_runner: int = 1
@@ -72,6 +73,9 @@ def env_layout(par_env) -> dict:
             raise ValueError(f"observation layout: context {context_dim} + {n_samples} x {sample_dim} does not end at "
                              f"{layout['samples'].stop}")
         layout_out = {"kind": "samples", "context_dim": context_dim, "n_samples": n_samples, "sample_dim": sample_dim}
+        select_k = getattr(par_env, "n_share", None) or getattr(getattr(par_env, "config", None), "n_cache", None)
+        if select_k:
+            layout_out["select_k"] = int(select_k)
         core = getattr(par_env, "core", None)
         if core is not None and hasattr(core, "embedding_dim"):  # datagames: scale features to O(1)
             from .modules import DISTRIBUTION_BLOCKS
@@ -113,6 +117,10 @@ def module_spec(par_env, settings: TrainSettings):
                          "this scenario has neither: use --model mlp")
     config = {k: v for k, v in layout.items() if k != "kind"}
     config.update(hidden=list(settings.hidden), initial_log_std=settings.initial_log_std)
+    if settings.selection_dist == "gaussian":
+        config.pop("select_k", None)
+    elif settings.selection_dist != "plackett-luce":
+        raise ValueError(f"--selection-dist: '{settings.selection_dist}' is not one of plackett-luce, gaussian")
     module_class = SampleScoringModule if layout["kind"] == "samples" else ClassScoringModule
     return RLModuleSpec(module_class=module_class, model_config=config)
 

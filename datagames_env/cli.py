@@ -126,6 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         os.environ[DATA_DIR_ENV_VAR] = str(Path(args.data_dir).resolve())
     settings = TrainSettings(
         config=args.config, overrides=_parse_overrides(args.set), iterations=args.iterations, model=args.model,
+        selection_dist=args.selection_dist,
         per_robot=args.per_robot, num_env_runners=args.num_env_runners,
         num_envs_per_env_runner=args.num_envs_per_env_runner, num_learners=args.num_learners,
         num_gpus_per_learner=args.num_gpus_per_learner, ray_address=args.ray_address, tune=args.tune,
@@ -182,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--iterations", type=int, default=20, help="training iterations (PPO updates)")
     tr.add_argument("--model", default="auto", choices=["auto", "scoring", "mlp"],
                     help="RLlib module: scoring (per-class / per-sample shared network, the GU model) or mlp")
+    tr.add_argument("--selection-dist", default="plackett-luce", choices=["plackett-luce", "gaussian"],
+                    help="selection mode: Plackett-Luce over the top-k picks (default) or a Gaussian on the scores")
     tr.add_argument("--per-robot", action="store_true", help="one module per robot instead of parameter sharing")
     tr.add_argument("--num-env-runners", type=int, default=0, help="sampling actors (0: sample in the driver)")
     tr.add_argument("--num-envs-per-env-runner", type=int, default=1,

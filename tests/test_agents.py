@@ -101,7 +101,7 @@ def test_sample_scoring_module_is_permutation_equivariant_over_samples():
         out_perm = module.forward_inference({Columns.OBS: x_perm})[Columns.ACTION_DIST_INPUTS]
         values = module.compute_values({Columns.OBS: x})
         values_perm = module.compute_values({Columns.OBS: x_perm})
-    assert out.shape == (len(x), 2 * n)  # means and log-stds of the Gaussian over scores
+    assert out.shape == (len(x), n)  # one logit per sample: Plackett-Luce over the n_cache picks
     torch.testing.assert_close(out_perm[:, :n], out[:, :n][:, perm])
     torch.testing.assert_close(values_perm, values, rtol=1e-5, atol=1e-6)  # mean pooling: order-free
 
@@ -131,6 +131,31 @@ def test_module_spec_rejects_a_layout_mismatch():
 
     with pytest.raises(ValueError, match="--model"):
         module_spec(datagames_env.parallel_env(**SMALL), TrainSettings(model="transformer"))
+
+
+def test_top_k_plackett_luce_is_a_distribution_over_ordered_picks():
+    """logp sums to 1 over all ordered k-picks; Gumbel top-k sampling hits the Plackett-Luce probabilities;
+    the encoded action makes the environment's top-k return the picks; deterministic = the top-k logits."""
+    import itertools
+
+    from agents.distributions import top_k_distribution
+
+    dist_cls = top_k_distribution(2)
+    logits = torch.tensor([[0.5, -1.0, 2.0, 0.0, 0.3]])
+    dist = dist_cls.from_logits(logits)
+    probs = {}
+    for pair in itertools.permutations(range(5), 2):
+        probs[pair] = float(torch.exp(dist.logp(dist._encode(torch.tensor([list(pair)])))))
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-6)
+    torch.manual_seed(0)
+    many = dist_cls.from_logits(logits.expand(40000, 5)).sample()
+    picks = torch.topk(many, 2, dim=-1).indices
+    assert ((many > 0).sum(-1) == 2).all()  # exactly k samples carry a score
+    for pair in [(2, 0), (2, 4), (0, 2)]:
+        freq = float(((picks[:, 0] == pair[0]) & (picks[:, 1] == pair[1])).float().mean())
+        assert freq == pytest.approx(probs[pair], abs=4 * (probs[pair] / 40000) ** 0.5 + 1e-3)
+    det = dist.to_deterministic().sample()
+    assert torch.topk(det, 2).indices.tolist() == [[2, 0]]
 
 
 # -- a real RLlib training loop ---------------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""Action distribution for "upload the top k of n samples": Plackett-Luce over the first k picks.
+
+A Gaussian over n scores (RLlib's default for a ``Box``) explores badly for top-k selection: only k of the n
+scores decide anything, yet the policy gradient spreads over all n, so learning drowns in noise. Here the module's
+n outputs are logits; a sample is k picks without replacement (Gumbel top-k), encoded as an action in the
+environment's score box: pick r gets the score (k - r) / k, unpicked samples 0, so the environment's own top-k of
+the scores returns exactly the picks (RLlib's action normalisation maps scores monotonically, keeping the order).
+``logp`` is the exact Plackett-Luce log-likelihood of the ordered picks; ``entropy`` and ``kl`` are those of the
+first pick (a categorical), which is what PPO's entropy bonus and KL penalty need as a measure of spread.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import gymnasium as gym
+import numpy as np
+import torch
+from ray.rllib.core.distribution.distribution import Distribution
+
+
+class TopKPlackettLuce(Distribution):
+    """Plackett-Luce over the first ``k`` picks of ``n`` items; subclass with ``k`` set (:func:`top_k_distribution`)."""
+
+    k: int = 1
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        if logits.shape[-1] < self.k:
+            raise ValueError(f"TopKPlackettLuce: {logits.shape[-1]} items, cannot pick k = {self.k}")
+        self.logits = logits
+
+    def _encode(self, picks: torch.Tensor) -> torch.Tensor:
+        values = (self.k - torch.arange(self.k, dtype=self.logits.dtype, device=self.logits.device)) / self.k
+        action = torch.zeros_like(self.logits)
+        return action.scatter(-1, picks, values.expand(picks.shape))
+
+    def _decode(self, action: torch.Tensor) -> torch.Tensor:
+        return torch.topk(action, self.k, dim=-1).indices  # picks, in order (scores strictly decreasing)
+
+    def sample(self, *, sample_shape=None, return_logp: bool = False, **kwargs):
+        with torch.no_grad():
+            gumbel = -torch.log(-torch.log(torch.rand_like(self.logits).clamp_(1e-20, 1.0)))
+            picks = torch.topk(self.logits + gumbel, self.k, dim=-1).indices  # Gumbel top-k = Plackett-Luce
+        action = self._encode(picks)
+        return (action, self.logp(action)) if return_logp else action
+
+    def rsample(self, *, sample_shape=None, **kwargs):
+        raise NotImplementedError("Plackett-Luce picks are discrete: no reparameterised sample")
+
+    def logp(self, value: torch.Tensor, **kwargs) -> torch.Tensor:
+        picks = self._decode(value)
+        logits = self.logits
+        total = torch.zeros(logits.shape[:-1], dtype=logits.dtype, device=logits.device)
+        taken = torch.zeros_like(logits, dtype=torch.bool)
+        for r in range(self.k):
+            pick = picks[..., r:r + 1]
+            masked = logits.masked_fill(taken, float("-inf"))
+            total = total + logits.gather(-1, pick).squeeze(-1) - torch.logsumexp(masked, dim=-1)
+            taken = taken.scatter(-1, pick, True)
+        return total
+
+    def entropy(self) -> torch.Tensor:
+        return torch.distributions.Categorical(logits=self.logits).entropy()
+
+    def kl(self, other: TopKPlackettLuce) -> torch.Tensor:
+        return torch.distributions.kl_divergence(torch.distributions.Categorical(logits=self.logits),
+                                                 torch.distributions.Categorical(logits=other.logits))
+
+    @staticmethod
+    def required_input_dim(space: gym.Space, **kwargs) -> int:
+        return int(np.prod(space.shape))
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, **kwargs) -> TopKPlackettLuce:
+        return cls(logits)
+
+    def to_deterministic(self) -> _TopKDeterministic:
+        return _TopKDeterministic(self)
+
+
+class _TopKDeterministic(Distribution):
+    """The k largest logits, encoded like a sample (greedy picks: evaluation)."""
+
+    def __init__(self, dist: TopKPlackettLuce) -> None:
+        super().__init__()
+        self.dist = dist
+
+    def sample(self, *, sample_shape=None, **kwargs) -> torch.Tensor:
+        return self.dist._encode(torch.topk(self.dist.logits, self.dist.k, dim=-1).indices)
+
+    def rsample(self, *, sample_shape=None, **kwargs):
+        raise NotImplementedError
+
+    def logp(self, value: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.zeros(value.shape[:-1], dtype=value.dtype, device=value.device)
+
+    def entropy(self, **kwargs):
+        raise RuntimeError("a deterministic distribution has no entropy")
+
+    def kl(self, other, **kwargs):
+        raise RuntimeError("a deterministic distribution has no KL")
+
+    @staticmethod
+    def required_input_dim(space: gym.Space, **kwargs) -> int:
+        return int(np.prod(space.shape))
+
+    def to_deterministic(self) -> _TopKDeterministic:
+        return self
+
+
+@lru_cache(maxsize=None)
+def top_k_distribution(k: int) -> type[TopKPlackettLuce]:
+    """``TopKPlackettLuce`` with ``k`` picks (one class per k, so RLlib can build it ``from_logits``)."""
+    if k < 1:
+        raise ValueError(f"top-k distribution needs k >= 1, got {k}")
+    return type(f"TopK{k}PlackettLuce", (TopKPlackettLuce,), {"k": int(k)})
