@@ -115,3 +115,82 @@ def top_k_distribution(k: int) -> type[TopKPlackettLuce]:
     if k < 1:
         raise ValueError(f"top-k distribution needs k >= 1, got {k}")
     return type(f"TopK{k}PlackettLuce", (TopKPlackettLuce,), {"k": int(k)})
+
+
+class CountsMultinomial(Distribution):
+    """Allocation of ``n`` uploads over C classes: counts ~ Multinomial(n, softmax(logits)); subclass with ``n``
+    set (:func:`counts_distribution`).
+
+    The action is encoded for RLlib's action normalisation (module actions in [-1, 1] are mapped to the env's
+    [0, 1] box): ``2 * counts / n - 1``, which the environment receives as shares ``counts / n`` (summing to 1)
+    and turns back into exactly these counts. ``logp`` is the exact multinomial log-probability; ``entropy`` and
+    ``kl`` are those of a single draw (the categorical), a measure of spread for PPO's bonus and penalty.
+    """
+
+    n: int = 1
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def _encode(self, counts: torch.Tensor) -> torch.Tensor:
+        return 2.0 * counts.to(self.logits.dtype) / self.n - 1.0
+
+    def _decode(self, action: torch.Tensor) -> torch.Tensor:
+        return torch.round((action + 1.0) * 0.5 * self.n)
+
+    def sample(self, *, sample_shape=None, return_logp: bool = False, **kwargs):
+        with torch.no_grad():
+            draws = torch.distributions.Categorical(logits=self.logits).sample((self.n,))  # (n, ...)
+            counts = torch.nn.functional.one_hot(draws, self.logits.shape[-1]).sum(0)
+        action = self._encode(counts)
+        return (action, self.logp(action)) if return_logp else action
+
+    def rsample(self, *, sample_shape=None, **kwargs):
+        raise NotImplementedError("multinomial counts are discrete: no reparameterised sample")
+
+    def logp(self, value: torch.Tensor, **kwargs) -> torch.Tensor:
+        counts = self._decode(value)
+        log_probs = torch.log_softmax(self.logits, dim=-1)
+        log_coeff = torch.lgamma(torch.tensor(self.n + 1.0, dtype=log_probs.dtype)) - torch.lgamma(counts + 1.0).sum(-1)
+        return log_coeff + (counts * log_probs).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return torch.distributions.Categorical(logits=self.logits).entropy()
+
+    def kl(self, other: CountsMultinomial) -> torch.Tensor:
+        return torch.distributions.kl_divergence(torch.distributions.Categorical(logits=self.logits),
+                                                 torch.distributions.Categorical(logits=other.logits))
+
+    @staticmethod
+    def required_input_dim(space: gym.Space, **kwargs) -> int:
+        return int(np.prod(space.shape))
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, **kwargs) -> CountsMultinomial:
+        return cls(logits)
+
+    def to_deterministic(self) -> _CountsMode:
+        return _CountsMode(self)
+
+
+class _CountsMode(_TopKDeterministic):
+    """The most likely allocation, approximately: n * softmax(logits) rounded by largest remainder."""
+
+    def sample(self, *, sample_shape=None, **kwargs) -> torch.Tensor:
+        dist = self.dist
+        quota = torch.softmax(dist.logits, dim=-1) * dist.n
+        counts = torch.floor(quota)
+        left = (dist.n - counts.sum(-1, keepdim=True)).long()
+        order = torch.argsort(quota - counts, dim=-1, descending=True)
+        ranks = torch.argsort(order, dim=-1)
+        counts = counts + (ranks < left).to(counts.dtype)
+        return dist._encode(counts)
+
+
+@lru_cache(maxsize=None)
+def counts_distribution(n: int) -> type[CountsMultinomial]:
+    """``CountsMultinomial`` with ``n`` uploads."""
+    if n < 1:
+        raise ValueError(f"counts distribution needs n >= 1, got {n}")
+    return type(f"Counts{n}Multinomial", (CountsMultinomial,), {"n": int(n)})

@@ -8,7 +8,9 @@
   (:mod:`agents.distributions`), or, without ``select_k``, the means of a diagonal Gaussian.
 * :class:`ClassScoringModule` (allocation mode): the same idea over classes: a network shared across the C
   classes maps each class's features (cloud share, target share, gap, this round's predicted share, estimated
-  mix, accuracy, purity) plus the robot's context to that class's share of the budget. Equivariant to relabelling
+  mix, accuracy, purity) plus the robot's context to that class's logit; the ``n_cache`` uploads are a
+  multinomial draw over the classes (``allocate_n``; :mod:`agents.distributions`), or, without it, the logits
+  are the means of a Gaussian on the shares. Equivariant to relabelling
   classes, so it learns from every class at once. The plain alternative is RLlib's default PPO MLP
   (``--model mlp``).
 
@@ -135,6 +137,18 @@ class ClassScoringModule(_ScoringBase):
         scale = [float(self.n_classes) if b in DISTRIBUTION_BLOCKS else 1.0 for b in CLASS_BLOCKS]
         self.register_buffer("block_scale", torch.tensor(scale), persistent=False)
         self._setup_heads(len(CLASS_BLOCKS), self.context_dim)
+        # n_cache uploads over the classes: a multinomial of the class logits (agents.distributions), unless told
+        # otherwise (a Gaussian on the shares)
+        self.allocate_n = self.model_config.get("allocate_n")
+        if self.allocate_n:
+            from .distributions import counts_distribution
+
+            self.action_dist_cls = counts_distribution(int(self.allocate_n))
+
+    def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        if not self.allocate_n:
+            return super()._forward(batch, **kwargs)
+        return {Columns.ACTION_DIST_INPUTS: self._scores(batch[Columns.OBS])}  # class logits
 
     def _items(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.n_classes

@@ -34,6 +34,7 @@ class TrainSettings:
     iterations: int = 20
     model: str = "auto"                  # auto | scoring | mlp
     selection_dist: str = "plackett-luce"  # selection mode: plackett-luce (top-k picks) | gaussian (scores)
+    allocation_dist: str = "multinomial"   # allocation mode: multinomial (n_cache draws) | gaussian (shares)
     per_robot: bool = False
     num_env_runners: int = 0
     num_envs_per_env_runner: int = 1
@@ -92,7 +93,7 @@ def env_layout(par_env) -> dict:
     n_classes = int(getattr(par_env, "n_classes", 0))
     blocks = [k for k in layout if k != "rounds_left"]
     if tuple(blocks) == CLASS_BLOCKS and "rounds_left" in layout:
-        return {"kind": "classes", "n_classes": n_classes}
+        return {"kind": "classes", "n_classes": n_classes, "allocate_n": int(par_env.config.n_cache)}
     return {"kind": "flat"}
 
 
@@ -119,6 +120,10 @@ def module_spec(par_env, settings: TrainSettings):
     config.update(hidden=list(settings.hidden), initial_log_std=settings.initial_log_std)
     if settings.selection_dist == "gaussian":
         config.pop("select_k", None)
+    if settings.allocation_dist == "gaussian":
+        config.pop("allocate_n", None)
+    elif settings.allocation_dist != "multinomial":
+        raise ValueError(f"--allocation-dist: '{settings.allocation_dist}' is not one of multinomial, gaussian")
     elif settings.selection_dist != "plackett-luce":
         raise ValueError(f"--selection-dist: '{settings.selection_dist}' is not one of plackett-luce, gaussian")
     module_class = SampleScoringModule if layout["kind"] == "samples" else ClassScoringModule
@@ -241,8 +246,26 @@ def run_dir_for(settings: TrainSettings, algo: str) -> Path:
     return path
 
 
+def slow_training_hints(settings: TrainSettings) -> list[str]:
+    """Config keys that make every training episode train classifiers (correct, but minutes per iteration)."""
+    from datagames_env.scenarios import load_scenario_config, scenario_of
+
+    if scenario_of(settings.config, **settings.overrides) != "datagames":
+        return []
+    cfg = load_scenario_config(settings.config, **settings.overrides)
+    hints = []
+    if cfg.final_accuracy:
+        hints.append("final_accuracy=true trains a classifier at the end of every episode: --set final_accuracy=false")
+    if cfg.perception.retrain_every:
+        hints.append(f"perception.retrain_every={cfg.perception.retrain_every} retrains the cloud model during every "
+                     "episode: --set perception.retrain_every=0 trains much faster (evaluate with the paper's setting)")
+    return hints
+
+
 def train(settings: TrainSettings, log=print) -> dict:
     """Train PPO; returns ``{"checkpoint", "run_dir", "history", "elapsed_s", ...}``."""
+    for hint in slow_training_hints(settings):
+        log(f"note: {hint}")
     if settings.tune:
         return tune_sweep(settings, log)
     set_torch_threads(settings.torch_threads)

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .rllib_train import META_FILE, TrainSettings, run_dir_for, set_torch_threads
+from .rllib_train import META_FILE, TrainSettings, run_dir_for, set_torch_threads, slow_training_hints
 
 MODEL_FILE = "model.zip"
 
@@ -39,6 +39,8 @@ def train_sb3(settings: TrainSettings, log=print) -> dict:
         raise ValueError("--algo sb3-ppo trains the datagames scenario; use --algo ppo (RLlib) for p2p and dual")
     if settings.per_robot:
         raise ValueError("--per-robot is RLlib only: SB3 shares one policy across the robot rows")
+    for hint in slow_training_hints(settings):
+        log(f"note: {hint}")
     set_torch_threads(settings.torch_threads)
     venv = DataGamesSB3VecEnv(num_envs=settings.num_envs_per_env_runner, config=settings.config, **settings.overrides)
     venv.seed(settings.seed)

@@ -126,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         os.environ[DATA_DIR_ENV_VAR] = str(Path(args.data_dir).resolve())
     settings = TrainSettings(
         config=args.config, overrides=_parse_overrides(args.set), iterations=args.iterations, model=args.model,
-        selection_dist=args.selection_dist,
+        selection_dist=args.selection_dist, allocation_dist=args.allocation_dist,
         per_robot=args.per_robot, num_env_runners=args.num_env_runners,
         num_envs_per_env_runner=args.num_envs_per_env_runner, num_learners=args.num_learners,
         num_gpus_per_learner=args.num_gpus_per_learner, ray_address=args.ray_address, tune=args.tune,
@@ -185,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="RLlib module: scoring (per-class / per-sample shared network, the GU model) or mlp")
     tr.add_argument("--selection-dist", default="plackett-luce", choices=["plackett-luce", "gaussian"],
                     help="selection mode: Plackett-Luce over the top-k picks (default) or a Gaussian on the scores")
+    tr.add_argument("--allocation-dist", default="multinomial", choices=["multinomial", "gaussian"],
+                    help="allocation mode: n_cache multinomial draws over classes (default) or a Gaussian on shares")
     tr.add_argument("--per-robot", action="store_true", help="one module per robot instead of parameter sharing")
     tr.add_argument("--num-env-runners", type=int, default=0, help="sampling actors (0: sample in the driver)")
     tr.add_argument("--num-envs-per-env-runner", type=int, default=1,

@@ -393,3 +393,12 @@ def test_rllib_trains_on_p2p_and_the_p2p_harness_evaluates_the_checkpoint(tmp_pa
     payload = evaluate_p2p("p2p_default", ["random", f"rllib:{result['checkpoint']}"], [0], tmp_path / "ev",
                            progress=False, **overrides)
     assert len(payload["episodes"]) == 2
+
+
+def test_training_warns_about_configs_that_train_classifiers_every_episode():
+    from agents.rllib_train import TrainSettings, slow_training_hints
+
+    assert slow_training_hints(TrainSettings(config="default")) == []
+    hints = slow_training_hints(TrainSettings(config="default", overrides={"final_accuracy": True,
+                                                                           "perception.retrain_every": 2}))
+    assert any("final_accuracy=false" in h for h in hints) and any("retrain_every=0" in h for h in hints)
