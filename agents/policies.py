@@ -34,16 +34,20 @@ class RLlibCheckpointPolicy:
 
     privileged = False
 
-    def __init__(self, env, path: str | Path) -> None:
+    def __init__(self, env, path: str | Path, explore: bool = False) -> None:
         import torch
         from ray.rllib.core.rl_module.rl_module import RLModule
 
         self.path = Path(path)
+        # explore: sample from the policy's distribution (seeded by reset) instead of its deterministic action. A
+        # parameter-shared policy may rely on its randomness to spread robots over classes: measure both.
+        self.explore = explore
+        self._generator_seed = 0
         modules_dir = self.path / "learner_group" / "learner" / "rl_module"
         if not modules_dir.is_dir():
             raise ValueError(f"rllib checkpoint: {self.path} has no learner_group/learner/rl_module folder; "
                              "pass the checkpoint folder that `datagames train` wrote")
-        self.name = f"rllib:{self.path}"
+        self.name = f"{'rllib-sample' if explore else 'rllib'}:{self.path}"
         self.torch = torch
         self.modules = {}
         for agent in env.possible_agents:
@@ -62,11 +66,19 @@ class RLlibCheckpointPolicy:
         self.meta = _read_meta(self.path)
 
     def reset(self, seed: int | None = None) -> None:
-        pass
+        self._generator_seed = 0 if seed is None else int(seed) * 1000
 
     def act(self, observations: dict, infos: dict) -> dict:
         from ray.rllib.core.columns import Columns
 
+        if self.explore:
+            self._generator_seed += 1
+            with self.torch.random.fork_rng():
+                self.torch.manual_seed(self._generator_seed)
+                return self._act(observations, Columns)
+        return self._act(observations, Columns)
+
+    def _act(self, observations: dict, Columns) -> dict:
         actions = {}
         by_module: dict[str, list[str]] = {}
         for agent in observations:
@@ -78,7 +90,8 @@ class RLlibCheckpointPolicy:
                 module = self.modules[module_id]
                 inputs = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
                 # the distribution's deterministic action: the Gaussian mean, or the top-k picks (Plackett-Luce)
-                action = module.get_inference_action_dist_cls().from_logits(inputs).to_deterministic().sample()
+                dist = module.get_inference_action_dist_cls().from_logits(inputs)
+                action = dist.sample() if self.explore else dist.to_deterministic().sample()
                 action = action.numpy()
                 # RLlib's normalize_actions: the module acts in [-1, 1], the env gets [low, high]
                 scaled = np.clip(low + (action + 1.0) * 0.5 * (high - low), low, high).astype(np.float32)
@@ -110,14 +123,15 @@ class SB3CheckpointPolicy:
         return dict(zip(agents, np.asarray(actions, dtype=np.float32)))
 
 
-LOADERS = {"rllib": RLlibCheckpointPolicy, "sb3": SB3CheckpointPolicy}
+LOADERS = {"rllib": RLlibCheckpointPolicy, "rllib-sample": lambda env, path: RLlibCheckpointPolicy(env, path, True),
+           "sb3": SB3CheckpointPolicy}
 
 
 def load_checkpoint_policy(spec: str, env):
-    """``rllib:PATH`` or ``sb3:PATH`` -> a policy for ``env``."""
+    """``rllib:PATH`` (deterministic), ``rllib-sample:PATH`` (sampled, seeded) or ``sb3:PATH`` -> a policy."""
     kind, _, path = spec.partition(":")
     if kind not in LOADERS or not path:
-        raise ValueError(f"policy '{spec}': expected rllib:PATH or sb3:PATH")
+        raise ValueError(f"policy '{spec}': expected rllib:PATH, rllib-sample:PATH or sb3:PATH")
     if not Path(path).exists():
         raise ValueError(f"policy '{spec}': {path} does not exist")
     return LOADERS[kind](env, path)
