@@ -104,34 +104,46 @@ class SB3CheckpointPolicy:
 
     privileged = False
 
-    def __init__(self, env, path: str | Path) -> None:
+    def __init__(self, env, path: str | Path, explore: bool = False) -> None:
         from stable_baselines3 import PPO
 
         from .sb3_train import _load_model_file
 
         self.path = Path(path)
-        self.name = f"sb3:{self.path}"
+        self.explore = explore
+        self._generator_seed = 0
+        self.name = f"{'sb3-sample' if explore else 'sb3'}:{self.path}"
         self.model = PPO.load(str(_load_model_file(self.path)), device="cpu")
         _check_space(env, self.model.observation_space.shape, self.path)
 
     def reset(self, seed: int | None = None) -> None:
-        pass
+        self._generator_seed = 0 if seed is None else int(seed) * 1000
 
     def act(self, observations: dict, infos: dict) -> dict:
+        import torch
+
         agents = list(observations)
-        actions, _ = self.model.predict(np.stack([observations[a] for a in agents]), deterministic=True)
+        batch = np.stack([observations[a] for a in agents])
+        if not self.explore:
+            actions, _ = self.model.predict(batch, deterministic=True)
+        else:
+            self._generator_seed += 1
+            with torch.random.fork_rng():
+                torch.manual_seed(self._generator_seed)
+                actions, _ = self.model.predict(batch, deterministic=False)
         return dict(zip(agents, np.asarray(actions, dtype=np.float32)))
 
 
 LOADERS = {"rllib": RLlibCheckpointPolicy, "rllib-sample": lambda env, path: RLlibCheckpointPolicy(env, path, True),
-           "sb3": SB3CheckpointPolicy}
+           "sb3": SB3CheckpointPolicy, "sb3-sample": lambda env, path: SB3CheckpointPolicy(env, path, True)}
 
 
 def load_checkpoint_policy(spec: str, env):
-    """``rllib:PATH`` (deterministic), ``rllib-sample:PATH`` (sampled, seeded) or ``sb3:PATH`` -> a policy."""
+    """``rllib:PATH`` / ``sb3:PATH`` (deterministic), ``rllib-sample:PATH`` / ``sb3-sample:PATH`` (sampled,
+    seeded by ``reset``) -> a policy."""
     kind, _, path = spec.partition(":")
     if kind not in LOADERS or not path:
-        raise ValueError(f"policy '{spec}': expected rllib:PATH, rllib-sample:PATH or sb3:PATH")
+        raise ValueError(f"policy '{spec}': expected one of {', '.join(k + ':PATH' for k in LOADERS)}")
     if not Path(path).exists():
         raise ValueError(f"policy '{spec}': {path} does not exist")
     return LOADERS[kind](env, path)

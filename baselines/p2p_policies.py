@@ -215,7 +215,7 @@ def make_p2p_policy(spec: Any, env) -> Any:
         return spec
     if spec in P2P_POLICIES:
         return P2P_POLICIES[spec](env)
-    if spec.partition(":")[0] in ("rllib", "rllib-sample", "sb3"):  # a trained checkpoint (datagames train --config p2p_...)
+    if spec.partition(":")[0] in ("rllib", "rllib-sample", "sb3", "sb3-sample"):  # a trained checkpoint (datagames train --config p2p_...)
         from agents.policies import load_checkpoint_policy
 
         return load_checkpoint_policy(spec, env)

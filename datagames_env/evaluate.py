@@ -131,7 +131,7 @@ def evaluate(config: str | dict | EnvConfig | None, policies: list[str], seeds: 
     if missing:
         raise ValueError(f"checkpoints not found: {missing}")
     if unknown:
-        raise ValueError(f"unknown policies {unknown}; available: {sorted(POLICIES)}, or rllib:PATH, rllib-sample:PATH, sb3:PATH")
+        raise ValueError(f"unknown policies {unknown}; available: {sorted(POLICIES)}, or rllib:PATH, rllib-sample:PATH, sb3:PATH, sb3-sample:PATH")
     jobs = [Job(cfg.model_dump(), policy, seed) for seed in seeds for policy in policies]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +198,7 @@ def summarise(records: list[dict], policies: list[str]) -> dict:
 def policy_label(policy: str) -> str:
     """``rllib:runs/train/default-ppo-.../checkpoint`` -> ``rllib:default-ppo-...`` for tables and legends."""
     kind, sep, path = policy.partition(":")
-    if not sep or kind not in ("rllib", "rllib-sample", "sb3"):
+    if not sep or kind not in ("rllib", "rllib-sample", "sb3", "sb3-sample"):
         return policy
     p = Path(path)
     return f"{kind}:{p.parent.name if p.name == 'checkpoint' else p.name}"

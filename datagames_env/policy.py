@@ -65,7 +65,7 @@ class UniformPolicy(_Base):
 POLICIES: dict[str, type] = {"random": RandomPolicy, "uniform": UniformPolicy}
 
 
-CHECKPOINT_KINDS = ("rllib", "rllib-sample", "sb3")
+CHECKPOINT_KINDS = ("rllib", "rllib-sample", "sb3", "sb3-sample")
 
 
 def is_checkpoint_spec(name: str) -> bool:

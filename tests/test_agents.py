@@ -207,6 +207,10 @@ def test_rllib_checkpoint_resumes_and_evaluates_in_the_harness(rllib_run, tmp_pa
     one = run_job(Job(cfg, spec, 5))
     two = run_job(Job(cfg, spec, 5))
     assert one["final_distance"] == two["final_distance"]  # deterministic actions, same seed
+    sampled = [run_job(Job(cfg, f"rllib-sample:{result['checkpoint']}", seed)) for seed in (5, 5, 6)]
+    counts = [[r["cloud_counts"] for r in episode["rounds"]] for episode in sampled]
+    assert counts[0] == counts[1]  # the sampled policy is seeded by reset(seed)
+    assert counts[0] != counts[2]
     payload = evaluate("default", ["greedy", spec], [0, 1], tmp_path, workers=1, progress=False, **SMALL)
     assert {e["policy"] for e in payload["episodes"]} == {"greedy", spec}
 
