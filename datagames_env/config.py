@@ -164,25 +164,25 @@ class EnvConfig(_Strict):
         return self.n_robots * self.n_cache
 
 
-def _format_validation_error(err: ValidationError) -> str:
+def _format_validation_error(err: ValidationError, model_cls: type[BaseModel] | None = None,
+                             what: str = "configuration") -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<config>"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             name = str(e["loc"][-1])
-            known = _known_keys(e["loc"][:-1])
+            known = _known_keys(e["loc"][:-1], model_cls or EnvConfig)
             hint = difflib.get_close_matches(name, known, n=1)
             lines.append(f"unknown config key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
                          + f"; known keys here: {', '.join(sorted(known))}")
         else:
             shown = e.get("input")
             lines.append(f"config key '{key}': {msg}" + ("" if isinstance(shown, dict) else f" (got {shown!r})"))
-    return "invalid configuration: " + "; ".join(lines)
+    return f"invalid {what}: " + "; ".join(lines)
 
 
-def _known_keys(loc: tuple) -> list[str]:
-    model: type[BaseModel] = EnvConfig
+def _known_keys(loc: tuple, model: type[BaseModel]) -> list[str]:
     for part in loc:
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None) if field else None
@@ -251,9 +251,15 @@ def load_config(config: str | Path | dict | EnvConfig | None = None, **overrides
     Overrides may be top-level keys (``n_robots=50``), nested dicts (``stream={"alpha": 0.1}``, merged)
     or dotted keys (``**{"stream.alpha": 0.1}``).
     """
+    return load_typed_config(EnvConfig, config, overrides)
+
+
+def load_typed_config(model_cls: type[BaseModel], config: Any, overrides: dict, what: str = "configuration"):
+    """Any scenario's config: a name in ``configs/``, a YAML path, a dict or a ``model_cls`` instance, plus
+    overrides (top-level, nested dicts, dotted keys), validated into ``model_cls``; errors name the key."""
     if config is None:
         data: dict = {}
-    elif isinstance(config, EnvConfig):
+    elif isinstance(config, model_cls):
         data = config.model_dump()
     elif isinstance(config, dict):
         data = dict(config)
@@ -267,6 +273,6 @@ def load_config(config: str | Path | dict | EnvConfig | None = None, **overrides
             raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
     data = _deep_merge(data, _expand_dotted(overrides))
     try:
-        return EnvConfig.model_validate(data)
+        return model_cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc)) from None
+        raise ConfigError(_format_validation_error(exc, model_cls, what)) from None

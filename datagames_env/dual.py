@@ -63,7 +63,6 @@ to the filter's output on every upload). The initial cloud is drawn from public 
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import math
@@ -71,10 +70,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from baselines.submodular import (
     DEFAULT_MAX_BLOCK_BYTES,
@@ -90,10 +88,8 @@ from .config import (
     DatasetConfig,
     PerceptionConfig,
     StreamConfig,
-    _deep_merge,
-    _expand_dotted,
     _Strict,
-    resolve_config_path,
+    load_typed_config,
 )
 from .datasets import Dataset, load_dataset, split_dataset
 from .perception import ModelVersion, Perception, limited_torch_threads
@@ -160,52 +156,10 @@ class DualConfig(_Strict):
         return self
 
 
-def _format_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<config>"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            model: type[BaseModel] = DualConfig
-            for part in e["loc"][:-1]:
-                ann = getattr(model.model_fields.get(str(part)), "annotation", None)
-                if isinstance(ann, type) and issubclass(ann, BaseModel):
-                    model = ann
-            known = list(model.model_fields)
-            hint = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
-            lines.append(f"unknown config key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
-                         + f"; known keys here: {', '.join(sorted(known))}")
-        else:
-            shown = e.get("input")
-            lines.append(f"config key '{key}': {msg}" + ("" if isinstance(shown, dict) else f" (got {shown!r})"))
-    return "invalid dual configuration: " + "; ".join(lines)
-
-
 def load_dual_config(config: str | Path | dict | DualConfig | None = None, **overrides: Any) -> DualConfig:
     """A validated :class:`DualConfig` from a config name / YAML path / dict plus keyword overrides (top-level,
     nested dicts, or dotted keys like ``**{"privacy.mode": "drop"}``). Errors name the key."""
-    if config is None:
-        data: dict = {}
-    elif isinstance(config, DualConfig):
-        data = config.model_dump()
-    elif isinstance(config, dict):
-        data = dict(config)
-    else:
-        path = resolve_config_path(config)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
-    data = _deep_merge(data, _expand_dotted(overrides))
-    scenario = data.get("scenario", "dual")
-    if scenario != "dual":
-        raise ConfigError(f"config key 'scenario': the dual environment needs 'dual', got {scenario!r}")
-    try:
-        return DualConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_error(exc)) from None
+    return load_typed_config(DualConfig, config, overrides, "dual configuration")
 
 
 # ------------------------------------------------------------------------------------------------- world

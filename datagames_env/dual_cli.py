@@ -23,22 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import _parse_overrides  # one --set parser for every scenario's commands
+
 ROUND_FIELDS = ("round", "validation_accuracy", "test_accuracy", "labels_used", "labeled", "uploaded",
                 "cloud_labeled", "cloud_unlabeled", "upload_objective", "upload_objective_gain", "label_objective",
                 "coverage_gain", "reward")
 PRIVACY_FIELDS = ("private", "dropped", "blurred", "passed_private")
 
 
-def _parse_overrides(pairs: list[str]) -> dict:
-    import yaml
-
-    overrides = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"--set expects KEY=VALUE, got '{pair}'")
-        key, value = pair.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:

@@ -71,12 +71,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .config import CONFIG_DIR, ConfigError, PerceptionConfig, _deep_merge, _expand_dotted, _Strict, resolve_config_path
+from .config import CONFIG_DIR, ConfigError, PerceptionConfig, _Strict, load_typed_config
 from .datasets import Dataset, DatasetError, load_dataset
 from .domains import corrupt
 from .ood import NoveltyDetector, train_dropout_classifier
@@ -215,41 +214,12 @@ class P2PConfig(_Strict):
         return max(1, round(self.share_fraction * self.obs_per_round))
 
 
-def _format_error(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<config>"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown config key '{key}'")
-        else:
-            shown = e.get("input")
-            parts.append(f"config key '{key}': {msg}" + ("" if isinstance(shown, dict) else f" (got {shown!r})"))
-    return "invalid p2p configuration: " + "; ".join(parts)
-
-
 def load_p2p_config(config: str | Path | dict | P2PConfig | None = None, **overrides: Any) -> P2PConfig:
     """A validated :class:`P2PConfig` from a name in ``configs/`` (default ``p2p_default``), a YAML path, a dict
     or a config, plus keyword overrides (top-level keys, nested dicts, or dotted keys ``"ood.detector"``)."""
     if config is None:
         config = "p2p_default"
-    if isinstance(config, P2PConfig):
-        data = config.model_dump()
-    elif isinstance(config, dict):
-        data = dict(config)
-    else:
-        path = resolve_config_path(config)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
-    data = _deep_merge(data, _expand_dotted(overrides))
-    try:
-        return P2PConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_error(exc)) from None
+    return load_typed_config(P2PConfig, config, overrides, "p2p configuration")
 
 
 # ---------------------------------------------------------------------------------------------------------- world

@@ -24,19 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from .cli import _parse_overrides  # one --set parser for every scenario's commands
+
 PAPER_RARE_SHARE = {"kmnist": 88.18, "fashion_mnist": 88.96}  # the GU paper's toy: % of rare data cached by GU
 
 
-def _parse_overrides(pairs: list[str]) -> dict:
-    import yaml
-
-    overrides = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"--set expects KEY=VALUE, got '{pair}'")
-        key, value = pair.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 def _policy_name(spec: Any, policy: Any) -> str:
