@@ -227,8 +227,10 @@ def init_ray(address: str | None, torch_threads: int | None = None) -> None:
             env_vars[DATA_DIR_ENV_VAR] = os.environ[DATA_DIR_ENV_VAR]
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": env_vars})
-    else:
-        ray.init(address=address, log_to_driver=False)
+    else:  # a cluster: its nodes read the data folder given to `datagames train --data-dir`
+        data_dir = os.environ.get(DATA_DIR_ENV_VAR)
+        ray.init(address=address, log_to_driver=False,
+                 runtime_env={"env_vars": {DATA_DIR_ENV_VAR: data_dir}} if data_dir else None)
 
 
 def write_meta(checkpoint: Path, settings: TrainSettings, extra: dict) -> None:
