@@ -432,21 +432,12 @@ class BatchedCore:
         b_n, n = self.num_envs, self.n_robots
         out = np.empty((b_n, n, self.obs_dim), dtype=np.float32)
         kernels.fill_context_observations(self.cloud_counts, self.target_counts, self.histograms, cfg.obs_per_round,
-                                          self.estimated_mixes, v.class_accuracy, self.estimated_purity(),
+                                          self.estimated_mixes, v.class_accuracy, v.confusions,
                                           self.robot_version, (cfg.rounds - self.round_index) / cfg.rounds, out)
         if cfg.action_mode == "selection":
             feats = v.sample_features()[self.robot_version[:, :, None], self.stream_positions]
             out[:, :, lay["samples"]] = feats.reshape(b_n, n, -1)
         return out
-
-    def estimated_purity(self) -> np.ndarray:
-        """(B, N, C): the diagonal of each robot's estimated feasible matrix, p(y = j | yhat = j): the share of
-        its predicted-j samples it expects to be truly j (0 where it does not expect to predict j)."""
-        confusion = self._versions.confusions[self.robot_version]                  # (B, N, C, C) p(yhat | y)
-        mass = np.einsum("bny,bnyj->bnj", self.estimated_mixes, confusion)
-        hit = np.diagonal(confusion, axis1=2, axis2=3) * self.estimated_mixes
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(mass > 1e-12, hit / mass, 0.0)
 
     def estimated_feasible_matrices(self) -> np.ndarray:
         """(B, N, C, C): each robot's estimate of p(y | yhat = j) in column j, from its confusion matrix

@@ -447,9 +447,11 @@ def first_non_finite(values):
 
 @njit(cache=_CACHE)
 def fill_context_observations(cloud_counts, target_counts, histograms, obs_per_round, estimated_mixes,
-                              class_accuracy, purity, robot_version, rounds_left, out):
+                              class_accuracy, confusions, robot_version, rounds_left, out):
     """Write the per-robot context block of the observation, in the order of ``BatchedCore.obs_layout``:
-    cloud_hist, target, gap, predicted_hist, estimated_mix, class_accuracy, purity (C each), rounds_left (1)."""
+    cloud_hist, target, gap, predicted_hist, estimated_mix, class_accuracy, purity (C each), rounds_left (1).
+    purity[j] = p(y = j | yhat = j) = C[j, j] m_j / sum_y C[y, j] m_y, the diagonal of the estimated feasible
+    matrix (0 where the robot does not expect to predict j)."""
     n_env, n_robot, n_class = histograms.shape
     target_total = 0.0
     for j in range(n_class):
@@ -470,7 +472,10 @@ def fill_context_observations(cloud_counts, target_counts, histograms, obs_per_r
                 row[3 * n_class + j] = histograms[b, i, j] / obs_per_round
                 row[4 * n_class + j] = estimated_mixes[b, i, j]
                 row[5 * n_class + j] = class_accuracy[v, j]
-                row[6 * n_class + j] = purity[b, i, j]
+                mass = 0.0
+                for y in range(n_class):
+                    mass += confusions[v, y, j] * estimated_mixes[b, i, y]
+                row[6 * n_class + j] = confusions[v, j, j] * estimated_mixes[b, i, j] / mass if mass > 1e-12 else 0.0
             row[7 * n_class] = rounds_left
 
 
