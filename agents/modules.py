@@ -8,7 +8,7 @@
   (:mod:`agents.distributions`), or, without ``select_k``, the means of a diagonal Gaussian.
 * :class:`ClassScoringModule` (allocation mode): the same idea over classes: a network shared across the C
   classes maps each class's features (cloud share, target share, gap, this round's predicted share, estimated
-  mix, accuracy, purity) plus the robot's context to that class's logit; the ``n_cache`` uploads are a
+  mix, accuracy, purity, expected gap fill) plus the robot's context to that class's logit; the ``n_cache`` uploads are a
   multinomial draw over the classes (``allocate_n``; :mod:`agents.distributions`), or, without it, the logits
   are the means of a Gaussian on the shares. Equivariant to relabelling
   classes, so it learns from every class at once. The plain alternative is RLlib's default PPO MLP
@@ -29,8 +29,9 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
 
 # the allocation-mode context blocks, in the environment's order (env.obs_layout)
-CLASS_BLOCKS = ("cloud_hist", "target", "gap", "predicted_hist", "estimated_mix", "class_accuracy", "purity")
-DISTRIBUTION_BLOCKS = ("cloud_hist", "target", "gap", "predicted_hist", "estimated_mix")
+CLASS_BLOCKS = ("cloud_hist", "target", "gap", "predicted_hist", "estimated_mix", "class_accuracy", "purity",
+                "gap_fill")
+DISTRIBUTION_BLOCKS = ("cloud_hist", "target", "gap", "predicted_hist", "estimated_mix", "gap_fill")
 
 
 def _mlp(sizes: list[int], out_gain: float = 1.0) -> nn.Sequential:

@@ -165,7 +165,8 @@ class BatchedCore:
         # observation layout (per robot): name -> slice; documented in env.py and the README
         layout, start = {}, 0
         for name, width in (("cloud_hist", c), ("target", c), ("gap", c), ("predicted_hist", c),
-                            ("estimated_mix", c), ("class_accuracy", c), ("purity", c), ("rounds_left", 1)):
+                            ("estimated_mix", c), ("class_accuracy", c), ("purity", c), ("gap_fill", c),
+                            ("rounds_left", 1)):
             layout[name] = slice(start, start + width)
             start += width
         self.context_dim = start

@@ -2,7 +2,7 @@
 
 =====================  ============================================================================
 Agents                 ``robot_0 ... robot_{N-1}`` (``n_robots``), all acting every round
-Observation space      ``Box(-1, 1, (7C+1,), float32)`` per robot in allocation mode, layout below;
+Observation space      ``Box(-1, 1, (8C+1,), float32)`` per robot in allocation mode, layout below;
                        selection mode appends ``obs_per_round x (E + C)`` per-sample features
 Action space           allocation: ``Box(0, 1, (C,), float32)``, the share of the ``n_cache`` budget per
                        *predicted* class; selection: ``Box(0, 1, (obs_per_round,), float32)``, a score per
@@ -29,6 +29,7 @@ Observation layout (allocation mode, C classes; ``env.obs_layout`` gives the sli
     estimated_mix   C   the robot's estimate of its true class mix (``mix_estimator``)
     class_accuracy  C   its model's per-class validation accuracy, diag(C)
     purity          C   p(y = j | yhat = j): the diagonal of its estimated feasible matrix
+    gap_fill        C   sum_y p(y | yhat = j) gap[y]: how much of the gap one upload of predicted class j fills
     rounds_left     1   (rounds - round) / rounds
     samples         obs_per_round x (E + C)  [selection mode] per sample: L2-normalised embedding
                     (E = perception.embedding_dim), then predicted class probabilities
@@ -60,6 +61,7 @@ def observation_bounds(core: BatchedCore) -> tuple[np.ndarray, np.ndarray]:
     low = np.zeros(core.obs_dim, dtype=np.float32)
     high = np.ones(core.obs_dim, dtype=np.float32)
     low[core.obs_layout["gap"]] = -1.0
+    low[core.obs_layout["gap_fill"]] = -1.0
     if "samples" in core.obs_layout:
         per_sample = low[core.obs_layout["samples"]].reshape(core.cfg.obs_per_round, core.sample_feature_dim)
         per_sample[:, :core.embedding_dim] = -1.0

@@ -449,9 +449,10 @@ def first_non_finite(values):
 def fill_context_observations(cloud_counts, target_counts, histograms, obs_per_round, estimated_mixes,
                               class_accuracy, confusions, robot_version, rounds_left, out):
     """Write the per-robot context block of the observation, in the order of ``BatchedCore.obs_layout``:
-    cloud_hist, target, gap, predicted_hist, estimated_mix, class_accuracy, purity (C each), rounds_left (1).
-    purity[j] = p(y = j | yhat = j) = C[j, j] m_j / sum_y C[y, j] m_y, the diagonal of the estimated feasible
-    matrix (0 where the robot does not expect to predict j)."""
+    cloud_hist, target, gap, predicted_hist, estimated_mix, class_accuracy, purity, gap_fill (C each),
+    rounds_left (1). With P the estimated feasible matrix (column j = p(y | yhat = j) = C[y, j] m_y / mass_j):
+    purity[j] = P[j, j], gap_fill[j] = sum_y P[y, j] gap[y] (how much of the gap one upload of predicted class j
+    is expected to fill; negative where it mostly adds classes the cloud already has); 0 where mass_j = 0."""
     n_env, n_robot, n_class = histograms.shape
     target_total = 0.0
     for j in range(n_class):
@@ -473,10 +474,18 @@ def fill_context_observations(cloud_counts, target_counts, histograms, obs_per_r
                 row[4 * n_class + j] = estimated_mixes[b, i, j]
                 row[5 * n_class + j] = class_accuracy[v, j]
                 mass = 0.0
+                fill = 0.0
                 for y in range(n_class):
-                    mass += confusions[v, y, j] * estimated_mixes[b, i, y]
-                row[6 * n_class + j] = confusions[v, j, j] * estimated_mixes[b, i, j] / mass if mass > 1e-12 else 0.0
-            row[7 * n_class] = rounds_left
+                    w = confusions[v, y, j] * estimated_mixes[b, i, y]
+                    mass += w
+                    fill += w * min(1.0, max(-1.0, (target_counts[y] - cloud_counts[b, y]) / target_total))
+                if mass > 1e-12:
+                    row[6 * n_class + j] = confusions[v, j, j] * estimated_mixes[b, i, j] / mass
+                    row[7 * n_class + j] = fill / mass
+                else:
+                    row[6 * n_class + j] = 0.0
+                    row[7 * n_class + j] = 0.0
+            row[8 * n_class] = rounds_left
 
 
 @njit(cache=_CACHE)

@@ -181,22 +181,22 @@ def test_spaces_are_the_same_objects_and_as_documented():
         assert env.action_space(agent) is env.action_space(agent)
         obs_space = env.observation_space(agent)
         assert isinstance(obs_space, spaces.Box) and obs_space.dtype == np.float32
-        assert obs_space.shape == (7 * c + 1,)
+        assert obs_space.shape == (8 * c + 1,)
         assert np.isfinite(obs_space.low).all() and np.isfinite(obs_space.high).all()
         act = env.action_space(agent)
         assert act.shape == (c,) and (act.low == 0).all() and (act.high == 1).all()
     assert env.possible_agents == [f"robot_{i}" for i in range(SMALL["n_robots"])]
     sel = make(**CONFIGS["selection_em"])
     e = sel.config.perception.embedding_dim
-    assert sel.observation_space("robot_0").shape == (7 * c + 1 + SMALL["obs_per_round"] * (e + c),)
+    assert sel.observation_space("robot_0").shape == (8 * c + 1 + SMALL["obs_per_round"] * (e + c),)
     assert sel.action_space("robot_0").shape == (SMALL["obs_per_round"],)
     layout = env.obs_layout
     widths = {k: s.stop - s.start for k, s in layout.items()}
     assert list(layout) == ["cloud_hist", "target", "gap", "predicted_hist", "estimated_mix", "class_accuracy",
-                            "purity", "rounds_left"]
+                            "purity", "gap_fill", "rounds_left"]
     assert widths == {"cloud_hist": c, "target": c, "gap": c, "predicted_hist": c, "estimated_mix": c,
-                      "class_accuracy": c, "purity": c, "rounds_left": 1}
-    assert layout["cloud_hist"].start == 0 and layout["rounds_left"].stop == 7 * c + 1
+                      "class_accuracy": c, "purity": c, "gap_fill": c, "rounds_left": 1}
+    assert layout["cloud_hist"].start == 0 and layout["rounds_left"].stop == 8 * c + 1
 
 
 PER_ROBOT = {"perception": {"per_robot": True, "train_steps": 20}}  # one model per robot (own world: cheap models)
@@ -247,6 +247,8 @@ def test_observation_layout_holds_the_documented_quantities():
             np.testing.assert_allclose(o[lay["estimated_mix"]], info["estimated_mix"], atol=1e-6)
             np.testing.assert_allclose(o[lay["class_accuracy"]], np.diag(version.confusion), atol=1e-6)
             np.testing.assert_allclose(o[lay["purity"]], np.diag(info["feasible_matrix"]), atol=1e-6)
+            gap = np.clip((target - cloud) / target.sum(), -1, 1)
+            np.testing.assert_allclose(o[lay["gap_fill"]], gap @ info["feasible_matrix"], atol=1e-6)
             np.testing.assert_allclose(o[lay["rounds_left"]], (SMALL["rounds"] - step) / SMALL["rounds"], atol=1e-6)
         obs, _, _, _, infos = env.step(random_actions(env, rng))
         if not env.agents:
@@ -861,7 +863,7 @@ def test_mnist_env_resets_and_steps(shared_datasets, monkeypatch):
     obs, infos = env.reset(seed=0)
     assert len(env.agents) == 20 and len(obs) == 20
     assert env.core.world.dataset.name == "mnist"
-    assert obs["robot_0"].shape == (71,)
+    assert obs["robot_0"].shape == (81,)
     rng = np.random.default_rng(0)
     steps = 0
     while env.agents:
@@ -880,7 +882,7 @@ def test_mnist_via_dotted_data_dir(shared_datasets):
     env = datagames_env.parallel_env("mnist_datagames", **{"perception.retrain_every": 0, "rounds": 2,
                                                            "dataset.data_dir": str(shared_datasets)})
     obs, _ = env.reset(seed=1)
-    assert obs["robot_19"].shape == (71,)
+    assert obs["robot_19"].shape == (81,)
 
 
 def test_dataset_config_dict_as_a_keyword(shared_datasets):
