@@ -19,16 +19,53 @@ import torch
 from ray.rllib.core.distribution.distribution import Distribution
 
 
-class TopKPlackettLuce(Distribution):
+class _DiscreteChoice(Distribution):
+    """Shared plumbing of the discrete choice distributions below: logits in, an encoded action out; subclasses
+    define ``_draw`` (the picks or counts), ``_encode`` and ``logp``. Entropy and KL are those of one draw."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def _draw(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _encode(self, choice: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, *, sample_shape=None, return_logp: bool = False, **kwargs):
+        with torch.no_grad():
+            action = self._encode(self._draw())
+        return (action, self.logp(action)) if return_logp else action
+
+    def rsample(self, *, sample_shape=None, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} is discrete: no reparameterised sample")
+
+    def entropy(self) -> torch.Tensor:
+        return torch.distributions.Categorical(logits=self.logits).entropy()
+
+    def kl(self, other: _DiscreteChoice) -> torch.Tensor:
+        return torch.distributions.kl_divergence(torch.distributions.Categorical(logits=self.logits),
+                                                 torch.distributions.Categorical(logits=other.logits))
+
+    @staticmethod
+    def required_input_dim(space: gym.Space, **kwargs) -> int:
+        return int(np.prod(space.shape))
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, **kwargs) -> _DiscreteChoice:
+        return cls(logits)
+
+
+class TopKPlackettLuce(_DiscreteChoice):
     """Plackett-Luce over the first ``k`` picks of ``n`` items; subclass with ``k`` set (:func:`top_k_distribution`)."""
 
     k: int = 1
 
     def __init__(self, logits: torch.Tensor) -> None:
-        super().__init__()
         if logits.shape[-1] < self.k:
             raise ValueError(f"TopKPlackettLuce: {logits.shape[-1]} items, cannot pick k = {self.k}")
-        self.logits = logits
+        super().__init__(logits)
 
     def _encode(self, picks: torch.Tensor) -> torch.Tensor:
         values = (self.k - torch.arange(self.k, dtype=self.logits.dtype, device=self.logits.device)) / self.k
@@ -38,15 +75,9 @@ class TopKPlackettLuce(Distribution):
     def _decode(self, action: torch.Tensor) -> torch.Tensor:
         return torch.topk(action, self.k, dim=-1).indices  # picks, in order (scores strictly decreasing)
 
-    def sample(self, *, sample_shape=None, return_logp: bool = False, **kwargs):
-        with torch.no_grad():
-            gumbel = -torch.log(-torch.log(torch.rand_like(self.logits).clamp_(1e-20, 1.0)))
-            picks = torch.topk(self.logits + gumbel, self.k, dim=-1).indices  # Gumbel top-k = Plackett-Luce
-        action = self._encode(picks)
-        return (action, self.logp(action)) if return_logp else action
-
-    def rsample(self, *, sample_shape=None, **kwargs):
-        raise NotImplementedError("Plackett-Luce picks are discrete: no reparameterised sample")
+    def _draw(self) -> torch.Tensor:
+        gumbel = -torch.log(-torch.log(torch.rand_like(self.logits).clamp_(1e-20, 1.0)))
+        return torch.topk(self.logits + gumbel, self.k, dim=-1).indices  # Gumbel top-k = Plackett-Luce
 
     def logp(self, value: torch.Tensor, **kwargs) -> torch.Tensor:
         picks = self._decode(value)
@@ -59,21 +90,6 @@ class TopKPlackettLuce(Distribution):
             total = total + logits.gather(-1, pick).squeeze(-1) - torch.logsumexp(masked, dim=-1)
             taken = taken.scatter(-1, pick, True)
         return total
-
-    def entropy(self) -> torch.Tensor:
-        return torch.distributions.Categorical(logits=self.logits).entropy()
-
-    def kl(self, other: TopKPlackettLuce) -> torch.Tensor:
-        return torch.distributions.kl_divergence(torch.distributions.Categorical(logits=self.logits),
-                                                 torch.distributions.Categorical(logits=other.logits))
-
-    @staticmethod
-    def required_input_dim(space: gym.Space, **kwargs) -> int:
-        return int(np.prod(space.shape))
-
-    @classmethod
-    def from_logits(cls, logits: torch.Tensor, **kwargs) -> TopKPlackettLuce:
-        return cls(logits)
 
     def to_deterministic(self) -> _TopKDeterministic:
         return _TopKDeterministic(self)
@@ -117,7 +133,7 @@ def top_k_distribution(k: int) -> type[TopKPlackettLuce]:
     return type(f"TopK{k}PlackettLuce", (TopKPlackettLuce,), {"k": int(k)})
 
 
-class CountsMultinomial(Distribution):
+class CountsMultinomial(_DiscreteChoice):
     """Allocation of ``n`` uploads over C classes: counts ~ Multinomial(n, softmax(logits)); subclass with ``n``
     set (:func:`counts_distribution`).
 
@@ -129,46 +145,21 @@ class CountsMultinomial(Distribution):
 
     n: int = 1
 
-    def __init__(self, logits: torch.Tensor) -> None:
-        super().__init__()
-        self.logits = logits
-
     def _encode(self, counts: torch.Tensor) -> torch.Tensor:
         return 2.0 * counts.to(self.logits.dtype) / self.n - 1.0
 
     def _decode(self, action: torch.Tensor) -> torch.Tensor:
         return torch.round((action + 1.0) * 0.5 * self.n)
 
-    def sample(self, *, sample_shape=None, return_logp: bool = False, **kwargs):
-        with torch.no_grad():
-            draws = torch.distributions.Categorical(logits=self.logits).sample((self.n,))  # (n, ...)
-            counts = torch.nn.functional.one_hot(draws, self.logits.shape[-1]).sum(0)
-        action = self._encode(counts)
-        return (action, self.logp(action)) if return_logp else action
-
-    def rsample(self, *, sample_shape=None, **kwargs):
-        raise NotImplementedError("multinomial counts are discrete: no reparameterised sample")
+    def _draw(self) -> torch.Tensor:
+        draws = torch.distributions.Categorical(logits=self.logits).sample((self.n,))  # (n, ...)
+        return torch.nn.functional.one_hot(draws, self.logits.shape[-1]).sum(0)
 
     def logp(self, value: torch.Tensor, **kwargs) -> torch.Tensor:
         counts = self._decode(value)
         log_probs = torch.log_softmax(self.logits, dim=-1)
         log_coeff = torch.lgamma(torch.tensor(self.n + 1.0, dtype=log_probs.dtype)) - torch.lgamma(counts + 1.0).sum(-1)
         return log_coeff + (counts * log_probs).sum(-1)
-
-    def entropy(self) -> torch.Tensor:
-        return torch.distributions.Categorical(logits=self.logits).entropy()
-
-    def kl(self, other: CountsMultinomial) -> torch.Tensor:
-        return torch.distributions.kl_divergence(torch.distributions.Categorical(logits=self.logits),
-                                                 torch.distributions.Categorical(logits=other.logits))
-
-    @staticmethod
-    def required_input_dim(space: gym.Space, **kwargs) -> int:
-        return int(np.prod(space.shape))
-
-    @classmethod
-    def from_logits(cls, logits: torch.Tensor, **kwargs) -> CountsMultinomial:
-        return cls(logits)
 
     def to_deterministic(self) -> _CountsMode:
         return _CountsMode(self)

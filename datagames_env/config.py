@@ -145,13 +145,7 @@ class EnvConfig(_Strict):
     def _consistent(self) -> EnvConfig:
         if self.n_cache > self.obs_per_round:
             raise ValueError(f"n_cache ({self.n_cache}) cannot exceed obs_per_round ({self.obs_per_round})")
-        if self.stream.kind == "rare_specialists" and self.stream.n_specialists > self.n_robots:
-            raise ValueError(f"stream.n_specialists ({self.stream.n_specialists}) exceeds n_robots ({self.n_robots})")
-        if self.stream.kind == "matrix":
-            if self.stream.mixes is None:
-                raise ValueError("stream.kind 'matrix' needs stream.mixes")
-            if len(self.stream.mixes) != self.n_robots:
-                raise ValueError(f"stream.mixes has {len(self.stream.mixes)} rows, expected n_robots = {self.n_robots}")
+        check_stream_against_fleet(self.stream, self.n_robots)
         if self.initial_cloud_proportions is not None:
             p = self.initial_cloud_proportions
             if any(x < 0 for x in p) or sum(p) <= 0:
@@ -162,6 +156,17 @@ class EnvConfig(_Strict):
     def upload_budget(self) -> int:
         """Uploads of the whole fleet in one round: the reward's normaliser."""
         return self.n_robots * self.n_cache
+
+
+def check_stream_against_fleet(stream: StreamConfig, n_robots: int) -> None:
+    """The stream keys that depend on the fleet size (shared by every scenario with per-robot streams)."""
+    if stream.kind == "rare_specialists" and stream.n_specialists > n_robots:
+        raise ValueError(f"stream.n_specialists ({stream.n_specialists}) exceeds n_robots ({n_robots})")
+    if stream.kind == "matrix":
+        if stream.mixes is None:
+            raise ValueError("stream.kind 'matrix' needs stream.mixes")
+        if len(stream.mixes) != n_robots:
+            raise ValueError(f"stream.mixes has {len(stream.mixes)} rows, expected n_robots = {n_robots}")
 
 
 def _format_validation_error(err: ValidationError, model_cls: type[BaseModel] | None = None,

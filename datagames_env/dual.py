@@ -89,6 +89,7 @@ from .config import (
     PerceptionConfig,
     StreamConfig,
     _Strict,
+    check_stream_against_fleet,
     load_typed_config,
 )
 from .datasets import Dataset, load_dataset, split_dataset
@@ -146,13 +147,7 @@ class DualConfig(_Strict):
     def _consistent(self) -> DualConfig:
         if self.n_cache > self.obs_per_round:
             raise ValueError(f"n_cache ({self.n_cache}) cannot exceed obs_per_round ({self.obs_per_round})")
-        if self.stream.kind == "rare_specialists" and self.stream.n_specialists > self.n_robots:
-            raise ValueError(f"stream.n_specialists ({self.stream.n_specialists}) exceeds n_robots ({self.n_robots})")
-        if self.stream.kind == "matrix":
-            if self.stream.mixes is None:
-                raise ValueError("stream.kind 'matrix' needs stream.mixes")
-            if len(self.stream.mixes) != self.n_robots:
-                raise ValueError(f"stream.mixes has {len(self.stream.mixes)} rows, expected n_robots = {self.n_robots}")
+        check_stream_against_fleet(self.stream, self.n_robots)
         return self
 
 

@@ -158,6 +158,28 @@ def test_top_k_plackett_luce_is_a_distribution_over_ordered_picks():
     assert torch.topk(det, 2).indices.tolist() == [[2, 0]]
 
 
+def test_counts_multinomial_is_a_distribution_over_allocations():
+    """The n_cache uploads as multinomial draws: exact probabilities sum to 1 over all allocations, sampled counts
+    average n * softmax(logits), the encoded action maps back to shares counts / n, and the mode spends n."""
+    import itertools
+
+    from agents.distributions import counts_distribution
+
+    dist_cls = counts_distribution(3)
+    logits = torch.tensor([[0.5, -1.0, 2.0]])
+    dist = dist_cls.from_logits(logits)
+    total = sum(float(torch.exp(dist.logp(dist._encode(torch.tensor([list(c)])))))
+                for c in itertools.product(range(4), repeat=3) if sum(c) == 3)
+    assert total == pytest.approx(1.0, abs=1e-6)
+    torch.manual_seed(0)
+    actions = dist_cls.from_logits(logits.expand(20000, 3)).sample()
+    shares = (actions + 1.0) / 2.0  # what RLlib's action normalisation hands the environment
+    torch.testing.assert_close(shares.sum(-1), torch.ones(20000))
+    torch.testing.assert_close((shares * 3).mean(0), 3 * torch.softmax(logits, -1)[0], atol=0.03, rtol=0)
+    mode = dist._decode(dist.to_deterministic().sample())
+    assert mode.sum() == 3 and mode.tolist() == [[1.0, 0.0, 2.0]]
+
+
 # -- a real RLlib training loop ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def rllib_run(tmp_path_factory):
