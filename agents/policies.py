@@ -3,13 +3,14 @@
 ``make_policy("rllib:runs/train/default-ppo-.../checkpoint", env)`` returns a policy whose ``act`` feeds each
 robot's observation to its module (the shared one, or the robot's own) and returns the *deterministic* action:
 the Gaussian's mean or the top-k picks of the Plackett-Luce scores, mapped to the action box as RLlib's
-``normalize_actions`` does in training. These
-policies see only their robot's observation: they are not privileged.
+``normalize_actions`` does in training; ``rllib-sample:PATH`` / ``sb3-sample:PATH`` sample the policy instead,
+seeded by the episode seed. These policies see only their robot's observation: they are not privileged.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -29,20 +30,41 @@ def _read_meta(path: Path) -> dict:
     return json.loads(meta_file.read_text()) if meta_file.is_file() else {}
 
 
-class RLlibCheckpointPolicy:
-    """A policy from an RLlib checkpoint folder (the ``checkpoint`` of ``datagames train``)."""
+class _CheckpointPolicy:
+    """What both checkpoint policies share: ``explore`` samples the policy (a parameter-shared policy may rely on
+    its randomness to spread robots over classes: measure both), seeded by ``reset(seed)``, one seed per step."""
 
     privileged = False
+
+    def __init__(self, explore: bool) -> None:
+        self.explore = explore
+        self._step_seed = 0
+
+    def reset(self, seed: int | None = None) -> None:
+        self._step_seed = 0 if seed is None else int(seed) * 1000
+
+    @contextmanager
+    def _seeded(self):
+        import torch
+
+        self._step_seed += 1
+        with torch.random.fork_rng():
+            torch.manual_seed(self._step_seed)
+            yield
+
+    def _sampling(self):
+        return self._seeded() if self.explore else nullcontext()
+
+
+class RLlibCheckpointPolicy(_CheckpointPolicy):
+    """A policy from an RLlib checkpoint folder (the ``checkpoint`` of ``datagames train``)."""
 
     def __init__(self, env, path: str | Path, explore: bool = False) -> None:
         import torch
         from ray.rllib.core.rl_module.rl_module import RLModule
 
+        super().__init__(explore)
         self.path = Path(path)
-        # explore: sample from the policy's distribution (seeded by reset) instead of its deterministic action. A
-        # parameter-shared policy may rely on its randomness to spread robots over classes: measure both.
-        self.explore = explore
-        self._generator_seed = 0
         modules_dir = self.path / "learner_group" / "learner" / "rl_module"
         if not modules_dir.is_dir():
             raise ValueError(f"rllib checkpoint: {self.path} has no learner_group/learner/rl_module folder; "
@@ -65,26 +87,15 @@ class RLlibCheckpointPolicy:
         self.action_space = env.action_space(env.possible_agents[0])
         self.meta = _read_meta(self.path)
 
-    def reset(self, seed: int | None = None) -> None:
-        self._generator_seed = 0 if seed is None else int(seed) * 1000
-
     def act(self, observations: dict, infos: dict) -> dict:
         from ray.rllib.core.columns import Columns
 
-        if self.explore:
-            self._generator_seed += 1
-            with self.torch.random.fork_rng():
-                self.torch.manual_seed(self._generator_seed)
-                return self._act(observations, Columns)
-        return self._act(observations, Columns)
-
-    def _act(self, observations: dict, Columns) -> dict:
         actions = {}
         by_module: dict[str, list[str]] = {}
         for agent in observations:
             by_module.setdefault(self.module_of[agent], []).append(agent)
         low, high = self.action_space.low, self.action_space.high
-        with self.torch.no_grad():
+        with self.torch.no_grad(), self._sampling():
             for module_id, agents in by_module.items():
                 obs = self.torch.as_tensor(np.stack([observations[a] for a in agents]), dtype=self.torch.float32)
                 module = self.modules[module_id]
@@ -99,38 +110,25 @@ class RLlibCheckpointPolicy:
         return actions
 
 
-class SB3CheckpointPolicy:
+class SB3CheckpointPolicy(_CheckpointPolicy):
     """A policy from an SB3 checkpoint (``model.zip`` or the folder holding it)."""
-
-    privileged = False
 
     def __init__(self, env, path: str | Path, explore: bool = False) -> None:
         from stable_baselines3 import PPO
 
         from .sb3_train import _load_model_file
 
+        super().__init__(explore)
         self.path = Path(path)
-        self.explore = explore
-        self._generator_seed = 0
         self.name = f"{'sb3-sample' if explore else 'sb3'}:{self.path}"
         self.model = PPO.load(str(_load_model_file(self.path)), device="cpu")
         _check_space(env, self.model.observation_space.shape, self.path)
 
-    def reset(self, seed: int | None = None) -> None:
-        self._generator_seed = 0 if seed is None else int(seed) * 1000
-
     def act(self, observations: dict, infos: dict) -> dict:
-        import torch
-
         agents = list(observations)
         batch = np.stack([observations[a] for a in agents])
-        if not self.explore:
-            actions, _ = self.model.predict(batch, deterministic=True)
-        else:
-            self._generator_seed += 1
-            with torch.random.fork_rng():
-                torch.manual_seed(self._generator_seed)
-                actions, _ = self.model.predict(batch, deterministic=False)
+        with self._sampling():
+            actions, _ = self.model.predict(batch, deterministic=not self.explore)
         return dict(zip(agents, np.asarray(actions, dtype=np.float32)))
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import kernels
-from .config import ConfigError, EnvConfig
+from .config import ConfigError, EnvConfig, StreamConfig
 from .datasets import Dataset, load_dataset, split_dataset
 from .perception import ModelVersion, Perception
 
@@ -148,6 +148,35 @@ class StepResult:
     final_test_accuracy: np.ndarray | None = field(default=None)  # (B,) when config.final_accuracy
 
 
+def draw_class_mixes(stream: StreamConfig, n_robots: int, n_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-robot class mixes ``(n_robots, C)`` for the stream kinds of :class:`StreamConfig`: uniform, an explicit
+    matrix (rows normalised), Dirichlet(alpha), or rare specialists (a few robots see the rare classes, the others
+    (almost) only the common ones). Shared by every scenario with per-robot class streams."""
+    s, c, n = stream, n_classes, n_robots
+    if s.kind == "uniform":
+        return np.full((n, c), 1.0 / c)
+    if s.kind == "matrix":
+        m = np.asarray(s.mixes, dtype=np.float64)
+        if m.shape != (n, c):
+            raise ConfigError(f"config key 'stream.mixes' must be ({n}, {c}) (robots x classes), got {m.shape}")
+        return m / m.sum(axis=1, keepdims=True)
+    if s.kind == "dirichlet":
+        return rng.dirichlet(np.full(c, s.alpha), size=n)
+    rare = np.asarray(s.rare_classes if s.rare_classes is not None else [c - 2, c - 1])
+    if rare.min() < 0 or rare.max() >= c or len(set(rare.tolist())) >= c:
+        raise ConfigError(f"config key 'stream.rare_classes' must be distinct classes in 0..{c - 1} leaving a "
+                          f"common class, got {rare.tolist()}")
+    common = np.setdiff1d(np.arange(c), rare)
+    mixes = np.zeros((n, c))
+    mixes[:, common] = rng.dirichlet(np.full(len(common), s.alpha), size=n)
+    specialists = rng.choice(n, size=s.n_specialists, replace=False)
+    rare_share = np.full(n, s.others_rare_share)
+    rare_share[specialists] = s.specialist_rare_share
+    mixes *= (1.0 - rare_share)[:, None]
+    mixes[:, rare] += rare_share[:, None] / len(rare)
+    return mixes
+
+
 class BatchedCore:
     """B environments of one config. State is explicit arrays; ``step`` is the one step function."""
 
@@ -233,25 +262,7 @@ class BatchedCore:
         return self.world.pool[np.concatenate(chosen).astype(np.int64)]
 
     def _draw_mixes(self, rng: np.random.Generator) -> np.ndarray:
-        s, c, n = self.cfg.stream, self.n_classes, self.n_robots
-        if s.kind == "uniform":
-            return np.full((n, c), 1.0 / c)
-        if s.kind == "matrix":
-            m = np.asarray(s.mixes, dtype=np.float64)
-            return m / m.sum(axis=1, keepdims=True)
-        if s.kind == "dirichlet":
-            return rng.dirichlet(np.full(c, s.alpha), size=n)
-        # rare specialists: a few robots see the rare classes, the others (almost) only the common ones
-        rare = np.asarray(s.rare_classes if s.rare_classes is not None else [c - 2, c - 1])
-        common = np.setdiff1d(np.arange(c), rare)
-        mixes = np.zeros((n, c))
-        mixes[:, common] = rng.dirichlet(np.full(len(common), s.alpha), size=n)
-        specialists = rng.choice(n, size=s.n_specialists, replace=False)
-        rare_share = np.full(n, s.others_rare_share)
-        rare_share[specialists] = s.specialist_rare_share
-        mixes *= (1.0 - rare_share)[:, None]
-        mixes[:, rare] += rare_share[:, None] / len(rare)
-        return mixes
+        return draw_class_mixes(self.cfg.stream, self.n_robots, self.n_classes, rng)
 
     def _model_for(self, train_ids: np.ndarray, robot: int) -> ModelVersion:
         pcfg = self.cfg.perception

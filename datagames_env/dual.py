@@ -92,6 +92,7 @@ from .config import (
     check_stream_against_fleet,
     load_typed_config,
 )
+from .core import draw_class_mixes
 from .datasets import Dataset, load_dataset, split_dataset
 from .perception import ModelVersion, Perception, limited_torch_threads
 from .privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
@@ -242,34 +243,6 @@ def get_dual_world(cfg: DualConfig) -> DualWorld:
     key = {"dataset": cfg.dataset.model_dump(), "perception": cfg.perception.model_dump(),
            "privacy": cfg.privacy.model_dump(exclude={"mode"})}
     return _cached_world(json.dumps(key, sort_keys=True))
-
-
-def draw_class_mixes(stream: StreamConfig, n_robots: int, n_classes: int, rng: np.random.Generator) -> np.ndarray:
-    """Per-robot class mixes ``(n_robots, C)`` for the stream kinds of :class:`StreamConfig` (same semantics as
-    the Data Games core: Dirichlet, rare specialists, an explicit matrix, uniform)."""
-    s, c, n = stream, n_classes, n_robots
-    if s.kind == "uniform":
-        return np.full((n, c), 1.0 / c)
-    if s.kind == "matrix":
-        m = np.asarray(s.mixes, dtype=np.float64)
-        if m.shape != (n, c):
-            raise ConfigError(f"config key 'stream.mixes' must be ({n}, {c}) (robots x classes), got {m.shape}")
-        return m / m.sum(axis=1, keepdims=True)
-    if s.kind == "dirichlet":
-        return rng.dirichlet(np.full(c, s.alpha), size=n)
-    rare = np.asarray(s.rare_classes if s.rare_classes is not None else [c - 2, c - 1])
-    if rare.min() < 0 or rare.max() >= c or len(set(rare.tolist())) >= c:
-        raise ConfigError(f"config key 'stream.rare_classes' must be distinct classes in 0..{c - 1} leaving a "
-                          f"common class, got {rare.tolist()}")
-    common = np.setdiff1d(np.arange(c), rare)
-    mixes = np.zeros((n, c))
-    mixes[:, common] = rng.dirichlet(np.full(len(common), s.alpha), size=n)
-    specialists = rng.choice(n, size=s.n_specialists, replace=False)
-    rare_share = np.full(n, s.others_rare_share)
-    rare_share[specialists] = s.specialist_rare_share
-    mixes *= (1.0 - rare_share)[:, None]
-    mixes[:, rare] += rare_share[:, None] / len(rare)
-    return mixes
 
 
 # ---------------------------------------------------------------------------------------------------- env

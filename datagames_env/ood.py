@@ -38,7 +38,7 @@ import torch
 from torch.nn import functional as F
 
 from .config import PerceptionConfig
-from .perception import Classifier, _derived_seeds, _input_standardisation, build_model, limited_torch_threads
+from .perception import Classifier, train_classifier
 
 __all__ = ["DETECTORS", "NoveltyDetector", "novelty", "train_dropout_classifier"]
 
@@ -162,39 +162,4 @@ def train_dropout_classifier(features: np.ndarray, labels: np.ndarray, n_classes
     """
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"ood.dropout must be in [0, 1), got {dropout}")
-    features = np.asarray(features, dtype=np.float32)
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(labels) != len(features):
-        raise ValueError(f"features have {len(features)} rows but labels have {len(labels)}")
-    with limited_torch_threads(max_threads):
-        init_seed, batch_seed = _derived_seeds(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
-            model = build_model(features.shape[1:], n_classes, cfg)
-            x = torch.from_numpy(np.ascontiguousarray(features))
-            mean, scale = _input_standardisation(x)
-            n = len(features)
-            if n == 0:
-                return Classifier(model, n_classes, mean, scale, train_size=0, trained=False)
-            x = (x - mean) / scale
-            y = torch.from_numpy(labels)
-            generator = torch.Generator().manual_seed(batch_seed)
-            steps, batch_size = cfg.train_steps, cfg.batch_size
-            batches = None
-            if n > batch_size:
-                n_epochs = math.ceil(steps * batch_size / n)
-                order = torch.cat([torch.randperm(n, generator=generator) for _ in range(n_epochs)])
-                batches = order[: steps * batch_size].view(steps, batch_size)
-            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            model.train()
-            keep = 1.0 - dropout
-            for step in range(steps):
-                xb, yb = (x, y) if batches is None else (x[batches[step]], y[batches[step]])
-                hidden = F.relu(model.embed(xb))
-                if dropout > 0:  # explicit masks from our generator: F.dropout would draw from the global RNG
-                    hidden = hidden * (torch.rand(hidden.shape, generator=generator) < keep).to(hidden.dtype) / keep
-                loss = F.cross_entropy(model.head(hidden), yb)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-    return Classifier(model, n_classes, mean, scale, train_size=n, trained=True)
+    return train_classifier(features, labels, n_classes, cfg, seed, max_threads=max_threads, dropout=dropout)

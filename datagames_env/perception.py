@@ -259,7 +259,7 @@ def _input_standardisation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def train_classifier(features: np.ndarray, labels: np.ndarray, n_classes: int, cfg: PerceptionConfig,
-                     seed: int, max_threads: int | None = None) -> Classifier:
+                     seed: int, max_threads: int | None = None, dropout: float = 0.0) -> Classifier:
     """Train the robots' classifier on a multiset of rows: ``cfg.train_steps`` Adam steps, cross-entropy.
 
     ``features`` are ``(n, d)`` vectors or ``(n, C, H, W)`` images (float, cast to float32), ``labels`` ints in
@@ -274,13 +274,18 @@ def train_classifier(features: np.ndarray, labels: np.ndarray, n_classes: int, c
 
     Deterministic: same inputs, config and seed -> bitwise identical weights on CPU (same thread count). The
     caller's global torch RNG state is unchanged. ``max_threads`` caps torch threads during training only.
+
+    ``dropout`` > 0 drops units of the head's input during training (masks drawn from the seeded minibatch
+    generator, so determinism holds): the training that MC dropout at test time assumes (``ood``).
     """
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     with limited_torch_threads(max_threads):
-        return _train_classifier(features, labels, n_classes, cfg, seed)
+        return _train_classifier(features, labels, n_classes, cfg, seed, dropout)
 
 
 def _train_classifier(features: np.ndarray, labels: np.ndarray, n_classes: int, cfg: PerceptionConfig,
-                      seed: int) -> Classifier:
+                      seed: int, dropout: float = 0.0) -> Classifier:
     features = np.asarray(features, dtype=np.float32)
     labels = np.asarray(labels)
     if features.ndim not in (2, 4):
@@ -303,21 +308,28 @@ def _train_classifier(features: np.ndarray, labels: np.ndarray, n_classes: int, 
     y = torch.from_numpy(labels.astype(np.int64))
     steps, batch_size = cfg.train_steps, cfg.batch_size
     batches: torch.Tensor | None = None
+    generator = torch.Generator().manual_seed(batch_seed)
     if n > batch_size:
         # All minibatch indices up front: concatenated seeded permutations cut into `steps` slices.
-        generator = torch.Generator().manual_seed(batch_seed)
         n_epochs = math.ceil(steps * batch_size / n)
         order = torch.cat([torch.randperm(n, generator=generator) for _ in range(n_epochs)])
         batches = order[: steps * batch_size].view(steps, batch_size)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
+    keep = 1.0 - dropout
     for step in range(steps):
         if batches is None:
             xb, yb = x, y
         else:
             xb, yb = x[batches[step]], y[batches[step]]
-        loss = F.cross_entropy(model(xb), yb)
+        if dropout > 0:  # explicit masks from our generator: F.dropout would draw from the global RNG
+            hidden = F.relu(model.embed(xb))
+            hidden = hidden * (torch.rand(hidden.shape, generator=generator) < keep).to(hidden.dtype) / keep
+            logits = model.head(hidden)
+        else:
+            logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
