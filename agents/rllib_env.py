@@ -7,8 +7,9 @@ Agents                 ``possible_agents`` of the scenario, in order (``robot_0 
 Spaces                 ``observation_spaces`` / ``action_spaces``: the scenario's per-robot flat ``Box``
                        spaces, the same objects every call
 Reward                 the scenario's reward per robot (shared potential in ``datagames``)
-Episode end            every robot is truncated after ``rounds`` steps; ``truncateds["__all__"]`` is True
-                       then, ``terminateds["__all__"]`` only if every robot terminated
+Episode end            every robot is terminated after ``rounds`` steps (the scenario's last round ends the
+                       task); ``terminateds["__all__"]`` is True then; ``truncateds["__all__"]`` only if
+                       the episode ended without every robot terminating
 env_config keys        ``config`` (name in ``configs/``, YAML path or dict), ``overrides`` (dict of config
                        keys, dotted allowed), ``render_mode``, ``info_keys`` (which info entries to pass
                        on; default: the scalar ones, so RLlib episodes stay small)

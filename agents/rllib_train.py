@@ -145,6 +145,7 @@ def build_ppo_config(settings: TrainSettings):
 
     from datagames_env.scenarios import make_parallel_env
 
+    from .ppo_learner import MaskedPPOTorchLearner
     from .rllib_env import register_rllib_env
 
     env_name = register_rllib_env()
@@ -171,7 +172,8 @@ def build_ppo_config(settings: TrainSettings):
                      rollout_fragment_length=int(math.ceil(per_runner_env_steps / settings.num_envs_per_env_runner)),
                      batch_mode="complete_episodes")
         .learners(num_learners=settings.num_learners, num_gpus_per_learner=settings.num_gpus_per_learner)
-        .training(lr=settings.lr, gamma=settings.gamma, lambda_=settings.lambda_, entropy_coeff=settings.entropy_coeff,
+        .training(learner_class=MaskedPPOTorchLearner,  # advantages standardised over real rows (ppo_learner.py)
+                  lr=settings.lr, gamma=settings.gamma, lambda_=settings.lambda_, entropy_coeff=settings.entropy_coeff,
                   train_batch_size_per_learner=settings.train_batch_size // max(1, settings.num_learners),
                   minibatch_size=settings.minibatch_size, num_epochs=settings.num_epochs)
         .debugging(seed=settings.seed, log_level="ERROR")

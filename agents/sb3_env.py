@@ -6,9 +6,10 @@ Rows                   ``num_envs = B * N``: row ``b * N + i`` is robot ``i`` of
 Observation space      the per-robot ``Box`` of ``parallel_env`` (``single_observation_space``)
 Action space           the per-robot ``Box(0, 1, ...)`` (allocation shares or selection scores)
 Reward                 the robot's reward (shared across the robots of an environment)
-Episode end            all environments truncate together after ``rounds`` steps: every row is done,
-                       ``infos[row]["terminal_observation"]`` holds its last observation and
-                       ``infos[row]["TimeLimit.truncated"]`` is True; the batch is then reset (SB3 auto-reset)
+Episode end            all environments terminate together after ``rounds`` steps (the task's horizon):
+                       every row is done, ``infos[row]["terminal_observation"]`` holds its last
+                       observation and ``infos[row]["TimeLimit.truncated"]`` is False (SB3 does not
+                       bootstrap past a termination); the batch is then reset (SB3 auto-reset)
 Seeding                ``seed(s)`` before ``reset()``: environment b is reset with ``s + b`` (as
                        ``vector_env.reset(seed=s)``) and later auto-resets draw from a generator seeded by s,
                        so a whole run is reproducible

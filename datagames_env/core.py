@@ -144,7 +144,7 @@ class StepResult:
     uploaded_ids: np.ndarray       # (B, N, n_cache) dataset indices, -1 = unused slot
     uploaded_labels: np.ndarray    # (B, N, n_cache) true labels from the annotator, -1 = unused
     uploaded_predicted: np.ndarray  # (B, N, n_cache) the robot's predicted class, -1 = unused
-    truncated: bool                # the episode's last round was played
+    terminated: bool               # the episode's last round was played (the task ends: a termination)
     final_test_accuracy: np.ndarray | None = field(default=None)  # (B,) when config.final_accuracy
 
 
@@ -414,9 +414,9 @@ class BatchedCore:
         else:
             rewards = (self._distance_without_each_robot(labels) - self.distance[:, None]) / k
         self.round_index += 1
-        truncated = self.round_index >= cfg.rounds
+        terminated = self.round_index >= cfg.rounds
         final_accuracy = None
-        if truncated:
+        if terminated:
             self._needs_reset = True
             if cfg.final_accuracy:
                 final_accuracy = np.array([self.world.perception.test_accuracy(self.cloud_ids(b), cfg.perception.seed)
@@ -430,7 +430,7 @@ class BatchedCore:
             if cfg.stream.drift > 0:
                 self._drift_mixes()
             self._observe_round()
-        return StepResult(rewards, self.distance.copy(), ids, labels, predicted, truncated, final_accuracy)
+        return StepResult(rewards, self.distance.copy(), ids, labels, predicted, terminated, final_accuracy)
 
     def _drift_mixes(self) -> None:
         s = self.cfg.stream

@@ -22,8 +22,8 @@ Reward                 identical for all robots. ``reward: accuracy`` (default):
                        model's validation accuracy this round (0 in rounds without retraining).
                        ``reward: coverage``: the increase of the mean coverage of this round's fleet
                        observations by the *labeled* cloud set (facility location / |ground|)
-Episode end            after ``rounds`` steps every robot is truncated (never terminated); ``agents``
-                       becomes empty
+Episode end            after ``rounds`` steps every robot is terminated (the task's horizon; never
+                       truncated); ``agents`` becomes empty
 Arguments              ``config`` (a name in ``configs/``, a YAML path, a dict or a ``DualConfig``),
                        ``render_mode`` (``ansi`` or None), and any config key as a keyword
                        (``n_robots=4``, ``**{"privacy.mode": "drop"}``)
@@ -512,11 +512,11 @@ class DualParallelEnv(ParallelEnv):
             "privacy_total": privacy_total,
         }
         self.history.append(step_record)
-        truncated = self.round_index >= cfg.rounds
+        last_round = self.round_index >= cfg.rounds
         per_robot = [{"uploaded": len(new_rows[i]), "uploaded_sample_ids": uploaded_ids[i],
                       "labeled_from_robot": int((labeled_robot == i).sum()), "privacy": per_robot_privacy[i]}
                      for i in range(cfg.n_robots)]
-        if truncated:
+        if last_round:
             self._needs_reset = True
         else:
             if cfg.stream.drift > 0:
@@ -527,9 +527,9 @@ class DualParallelEnv(ParallelEnv):
         obs = self._observations()
         infos = self._infos(step_record, per_robot)
         rewards = {a: reward for a in agents}
-        terminations = {a: False for a in agents}
-        truncations = {a: truncated for a in agents}
-        if truncated:
+        terminations = {a: last_round for a in agents}
+        truncations = {a: False for a in agents}
+        if last_round:
             self.agents = []
         return obs, rewards, terminations, truncations, infos
 

@@ -12,8 +12,9 @@ Reward                 ``reward: shared`` (default): identical for all robots, (
                        (n_robots * n_cache), d the L2 distance (or KL, ``loss: kl``) between cloud class
                        counts and target counts; ``reward: marginal``: robot i gets (d_without_i - d_after)
                        / n_cache, the gain of its own uploads given the others' (a difference reward)
-Episode end            after ``rounds`` steps every robot is truncated (never terminated); ``agents``
-                       becomes empty
+Episode end            after ``rounds`` steps every robot is *terminated* (never truncated): the rounds
+                       are the task's horizon and the observation carries ``rounds_left``, so the
+                       last round is a terminal state (no bootstrapping past it); ``agents`` becomes empty
 Arguments              ``config`` (a name in ``configs/``, a YAML path, a dict or an ``EnvConfig``),
                        ``render_mode`` (``human``, ``ansi``, ``rgb_array``), ``dataset`` (an in-memory
                        ``Dataset`` to use, or the ``dataset`` config key: a name or dict), ``max_cycles`` (PettingZoo's
@@ -164,10 +165,10 @@ class DataGamesParallelEnv(ParallelEnv):
         self._history.append(float(result.distance[0]))
         obs = self._observations()
         rewards = {a: float(result.rewards[0, i]) for i, a in enumerate(self.agents)}
-        terminations = {a: False for a in self.agents}
-        truncations = {a: result.truncated for a in self.agents}
+        terminations = {a: result.terminated for a in self.agents}
+        truncations = {a: False for a in self.agents}
         infos = self._infos(result)
-        if result.truncated:
+        if result.terminated:
             self.agents = []
             self._active = frozenset()
         if self.render_mode == "human":

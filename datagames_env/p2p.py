@@ -22,7 +22,8 @@ Reward                 ``reward: feedback``: per robot, the mean utility its ``n
                        robots, ``(D_before - D_after) / (n_robots * n_share)`` with
                        ``D = sum_i || max(0, T - H_i) ||_2``, ``H_i`` robot i's labeled (domain, class) counts and
                        ``T = potential_cell_target`` (the cloud game's potential, per robot)
-Episode end            after ``rounds`` steps every robot is truncated (never terminated); ``agents`` becomes empty
+Episode end            after ``rounds`` steps every robot is terminated (the task's horizon; never truncated);
+                       ``agents`` becomes empty
 Arguments              ``config`` (a name in ``configs/``, a YAML path, a dict or a :class:`P2PConfig`),
                        ``max_cycles`` (PettingZoo's name for ``rounds``), and any config key as a keyword (dotted
                        keys for nested ones: ``**{"ood.detector": "ensemble"}``)
@@ -722,8 +723,8 @@ class P2PParallelEnv(ParallelEnv):
         self._predict_round()  # after the last round only for the infos' feedback memory
         obs = self._observations()
         infos = self._infos(round_stats)
-        terminations = {a: False for a in self.agents}
-        truncations = {a: done for a in self.agents}
+        terminations = {a: done for a in self.agents}
+        truncations = {a: False for a in self.agents}
         if done:
             self.agents = []
         return obs, rewards, terminations, truncations, infos

@@ -6,9 +6,9 @@ Batch                  B = ``num_envs`` environments x N = ``n_robots`` robots; 
 Observations           ``(B, N, obs_dim)`` float32, the per-robot layout of ``parallel_env``
 Actions                ``(B, N, C)`` allocation shares or ``(B, N, obs_per_round)`` selection scores
 Rewards                ``(B, N)`` float32, identical across the robots of an env
-terminations           ``(B, N)`` always False; ``truncations`` ``(B, N)`` True after ``rounds`` steps
+terminations           ``(B, N)`` True after ``rounds`` steps (the task ends); ``truncations`` always False
 Reset                  ``reset(seed)`` with an int (env b gets ``seed + b``) or one seed per env; all
-                       envs truncate together, so there is no auto-reset: call ``reset`` again
+                       envs terminate together, so there is no auto-reset: call ``reset`` again
 =====================  ============================================================================
 
 ``infos`` holds arrays: ``available`` (B, N, C), ``cloud_counts`` (B, C), ``distance`` (B,), ``round``,
@@ -65,8 +65,8 @@ class DataGamesVectorEnv:
         result = self.core.step(actions)
         shape = (self.num_envs, self.n_robots)
         rewards = result.rewards.astype(np.float32)
-        terminations = np.zeros(shape, dtype=bool)
-        truncations = np.full(shape, result.truncated)
+        terminations = np.full(shape, result.terminated)
+        truncations = np.zeros(shape, dtype=bool)
         infos = self._infos()
         infos["uploaded_labels"] = result.uploaded_labels
         if result.final_test_accuracy is not None:

@@ -55,8 +55,8 @@ def test_rllib_env_episode_end_fresh_dicts_and_render():
     for round_ in range(SMALL["rounds"]):
         obs, rewards, terminateds, truncateds, infos = env.step(actions)
         last = round_ == SMALL["rounds"] - 1
-        assert truncateds["__all__"] is last and terminateds["__all__"] is False
-        assert all(truncateds[a] is last for a in env.possible_agents)
+        assert terminateds["__all__"] is last and truncateds["__all__"] is False
+        assert all(terminateds[a] is last and truncateds[a] is False for a in env.possible_agents)
         assert len(set(rewards.values())) == 1  # the shared potential
         obs.clear()  # RLlib may mutate what it gets: the env must not care
     assert env.agents == []
@@ -199,6 +199,54 @@ def rllib_run(tmp_path_factory):
         ray.shutdown()
 
 
+def test_masked_standardize_ignores_the_artificial_rows():
+    from agents.ppo_learner import masked_explained_variance, masked_standardize
+
+    values = torch.tensor([0.1, -0.2, 0.3, 2.0, 0.0, 0.4, 2.4])  # rows 3 and 6: large bootstrap-row advantages
+    mask = torch.tensor([True, True, True, False, True, True, False])
+    out = masked_standardize(values, mask)
+    assert abs(out[mask].mean().item()) < 1e-6 and abs(out[mask].std(unbiased=False).item() - 1.0) < 1e-6
+    plain = (values - values.mean()) / values.std(unbiased=False)
+    assert plain[mask].mean().item() < -0.3  # what RLlib's unmasked standardisation does to the real rows
+    # a perfect prediction on the real rows explains all their variance, whatever the artificial rows hold
+    targets = values.clone()
+    predictions = torch.where(mask, values, torch.tensor(-5.0))
+    assert masked_explained_variance(targets, predictions, mask).item() == pytest.approx(1.0)
+
+
+@ray_group
+def test_rllib_learner_standardises_advantages_over_real_rows_of_short_episodes(fresh_ray):
+    """The learner pipeline of every training: on a batch of 3-round episodes (1 artificial row in 4), the real
+    rows' advantages have mean 0 and std 1."""
+    import ray
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.evaluation.postprocessing import Postprocessing
+
+    from agents.ppo_learner import MaskedGeneralAdvantageEstimation
+    from agents.rllib_train import TrainSettings, build_ppo_config, init_ray
+
+    init_ray(None, 1)
+    settings = TrainSettings(config="default", overrides=dict(SMALL), train_batch_size=90, minibatch_size=45,
+                             num_epochs=1, progress=False)
+    algo = build_ppo_config(settings).build_algo()
+    try:
+        learner = algo.learner_group._learner
+        pieces = [type(c) for c in learner._learner_connector.connectors]
+        assert MaskedGeneralAdvantageEstimation in pieces
+        episodes = algo.env_runner.sample(num_timesteps=60, random_actions=False)
+        batch = learner._learner_connector(rl_module=learner.module, episodes=episodes, batch={},
+                                           metrics=learner.metrics)["shared"]
+        advantages, mask = batch[Postprocessing.ADVANTAGES], batch[Columns.LOSS_MASK].bool()
+        assert 0 < (~mask).sum() < mask.sum()  # artificial rows are there
+        assert abs(advantages[mask].mean().item()) < 1e-5
+        assert advantages[mask].std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+        # the last real row of each episode is a termination: nothing is bootstrapped past the task's end
+        assert batch[Columns.TERMINATEDS].sum() > 0
+    finally:
+        algo.stop()
+        ray.shutdown()
+
+
 @ray_group
 def test_rllib_training_writes_checkpoint_history_and_tensorboard(rllib_run):
     _settings, result = rllib_run
@@ -279,7 +327,7 @@ def test_checkpoint_policies_give_clear_errors(tmp_path):
 
 
 # -- Stable-Baselines3 -------------------------------------------------------------------------------------------
-def test_sb3_vecenv_rows_are_the_vector_env_and_episodes_end_truncated():
+def test_sb3_vecenv_rows_are_the_vector_env_and_episodes_end_terminated():
     venv = DataGamesSB3VecEnv(num_envs=2, config="default", **SMALL)
     assert venv.num_envs == 2 * SMALL["n_robots"]
     venv.seed(11)
@@ -299,7 +347,7 @@ def test_sb3_vecenv_rows_are_the_vector_env_and_episodes_end_truncated():
         if last:
             for row, info in enumerate(infos):
                 np.testing.assert_array_equal(info["terminal_observation"], ref_obs.reshape(venv.num_envs, -1)[row])
-                assert info["TimeLimit.truncated"] is True
+                assert info["TimeLimit.truncated"] is False  # a termination: SB3 must not bootstrap
             assert venv.observation_space.contains(obs[0])  # auto-reset: a fresh first observation
     with pytest.raises(ValueError, match=r"expected \(6, 10\)"):
         venv.step(np.zeros((5, 10), dtype=np.float32))

@@ -36,8 +36,8 @@ def play(env: DualParallelEnv, policy: str = "random", seed: int = 0) -> list:
     obs, infos = env.reset(seed=seed)
     trace = [(obs, infos)]
     while env.agents:
-        obs, rewards, _terms, truncs, infos = env.step(p.act(obs, infos))
-        trace.append((obs, rewards, truncs, infos))
+        obs, rewards, terms, _truncs, infos = env.step(p.act(obs, infos))
+        trace.append((obs, rewards, terms, infos))
     return trace
 
 

@@ -157,9 +157,9 @@ def test_episode_lasts_exactly_rounds_steps(name):
             steps += 1
             assert set(obs) == set(rewards) == set(terminations) == set(truncations) == set(infos) \
                 == set(env.possible_agents)
-            assert not any(terminations.values())
+            assert not any(truncations.values())
             last = steps == SMALL["rounds"]
-            assert all(t is last for t in truncations.values())  # everyone truncates together, at the end
+            assert all(t is last for t in terminations.values())  # the task ends for everyone at the last round
             assert env.agents == ([] if last else env.possible_agents)
         assert steps == SMALL["rounds"]
         with pytest.raises(RuntimeError, match="reset"):
@@ -453,12 +453,12 @@ def test_vector_env_equals_parallel_envs_step_for_step(name):
                     padded[i, :len(labels)] = labels
                 np.testing.assert_array_equal(vinfos["uploaded_labels"][b], padded)
                 np.testing.assert_array_equal(vrew[b], np.float32(outs[b][1][agents[0]]))
-                assert (vtrunc[b] == outs[b][3][agents[0]]).all()
-                assert not vterm.any()
+                assert (vterm[b] == outs[b][2][agents[0]]).all()
+                assert not vtrunc.any()
             assert vinfos["round"] == step
             np.testing.assert_array_equal(vec.privileged_view()["true_mixes"][b], pars[b].privileged_view()["true_mixes"])
         if step == SMALL["rounds"]:
-            assert all(not p.agents for p in pars) and vtrunc.all()
+            assert all(not p.agents for p in pars) and vterm.all()
             break
         actions = (rng.random((3, n) + vec.single_action_space.shape) * 1.3).astype(np.float32)
         actions[0, 1] = 0.0  # an idle robot: its slots stay empty
@@ -810,8 +810,8 @@ def test_aec_face_plays_an_episode_like_the_parallel_env():
     for agent in aec.agent_iter():
         obs, reward, terminated, truncated, _info = aec.last()
         totals[agent] += reward
-        assert not terminated
-        if truncated:
+        assert not truncated
+        if terminated:
             action = None
         else:
             assert aec.observation_space(agent).contains(obs)
@@ -869,12 +869,12 @@ def test_mnist_env_resets_and_steps(shared_datasets, monkeypatch):
     while env.agents:
         for a, o in obs.items():
             assert env.observation_space(a).contains(o)
-        obs, _rewards, _, truncations, infos = env.step(random_actions(env, rng))
+        obs, _rewards, terminations, _, infos = env.step(random_actions(env, rng))
         steps += 1
         for info in infos.values():
             assert info["available"].sum() == 2000
             assert len(info["uploaded_true_labels"]) <= 2
-    assert steps == 2 and all(truncations.values())
+    assert steps == 2 and all(terminations.values())
     assert len(env.ledger()["sample_id"]) <= 20 * 2 * 2
 
 
@@ -908,8 +908,8 @@ def test_final_accuracy_in_the_last_infos():
     vec = datagames_env.vector_env(2, **SMALL, final_accuracy=True)
     vec.reset(seed=0)
     for _ in range(SMALL["rounds"]):
-        _, _, _, trunc, infos = vec.step(np.full((2, SMALL["n_robots"], N_CLASSES), 0.1, np.float32))
-    assert trunc.all() and infos["final_test_accuracy"].shape == (2,)
+        _, _, term, _, infos = vec.step(np.full((2, SMALL["n_robots"], N_CLASSES), 0.1, np.float32))
+    assert term.all() and infos["final_test_accuracy"].shape == (2,)
     assert ((infos["final_test_accuracy"] >= 0) & (infos["final_test_accuracy"] <= 1)).all()
 
 

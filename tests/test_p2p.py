@@ -93,7 +93,7 @@ def test_observation_layout_contract(env):
     rng = np.random.default_rng(0)
     while env.agents:
         _, _, terms, truncs, _ = env.step(_random_actions(env, rng))
-    assert env.agents == [] and all(truncs.values()) and not any(terms.values())
+    assert env.agents == [] and all(terms.values()) and not any(truncs.values())
     with pytest.raises(RuntimeError, match="reset"):
         env.step({})
 
