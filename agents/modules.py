@@ -16,6 +16,11 @@
 
 Both read the flat observation through a layout given in ``model_config``: ``context_dim`` (the context block
 comes first), ``n_samples`` and ``sample_dim`` (selection), ``n_classes`` (allocation).
+
+Centralised critic (MAPPO style, ``datagames train --critic central``): the RLlib face appends the global state
+(``env.state()``, ``state_dim`` floats) to every robot's observation; the actor reads only the first
+``actor_obs_dim`` features (its own observation), the value head reads its own pooled features *and* the global
+state. Evaluation feeds zeros in the state slot: the actor never reads it (tested).
 """
 
 from __future__ import annotations
@@ -59,14 +64,22 @@ class _ScoringBase(TorchRLModule, ValueFunctionAPI):
     def _items(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def _setup_critic_split(self, actor_obs_dim: int) -> None:
+        """With ``state_dim`` > 0 the observation is the robot's own ``actor_obs_dim`` features, then the state."""
+        self.state_dim = int(self.model_config.get("state_dim", 0) or 0)
+        self.actor_obs_dim = actor_obs_dim
+        if self.observation_space is not None and self.observation_space.shape[-1] != actor_obs_dim + self.state_dim:
+            raise ValueError(f"{type(self).__name__}: observation has {self.observation_space.shape[-1]} features, the "
+                             f"layout says {actor_obs_dim} own + {self.state_dim} global state")
+
     def _setup_heads(self, item_dim: int, context_dim: int) -> None:
         hidden = list(self.model_config.get("hidden", [64, 64]))
         self.scorer = _mlp([item_dim + context_dim, *hidden, 1], out_gain=0.01)
-        self.value_head = _mlp([context_dim + item_dim, *hidden, 1], out_gain=1.0)
+        self.value_head = _mlp([context_dim + item_dim + self.state_dim, *hidden, 1], out_gain=1.0)
         self.log_std = nn.Parameter(torch.tensor(float(self.model_config.get("initial_log_std", -1.0))))
 
     def _scores(self, obs: torch.Tensor) -> torch.Tensor:
-        context, items = self._items(obs)
+        context, items = self._items(obs[..., :self.actor_obs_dim])
         expanded = context.unsqueeze(-2).expand(*items.shape[:-1], context.shape[-1])
         return self.scorer(torch.cat([items, expanded], dim=-1)).squeeze(-1)
 
@@ -75,8 +88,11 @@ class _ScoringBase(TorchRLModule, ValueFunctionAPI):
         return {Columns.ACTION_DIST_INPUTS: torch.cat([scores, self.log_std.expand_as(scores)], dim=-1)}
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
-        context, items = self._items(batch[Columns.OBS])
-        return self.value_head(torch.cat([context, items.mean(dim=-2)], dim=-1)).squeeze(-1)
+        obs = batch[Columns.OBS]
+        context, items = self._items(obs[..., :self.actor_obs_dim])
+        # the global state (centralised critic) or nothing
+        return self.value_head(torch.cat([context, items.mean(dim=-2), obs[..., self.actor_obs_dim:]], dim=-1)
+                               ).squeeze(-1)
 
 
 class SampleScoringModule(_ScoringBase):
@@ -89,10 +105,7 @@ class SampleScoringModule(_ScoringBase):
         self.context_dim = int(self.model_config["context_dim"])
         self.n_samples = int(self.model_config["n_samples"])
         self.sample_dim = int(self.model_config["sample_dim"])
-        expected = self.context_dim + self.n_samples * self.sample_dim
-        if self.observation_space is not None and self.observation_space.shape[-1] != expected:
-            raise ValueError(f"SampleScoringModule: observation has {self.observation_space.shape[-1]} features, the "
-                             f"layout says context {self.context_dim} + {self.n_samples} x {self.sample_dim} = {expected}")
+        self._setup_critic_split(self.context_dim + self.n_samples * self.sample_dim)
         self._setup_heads(self.sample_dim, self.context_dim)
         # optional fixed input scales (module_spec sets them where the layout is known) so features are O(1)
         context_scale = self.model_config.get("context_scale") or [1.0] * self.context_dim
@@ -130,10 +143,7 @@ class ClassScoringModule(_ScoringBase):
     def setup(self) -> None:
         _require(self.model_config, ("n_classes",), "ClassScoringModule")
         self.n_classes = int(self.model_config["n_classes"])
-        expected = len(CLASS_BLOCKS) * self.n_classes + 1
-        if self.observation_space is not None and self.observation_space.shape[-1] != expected:
-            raise ValueError(f"ClassScoringModule: observation has {self.observation_space.shape[-1]} features, "
-                             f"allocation mode with {self.n_classes} classes has {expected}")
+        self._setup_critic_split(len(CLASS_BLOCKS) * self.n_classes + 1)
         self.context_dim = 1 + len(CLASS_BLOCKS)  # rounds left + the mean of each block
         scale = [float(self.n_classes) if b in DISTRIBUTION_BLOCKS else 1.0 for b in CLASS_BLOCKS]
         self.register_buffer("block_scale", torch.tensor(scale), persistent=False)

@@ -83,7 +83,10 @@ class RLlibCheckpointPolicy(_CheckpointPolicy):
                 self.modules[module_id] = module
         self.module_of = {a: (a if a in self.modules else SHARED_MODULE) for a in env.possible_agents}
         first = next(iter(self.modules.values()))
-        _check_space(env, first.observation_space.shape, self.path)
+        # a centralised critic's module reads [own observation, global state]; its actor reads only the first part,
+        # so acting needs no state: the slot is filled with zeros (the policy stays decentralised)
+        self.state_dim = int(getattr(first, "state_dim", 0) or 0)
+        _check_space(env, (first.observation_space.shape[0] - self.state_dim,), self.path)
         self.action_space = env.action_space(env.possible_agents[0])
         self.meta = _read_meta(self.path)
 
@@ -98,6 +101,8 @@ class RLlibCheckpointPolicy(_CheckpointPolicy):
         with self.torch.no_grad(), self._sampling():
             for module_id, agents in by_module.items():
                 obs = self.torch.as_tensor(np.stack([observations[a] for a in agents]), dtype=self.torch.float32)
+                if self.state_dim:
+                    obs = self.torch.cat([obs, self.torch.zeros(len(agents), self.state_dim)], dim=1)
                 module = self.modules[module_id]
                 inputs = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
                 # the distribution's deterministic action: the Gaussian mean, or the top-k picks (Plackett-Luce)

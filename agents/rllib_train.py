@@ -60,6 +60,10 @@ class TrainSettings:
     checkpoint_every: int = 10
     torch_threads: int | None = 1        # tiny networks: one thread is fastest, and never spins on busy cores
     progress: bool = True
+    critic: str = "local"                # local: the value head reads the robot's observation | central: + state()
+    imitate: str | None = None           # behaviour-clone this analytic policy before PPO (agents.imitation)
+    imitation_episodes: int = 100
+    imitation_epochs: int = 30
 
 
 def env_layout(par_env) -> dict:
@@ -108,6 +112,11 @@ def module_spec(par_env, settings: TrainSettings):
     model = settings.model
     if model == "auto":
         model = "mlp" if layout["kind"] == "flat" else "scoring"
+    if settings.critic not in ("local", "central"):
+        raise ValueError(f"--critic: '{settings.critic}' is not one of local, central")
+    if settings.critic == "central" and (model != "scoring" or getattr(par_env, "state_space", None) is None):
+        raise ValueError("--critic central needs the scoring modules (--model scoring) and a scenario with a global "
+                         f"state (state_space); got model {model}, scenario {type(par_env).__name__}")
     if model == "mlp":
         return RLModuleSpec(model_config=DefaultModelConfig(fcnet_hiddens=list(settings.hidden),
                                                             fcnet_activation="tanh", vf_share_layers=False))
@@ -118,6 +127,8 @@ def module_spec(par_env, settings: TrainSettings):
                          "this scenario has neither: use --model mlp")
     config = {k: v for k, v in layout.items() if k != "kind"}
     config.update(hidden=list(settings.hidden), initial_log_std=settings.initial_log_std)
+    if settings.critic == "central":
+        config["state_dim"] = int(par_env.state_space.shape[0])
     if settings.selection_dist == "gaussian":
         config.pop("select_k", None)
     if settings.allocation_dist == "gaussian":
@@ -138,25 +149,39 @@ def _own_policy(agent_id, episode=None, **kwargs) -> str:
     return str(agent_id)
 
 
-def build_ppo_config(settings: TrainSettings):
-    """The ``PPOConfig`` of a run (new API stack). Builds one environment in the driver to read spaces."""
+def probe_spec(settings: TrainSettings):
+    """One environment of the run's face (in the driver) and its module spec with the face's spaces."""
+    from .rllib_env import RLlibMultiAgentEnv
+
+    face = RLlibMultiAgentEnv(env_config_of(settings))
+    spec = module_spec(face.par_env, settings)
+    first = face.possible_agents[0]
+    spec.observation_space, spec.action_space = face.observation_spaces[first], face.action_spaces[first]
+    return face, spec
+
+
+def env_config_of(settings: TrainSettings) -> dict:
+    config_ref = settings.config if isinstance(settings.config, (str, dict)) else settings.config.model_dump()
+    return {"config": config_ref, "overrides": dict(settings.overrides), "global_state": settings.critic == "central"}
+
+
+def build_ppo_config(settings: TrainSettings, module_state_path: str | None = None):
+    """The ``PPOConfig`` of a run (new API stack). Builds one environment in the driver to read spaces;
+    ``module_state_path``: every module starts from this saved state (the imitation warm start)."""
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
-
-    from datagames_env.scenarios import make_parallel_env
 
     from .ppo_learner import MaskedPPOTorchLearner
     from .rllib_env import register_rllib_env
 
     env_name = register_rllib_env()
-    probe = make_parallel_env(settings.config, **settings.overrides)
-    spec = module_spec(probe, settings)
-    agents = list(probe.possible_agents)
-    episode_len = int(getattr(getattr(probe, "config", None), "rounds", 0) or 10)
-    probe.close()
+    face, spec = probe_spec(settings)
+    spec.load_state_path = module_state_path
+    agents = list(face.possible_agents)
+    episode_len = int(getattr(getattr(face.par_env, "config", None), "rounds", 0) or 10)
+    face.close()
     module_ids = agents if settings.per_robot else [SHARED_MODULE]
-    config_ref = settings.config if isinstance(settings.config, (str, dict)) else settings.config.model_dump()
-    env_config = {"config": config_ref, "overrides": dict(settings.overrides)}
+    env_config = env_config_of(settings)
     # Fragments of whole episodes: every robot's episode is `rounds` steps, so GAE sees true episode ends.
     n_runners = max(1, settings.num_env_runners) * settings.num_envs_per_env_runner
     per_runner_env_steps = max(episode_len, settings.train_batch_size // (len(agents) * n_runners))
@@ -171,9 +196,9 @@ def build_ppo_config(settings: TrainSettings):
                      num_cpus_per_env_runner=settings.num_cpus_per_env_runner,
                      rollout_fragment_length=int(math.ceil(per_runner_env_steps / settings.num_envs_per_env_runner)),
                      batch_mode="complete_episodes")
-        .learners(num_learners=settings.num_learners, num_gpus_per_learner=settings.num_gpus_per_learner)
-        .training(learner_class=MaskedPPOTorchLearner,  # advantages standardised over real rows (ppo_learner.py)
-                  lr=settings.lr, gamma=settings.gamma, lambda_=settings.lambda_, entropy_coeff=settings.entropy_coeff,
+        .learners(num_learners=settings.num_learners, num_gpus_per_learner=settings.num_gpus_per_learner,
+                  learner_class=MaskedPPOTorchLearner)  # advantages standardised over real rows (ppo_learner.py)
+        .training(lr=settings.lr, gamma=settings.gamma, lambda_=settings.lambda_, entropy_coeff=settings.entropy_coeff,
                   train_batch_size_per_learner=settings.train_batch_size // max(1, settings.num_learners),
                   minibatch_size=settings.minibatch_size, num_epochs=settings.num_epochs)
         .debugging(seed=settings.seed, log_level="ERROR")
@@ -235,6 +260,12 @@ def init_ray(address: str | None, torch_threads: int | None = None) -> None:
                  runtime_env={"env_vars": {DATA_DIR_ENV_VAR: data_dir}} if data_dir else None)
 
 
+def ray_version() -> str:
+    import ray
+
+    return ray.__version__
+
+
 def write_meta(checkpoint: Path, settings: TrainSettings, extra: dict) -> None:
     meta = {"framework": "rllib", "algo": "ppo", "settings": {k: v for k, v in asdict(settings).items()
                                                                if k not in ("progress",)}}
@@ -274,9 +305,16 @@ def train(settings: TrainSettings, log=print) -> dict:
         return tune_sweep(settings, log)
     set_torch_threads(settings.torch_threads)
     init_ray(settings.ray_address, settings.torch_threads)
-    config = build_ppo_config(settings)
     run_dir = run_dir_for(settings, "ppo")
     checkpoint = run_dir / "checkpoint"
+    module_state_path, imitation = None, None
+    wall_start = time.perf_counter()
+    if settings.imitate and not settings.resume:
+        from .imitation import warm_start
+
+        spec, imitation = warm_start(probe_spec(settings)[1], settings, run_dir, log)
+        module_state_path = spec.load_state_path
+    config = build_ppo_config(settings, module_state_path)
     algo = config.build_algo()
     if settings.resume:
         resume = Path(settings.resume)
@@ -314,7 +352,9 @@ def train(settings: TrainSettings, log=print) -> dict:
         algo.save_to_path(str(checkpoint.resolve()))
         elapsed = time.perf_counter() - started
         write_meta(checkpoint, settings, {"iteration": algo.iteration, "agent_steps": history[-1]["agent_steps"]
-                                          if history else 0, "train_time_s": elapsed})
+                                          if history else 0, "train_time_s": elapsed, "imitation": imitation,
+                                          "total_time_s": time.perf_counter() - wall_start,
+                                          "ray_version": ray_version()})
     finally:
         writer.close()
         algo.stop()

@@ -476,3 +476,96 @@ def test_training_warns_about_configs_that_train_classifiers_every_episode():
     hints = slow_training_hints(TrainSettings(config="default", overrides={"final_accuracy": True,
                                                                            "perception.retrain_every": 2}))
     assert any("final_accuracy=false" in h for h in hints) and any("retrain_every=0" in h for h in hints)
+
+
+# -- centralised critic and imitation warm start ----------------------------------------------------------------
+def _central_module():
+    from agents.rllib_train import TrainSettings, probe_spec
+
+    face, spec = probe_spec(TrainSettings(config="default", overrides=dict(SMALL), hidden=(16,), critic="central"))
+    return face, spec.build()
+
+
+def test_central_critic_reads_the_global_state_and_the_actor_does_not():
+    from ray.rllib.core.columns import Columns
+
+    face, module = _central_module()
+    obs, _ = face.reset(seed=0)
+    own_dim = face.par_env.observation_space("robot_0").shape[0]
+    state = face.par_env.state()
+    assert face.observation_spaces["robot_0"].shape == (own_dim + len(state),)
+    x = torch.as_tensor(np.stack(list(obs.values())))
+    np.testing.assert_array_equal(x[:, own_dim:].numpy(), np.broadcast_to(state, (len(x), len(state))))
+    assert all(face.observation_spaces[a].contains(obs[a]) for a in obs)
+    blank = x.clone()
+    blank[:, own_dim:] = 0.0
+    with torch.no_grad():
+        logits = module.forward_inference({Columns.OBS: x})[Columns.ACTION_DIST_INPUTS]
+        logits_blank = module.forward_inference({Columns.OBS: blank})[Columns.ACTION_DIST_INPUTS]
+        values, values_blank = module.compute_values({Columns.OBS: x}), module.compute_values({Columns.OBS: blank})
+    torch.testing.assert_close(logits, logits_blank)  # the actor is decentralised
+    assert not torch.allclose(values, values_blank)  # the critic sees the fleet
+
+
+def test_central_critic_needs_a_scenario_with_a_state_and_the_scoring_module():
+    from agents.rllib_train import TrainSettings, module_spec
+
+    import datagames_env
+
+    with pytest.raises(ValueError, match="--critic central needs"):
+        module_spec(datagames_env.parallel_env(**SMALL), TrainSettings(critic="central", model="mlp"))
+    with pytest.raises(ValueError, match="--critic: 'global'"):
+        module_spec(datagames_env.parallel_env(**SMALL), TrainSettings(critic="global"))
+
+
+def test_behaviour_cloning_fits_the_expert_counts():
+    from agents.imitation import behaviour_clone, collect_expert_data, multinomial_nll
+    from agents.rllib_train import TrainSettings, probe_spec
+    from ray.rllib.core.columns import Columns
+
+    data = collect_expert_data("default", dict(SMALL), "oracle", episodes=4, gamma=0.99)
+    n_steps = 4 * SMALL["rounds"] * SMALL["n_robots"]
+    assert data["obs"].shape[0] == data["counts"].shape[0] == data["returns"].shape[0] == n_steps
+    assert (data["counts"].sum(axis=1) <= SMALL["n_cache"]).all() and data["counts"].sum() > 0
+    module = probe_spec(TrainSettings(config="default", overrides=dict(SMALL), hidden=(16,)))[1].build()
+    obs, counts = torch.as_tensor(data["obs"]), torch.as_tensor(data["counts"])
+    with torch.no_grad():
+        before = multinomial_nll(module._forward({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS], counts).item()
+    fit = behaviour_clone(module, data, epochs=60, lr=3e-3, batch_size=32)
+    assert fit["nll"] < 0.8 * before
+    with pytest.raises(ValueError, match="--imitate: 'expert'"):
+        collect_expert_data("default", dict(SMALL), "expert", episodes=1, gamma=0.99)
+
+
+@ray_group
+def test_central_critic_with_imitation_warm_start_trains_and_evaluates(tmp_path, fresh_ray):
+    """The warm-started module is what PPO starts from (RLModuleSpec.load_state_path), and a centralised-critic
+    checkpoint evaluates in the harness from the robots' own observations."""
+    import ray
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    from agents.rllib_train import TrainSettings, train
+
+    settings = TrainSettings(config="default", overrides=dict(SMALL), iterations=1, train_batch_size=90,
+                             minibatch_size=45, num_epochs=1, out=str(tmp_path), run_name="cc", progress=False,
+                             critic="central", imitate="oracle", imitation_episodes=3, imitation_epochs=2, lr=1e-12)
+    try:
+        result = train(settings, log=lambda *a: None)
+    finally:
+        ray.shutdown()
+    run_dir = Path(result["run_dir"])
+    meta = json.loads((Path(result["checkpoint"]) / "datagames_meta.json").read_text())
+    assert meta["imitation"]["expert"] == "oracle" and meta["settings"]["critic"] == "central"
+    assert meta["ray_version"] == ray.__version__
+    cloned = RLModule.from_checkpoint(str(run_dir / "imitation_module"))
+    trained = RLModule.from_checkpoint(str(Path(result["checkpoint"]) / "learner_group" / "learner" / "rl_module"
+                                           / "shared"))
+    x = torch.rand(5, cloned.observation_space.shape[0])
+    with torch.no_grad():  # lr 1e-12: one PPO update cannot move the weights visibly
+        torch.testing.assert_close(trained.forward_inference({Columns.OBS: x})[Columns.ACTION_DIST_INPUTS],
+                                   cloned.forward_inference({Columns.OBS: x})[Columns.ACTION_DIST_INPUTS],
+                                   atol=1e-5, rtol=1e-4)
+    payload = evaluate("default", ["greedy", f"rllib:{result['checkpoint']}"], [0], tmp_path / "ev", workers=1,
+                       progress=False, **SMALL)
+    assert all(np.isfinite(e["final_distance"]) for e in payload["episodes"])
