@@ -36,7 +36,9 @@ from torch import nn
 # the allocation-mode context blocks, in the environment's order (env.obs_layout)
 CLASS_BLOCKS = ("cloud_hist", "target", "gap", "predicted_hist", "estimated_mix", "class_accuracy", "purity",
                 "gap_fill")
-DISTRIBUTION_BLOCKS = ("cloud_hist", "target", "gap", "predicted_hist", "estimated_mix", "gap_fill")
+# blocks whose per-class values are O(1/C) (rescaled by C); the message blocks of agents.comm are gaps too
+DISTRIBUTION_BLOCKS = ("cloud_hist", "target", "gap", "predicted_hist", "estimated_mix", "gap_fill", "others_intent",
+                       "residual_fill")
 
 
 def _mlp(sizes: list[int], out_gain: float = 1.0) -> nn.Sequential:
@@ -143,11 +145,14 @@ class ClassScoringModule(_ScoringBase):
     def setup(self) -> None:
         _require(self.model_config, ("n_classes",), "ClassScoringModule")
         self.n_classes = int(self.model_config["n_classes"])
-        self._setup_critic_split(len(CLASS_BLOCKS) * self.n_classes + 1)
-        self.context_dim = 1 + len(CLASS_BLOCKS)  # rounds left + the mean of each block
-        scale = [float(self.n_classes) if b in DISTRIBUTION_BLOCKS else 1.0 for b in CLASS_BLOCKS]
+        # class blocks first, then scalars (rounds_left; sweeps_left with messages, agents.comm)
+        self.class_blocks = tuple(self.model_config.get("class_blocks") or CLASS_BLOCKS)
+        self.n_scalars = int(self.model_config.get("n_scalars", 1))
+        self._setup_critic_split(len(self.class_blocks) * self.n_classes + self.n_scalars)
+        self.context_dim = self.n_scalars + len(self.class_blocks)  # the scalars + the mean of each block
+        scale = [float(self.n_classes) if b in DISTRIBUTION_BLOCKS else 1.0 for b in self.class_blocks]
         self.register_buffer("block_scale", torch.tensor(scale), persistent=False)
-        self._setup_heads(len(CLASS_BLOCKS), self.context_dim)
+        self._setup_heads(len(self.class_blocks), self.context_dim)
         # n_cache uploads over the classes: a multinomial of the class logits (agents.distributions), unless told
         # otherwise (a Gaussian on the shares)
         self.allocate_n = self.model_config.get("allocate_n")
@@ -162,9 +167,9 @@ class ClassScoringModule(_ScoringBase):
         return {Columns.ACTION_DIST_INPUTS: self._scores(batch[Columns.OBS])}  # class logits
 
     def _items(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.n_classes
-        per_class = obs[..., :len(CLASS_BLOCKS) * c].reshape(*obs.shape[:-1], len(CLASS_BLOCKS), c).transpose(-1, -2)
+        c, k = self.n_classes, len(self.class_blocks)
+        per_class = obs[..., :k * c].reshape(*obs.shape[:-1], k, c).transpose(-1, -2)
         # distributions over C classes are O(1/C) per class: rescale so a uniform class reads 1, as accuracy does
         per_class = per_class * self.block_scale
-        context = torch.cat([obs[..., -1:], per_class.mean(dim=-2)], dim=-1)
+        context = torch.cat([obs[..., k * c:k * c + self.n_scalars], per_class.mean(dim=-2)], dim=-1)
         return context, per_class

@@ -86,11 +86,33 @@ class RLlibCheckpointPolicy(_CheckpointPolicy):
         # a centralised critic's module reads [own observation, global state]; its actor reads only the first part,
         # so acting needs no state: the slot is filled with zeros (the policy stays decentralised)
         self.state_dim = int(getattr(first, "state_dim", 0) or 0)
-        _check_space(env, (first.observation_space.shape[0] - self.state_dim,), self.path)
-        self.action_space = env.action_space(env.possible_agents[0])
         self.meta = _read_meta(self.path)
+        # learned communication: the module was trained on observations with the message blocks (agents.comm)
+        self.message_sweeps = int(self.meta.get("settings", {}).get("message_sweeps", 0) or 0)
+        message_dim = 2 * env.n_classes + 1 if self.message_sweeps else 0
+        _check_space(env, (first.observation_space.shape[0] - self.state_dim - message_dim,), self.path)
+        if self.message_sweeps:
+            self.gap_slice, self.n_classes = env.obs_layout["gap"], env.n_classes
+        self.action_space = env.action_space(env.possible_agents[0])
+        self.last_stats: dict = {}
 
     def act(self, observations: dict, infos: dict) -> dict:
+        if not self.message_sweeps:
+            return self._decide(observations)
+        from .comm import MessageSweeps
+
+        agents = list(observations)
+        protocol = MessageSweeps(self.message_sweeps, observations, infos, agents, self.gap_slice, self.n_classes)
+        while True:
+            rows = protocol.observations()
+            actions = self._decide({a: rows[k] for k, a in enumerate(agents)})
+            if protocol.executing:
+                break
+            protocol.announce(np.stack([actions[a] for a in agents]))
+        self.last_stats = {"messages": protocol.message_count(), "sweeps": self.message_sweeps}
+        return actions
+
+    def _decide(self, observations: dict) -> dict:
         from ray.rllib.core.columns import Columns
 
         actions = {}

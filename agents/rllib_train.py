@@ -64,6 +64,7 @@ class TrainSettings:
     imitate: str | None = None           # behaviour-clone this analytic policy before PPO (agents.imitation)
     imitation_episodes: int = 100
     imitation_epochs: int = 30
+    message_sweeps: int = 0              # learned communication: K announcement sweeps per round (agents.comm)
 
 
 def env_layout(par_env) -> dict:
@@ -129,6 +130,13 @@ def module_spec(par_env, settings: TrainSettings):
     config.update(hidden=list(settings.hidden), initial_log_std=settings.initial_log_std)
     if settings.critic == "central":
         config["state_dim"] = int(par_env.state_space.shape[0])
+    if settings.message_sweeps:
+        if layout["kind"] != "classes":
+            raise ValueError("--message-sweeps needs the class-scoring module (datagames, action_mode allocation)")
+        from .comm import MESSAGE_BLOCKS
+        from .modules import CLASS_BLOCKS
+
+        config.update(class_blocks=list(CLASS_BLOCKS + MESSAGE_BLOCKS), n_scalars=2)
     if settings.selection_dist == "gaussian":
         config.pop("select_k", None)
     if settings.allocation_dist == "gaussian":
@@ -162,7 +170,8 @@ def probe_spec(settings: TrainSettings):
 
 def env_config_of(settings: TrainSettings) -> dict:
     config_ref = settings.config if isinstance(settings.config, (str, dict)) else settings.config.model_dump()
-    return {"config": config_ref, "overrides": dict(settings.overrides), "global_state": settings.critic == "central"}
+    return {"config": config_ref, "overrides": dict(settings.overrides), "global_state": settings.critic == "central",
+            "message_sweeps": settings.message_sweeps}
 
 
 def build_ppo_config(settings: TrainSettings, module_state_path: str | None = None):
@@ -178,7 +187,8 @@ def build_ppo_config(settings: TrainSettings, module_state_path: str | None = No
     face, spec = probe_spec(settings)
     spec.load_state_path = module_state_path
     agents = list(face.possible_agents)
-    episode_len = int(getattr(getattr(face.par_env, "config", None), "rounds", 0) or 10)
+    # an episode is `rounds` decisions per robot, (K + 1) per round with K message sweeps
+    episode_len = int(getattr(getattr(face.par_env, "config", None), "rounds", 0) or 10) * (1 + settings.message_sweeps)
     face.close()
     module_ids = agents if settings.per_robot else [SHARED_MODULE]
     env_config = env_config_of(settings)

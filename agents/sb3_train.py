@@ -39,6 +39,10 @@ def train_sb3(settings: TrainSettings, log=print) -> dict:
         raise ValueError("--algo sb3-ppo trains the datagames scenario; use --algo ppo (RLlib) for p2p and dual")
     if settings.per_robot:
         raise ValueError("--per-robot is RLlib only: SB3 shares one policy across the robot rows")
+    rllib_only = {"--critic central": settings.critic != "local", "--imitate": settings.imitate,
+                  "--message-sweeps": settings.message_sweeps}
+    if any(rllib_only.values()):
+        raise ValueError(f"{', '.join(k for k, v in rllib_only.items() if v)}: RLlib only (--algo ppo)")
     for hint in slow_training_hints(settings):
         log(f"note: {hint}")
     set_torch_threads(settings.torch_threads)

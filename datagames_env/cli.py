@@ -132,7 +132,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_gpus_per_learner=args.num_gpus_per_learner, ray_address=args.ray_address, tune=args.tune,
         seed=args.seed, lr=args.lr, train_batch_size=args.train_batch_size, minibatch_size=args.minibatch_size,
         num_epochs=args.num_epochs, entropy_coeff=args.entropy_coeff, initial_log_std=args.initial_log_std, out=args.out, run_name=args.name,
-        resume=args.resume, checkpoint_every=args.checkpoint_every, torch_threads=args.torch_threads or None)
+        resume=args.resume, checkpoint_every=args.checkpoint_every, torch_threads=args.torch_threads or None,
+        critic=args.critic, imitate=args.imitate, imitation_episodes=args.imitation_episodes,
+        imitation_epochs=args.imitation_epochs, message_sweeps=args.message_sweeps)
     if args.algo == "ppo":
         from agents.rllib_train import train
     else:
@@ -188,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--allocation-dist", default="multinomial", choices=["multinomial", "gaussian"],
                     help="allocation mode: n_cache multinomial draws over classes (default) or a Gaussian on shares")
     tr.add_argument("--per-robot", action="store_true", help="one module per robot instead of parameter sharing")
+    tr.add_argument("--critic", default="local", choices=["local", "central"],
+                    help="value function: local (the robot's observation) or central (MAPPO style: + the global "
+                         "state; the actor still reads only its own observation)")
+    tr.add_argument("--imitate", default=None, choices=["oracle", "interactive", "interactive-sum", "greedy"],
+                    help="warm start: behaviour-clone this analytic policy's upload counts before PPO")
+    tr.add_argument("--imitation-episodes", type=int, default=100, help="expert episodes for --imitate")
+    tr.add_argument("--imitation-epochs", type=int, default=30, help="behaviour-cloning epochs for --imitate")
+    tr.add_argument("--message-sweeps", type=int, default=0, choices=[0, 1, 2, 3],
+                    help="learned communication: K sweeps of intended-contribution messages before acting")
     tr.add_argument("--num-env-runners", type=int, default=0, help="sampling actors (0: sample in the driver)")
     tr.add_argument("--num-envs-per-env-runner", type=int, default=1,
                     help="environments per runner (sb3-ppo: environments of the vector core)")

@@ -569,3 +569,62 @@ def test_central_critic_with_imitation_warm_start_trains_and_evaluates(tmp_path,
     payload = evaluate("default", ["greedy", f"rllib:{result['checkpoint']}"], [0], tmp_path / "ev", workers=1,
                        progress=False, **SMALL)
     assert all(np.isfinite(e["final_distance"]) for e in payload["episodes"])
+
+
+# -- learned communication ---------------------------------------------------------------------------------------
+def test_message_sweeps_announce_intents_and_execute_once_per_round():
+    from agents.comm import message_blocks, upload_counts
+
+    env = RLlibMultiAgentEnv({"config": "default", "overrides": dict(SMALL), "message_sweeps": 2})
+    par = env.par_env
+    c = par.n_classes
+    obs, _ = env.reset(seed=4)
+    own_dim = par.observation_space("robot_0").shape[0]
+    assert env.observation_spaces["robot_0"].shape == (own_dim + 2 * c + 1,)
+    first = np.stack([obs[a] for a in env.possible_agents])
+    np.testing.assert_array_equal(first[:, 8 * c:10 * c], 0.0)  # no messages before the first sweep
+    assert (first[:, -1] == 1.0).all()  # sweeps left
+    # what the robots would read after announcing these shares: the others' summed intents, from their own infos
+    infos = par._infos()
+    shares = np.random.default_rng(0).random((SMALL["n_robots"], c))
+    counts = upload_counts(shares, np.stack([infos[a]["available"] for a in env.possible_agents]), SMALL["n_cache"])
+    feasible = np.stack([infos[a]["feasible_matrix"] for a in env.possible_agents])
+    expected = message_blocks(first[0, par.obs_layout["gap"]], feasible, counts, float(par.core.target_counts.sum()))
+    intents = np.einsum("nyj,nj->ny", feasible, counts) / par.core.target_counts.sum()
+    np.testing.assert_allclose(expected[1, :c], intents[0] + intents[2])  # robot_1 reads robots 0 and 2
+    cloud_before = par.core.cloud_counts.copy()
+    obs, rewards, terms, _, _ = env.step({a: shares[k] for k, a in enumerate(env.possible_agents)})
+    np.testing.assert_array_equal(par.core.cloud_counts, cloud_before)  # an announcement uploads nothing
+    assert set(rewards.values()) == {0.0} and not terms["__all__"]
+    second = np.stack([obs[a] for a in env.possible_agents])
+    np.testing.assert_allclose(second[:, 8 * c:10 * c], expected, rtol=1e-5, atol=1e-6)
+    assert (second[:, -1] == 0.5).all()
+    decisions = 1
+    while True:
+        obs, rewards, terms, _, _ = env.step({a: env.action_spaces[a].sample() for a in obs})
+        decisions += 1
+        if terms["__all__"]:
+            break
+    assert decisions == 3 * SMALL["rounds"] and not env.agents
+    with pytest.raises(ValueError, match="message_sweeps must be in 0..3"):
+        RLlibMultiAgentEnv({"config": "default", "overrides": dict(SMALL), "message_sweeps": 5})
+
+
+@ray_group
+def test_learned_communication_trains_and_reports_messages_in_the_harness(tmp_path, fresh_ray):
+    import ray
+
+    from agents.rllib_train import TrainSettings, train
+
+    settings = TrainSettings(config="default", overrides=dict(SMALL), iterations=1, train_batch_size=90,
+                             minibatch_size=45, num_epochs=1, out=str(tmp_path), run_name="comm", progress=False,
+                             message_sweeps=1)
+    try:
+        result = train(settings, log=lambda *a: None)
+    finally:
+        ray.shutdown()
+    payload = evaluate("default", ["interactive-sum", f"rllib:{result['checkpoint']}"], [0], tmp_path / "ev",
+                       workers=1, progress=False, **SMALL)
+    learned = next(e for e in payload["episodes"] if e["policy"].startswith("rllib:"))
+    assert np.isfinite(learned["final_distance"])
+    assert learned["messages"] == 2 * SMALL["n_robots"] * 1 * SMALL["rounds"]  # 2N per sweep, one sweep a round
