@@ -25,9 +25,17 @@ EXPERTS = ("oracle", "interactive", "interactive-sum", "greedy")
 
 
 def collect_expert_data(config: Any, overrides: dict, expert: str, episodes: int, gamma: float,
-                        first_seed: int = IMITATION_FIRST_SEED, with_state: bool = False) -> dict[str, np.ndarray]:
+                        first_seed: int = IMITATION_FIRST_SEED, with_state: bool = False,
+                        progress: bool = False, message_sweeps: int = 0) -> dict[str, np.ndarray]:
     """``{"obs": (M, obs_dim), "counts": (M, C), "returns": (M,)}`` over every robot-step of ``episodes`` episodes,
-    and ``"state"`` (M, state_dim), the global state at each step, with ``with_state`` (centralised critics)."""
+    and ``"state"`` (M, state_dim), the global state at each step, with ``with_state`` (centralised critics).
+
+    With ``message_sweeps`` K (learned communication, :mod:`agents.comm`) every robot-step gives K + 1 rows, one per
+    decision of the round, all labelled with the expert's counts; the messages the robots read are the expert's
+    counts announced by the others (teacher forcing), so the policy learns to announce what it will do and to
+    adjust to what the others announce."""
+    from .comm import MessageSweeps
+
     from datagames_env.policy import make_policy
     from datagames_env.scenarios import make_parallel_env, scenario_of
 
@@ -40,7 +48,9 @@ def collect_expert_data(config: Any, overrides: dict, expert: str, episodes: int
         raise ValueError("--imitate: behaviour cloning is built for action_mode allocation (class counts)")
     policy = make_policy(expert, env)
     obs_rows, count_rows, returns, states = [], [], [], []
-    for episode in range(episodes):
+    from rich.progress import track
+
+    for episode in track(range(episodes), description=f"imitation: {expert} episodes", disable=not progress):
         seed = first_seed + episode
         observations, infos = env.reset(seed=seed)
         policy.reset(seed)
@@ -50,17 +60,27 @@ def collect_expert_data(config: Any, overrides: dict, expert: str, episodes: int
             actions = policy.act(observations, infos)
             shares = np.stack([np.clip(np.asarray(actions[a], dtype=np.float64), 0.0, 1.0) for a in agents])
             counts = env.core.upload_counts(shares[None])[0]  # what the environment will upload, per class
-            obs_rows.append(np.stack([observations[a] for a in agents]))
+            decisions = [np.stack([observations[a] for a in agents])]
+            if message_sweeps:
+                protocol = MessageSweeps(message_sweeps, observations, infos, agents, env.obs_layout["gap"],
+                                         env.n_classes)
+                decisions = [protocol.observations()]
+                while not protocol.executing:
+                    protocol.announce(shares)
+                    decisions.append(protocol.observations())
+            obs_rows.extend(decisions)
             if with_state:
-                states.append(np.repeat(np.asarray(env.state(), dtype=np.float32)[None], len(agents), axis=0))
-            count_rows.append(counts.astype(np.float32))
+                state = np.repeat(np.asarray(env.state(), dtype=np.float32)[None], len(agents), axis=0)
+                states.extend([state] * len(decisions))
+            count_rows.extend([counts.astype(np.float32)] * len(decisions))
             observations, rewards, _, _, infos = env.step(actions)
             rewards_of_episode.append(float(rewards[agents[0]]))
         to_go, running = [], 0.0
         for reward in reversed(rewards_of_episode):
             running = reward + gamma * running
             to_go.append(running)
-        returns.extend(np.repeat(np.asarray(to_go[::-1], dtype=np.float32)[:, None], env.config.n_robots, axis=1))
+        per_step = np.repeat(np.asarray(to_go[::-1], dtype=np.float32)[:, None], env.config.n_robots, axis=1)
+        returns.extend(np.repeat(per_step, 1 + message_sweeps, axis=0))  # rows: round-major, decision-minor
     env.close()
     data = {"obs": np.concatenate(obs_rows).astype(np.float32), "counts": np.concatenate(count_rows),
             "returns": np.concatenate(returns).astype(np.float32)}
@@ -115,9 +135,11 @@ def warm_start(spec, settings, run_dir: Path, log=print) -> tuple[Any, dict]:
     """Behaviour-clone ``settings.imitate`` into a fresh module of ``spec``; return the spec with
     ``load_state_path`` set, and a summary for the run's metadata."""
     started = time.perf_counter()
-    log(f"imitation: {settings.imitation_episodes} {settings.imitate} episodes (seeds from {IMITATION_FIRST_SEED})")
+    first_seed = IMITATION_FIRST_SEED + 10_000 * settings.seed  # each training seed clones its own expert episodes
+    log(f"imitation: {settings.imitation_episodes} {settings.imitate} episodes (seeds from {first_seed})")
     data = collect_expert_data(settings.config, settings.overrides, settings.imitate, settings.imitation_episodes,
-                               settings.gamma, with_state=settings.critic == "central")
+                               settings.gamma, first_seed, with_state=settings.critic == "central",
+                               progress=settings.progress, message_sweeps=settings.message_sweeps)
     collect_s = time.perf_counter() - started
     module = spec.build()
     if not hasattr(module, "allocate_n") or not module.allocate_n:
@@ -127,7 +149,8 @@ def warm_start(spec, settings, run_dir: Path, log=print) -> tuple[Any, dict]:
     path = run_dir / "imitation_module"
     module.save_to_path(str(path.resolve()))
     spec.load_state_path = str(path.resolve())
-    summary = {"expert": settings.imitate, "episodes": settings.imitation_episodes, "robot_steps": len(data["obs"]),
+    summary = {"expert": settings.imitate, "episodes": settings.imitation_episodes, "first_seed": first_seed,
+               "robot_steps": len(data["obs"]),
                "collect_s": collect_s, "fit_s": time.perf_counter() - started - collect_s, **fit}
     log(f"imitation: {len(data['obs']):,} robot-steps, multinomial NLL {fit['nll']:.3f}, value MSE "
         f"{fit['value_mse']:.4f} ({summary['collect_s']:.0f} s playing, {summary['fit_s']:.0f} s fitting)")

@@ -628,3 +628,19 @@ def test_learned_communication_trains_and_reports_messages_in_the_harness(tmp_pa
     learned = next(e for e in payload["episodes"] if e["policy"].startswith("rllib:"))
     assert np.isfinite(learned["final_distance"])
     assert learned["messages"] == 2 * SMALL["n_robots"] * 1 * SMALL["rounds"]  # 2N per sweep, one sweep a round
+
+
+def test_imitation_data_with_message_sweeps_teacher_forces_the_announcements():
+    from agents.imitation import collect_expert_data
+
+    plain = collect_expert_data("default", dict(SMALL), "interactive", episodes=1, gamma=0.99)
+    sweeps = collect_expert_data("default", dict(SMALL), "interactive", episodes=1, gamma=0.99, message_sweeps=2)
+    n, c = SMALL["n_robots"], 10
+    assert len(sweeps["obs"]) == 3 * len(plain["obs"]) == len(sweeps["counts"]) == len(sweeps["returns"])
+    rows = sweeps["obs"].reshape(SMALL["rounds"], 3, n, -1)
+    np.testing.assert_array_equal(rows[:, 0, :, 8 * c:10 * c], 0.0)  # the first decision reads no messages
+    assert np.abs(rows[:, 1:, :, 8 * c:9 * c]).sum() > 0  # later ones read the others' announced counts
+    np.testing.assert_array_equal(rows[:, :, :, :8 * c], plain["obs"].reshape(SMALL["rounds"], 1, n, -1)[..., :8 * c]
+                                  .repeat(3, axis=1))
+    np.testing.assert_array_equal(sweeps["counts"].reshape(SMALL["rounds"], 3, n, c),
+                                  plain["counts"].reshape(SMALL["rounds"], 1, n, c).repeat(3, axis=1))
