@@ -192,9 +192,12 @@ def build_ppo_config(settings: TrainSettings, module_state_path: str | None = No
     face.close()
     module_ids = agents if settings.per_robot else [SHARED_MODULE]
     env_config = env_config_of(settings)
-    # Fragments of whole episodes: every robot's episode is `rounds` steps, so GAE sees true episode ends.
-    n_runners = max(1, settings.num_env_runners) * settings.num_envs_per_env_runner
-    per_runner_env_steps = max(episode_len, settings.train_batch_size // (len(agents) * n_runners))
+    # Fragments of whole episodes (in agent steps: every robot acts every step), so GAE sees true episode ends.
+    # Not batch_mode="complete_episodes": RLlib 2.60's env runner then re-seeds the env with the same seed at every
+    # sample() call, so every training episode replays one seed (one class-mix draw) and the policy overfits it.
+    episode_agent_steps = episode_len * len(agents)
+    n_envs = max(1, settings.num_env_runners) * settings.num_envs_per_env_runner
+    per_env_agent_steps = episode_agent_steps * max(1, math.ceil(settings.train_batch_size / (n_envs * episode_agent_steps)))
     config = (
         PPOConfig()
         .environment(env_name, env_config=env_config, disable_env_checking=False)
@@ -204,8 +207,7 @@ def build_ppo_config(settings: TrainSettings, module_state_path: str | None = No
         .env_runners(num_env_runners=settings.num_env_runners,
                      num_envs_per_env_runner=settings.num_envs_per_env_runner,
                      num_cpus_per_env_runner=settings.num_cpus_per_env_runner,
-                     rollout_fragment_length=int(math.ceil(per_runner_env_steps / settings.num_envs_per_env_runner)),
-                     batch_mode="complete_episodes")
+                     rollout_fragment_length=int(per_env_agent_steps), batch_mode="truncate_episodes")
         .learners(num_learners=settings.num_learners, num_gpus_per_learner=settings.num_gpus_per_learner,
                   learner_class=MaskedPPOTorchLearner)  # advantages standardised over real rows (ppo_learner.py)
         .training(lr=settings.lr, gamma=settings.gamma, lambda_=settings.lambda_, entropy_coeff=settings.entropy_coeff,

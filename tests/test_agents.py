@@ -248,6 +248,27 @@ def test_rllib_learner_standardises_advantages_over_real_rows_of_short_episodes(
 
 
 @ray_group
+def test_rllib_training_episodes_are_fresh_draws_not_one_replayed_seed(fresh_ray):
+    """RLlib 2.60 with batch_mode complete_episodes re-seeds the env with the same seed at every sample() call, so
+    every training episode replayed one seed; the training config must sample new episodes (new class mixes)."""
+    import ray
+
+    from agents.rllib_train import TrainSettings, build_ppo_config, init_ray
+
+    init_ray(None, 1)
+    algo = build_ppo_config(TrainSettings(config="default", overrides=dict(SMALL), train_batch_size=90,
+                                          minibatch_size=45, num_epochs=1, progress=False)).build_algo()
+    try:
+        episodes = [e for _ in range(3) for e in algo.env_runner.sample()]
+        assert all(e.is_done and len(e) == SMALL["rounds"] for e in episodes)  # fragments are whole episodes
+        firsts = {np.asarray(e.agent_episodes["robot_0"].get_observations(0)).tobytes() for e in episodes}
+        assert len(firsts) == len(episodes) == 3 * 90 // (SMALL["rounds"] * SMALL["n_robots"])
+    finally:
+        algo.stop()
+        ray.shutdown()
+
+
+@ray_group
 def test_rllib_training_writes_checkpoint_history_and_tensorboard(rllib_run):
     _settings, result = rllib_run
     history = result["history"]
