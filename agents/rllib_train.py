@@ -60,6 +60,7 @@ class TrainSettings:
     checkpoint_every: int = 10
     torch_threads: int | None = 1        # tiny networks: one thread is fastest, and never spins on busy cores
     progress: bool = True
+    env_runner_resources: dict = field(default_factory=dict)  # custom Ray resources per env runner: node placement
 
 
 def env_layout(par_env) -> dict:
@@ -169,6 +170,7 @@ def build_ppo_config(settings: TrainSettings):
         .env_runners(num_env_runners=settings.num_env_runners,
                      num_envs_per_env_runner=settings.num_envs_per_env_runner,
                      num_cpus_per_env_runner=settings.num_cpus_per_env_runner,
+                     custom_resources_per_env_runner=dict(settings.env_runner_resources),
                      rollout_fragment_length=int(math.ceil(per_runner_env_steps / settings.num_envs_per_env_runner)),
                      batch_mode="complete_episodes")
         .learners(num_learners=settings.num_learners, num_gpus_per_learner=settings.num_gpus_per_learner)
