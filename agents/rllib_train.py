@@ -37,7 +37,7 @@ class TrainSettings:
     allocation_dist: str = "multinomial"   # allocation mode: multinomial (n_cache draws) | gaussian (shares)
     per_robot: bool = False
     num_env_runners: int = 0
-    num_envs_per_env_runner: int = 1
+    num_envs_per_env_runner: int = 0     # 0: auto (auto_num_envs)
     num_learners: int = 0
     num_gpus_per_learner: float = 0.0
     num_cpus_per_env_runner: float = 1.0
@@ -139,6 +139,14 @@ def _own_policy(agent_id, episode=None, **kwargs) -> str:
     return str(agent_id)
 
 
+def auto_num_envs(batch_of, cap: int = 10) -> int:
+    """The most environments per runner, up to ``cap``, whose update batch ``batch_of(n)`` equals one
+    environment's: more environments step together and share each call of the module and of RLlib's connectors
+    (SB3: of the policy and the vector core), about 1.3x the agent steps per CPU second on `default` for both
+    (benchmarks/bench_training.py --compare), with the same batch and so the same updates."""
+    return max(n for n in range(1, cap + 1) if batch_of(n) == batch_of(1))
+
+
 def build_ppo_config(settings: TrainSettings):
     """The ``PPOConfig`` of a run (new API stack). Builds one environment in the driver to read spaces."""
     from ray.rllib.algorithms.ppo import PPOConfig
@@ -159,7 +167,11 @@ def build_ppo_config(settings: TrainSettings):
     config_ref = settings.config if isinstance(settings.config, (str, dict)) else settings.config.model_dump()
     env_config = {"config": config_ref, "overrides": dict(settings.overrides)}
     # Fragments of whole episodes: every robot's episode is `rounds` steps, so GAE sees true episode ends.
-    n_runners = max(1, settings.num_env_runners) * settings.num_envs_per_env_runner
+    runners = max(1, settings.num_env_runners)
+    # complete_episodes: each runner's sample() returns num_envs whole episodes, until the batch is full
+    num_envs = settings.num_envs_per_env_runner or auto_num_envs(
+        lambda n: math.ceil(settings.train_batch_size / (len(agents) * episode_len * runners * n)) * runners * n)
+    n_runners = runners * num_envs
     per_runner_env_steps = max(episode_len, settings.train_batch_size // (len(agents) * n_runners))
     config = (
         PPOConfig()
@@ -168,10 +180,10 @@ def build_ppo_config(settings: TrainSettings):
                      count_steps_by="agent_steps")
         .rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs={m: spec for m in module_ids}))
         .env_runners(num_env_runners=settings.num_env_runners,
-                     num_envs_per_env_runner=settings.num_envs_per_env_runner,
+                     num_envs_per_env_runner=num_envs,
                      num_cpus_per_env_runner=settings.num_cpus_per_env_runner,
                      custom_resources_per_env_runner=dict(settings.env_runner_resources),
-                     rollout_fragment_length=int(math.ceil(per_runner_env_steps / settings.num_envs_per_env_runner)),
+                     rollout_fragment_length=int(math.ceil(per_runner_env_steps / num_envs)),
                      batch_mode="complete_episodes")
         .learners(num_learners=settings.num_learners, num_gpus_per_learner=settings.num_gpus_per_learner)
         .training(learner_class=MaskedPPOTorchLearner,  # advantages standardised over real rows (ppo_learner.py)

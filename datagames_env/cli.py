@@ -202,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="allocation mode: n_cache multinomial draws over classes (default) or a Gaussian on shares")
     tr.add_argument("--per-robot", action="store_true", help="one module per robot instead of parameter sharing")
     tr.add_argument("--num-env-runners", type=int, default=0, help="sampling actors (0: sample in the driver)")
-    tr.add_argument("--num-envs-per-env-runner", type=int, default=1,
-                    help="environments per runner (sb3-ppo: environments of the vector core)")
+    tr.add_argument("--num-envs-per-env-runner", type=int, default=0,
+                    help="environments per runner (sb3-ppo: environments of the vector core); 0 (default): the "
+                         "most, up to 10, that keep the update's batch as with one")
     tr.add_argument("--num-learners", type=int, default=0, help="learner actors (0: learn in the driver)")
     tr.add_argument("--num-gpus-per-learner", type=float, default=0.0, help="GPUs per learner (cluster)")
     tr.add_argument("--ray-address", default=None, help="an existing Ray cluster ('auto', 'ray://host:10001')")

@@ -65,7 +65,8 @@ def test_train_through_ray_address_runs_the_env_runner_on_the_second_node(two_no
     assert {a["Address"]["NodeID"] for a in runners} == {worker.node_id} != {head_id}
     run = tmp_path / "cluster"
     history = json.loads((run / "history.json").read_text())
-    assert [h["iteration"] for h in history] == [1, 2] and history[-1]["agent_steps"] >= 2 * 90
+    # 90 agent steps per update, exactly as with one environment per runner (auto: 10 of 10 episodes)
+    assert [h["agent_steps"] for h in history] == [90, 180]
     meta = json.loads((run / "checkpoint" / "datagames_meta.json").read_text())
     assert meta["iteration"] == 2 and meta["settings"]["env_runner_resources"] == {RUNNER_RESOURCE: 1.0}
     assert (run / "checkpoint" / "learner_group").is_dir()  # RLlib's checkpoint, loadable by rllib:PATH
@@ -105,3 +106,24 @@ def test_cli_scaling_flags_reach_the_train_settings(monkeypatch, tmp_path):
     assert (settings.num_learners, settings.num_gpus_per_learner) == (2, 1.0)
     assert (settings.num_env_runners, settings.num_envs_per_env_runner) == (8, 4)
     assert settings.ray_address == "auto" and settings.env_runner_resources == {"sampler": 0.5, "big_node": 1.0}
+
+
+@pytest.mark.parametrize(("overrides", "rllib_envs", "sb3_envs"), [
+    ({}, 10, 10),                               # default: 20 episodes of 100 agent steps
+    ({"n_robots": 20, "rounds": 7}, 5, 7),      # the MNIST configs' fleet: 15 episodes (RLlib), 1,960 rows (SB3)
+])
+def test_auto_envs_per_runner_keep_the_update_batch(overrides, rllib_envs, sb3_envs):
+    """More environments per runner only batch the per-step work: the automatic choice never changes how many
+    agent steps an update trains on (RLlib: whole episodes until the batch is full; SB3: whole episodes per row)."""
+    from agents.rllib_train import TrainSettings, build_ppo_config
+    from agents.sb3_train import _rollout_steps, sb3_num_envs
+
+    settings = TrainSettings(config="default", overrides=overrides)
+    assert build_ppo_config(settings).num_envs_per_env_runner == rllib_envs
+    n, rounds = overrides.get("n_robots", 10), overrides.get("rounds", 10)
+    episode = n * rounds
+    assert -(-2000 // (episode * rllib_envs)) * rllib_envs == -(-2000 // episode)  # episodes per update
+    assert sb3_num_envs(settings) == sb3_envs
+    assert _rollout_steps(2000, sb3_envs * n, rounds) * sb3_envs == _rollout_steps(2000, n, rounds)
+    explicit = TrainSettings(config="default", overrides=overrides, num_envs_per_env_runner=1)
+    assert build_ppo_config(explicit).num_envs_per_env_runner == 1 and sb3_num_envs(explicit) == 1
