@@ -37,7 +37,7 @@ class TrainSettings:
     allocation_dist: str = "multinomial"   # allocation mode: multinomial (n_cache draws) | gaussian (shares)
     per_robot: bool = False
     num_env_runners: int = 0
-    num_envs_per_env_runner: int = 1
+    num_envs_per_env_runner: int = 0     # 0: auto (auto_num_envs)
     num_learners: int = 0
     num_gpus_per_learner: float = 0.0
     num_cpus_per_env_runner: float = 1.0
@@ -65,6 +65,7 @@ class TrainSettings:
     imitation_episodes: int = 100
     imitation_epochs: int = 30
     message_sweeps: int = 0              # learned communication: K announcement sweeps per round (agents.comm)
+    env_runner_resources: dict = field(default_factory=dict)  # custom Ray resources per env runner: node placement
 
 
 def env_layout(par_env) -> dict:
@@ -157,6 +158,14 @@ def _own_policy(agent_id, episode=None, **kwargs) -> str:
     return str(agent_id)
 
 
+def auto_num_envs(batch_of, cap: int = 10) -> int:
+    """The most environments per runner, up to ``cap``, whose update batch ``batch_of(n)`` equals one
+    environment's: more environments step together and share each call of the module and of RLlib's connectors
+    (SB3: of the policy and the vector core), about 1.3x the agent steps per CPU second on `default` for both
+    (benchmarks/bench_training.py --compare), with the same batch and so the same updates."""
+    return max(n for n in range(1, cap + 1) if batch_of(n) == batch_of(1))
+
+
 def probe_spec(settings: TrainSettings):
     """One environment of the run's face (in the driver) and its module spec with the face's spaces."""
     from .rllib_env import RLlibMultiAgentEnv
@@ -196,8 +205,12 @@ def build_ppo_config(settings: TrainSettings, module_state_path: str | None = No
     # Not batch_mode="complete_episodes": RLlib 2.60's env runner then re-seeds the env with the same seed at every
     # sample() call, so every training episode replays one seed (one class-mix draw) and the policy overfits it.
     episode_agent_steps = episode_len * len(agents)
-    n_envs = max(1, settings.num_env_runners) * settings.num_envs_per_env_runner
-    per_env_agent_steps = episode_agent_steps * max(1, math.ceil(settings.train_batch_size / (n_envs * episode_agent_steps)))
+    runners = max(1, settings.num_env_runners)
+
+    def per_env_agent_steps(n_envs: int) -> int:
+        return episode_agent_steps * max(1, math.ceil(settings.train_batch_size / (runners * n_envs * episode_agent_steps)))
+
+    num_envs = settings.num_envs_per_env_runner or auto_num_envs(lambda n: per_env_agent_steps(n) * runners * n)
     config = (
         PPOConfig()
         .environment(env_name, env_config=env_config, disable_env_checking=False)
@@ -205,9 +218,10 @@ def build_ppo_config(settings: TrainSettings, module_state_path: str | None = No
                      count_steps_by="agent_steps")
         .rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs={m: spec for m in module_ids}))
         .env_runners(num_env_runners=settings.num_env_runners,
-                     num_envs_per_env_runner=settings.num_envs_per_env_runner,
+                     num_envs_per_env_runner=num_envs,
                      num_cpus_per_env_runner=settings.num_cpus_per_env_runner,
-                     rollout_fragment_length=int(per_env_agent_steps), batch_mode="truncate_episodes")
+                     custom_resources_per_env_runner=dict(settings.env_runner_resources),
+                     rollout_fragment_length=per_env_agent_steps(num_envs), batch_mode="truncate_episodes")
         .learners(num_learners=settings.num_learners, num_gpus_per_learner=settings.num_gpus_per_learner,
                   learner_class=MaskedPPOTorchLearner)  # advantages standardised over real rows (ppo_learner.py)
         .training(lr=settings.lr, gamma=settings.gamma, lambda_=settings.lambda_, entropy_coeff=settings.entropy_coeff,

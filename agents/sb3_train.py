@@ -14,7 +14,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .rllib_train import META_FILE, TrainSettings, run_dir_for, set_torch_threads, slow_training_hints
+from .rllib_train import (META_FILE, TrainSettings, auto_num_envs, run_dir_for, set_torch_threads,
+                          slow_training_hints)
 
 MODEL_FILE = "model.zip"
 
@@ -24,6 +25,23 @@ def _load_model_file(checkpoint: Path) -> Path:
     if not path.is_file():
         raise ValueError(f"SB3 checkpoint: {path} not found (expected a folder with {MODEL_FILE} or a .zip)")
     return path
+
+
+def _rollout_steps(train_batch_size: int, rows: int, rounds: int) -> int:
+    """A rollout holds whole episodes of every row, about train_batch_size agent steps."""
+    return max(rounds, (train_batch_size // rows) // rounds * rounds)
+
+
+def sb3_num_envs(settings: TrainSettings) -> int:
+    """B, the environments of the vector core: ``num_envs_per_env_runner``, or for 0 the most (up to 10) that
+    keep one environment's rollout size (:func:`agents.rllib_train.auto_num_envs`)."""
+    if settings.num_envs_per_env_runner:
+        return settings.num_envs_per_env_runner
+    from datagames_env.scenarios import load_scenario_config
+
+    cfg = load_scenario_config(settings.config, **settings.overrides)
+    return auto_num_envs(lambda n: _rollout_steps(settings.train_batch_size, n * cfg.n_robots, cfg.rounds)
+                         * n * cfg.n_robots)
 
 
 def train_sb3(settings: TrainSettings, log=print) -> dict:
@@ -46,12 +64,11 @@ def train_sb3(settings: TrainSettings, log=print) -> dict:
     for hint in slow_training_hints(settings):
         log(f"note: {hint}")
     set_torch_threads(settings.torch_threads)
-    venv = DataGamesSB3VecEnv(num_envs=settings.num_envs_per_env_runner, config=settings.config, **settings.overrides)
+    venv = DataGamesSB3VecEnv(num_envs=sb3_num_envs(settings), config=settings.config, **settings.overrides)
     venv.seed(settings.seed)
     env = VecMonitor(venv)
     rounds = venv.vector.config.rounds
-    # a rollout holds whole episodes of every row, about train_batch_size agent steps
-    n_steps = max(rounds, (settings.train_batch_size // venv.num_envs) // rounds * rounds)
+    n_steps = _rollout_steps(settings.train_batch_size, venv.num_envs, rounds)
     run_dir = run_dir_for(settings, "sb3-ppo")
     checkpoint = run_dir / "checkpoint"
     checkpoint.mkdir(parents=True, exist_ok=True)

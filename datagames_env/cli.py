@@ -112,6 +112,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_resources(items: list[str]) -> dict[str, float]:
+    """``["datagames_runner=1"]`` -> ``{"datagames_runner": 1.0}`` (custom Ray resources)."""
+    out = {}
+    for item in items:
+        name, sep, amount = item.partition("=")
+        try:
+            out[name.strip()] = float(amount) if sep else 1.0
+        except ValueError:
+            raise SystemExit(f"--env-runner-resource: '{item}' is not NAME=AMOUNT") from None
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -134,7 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_epochs=args.num_epochs, entropy_coeff=args.entropy_coeff, initial_log_std=args.initial_log_std, out=args.out, run_name=args.name,
         resume=args.resume, checkpoint_every=args.checkpoint_every, torch_threads=args.torch_threads or None,
         critic=args.critic, imitate=args.imitate, imitation_episodes=args.imitation_episodes,
-        imitation_epochs=args.imitation_epochs, message_sweeps=args.message_sweeps)
+        imitation_epochs=args.imitation_epochs, message_sweeps=args.message_sweeps,
+        env_runner_resources=_parse_resources(args.env_runner_resource))
     if args.algo == "ppo":
         from agents.rllib_train import train
     else:
@@ -200,11 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--message-sweeps", type=int, default=0, choices=[0, 1, 2, 3],
                     help="learned communication: K sweeps of intended-contribution messages before acting")
     tr.add_argument("--num-env-runners", type=int, default=0, help="sampling actors (0: sample in the driver)")
-    tr.add_argument("--num-envs-per-env-runner", type=int, default=1,
-                    help="environments per runner (sb3-ppo: environments of the vector core)")
+    tr.add_argument("--num-envs-per-env-runner", type=int, default=0,
+                    help="environments per runner (sb3-ppo: environments of the vector core); 0 (default): the "
+                         "most, up to 10, that keep the update's batch as with one")
     tr.add_argument("--num-learners", type=int, default=0, help="learner actors (0: learn in the driver)")
     tr.add_argument("--num-gpus-per-learner", type=float, default=0.0, help="GPUs per learner (cluster)")
     tr.add_argument("--ray-address", default=None, help="an existing Ray cluster ('auto', 'ray://host:10001')")
+    tr.add_argument("--env-runner-resource", action="append", default=[], metavar="NAME=AMOUNT",
+                    help="custom Ray resource each env runner needs (repeatable): places runners on the nodes "
+                         "started with it, e.g. ray start --resources '{\"sampler\": 4}'")
     tr.add_argument("--tune", action="store_true", help="Ray Tune sweep over the learning rate")
     tr.add_argument("--lr", type=float, default=3e-4)
     tr.add_argument("--train-batch-size", type=int, default=2000, help="agent steps per iteration")

@@ -227,7 +227,7 @@ def test_rllib_learner_standardises_advantages_over_real_rows_of_short_episodes(
 
     init_ray(None, 1)
     settings = TrainSettings(config="default", overrides=dict(SMALL), train_batch_size=90, minibatch_size=45,
-                             num_epochs=1, progress=False)
+                             num_epochs=1, progress=False, num_envs_per_env_runner=1)  # 60 steps: 6 whole episodes
     algo = build_ppo_config(settings).build_algo()
     try:
         learner = algo.learner_group._learner

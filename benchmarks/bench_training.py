@@ -1,0 +1,195 @@
+"""Training throughput (agent steps per second) of RLlib PPO and SB3 PPO (GUIDE: printed, never asserted).
+
+    python benchmarks/bench_training.py                       # both, config default, project defaults
+    python benchmarks/bench_training.py --algo ppo --iterations 12 --set num_envs_per_env_runner=4
+
+Each run trains with the project's defaults (``TrainSettings()``: 2,000 agent steps per update, minibatch 250,
+10 epochs, one torch thread) for ``--iterations`` updates; the first ``--warmup`` updates (module build, numba,
+first episodes) are left out of the rate. ``--set FIELD=VALUE`` changes one ``TrainSettings`` field (repeatable).
+Rates are per wall second and per CPU second of the process (sampling and learning both run in it by default);
+for RLlib the sampling / learning split is RLlib's own (smoothed) timers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's agents/, not an installed copy
+
+
+def _fields(items: list[str]) -> dict:
+    fields = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            fields[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            fields[key] = value
+    return fields
+
+
+def _settings(args, out: str, extra: list[str] = ()):
+    from agents.rllib_train import TrainSettings
+
+    return TrainSettings(config=args.config, iterations=args.iterations, progress=False, checkpoint_every=0,
+                         out=out, run_name=f"bench-{os.getpid()}-{time.time_ns()}",
+                         **_fields([*args.set, *extra]))
+
+
+def _marks_rate(marks: list[tuple[int, float, float]], warmup: int) -> str:
+    """Rates between the end of update ``warmup`` and the last: per wall second and per CPU second of this
+    process (on a shared, busy machine the CPU figure is the steadier one; everything here runs in-process)."""
+    start = marks[warmup - 1] if warmup else (0, 0.0, 0.0)
+    steps, wall, cpu = (marks[-1][k] - start[k] for k in range(3))
+    return (f"{steps / wall:,.0f} agent-steps/s wall, {steps / cpu:,.0f} per CPU-s "
+            f"({steps:,} steps, {wall:.1f} s wall, {cpu:.1f} s CPU)")
+
+
+def bench_rllib(args, out: str) -> None:
+    import ray
+
+    from agents import rllib_train
+
+    marks: list[tuple[int, float, float]] = []
+    timers: list[dict] = []
+    original = rllib_train.iteration_summary
+
+    def summary_with_clocks(result):  # called once per update, right after algo.train()
+        summary = original(result)
+        marks.append((summary["agent_steps"], time.perf_counter(), time.process_time()))
+        timers.append(dict(result.get("timers", {})))
+        return summary
+
+    rllib_train.iteration_summary = summary_with_clocks
+    try:
+        rllib_train.train(_settings(args, out), log=lambda *a: None)
+    finally:
+        rllib_train.iteration_summary = original
+        ray.shutdown()
+    last = timers[-1]
+    split = ""
+    if "env_runner_sampling_timer" in last and "learner_update_timer" in last:
+        split = (f"; RLlib timers (smoothed): sampling {last['env_runner_sampling_timer']:.2f} s, learning "
+                 f"{last['learner_update_timer']:.2f} s per update")
+    print(f"rllib ppo  {args.config} {' '.join(args.set)}: {_marks_rate(marks, args.warmup)}{split}", flush=True)
+
+
+def bench_sb3(args, out: str) -> None:
+    from stable_baselines3 import PPO
+
+    from agents.sb3_train import train_sb3
+
+    marks: list[tuple[int, float, float]] = []
+    original = PPO.train
+
+    def train_with_clocks(model):  # called once per update, after each rollout
+        original(model)
+        marks.append((int(model.num_timesteps), time.perf_counter(), time.process_time()))
+
+    PPO.train = train_with_clocks
+    try:
+        train_sb3(_settings(args, out), log=lambda *a: None)
+    finally:
+        PPO.train = original
+    print(f"sb3 ppo    {args.config} {' '.join(args.set)}: {_marks_rate(marks, args.warmup)}", flush=True)
+
+
+def compare_rllib(args, out: str) -> None:
+    """A/B on the same machine state: both algorithms live in this process and their updates alternate, so a
+    load change on the shared machine hits both alike."""
+    import ray
+
+    from agents.rllib_train import build_ppo_config, init_ray, iteration_summary, set_torch_threads
+
+    variants = {"base": _settings(args, out), "new": _settings(args, out, args.compare)}
+    set_torch_threads(variants["base"].torch_threads)
+    init_ray(None, variants["base"].torch_threads)
+    algos = {name: build_ppo_config(s).build_algo() for name, s in variants.items()}
+    totals = {name: [0, 0.0, 0.0] for name in algos}
+    steps = {name: 0 for name in algos}
+    try:
+        for i in range(args.iterations):
+            for name, algo in (list(algos.items())[::1 if i % 2 else -1]):
+                wall, cpu = time.perf_counter(), time.process_time()
+                result = algo.train()
+                now = iteration_summary(result)["agent_steps"]
+                new_steps, steps[name] = now - steps[name], now
+                if i >= args.warmup:
+                    total = totals[name]
+                    total[0] += new_steps
+                    total[1] += time.perf_counter() - wall
+                    total[2] += time.process_time() - cpu
+    finally:
+        for algo in algos.values():
+            algo.stop()
+        ray.shutdown()
+    _print_compare("rllib ppo", args, totals)
+
+
+def compare_sb3(args, out: str) -> None:
+    """A/B for SB3: short runs of each variant, alternating, rates from the updates after the warm-up."""
+    from stable_baselines3 import PPO
+
+    from agents.sb3_train import train_sb3
+
+    totals = {name: [0, 0.0, 0.0] for name in ("base", "new")}
+    original = PPO.train
+    for rep in range(args.repeats):
+        for name in (("base", "new") if rep % 2 else ("new", "base")):
+            marks = []
+
+            def train_with_clocks(model):
+                original(model)
+                marks.append((int(model.num_timesteps), time.perf_counter(), time.process_time()))
+
+            PPO.train = train_with_clocks
+            try:
+                train_sb3(_settings(args, out, args.compare if name == "new" else ()), log=lambda *a: None)
+            finally:
+                PPO.train = original
+            start = marks[args.warmup - 1]
+            for k in range(3):
+                totals[name][k] += marks[-1][k] - start[k]
+    _print_compare("sb3 ppo  ", args, totals)
+
+
+def _print_compare(label: str, args, totals: dict) -> None:
+    rates = {name: (t[0] / t[1], t[0] / t[2]) for name, t in totals.items()}
+    for name, (wall, cpu) in rates.items():
+        extra = " ".join(args.set + (args.compare if name == "new" else []))
+        print(f"{label} {args.config} {extra or '(defaults)'}: {wall:,.0f} agent-steps/s wall, {cpu:,.0f} per "
+              f"CPU-s ({totals[name][0]:,} steps)", flush=True)
+    print(f"{label} ratio new/base: {rates['new'][0] / rates['base'][0]:.2f}x wall, "
+          f"{rates['new'][1] / rates['base'][1]:.2f}x CPU", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algo", choices=["ppo", "sb3-ppo", "both"], default="both")
+    parser.add_argument("--config", default="default")
+    parser.add_argument("--iterations", type=int, default=12, help="PPO updates (2,000 agent steps each)")
+    parser.add_argument("--warmup", type=int, default=2, help="first updates left out of the rate")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a TrainSettings field, e.g. num_envs_per_env_runner=4 (repeatable)")
+    parser.add_argument("--compare", action="append", default=[], metavar="FIELD=VALUE",
+                        help="A/B: the defaults (+ --set) against the same with these fields, updates alternating")
+    parser.add_argument("--repeats", type=int, default=4, help="SB3 A/B: runs of each variant, alternating")
+    args = parser.parse_args()
+    if args.warmup >= args.iterations:
+        parser.error("--warmup must be below --iterations")
+    os.system("uptime")
+    with tempfile.TemporaryDirectory() as out:
+        if args.algo in ("ppo", "both"):
+            (compare_rllib if args.compare else bench_rllib)(args, out)
+        if args.algo in ("sb3-ppo", "both"):
+            (compare_sb3 if args.compare else bench_sb3)(args, out)
+
+
+if __name__ == "__main__":
+    main()
