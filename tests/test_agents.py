@@ -476,3 +476,30 @@ def test_training_warns_about_configs_that_train_classifiers_every_episode():
     hints = slow_training_hints(TrainSettings(config="default", overrides={"final_accuracy": True,
                                                                            "perception.retrain_every": 2}))
     assert any("final_accuracy=false" in h for h in hints) and any("retrain_every=0" in h for h in hints)
+
+
+@ray_group
+def test_rllib_trains_on_dual_and_datagames_eval_evaluates_the_checkpoint(tmp_path, fresh_ray, capsys):
+    import ray
+
+    from agents.rllib_train import TrainSettings, train
+    from datagames_env.cli import main
+
+    overrides = {"n_robots": 3, "rounds": 2, "obs_per_round": 30, "n_cache": 4, "label_budget": 6,
+                 "initial_cloud_size": 40, "perception.train_steps": 60}
+    settings = TrainSettings(config="dual_default", overrides=overrides, iterations=1, train_batch_size=6,
+                             minibatch_size=6, num_epochs=1, out=str(tmp_path), run_name="dual", progress=False)
+    try:
+        result = train(settings, log=lambda *a: None)
+    finally:
+        ray.shutdown()
+    spec = f"rllib:{result['checkpoint']}"
+    out = tmp_path / "ev"
+    argv = ["eval", "--config", "dual_default", "--policies", f"random/random,{spec},{spec}/random", "--seeds", "1",
+            "--workers", "1", "--no-progress", "--out", str(out)] + [f"--set={k}={v}" for k, v in overrides.items()]
+    assert main(argv) == 0, capsys.readouterr().err
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["policies"] == ["random/random", spec, f"{spec}/random"]
+    labelers = {e["policy"]: e["labeler"] for e in payload["episodes"]}
+    assert labelers[f"{spec}/random"] == "random" and labelers[spec] == "submodular"  # the config's labeler
+    assert all(0.0 <= e["final_test_accuracy"] <= 1.0 for e in payload["episodes"])
