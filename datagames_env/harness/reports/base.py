@@ -58,8 +58,13 @@ class Reporter:
         raise NotImplementedError
 
     def describe(self, ctx) -> str:
-        cfg = ctx if not hasattr(ctx, "config") else ctx.config
+        """One line about the instance for ``datagames run``; scenarios append their own knobs."""
+        cfg = ctx.config if hasattr(ctx, "config") else ctx
         return f"{cfg.n_robots} robots, {cfg.rounds} rounds, {cfg.obs_per_round} obs/round"
+
+    def round_progress(self, record: dict) -> str:
+        """The progress bar's text after a round."""
+        return ""
 
 
 def policy_label(policy: str) -> str:
@@ -69,6 +74,23 @@ def policy_label(policy: str) -> str:
         return policy
     p = Path(path)
     return f"{kind}:{p.parent.name if p.name == 'checkpoint' else p.name}"
+
+
+def pyplot():
+    """matplotlib's pyplot on the file backend (no display in CI, workers or over ssh)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int) -> None:
+    plt = pyplot()
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
 
 
 def json_default(value: Any) -> Any:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ...config import EnvConfig
-from .base import Reporter, policy_label
+from .base import Reporter, policy_label, pyplot, save_figure
 
 
 def episode_lower_bound(cloud0: np.ndarray, target: np.ndarray, budget_per_round: int, rounds: int) -> list[float]:
@@ -84,11 +83,7 @@ def _write_csv(out: Path, records: list[dict]) -> None:
 
 
 def _plot(out: Path, records: list[dict], policies: list[str], cfg: EnvConfig) -> None:
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for p in policies:
@@ -105,9 +100,7 @@ def _plot(out: Path, records: list[dict], policies: list[str], cfg: EnvConfig) -
     ax.set_title(f"{cfg.dataset.name}: {cfg.n_robots} robots, n_cache {cfg.n_cache} (mean ± std)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "distance.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "distance.png", 120)
 
     fig, ax = plt.subplots(figsize=(7.2, 4.0))
     names = records[0]["class_names"]
@@ -120,9 +113,7 @@ def _plot(out: Path, records: list[dict], policies: list[str], cfg: EnvConfig) -
     ax.set_xticks(x, names, fontsize=8)
     ax.set_ylabel("samples in the cloud (final, mean over seeds)")
     ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    fig.savefig(out / "final_counts.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "final_counts.png", 120)
 
 
 class DataGamesReporter(Reporter):
@@ -183,8 +174,7 @@ class DataGamesReporter(Reporter):
         return table
 
     def describe(self, ctx):
-        return (f"{ctx.n_robots} robots, {ctx.rounds} rounds, {ctx.obs_per_round} obs/round, n_cache {ctx.n_cache}, "
-                f"dataset {ctx.dataset.name}")
+        return f"{super().describe(ctx)}, n_cache {ctx.n_cache}, dataset {ctx.dataset.name}"
 
     def round_progress(self, record):
         return f"distance {record['distance']:.2f}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Reporter
+from .base import Reporter, pyplot, save_figure
 
 ROUND_FIELDS = ("round", "validation_accuracy", "test_accuracy", "labels_used", "labeled", "uploaded",
                 "cloud_labeled", "cloud_unlabeled", "upload_objective", "upload_objective_gain", "label_objective",
@@ -81,10 +81,7 @@ def _write_csv(path: Path, records: list[dict]) -> None:
 
 
 def _plot(path: Path, summary: dict, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for spec, s in summary.items():
@@ -98,9 +95,7 @@ def _plot(path: Path, summary: dict, title: str) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, 110)
 
 
 def _upload_part(name: str, labeler: str) -> str:
@@ -165,8 +160,8 @@ class DualReporter(Reporter):
         return table
 
     def describe(self, ctx):
-        return (f"{ctx.n_robots} robots, {ctx.rounds} rounds, {ctx.obs_per_round} obs/round, n_cache {ctx.n_cache}, "
-                f"label budget {ctx.label_budget}/round, labeler {ctx.labeler}, dataset {ctx.dataset.name}")
+        return (f"{super().describe(ctx)}, n_cache {ctx.n_cache}, label budget {ctx.label_budget}/round, "
+                f"labeler {ctx.labeler}, dataset {ctx.dataset.name}")
 
     def round_progress(self, record):
         return f"test accuracy {record['test_accuracy']:.3f}"

@@ -6,12 +6,11 @@ feedback, caching and privacy counts; ``rounds.csv`` (one row per policy, seed, 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
-from .base import Reporter
+from .base import Reporter, pyplot, save_figure
 
 PAPER_RARE_SHARE = {"kmnist": 88.18, "fashion_mnist": 88.96}  # the GU paper's toy: % of rare data cached by GU
 
@@ -138,11 +137,7 @@ def _write_csv(out: Path, episodes: list[dict], env) -> None:
 
 
 def _plot(out: Path, episodes: list[dict], names: list[str], env) -> None:
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     agents, domains = env.possible_agents, env.domain_names
     fig, axes = plt.subplots(len(agents), len(domains), figsize=(3.2 * len(domains), 2.4 * len(agents)),
@@ -166,9 +161,7 @@ def _plot(out: Path, episodes: list[dict], names: list[str], env) -> None:
             if r == len(agents) - 1:
                 ax.set_xlabel("round", fontsize=8)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "accuracy.png", 110)
 
     rare_robots = _robots_with_rare(env)
     if rare_robots:
@@ -185,12 +178,7 @@ def _plot(out: Path, episodes: list[dict], names: list[str], env) -> None:
         ax.set_ylabel("rare-domain share of cached (%)")
         ax.set_ylim(0, 105)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "rare_share.png", dpi=110)
-        plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------------------------ commands
+        save_figure(fig, out / "rare_share.png", 110)
 
 
 class P2PReporter(Reporter):
@@ -260,9 +248,7 @@ class P2PReporter(Reporter):
         return table
 
     def describe(self, ctx):
-        cfg = ctx.config
-        return (f"{cfg.n_robots} robots, {cfg.rounds} rounds, {cfg.obs_per_round} obs/round, share {ctx.n_share}/round, "
-                f"domains {', '.join(ctx.domain_names)}")
+        return f"{super().describe(ctx)}, share {ctx.n_share}/round, domains {', '.join(ctx.domain_names)}"
 
     def round_progress(self, record):
         acc = np.mean([np.mean(list(r["domain_accuracy"].values())) for r in record["robots"].values()])
