@@ -79,7 +79,7 @@ def test_consoles_are_wide_when_output_is_not_a_terminal(monkeypatch):
 
     from datagames_env.harness.cli import LOG_WIDTH, make_console
 
-    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setenv("COLUMNS", "80")  # exported by many tools to their children: must not cut a log
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     console = make_console()
     assert console.width == LOG_WIDTH > 80

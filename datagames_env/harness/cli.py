@@ -28,12 +28,14 @@ LOG_WIDTH = 200  # console width when the output is not a terminal (logs, CI): r
 
 
 def make_console(stderr: bool = False):
-    """A rich console; in logs and CI (not a terminal, no $COLUMNS) wide enough that tables are not cut."""
+    """A rich console; in logs and CI (not a terminal) wide enough that tables are not cut. Tools often export
+    COLUMNS=80 to child processes (pytest-xdist workers do): it may widen a log, never narrow it."""
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    if not stream.isatty() and "COLUMNS" not in os.environ:
-        return Console(stderr=stderr, width=LOG_WIDTH)
+    if not stream.isatty():
+        columns = os.environ.get("COLUMNS", "")
+        return Console(stderr=stderr, width=max(LOG_WIDTH, int(columns) if columns.isdigit() else 0))
     return Console(stderr=stderr)
 
 
