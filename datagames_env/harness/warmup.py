@@ -54,3 +54,7 @@ def compile_kernels(log=print) -> float:
         log(f"compiled the kernels {config} uses ({overrides.get('action_mode', 'scores')}): "
             f"{time.perf_counter() - started:.0f} s so far")
     return time.perf_counter() - started
+
+
+if __name__ == "__main__":  # python -m datagames_env.harness.warmup (what `datagames warmup` runs)
+    print(f"kernels ready ({compile_kernels():.0f} s)")
