@@ -144,3 +144,16 @@ def test_the_wheel_ships_the_configs(tmp_path):
     shipped = {Path(n).name for n in names if n.startswith("datagames_env/configs/")}
     assert shipped == {p.name for p in (ROOT / "configs").glob("*.yaml")}
     assert any(n.endswith("entry_points.txt") for n in names)
+
+
+def test_every_scenario_has_a_results_writer_policies_and_defaults_that_parse():
+    from datagames_env.harness.reports import REPORTERS, reporter
+    from datagames_env.policy import parse_policy_spec
+    from datagames_env.scenarios import SCENARIOS, scenario_of
+
+    assert set(REPORTERS) == set(SCENARIOS)
+    for scenario in SCENARIOS:
+        rep = reporter(scenario)
+        assert scenario_of(rep.default_config) == scenario
+        for spec in [rep.default_policy, *rep.default_policies.split(",")]:
+            assert parse_policy_spec(spec, scenario).scenario == scenario

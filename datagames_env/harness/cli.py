@@ -23,8 +23,15 @@ from pathlib import Path
 # entry points of the trainers: agents/ is a layer above this package, loaded only when training
 TRAINERS = {"settings": "agents.rllib_train:TrainSettings", "ppo": "agents.rllib_train:train",
             "sb3-ppo": "agents.sb3_train:train_sb3"}
-SCENARIO_ALIASES = {"p2p": "p2p_default", "dual": "dual_default"}  # `datagames p2p eval ...`: default config
 LOG_WIDTH = 200  # console width when the output is not a terminal (logs, CI): rich would cut tables at 80
+
+
+def scenario_aliases() -> dict[str, str]:
+    """``datagames p2p eval ...`` = ``datagames eval`` with the scenario's default config: every scenario but the
+    cloud game (whose default config is the CLI's default) is an alias."""
+    from .reports import REPORTERS, reporter
+
+    return {name: reporter(name).default_config for name in REPORTERS if name != "datagames"}
 
 
 def make_console(stderr: bool = False):
@@ -296,7 +303,7 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
     warm = sub.add_parser("warmup", help="compile the numba kernels now (make install runs it; else the first run "
                                          "spends 1-2 min on it)")
     warm.set_defaults(func=cmd_warmup)
-    for alias, config in SCENARIO_ALIASES.items():
+    for alias, config in scenario_aliases().items():
         sub.add_parser(alias, add_help=False, help=f"the same commands with --config {config} as the default")
     return parser
 
@@ -304,8 +311,9 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     default_config, prog = None, "datagames"
-    if argv and argv[0] in SCENARIO_ALIASES:
-        default_config, prog = SCENARIO_ALIASES[argv[0]], f"datagames {argv[0]}"
+    aliases = scenario_aliases()
+    if argv and argv[0] in aliases:
+        default_config, prog = aliases[argv[0]], f"datagames {argv[0]}"
         argv = argv[1:]
     args = build_parser(default_config, prog).parse_args(argv)
     from ..config import ConfigError

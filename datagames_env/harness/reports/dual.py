@@ -132,8 +132,9 @@ class DualReporter(Reporter):
         return summarise(payload["episodes"], payload["policies"])
 
     def _baseline(self, payload, baseline):
+        """The spec the summary compares against: the one asked for, else "no curation", else the first."""
         specs = payload["policies"]
-        return baseline if baseline in specs else specs[0]
+        return next(s for s in (baseline, "random/random", specs[0]) if s in specs)
 
     def summary_markdown(self, payload, ctx, baseline=None):
         return summary_markdown(payload["summary"], ctx, payload["seeds"], payload["elapsed_s"],
