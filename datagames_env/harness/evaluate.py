@@ -111,14 +111,15 @@ def evaluate(config: Any, policies: list[Any], seeds: list[int], out_dir: str | 
                 warnings.warn(f"Ray cluster at {ray_address!r} unavailable ({exc}); running in local processes")
         if records is None and workers > 1 and not in_process:
             records = _run_pool(jobs, workers, on_done)
+        envs: dict[str, Any] = {}  # the envs played in this process, kept for the summary's context
         if records is None:
-            records = _run_here(parsed, names, seeds, cfg, env, rep, bar, task, on_done)
+            records = _run_here(parsed, names, seeds, cfg, env, rep, envs, bar, task, on_done)
     elapsed = time.perf_counter() - started
     order = {name: k for k, name in enumerate(names)}
     records.sort(key=lambda r: (order[r["policy"]], r["seed"]))
     payload = {"scenario": scenario, "config": config_dict, "policies": names, "seeds": list(seeds),
                "elapsed_s": elapsed, "summary": {}, "episodes": records}
-    live = env if env is not None else _ENVS.get(_env_key(config_dict, {}))
+    live = env if env is not None else envs.get(_env_key(config_dict, {}))
     ctx = rep.context(live) if live is not None else rep.context_from_config(config_dict)
     payload.update(rep.payload_extras(ctx))
     payload["summary"] = rep.summarise(payload, ctx)
@@ -127,16 +128,13 @@ def evaluate(config: Any, policies: list[Any], seeds: list[int], out_dir: str | 
     return payload
 
 
-_ENVS: dict[str, Any] = {}  # per process: the envs of reuse_env scenarios, one per (config, spec overrides)
-
-
 def _env_key(config: dict, overrides: dict) -> str:
     return json.dumps([config, overrides], sort_keys=True, default=str)
 
 
-def _run_here(parsed, names, seeds, cfg, env, rep, bar, task, on_done) -> list[dict]:
+def _run_here(parsed, names, seeds, cfg, env, rep, envs, bar, task, on_done) -> list[dict]:
     """Every episode in this process; ``reuse_env`` scenarios (and a given ``env``) keep one env per spec
-    overrides, so their initial models train once."""
+    overrides in ``envs``, so their initial models train once."""
     config = cfg.model_dump()
     records = []
     for spec, name in zip(parsed, names):
@@ -145,10 +143,9 @@ def _run_here(parsed, names, seeds, cfg, env, rep, bar, task, on_done) -> list[d
             episode_env = env
         elif rep.reuse_env or env is not None:
             key = _env_key(config, overrides)
-            if key not in _ENVS:
-                _ENVS.clear()  # one live env at a time: they hold datasets and models
-                _ENVS[key] = build_env(config, **overrides)
-            episode_env = _ENVS[key]
+            if key not in envs:
+                envs[key] = build_env(config, **overrides)
+            episode_env = envs[key]
         else:
             episode_env = None
         for seed in seeds:
