@@ -1,6 +1,7 @@
 """Trained policies behind the one policy protocol, loaded by checkpoint: ``rllib:PATH`` and ``sb3:PATH``.
 
-``make_policy("rllib:runs/train/default-ppo-.../checkpoint", env)`` returns a policy whose ``act`` feeds each
+``make_policy("rllib:runs/train/default-ppo-.../checkpoint", env)`` (``datagames_env.policy``, which registers
+these classes by entry point) returns a policy whose ``act`` feeds each
 robot's observation to its module (the shared one, or the robot's own) and returns the *deterministic* action:
 the Gaussian's mean or the top-k picks of the Plackett-Luce scores, mapped to the action box as RLlib's
 ``normalize_actions`` does in training; ``rllib-sample:PATH`` / ``sb3-sample:PATH`` sample the policy instead,
@@ -159,16 +160,12 @@ class SB3CheckpointPolicy(_CheckpointPolicy):
         return dict(zip(agents, np.asarray(actions, dtype=np.float32)))
 
 
-LOADERS = {"rllib": RLlibCheckpointPolicy, "rllib-sample": lambda env, path: RLlibCheckpointPolicy(env, path, True),
-           "sb3": SB3CheckpointPolicy, "sb3-sample": lambda env, path: SB3CheckpointPolicy(env, path, True)}
-
-
 def load_checkpoint_policy(spec: str, env):
     """``rllib:PATH`` / ``sb3:PATH`` (deterministic), ``rllib-sample:PATH`` / ``sb3-sample:PATH`` (sampled,
-    seeded by ``reset``) -> a policy."""
-    kind, _, path = spec.partition(":")
-    if kind not in LOADERS or not path:
-        raise ValueError(f"policy '{spec}': expected one of {', '.join(k + ':PATH' for k in LOADERS)}")
-    if not Path(path).exists():
-        raise ValueError(f"policy '{spec}': {path} does not exist")
-    return LOADERS[kind](env, path)
+    seeded by ``reset``) -> a policy. The kinds are registered in ``datagames_env.policy.CHECKPOINT_KINDS``;
+    this is ``make_policy`` restricted to them."""
+    from datagames_env.policy import CHECKPOINT_KINDS, is_checkpoint_spec, make_policy
+
+    if not is_checkpoint_spec(spec) or not spec.partition(":")[2]:
+        raise ValueError(f"policy '{spec}': expected one of {', '.join(k + ':PATH' for k in CHECKPOINT_KINDS)}")
+    return make_policy(spec, env)

@@ -90,7 +90,8 @@ def env_layout(par_env) -> dict:
             c, e = core.n_classes, core.embedding_dim
             context_scale = np.ones(context_dim)
             for name in DISTRIBUTION_BLOCKS:
-                context_scale[layout[name]] = c
+                if name in layout:  # the message blocks exist only with learned communication
+                    context_scale[layout[name]] = c
             layout_out["context_scale"] = context_scale.tolist()
             layout_out["sample_scale"] = [float(np.sqrt(e))] * e + [1.0] * (sample_dim - e)
         return layout_out

@@ -1,6 +1,6 @@
 """Analytic baselines of the Data Games paper: solvers (``solve_oracle``, ``solve_greedy``,
 ``solve_interactive``, ``lower_bound``) on plain arrays, and policies that act in the environment
-(``baselines.policies``: greedy, interactive, oracle; registered with ``datagames_env.policy.make_policy``)."""
+(``baselines.policies``: greedy, interactive, oracle; registered by name in ``datagames_env.policy``)."""
 
 from .solvers import (
     InteractiveResult,

@@ -34,6 +34,7 @@ import numpy as np
 from datagames_env import kernels
 from datagames_env.dual import uncertainty
 from datagames_env.perception import limited_torch_threads
+from datagames_env.policy import ScenarioPolicies, make_policy
 
 from .solvers import solve_greedy, solve_interactive, solve_oracle
 from .submodular import fleet_centralized, fleet_independent, fleet_interactive
@@ -205,16 +206,10 @@ class OracleDualPolicy(_ClassCountDualPolicy):
         return solve_oracle(view["true_feasible_matrices"][index], cloud, target, self.n_cache, available=available)
 
 
-DUAL_POLICIES: dict[str, type[DualPolicy]] = {
-    cls.name: cls for cls in (RandomDualPolicy, EntropyDualPolicy, MarginDualPolicy, SubmodularIndependentPolicy,
-                              SubmodularInteractivePolicy, SubmodularCentralizedPolicy, GreedyDualPolicy,
-                              InteractiveDualPolicy, OracleDualPolicy)
-}
+# a view of the dual scenario's policies in the one registry of datagames_env.policy
+DUAL_POLICIES = ScenarioPolicies("dual")
 
 
 def make_dual_policy(name: str, env) -> DualPolicy:
-    """``make_dual_policy("submodular-interactive", env)``; names: see ``DUAL_POLICIES``."""
-    try:
-        return DUAL_POLICIES[name](env)
-    except KeyError:
-        raise ValueError(f"unknown dual policy '{name}'; available: {sorted(DUAL_POLICIES)}") from None
+    """``make_dual_policy("submodular-interactive", env)``: ``make_policy(name, env, scenario="dual")``."""
+    return make_policy(name, env, scenario="dual")

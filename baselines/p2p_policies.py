@@ -25,7 +25,6 @@ RL policies plug in the same way (see docs/p2p.md).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from datagames_env.perception import limited_torch_threads
+from datagames_env.policy import ScenarioPolicies, make_policy, register_policy
 
 __all__ = [
     "P2P_POLICIES",
@@ -197,33 +197,17 @@ class GUPolicy(_P2PBase):
         return actions
 
 
-P2P_POLICIES: dict[str, Callable[[Any], Any]] = {"random": RandomSharePolicy, "oracle": OraclePolicy,
-                                                 "gu": GUPolicy}
+# a view of the p2p scenario's policies in the one registry of datagames_env.policy
+P2P_POLICIES = ScenarioPolicies("p2p")
 
 
-def register_p2p_policy(name: str, factory: Callable[[Any], Any]) -> None:
-    """Make ``name`` usable in ``make_p2p_policy`` and ``datagames p2p eval --policies`` (``factory(env)``)."""
-    P2P_POLICIES[name] = factory
+def register_p2p_policy(name: str, factory: Callable[[Any], Any] | str) -> None:
+    """Make ``name`` usable in ``make_p2p_policy`` and ``datagames eval --config p2p_... --policies``
+    (``factory(env)`` or ``"module:factory"``); same as ``register_policy("p2p", name, factory)``."""
+    register_policy("p2p", name, factory)
 
 
 def make_p2p_policy(spec: Any, env) -> Any:
-    """A policy for ``env`` from a registered name, ``rllib:PATH`` (a checkpoint of ``datagames train``), a
-    ``"module:factory"`` string, or a policy object."""
-    if not isinstance(spec, str):
-        if not (hasattr(spec, "act") and hasattr(spec, "reset")):
-            raise TypeError(f"policy {spec!r} does not implement the Policy protocol (reset, act)")
-        return spec
-    if spec in P2P_POLICIES:
-        return P2P_POLICIES[spec](env)
-    if spec.partition(":")[0] in ("rllib", "rllib-sample", "sb3", "sb3-sample"):  # a trained checkpoint (datagames train --config p2p_...)
-        from agents.policies import load_checkpoint_policy
-
-        return load_checkpoint_policy(spec, env)
-    if ":" in spec:
-        module_name, attr = spec.split(":", 1)
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"policy '{spec}': cannot import {attr} from {module_name} ({exc})") from None
-        return factory(env)
-    raise ValueError(f"unknown p2p policy '{spec}'; available: {sorted(P2P_POLICIES)} or 'module:factory'")
+    """``make_policy(spec, env, scenario="p2p")``: a registered name, ``rllib:PATH`` / ``sb3:PATH`` (a checkpoint
+    of ``datagames train``), a ``"module:factory"`` string, or a policy object."""
+    return make_policy(spec, env, scenario="p2p")

@@ -1,4 +1,5 @@
-"""The Data Games baselines as policies that act in the environment (one protocol: ``datagames_env.policy``).
+"""The Data Games baselines as policies that act in the environment (one protocol: ``datagames_env.policy``;
+registered there by name as entry points, built with ``make_policy(name, env)``).
 
 | policy        | reads                                                         | solves                          |
 |---------------|---------------------------------------------------------------|---------------------------------|
@@ -19,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from datagames_env import kernels
-from datagames_env.policy import POLICIES, _Base
+from datagames_env.policy import _Base
 
 from .solvers import solve_greedy, solve_interactive, solve_oracle
 
@@ -130,11 +131,3 @@ class OraclePolicy(_SolverPolicy):
         self.last_stats = {"messages": 0, "sweeps": 0}
         return solve_oracle(view["true_feasible_matrices"][index], view["cloud_counts"], view["target_counts"],
                             self.n_cache, available=view["available"][index].astype(np.float64), loss=self.loss)
-
-
-def register() -> None:
-    POLICIES.update({"greedy": GreedyPolicy, "interactive": InteractivePolicy, "interactive-sum": InteractiveSumPolicy,
-                     "oracle": OraclePolicy})
-
-
-register()

@@ -15,7 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# a wheel ships the YAMLs as package data (datagames_env/configs, see setup.py); a source tree has them at the root
+_PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = _PACKAGED_CONFIGS if _PACKAGED_CONFIGS.is_dir() else Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -171,19 +173,34 @@ def check_stream_against_fleet(stream: StreamConfig, n_robots: int) -> None:
 
 def _format_validation_error(err: ValidationError, model_cls: type[BaseModel] | None = None,
                              what: str = "configuration") -> str:
+    model_cls = model_cls or EnvConfig
+    errors = err.errors()
+    scenario = [e for e in errors if tuple(e["loc"]) == ("scenario",)]
+    if scenario:  # a config of another scenario: every other key would be reported as unknown
+        expected = getattr(model_cls.model_fields.get("scenario"), "default", None)
+        return (f"invalid {what}: the config is for scenario '{scenario[0].get('input')}', not '{expected}'; "
+                "build it with that scenario (datagames run|eval --config ..., or "
+                "datagames_env.scenarios.make_parallel_env)")
     lines = []
-    for e in err.errors():
+    unknown: dict[tuple, list[str]] = {}  # location -> unknown keys there: the known keys are listed once each
+    for e in errors:
         key = ".".join(str(p) for p in e["loc"]) or "<config>"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            name = str(e["loc"][-1])
-            known = _known_keys(e["loc"][:-1], model_cls or EnvConfig)
-            hint = difflib.get_close_matches(name, known, n=1)
-            lines.append(f"unknown config key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
-                         + f"; known keys here: {', '.join(sorted(known))}")
+            unknown.setdefault(tuple(e["loc"][:-1]), []).append(str(e["loc"][-1]))
         else:
             shown = e.get("input")
             lines.append(f"config key '{key}': {msg}" + ("" if isinstance(shown, dict) else f" (got {shown!r})"))
+    for loc, names in unknown.items():
+        known = _known_keys(loc, model_cls)
+        prefix = "".join(f"{p}." for p in loc)
+        described = []
+        for name in names:
+            hint = difflib.get_close_matches(name, known, n=1)
+            described.append(f"'{prefix}{name}'" + (f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""))
+        where = f" under '{prefix[:-1]}'" if loc else ""
+        lines.append(f"unknown config key{'s' if len(names) > 1 else ''} {', '.join(described)}; known keys{where}: "
+                     f"{', '.join(sorted(known))}")
     return f"invalid {what}: " + "; ".join(lines)
 
 

@@ -470,20 +470,26 @@ def test_rllib_env_checker_passes_on_the_other_scenarios(config):
     assert layout["context_dim"] + layout["n_samples"] * layout["sample_dim"] == env.observation_space.shape[0]
 
 
-@ray_group
-def test_rllib_trains_on_p2p_and_the_p2p_harness_evaluates_the_checkpoint(tmp_path, fresh_ray):
+def _train_one_small_iteration(config: str, overrides: dict, tmp_path) -> dict:
+    """One RLlib iteration of one episode's agent steps (3 robots x 2 rounds): a checkpoint to evaluate."""
     import ray
 
     from agents.rllib_train import TrainSettings, train
+
+    settings = TrainSettings(config=config, overrides=overrides, iterations=1, train_batch_size=6, minibatch_size=6,
+                             num_epochs=1, out=str(tmp_path), run_name=config, progress=False)
+    try:
+        return train(settings, log=lambda *a: None)
+    finally:
+        ray.shutdown()
+
+
+@ray_group
+def test_rllib_trains_on_p2p_and_the_p2p_harness_evaluates_the_checkpoint(tmp_path, fresh_ray):
     from datagames_env.p2p_cli import evaluate_p2p
 
     overrides = {"rounds": 2, "obs_per_round": 50}
-    settings = TrainSettings(config="p2p_default", overrides=overrides, iterations=1, train_batch_size=6,
-                             minibatch_size=6, num_epochs=1, out=str(tmp_path), run_name="p2p", progress=False)
-    try:
-        result = train(settings, log=lambda *a: None)
-    finally:
-        ray.shutdown()
+    result = _train_one_small_iteration("p2p_default", overrides, tmp_path)
     assert result["history"][-1]["agent_steps"] >= 6
     payload = evaluate_p2p("p2p_default", ["random", f"rllib:{result['checkpoint']}"], [0], tmp_path / "ev",
                            progress=False, **overrides)
@@ -665,3 +671,22 @@ def test_imitation_data_with_message_sweeps_teacher_forces_the_announcements():
                                   .repeat(3, axis=1))
     np.testing.assert_array_equal(sweeps["counts"].reshape(SMALL["rounds"], 3, n, c),
                                   plain["counts"].reshape(SMALL["rounds"], 1, n, c).repeat(3, axis=1))
+
+
+@ray_group
+def test_rllib_trains_on_dual_and_datagames_eval_evaluates_the_checkpoint(tmp_path, fresh_ray, capsys):
+    from datagames_env.cli import main
+
+    overrides = {"n_robots": 3, "rounds": 2, "obs_per_round": 30, "n_cache": 4, "label_budget": 6,
+                 "initial_cloud_size": 40, "perception.train_steps": 60}
+    result = _train_one_small_iteration("dual_default", overrides, tmp_path)
+    spec = f"rllib:{result['checkpoint']}"
+    out = tmp_path / "ev"
+    argv = ["eval", "--config", "dual_default", "--policies", f"random/random,{spec},{spec}/random", "--seeds", "1",
+            "--workers", "1", "--no-progress", "--out", str(out)] + [f"--set={k}={v}" for k, v in overrides.items()]
+    assert main(argv) == 0, capsys.readouterr().err
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["policies"] == ["random/random", spec, f"{spec}/random"]
+    labelers = {e["policy"]: e["labeler"] for e in payload["episodes"]}
+    assert labelers[f"{spec}/random"] == "random" and labelers[spec] == "submodular"  # the config's labeler
+    assert all(0.0 <= e["final_test_accuracy"] <= 1.0 for e in payload["episodes"])

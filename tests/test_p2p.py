@@ -379,7 +379,7 @@ def test_make_p2p_policy_specs(env):
     obj = RandomSharePolicy(env)
     assert make_p2p_policy(obj, env) is obj
     assert make_p2p_policy("baselines.p2p_policies:OraclePolicy", env).name == "oracle"
-    with pytest.raises(ValueError, match="unknown p2p policy 'greedy'"):
+    with pytest.raises(ValueError, match="unknown policy 'greedy' for scenario 'p2p'.*gu"):
         make_p2p_policy("greedy", env)
 
 

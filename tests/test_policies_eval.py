@@ -128,7 +128,7 @@ def test_cli_run_and_eval(tmp_path, capsys):
 
     assert main(["run", "--policy", "greedy", "--seed", "0", "--out", str(tmp_path), "--set", "n_robots=3",
                  "--set", "rounds=2"]) == 0
-    assert (tmp_path / "default-greedy-seed0" / "distance.png").exists()
+    assert (tmp_path / "default-greedy-seed0+n_robots=3+rounds=2" / "distance.png").exists()  # --set names the folder
     assert main(["eval", "--policies", "uniform,oracle", "--seeds", "2", "--workers", "1", "--out",
                  str(tmp_path / "ev"), "--set", "n_robots=3", "--set", "rounds=2"]) == 0
     assert (tmp_path / "ev" / "summary.md").exists()

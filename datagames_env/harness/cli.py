@@ -1,0 +1,358 @@
+"""``datagames``: one command line for every scenario; the config's ``scenario`` key picks the scenario.
+
+    datagames run    --config p2p_default --policy gu --seed 0          # one episode, a table, a results folder
+    datagames eval   --config dual_default --policies random/random,entropy --seeds 3
+    datagames report results/dual_default                               # rewrite summary, CSV, plots
+    datagames train  --config default --iterations 20                   # RLlib PPO (or --algo sb3-ppo)
+    datagames warmup                                                    # compile the numba kernels ahead
+
+``run``, ``eval``, ``report`` and ``train`` take the same ``--config``, ``--set KEY=VALUE``, ``--data-dir`` and
+``--no-progress`` for every scenario; defaults (policies, seeds) are the scenario's. ``datagames p2p ...`` and
+``datagames dual ...`` are the same commands with ``p2p_default`` / ``dual_default`` as the default config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import sys
+from pathlib import Path
+
+# entry points of the trainers: agents/ is a layer above this package, loaded only when training
+TRAINERS = {"settings": "agents.rllib_train:TrainSettings", "ppo": "agents.rllib_train:train",
+            "sb3-ppo": "agents.sb3_train:train_sb3"}
+LOG_WIDTH = 200  # console width when the output is not a terminal (logs, CI): rich would cut tables at 80
+
+
+def scenario_aliases() -> dict[str, str]:
+    """``datagames p2p eval ...`` = ``datagames eval`` with the scenario's default config: every scenario but the
+    cloud game (whose default config is the CLI's default) is an alias."""
+    from .reports import REPORTERS, reporter
+
+    return {name: reporter(name).default_config for name in REPORTERS if name != "datagames"}
+
+
+def make_console(stderr: bool = False):
+    """A rich console; in logs and CI (not a terminal) wide enough that tables are not cut. Tools often export
+    COLUMNS=80 to child processes (pytest-xdist workers do): it may widen a log, never narrow it."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    if not stream.isatty():
+        columns = os.environ.get("COLUMNS", "")
+        return Console(stderr=stderr, width=max(LOG_WIDTH, int(columns) if columns.isdigit() else 0))
+    return Console(stderr=stderr)
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    """``--set n_robots=50 --set stream.alpha=0.1`` -> overrides (values parsed as YAML scalars)."""
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects KEY=VALUE, got '{pair}'")
+        key, value = pair.split("=", 1)
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def _parse_resources(items: list[str]) -> dict[str, float]:
+    """``["datagames_runner=1"]`` -> ``{"datagames_runner": 1.0}`` (custom Ray resources)."""
+    out = {}
+    for item in items:
+        name, sep, amount = item.partition("=")
+        try:
+            out[name.strip()] = float(amount) if sep else 1.0
+        except ValueError:
+            raise SystemExit(f"--env-runner-resource: '{item}' is not NAME=AMOUNT") from None
+    return out
+
+
+def _setup(args: argparse.Namespace):
+    """The config's scenario, its reporter, and the overrides of ``--set`` and ``--data-dir``."""
+    from ..scenarios import scenario_of
+    from .reports import reporter
+
+    overrides = _parse_overrides(args.set)
+    scenario = scenario_of(args.config, **overrides)
+    rep = reporter(scenario)
+    if args.data_dir:
+        overrides[rep.data_dir_key] = str(Path(args.data_dir).resolve())
+    return scenario, rep, overrides
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_")
+
+
+def run_folder(config: str, label: str, seed: int, set_pairs: list[str]) -> str:
+    """``default-greedy-seed0``, and with ``--set`` overrides ``default-greedy-seed0+n_robots=3+rounds=2``: a run
+    with overrides never overwrites the plain run's folder."""
+    name = f"{Path(str(config)).stem}-{_slug(label)}-seed{seed}"
+    if set_pairs:
+        suffix = "+".join(_slug(p.replace(" ", "")) for p in set_pairs)
+        if len(suffix) > 80:
+            suffix = suffix[:60] + "+" + hashlib.sha1(suffix.encode()).hexdigest()[:8]
+        name += "+" + suffix
+    return name
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..policy import make_policy, parse_policy_spec
+    from .episode import build_env, run_episode
+    from .evaluate import write_results
+    from .warmup import notice_if_compiling
+
+    console = make_console()
+    scenario, rep, overrides = _setup(args)
+    spec = parse_policy_spec(args.policy or rep.default_policy, scenario)  # fails early on an unknown name
+    notice_if_compiling(console)
+    with console.status("building environment (dataset, first model version)..."):
+        env = build_env(args.config, spec, **overrides)
+        policy = make_policy(spec, env)
+    ctx = rep.context(env)
+    console.print(f"[bold]{scenario}[/] config [cyan]{args.config}[/]: {rep.describe(ctx)}, policy "
+                  f"[cyan]{spec.label}[/], seed {args.seed}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=args.no_progress) as progress:
+        task = progress.add_task("round 0", total=env.config.rounds)
+
+        def on_round(record: dict) -> None:
+            progress.update(task, advance=1, description=f"round {record['round']}  {rep.round_progress(record)}")
+
+        episode = run_episode(env, policy, args.seed, on_round, name=spec.text)
+    console.print(rep.run_table(episode, ctx))
+    if episode.get("final_test_accuracy") is not None:
+        console.print(f"final test accuracy of the cloud model: {episode['final_test_accuracy']:.4f}")
+    payload = {"scenario": scenario, "config": env.config.model_dump(), "policies": [spec.text],
+               "seeds": [args.seed], "elapsed_s": episode["wall_s"], "episodes": [episode]}
+    payload.update(rep.payload_extras(ctx))
+    payload["summary"] = rep.summarise(payload, ctx)
+    out = write_results(Path(args.out) / run_folder(args.config, spec.label, args.seed, args.set), payload, ctx)
+    returned = episode.get("return")
+    prefix = f"return {returned:.4f}; " if isinstance(returned, float) else ""
+    console.print(f"{prefix}wrote {out}/: results.json {' '.join(rep.files)}")
+    return 0
+
+
+def _print_summary(console, path: Path) -> None:
+    text = path.read_text()
+    if console.is_terminal:
+        from rich.markdown import Markdown
+
+        console.print(Markdown(text))
+    else:  # logs and CI: the markdown itself, whose tables no width can cut
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    from .warmup import notice_if_compiling
+
+    console = make_console()
+    _scenario, rep, overrides = _setup(args)
+    policies = [p.strip() for p in (args.policies or rep.default_policies).split(",") if p.strip()]
+    seeds = list(range(args.first_seed, args.first_seed + (args.seeds or rep.default_seeds)))
+    out = Path(args.out) if args.out else Path("results") / Path(str(args.config)).stem
+    notice_if_compiling(console)
+    payload = evaluate(args.config, policies, seeds, out, workers=args.workers, ray_address=args.ray_address,
+                       progress=not args.no_progress, baseline=args.baseline, **overrides)
+    _print_summary(console, out / "summary.md")
+    console.print(f"results in {out}/: results.json {' '.join(rep.files)} ({payload['elapsed_s']:.0f} s)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .evaluate import report
+
+    report(args.folder, args.baseline, **_report_overrides(args))
+    _print_summary(make_console(), Path(args.folder) / "summary.md")
+    return 0
+
+
+def _report_overrides(args: argparse.Namespace) -> dict:
+    """``--data-dir`` for a results folder: the data-dir key of the scenario its results.json names."""
+    if not args.data_dir:
+        return {}
+    import json
+
+    from .reports import reporter
+
+    path = Path(args.folder) / "results.json"
+    config = json.loads(path.read_text()).get("config", {}) if path.is_file() else {}
+    return {reporter(config.get("scenario", "datagames")).data_dir_key: str(Path(args.data_dir).resolve())}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..policy import load_entry_point
+
+    console = make_console()
+    try:  # the trainers live in agents/ (a layer above): loaded by entry point, never imported here
+        TrainSettings = load_entry_point(TRAINERS["settings"])
+        train = load_entry_point(TRAINERS[args.algo])
+    except ValueError as exc:
+        raise SystemExit(f"datagames train needs the rl extra (pip install -e '.[rl]'): {exc}") from None
+    _scenario, _rep, overrides = _setup(args)
+    if args.data_dir:  # the Ray workers read $DATAGAMES_DATA_DIR too
+        from ..datasets import DATA_DIR_ENV_VAR
+
+        os.environ[DATA_DIR_ENV_VAR] = str(Path(args.data_dir).resolve())
+    from .warmup import notice_if_compiling
+
+    notice_if_compiling(console)
+    settings = TrainSettings(
+        config=args.config, overrides=overrides, iterations=args.iterations, model=args.model,
+        selection_dist=args.selection_dist, allocation_dist=args.allocation_dist,
+        per_robot=args.per_robot, num_env_runners=args.num_env_runners,
+        num_envs_per_env_runner=args.num_envs_per_env_runner, num_learners=args.num_learners,
+        num_gpus_per_learner=args.num_gpus_per_learner, ray_address=args.ray_address, tune=args.tune,
+        seed=args.seed, lr=args.lr, train_batch_size=args.train_batch_size, minibatch_size=args.minibatch_size,
+        num_epochs=args.num_epochs, entropy_coeff=args.entropy_coeff, initial_log_std=args.initial_log_std,
+        out=args.out, run_name=args.name, resume=args.resume, checkpoint_every=args.checkpoint_every,
+        torch_threads=args.torch_threads or None, progress=not args.no_progress,
+        critic=args.critic, imitate=args.imitate, imitation_episodes=args.imitation_episodes,
+        imitation_epochs=args.imitation_epochs, message_sweeps=args.message_sweeps,
+        env_runner_resources=_parse_resources(args.env_runner_resource))
+    result = train(settings, log=console.print)
+    last = result["history"][-1] if result["history"] else {}
+    console.print(f"trained {len(result['history'])} iterations, {last.get('agent_steps', 0):,} agent steps in "
+                  f"{result['elapsed_s']:.0f} s; checkpoint {result['checkpoint']}")
+    console.print(f"evaluate: datagames eval --config {args.config} --policies "
+                  f"{'rllib' if args.algo == 'ppo' else 'sb3'}:{result['checkpoint']},...")
+    return 0
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from .warmup import compile_kernels
+
+    console = make_console()
+    console.print("compiling the numba kernels (once per machine; cached afterwards)...")
+    console.print(f"kernels ready ({compile_kernels(log=console.print):.0f} s)")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, default_config: str | None) -> None:
+    """The flags every scenario command shares."""
+    p.add_argument("--config", default=default_config or "default",
+                   help=f"config name in configs/ or a YAML path, any scenario (default: {default_config or 'default'})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, repeatable: --set n_robots=50 --set stream.alpha=0.1")
+    p.add_argument("--data-dir", default=None, help="folder with dataset files (else $DATAGAMES_DATA_DIR)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")
+
+
+def build_parser(default_config: str | None = None, prog: str = "datagames") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Fleet data collection environments: run, evaluate, "
+                                     "report and train on any scenario (datagames, p2p, dual).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="play one episode of one policy, print a table, write a results folder")
+    _common(run, default_config)
+    run.add_argument("--policy", default=None, help="policy spec (default: the scenario's; see datagames_env.policy)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", default="runs", help="parent folder (default runs/; the run's folder names config, "
+                                                   "policy, seed and --set overrides)")
+    run.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("eval", help="compare policies on the same seeds; writes a results folder with plots")
+    _common(ev, default_config)
+    ev.add_argument("--policies", default=None, help="comma-separated specs (default: the scenario's baselines); "
+                    "NAME, rllib:PATH, rllib-sample:PATH, sb3:PATH, sb3-sample:PATH, module:factory, dual UPLOAD/LABELER")
+    ev.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 10 datagames, 3 p2p and dual)")
+    ev.add_argument("--first-seed", type=int, default=0)
+    ev.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                    help="local processes (default: min(2, cores)); p2p plays in one process (models train once)")
+    ev.add_argument("--ray-address", default=None,
+                    help="spread jobs over a Ray cluster ('auto', 'ray://host:10001', or 'local'); "
+                         "falls back to local processes if unreachable")
+    ev.add_argument("--baseline", default=None, help="spec the summary compares against (dual; default the first)")
+    ev.add_argument("--out", default=None, help="results folder (default: results/<config>)")
+    ev.set_defaults(func=cmd_eval)
+
+    rep = sub.add_parser("report", help="rewrite summary.md, CSV and plots of a results folder from results.json")
+    rep.add_argument("folder", help="folder holding results.json")
+    rep.add_argument("--baseline", default=None)
+    rep.add_argument("--data-dir", default=None)
+    rep.set_defaults(func=cmd_report)
+
+    tr = sub.add_parser("train", help="train a learned policy (RLlib PPO or SB3 PPO) on any scenario; same command "
+                                      "on a laptop CPU and a GPU Ray cluster")
+    _common(tr, default_config)
+    tr.add_argument("--algo", default="ppo", choices=["ppo", "sb3-ppo"], help="ppo: RLlib (new API stack); "
+                    "sb3-ppo: Stable-Baselines3 on the (envs x robots) VecEnv")
+    tr.add_argument("--iterations", type=int, default=20, help="training iterations (PPO updates)")
+    tr.add_argument("--model", default="auto", choices=["auto", "scoring", "mlp"],
+                    help="RLlib module: scoring (per-class / per-sample shared network, the GU model) or mlp")
+    tr.add_argument("--selection-dist", default="plackett-luce", choices=["plackett-luce", "gaussian"],
+                    help="selection mode: Plackett-Luce over the top-k picks (default) or a Gaussian on the scores")
+    tr.add_argument("--allocation-dist", default="multinomial", choices=["multinomial", "gaussian"],
+                    help="allocation mode: n_cache multinomial draws over classes (default) or a Gaussian on shares")
+    tr.add_argument("--per-robot", action="store_true", help="one module per robot instead of parameter sharing")
+    tr.add_argument("--critic", default="local", choices=["local", "central"],
+                    help="value function: local (the robot's observation) or central (MAPPO style: + the global "
+                         "state; the actor still reads only its own observation)")
+    tr.add_argument("--imitate", default=None, choices=["oracle", "interactive", "interactive-sum", "greedy"],
+                    help="warm start: behaviour-clone this analytic policy's upload counts before PPO")
+    tr.add_argument("--imitation-episodes", type=int, default=100, help="expert episodes for --imitate")
+    tr.add_argument("--imitation-epochs", type=int, default=30, help="behaviour-cloning epochs for --imitate")
+    tr.add_argument("--message-sweeps", type=int, default=0, choices=[0, 1, 2, 3],
+                    help="learned communication: K sweeps of intended-contribution messages before acting")
+    tr.add_argument("--num-env-runners", type=int, default=0, help="sampling actors (0: sample in the driver)")
+    tr.add_argument("--num-envs-per-env-runner", type=int, default=0,
+                    help="environments per runner (sb3-ppo: environments of the vector core); 0 (default): the "
+                         "most, up to 10, that keep the update's batch as with one")
+    tr.add_argument("--num-learners", type=int, default=0, help="learner actors (0: learn in the driver)")
+    tr.add_argument("--num-gpus-per-learner", type=float, default=0.0, help="GPUs per learner (cluster)")
+    tr.add_argument("--ray-address", default=None, help="an existing Ray cluster ('auto', 'ray://host:10001')")
+    tr.add_argument("--env-runner-resource", action="append", default=[], metavar="NAME=AMOUNT",
+                    help="custom Ray resource each env runner needs (repeatable): places runners on the nodes "
+                         "started with it, e.g. ray start --resources '{\"sampler\": 4}'")
+    tr.add_argument("--tune", action="store_true", help="Ray Tune sweep over the learning rate")
+    tr.add_argument("--lr", type=float, default=3e-4)
+    tr.add_argument("--train-batch-size", type=int, default=2000, help="agent steps per iteration")
+    tr.add_argument("--minibatch-size", type=int, default=250)
+    tr.add_argument("--num-epochs", type=int, default=10)
+    tr.add_argument("--entropy-coeff", type=float, default=0.0)
+    tr.add_argument("--initial-log-std", type=float, default=-1.0,
+                    help="initial log std of the Gaussian exploration (scoring modules, SB3)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", default="runs/train", help="runs folder (default runs/train)")
+    tr.add_argument("--name", default=None, help="run name (default <config>-<algo>-<time>)")
+    tr.add_argument("--resume", default=None, help="checkpoint folder to resume from")
+    tr.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints (0: only at end)")
+    tr.add_argument("--torch-threads", type=int, default=1,
+                    help="torch threads in the driver (default 1: fastest for these small networks; 0 = torch's default)")
+    tr.set_defaults(func=cmd_train)
+
+    warm = sub.add_parser("warmup", help="compile the numba kernels now (make install runs it; else the first run "
+                                         "spends 1-2 min on it)")
+    warm.set_defaults(func=cmd_warmup)
+    for alias, config in scenario_aliases().items():
+        sub.add_parser(alias, add_help=False, help=f"the same commands with --config {config} as the default")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    default_config, prog = None, "datagames"
+    aliases = scenario_aliases()
+    if argv and argv[0] in aliases:
+        default_config, prog = aliases[argv[0]], f"datagames {argv[0]}"
+        argv = argv[1:]
+    args = build_parser(default_config, prog).parse_args(argv)
+    from ..config import ConfigError
+    from ..datasets import DatasetError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError, ValueError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""One results writer, a reporter per scenario: what a round and an episode record hold, the summary, the CSV and
+the plots. ``reporter("p2p")``; a new scenario adds its reporter to ``REPORTERS``."""
+
+from __future__ import annotations
+
+from .base import Reporter, json_default, policy_label
+
+REPORTERS: dict[str, str] = {"datagames": "datagames:DataGamesReporter", "p2p": "p2p:P2PReporter",
+                             "dual": "dual:DualReporter"}
+
+
+def reporter(scenario: str) -> Reporter:
+    """The reporter of ``scenario`` (its module is imported on first use: matplotlib stays off the import path)."""
+    import importlib
+
+    if scenario not in REPORTERS:
+        raise ValueError(f"scenario '{scenario}' has no results writer; known: {sorted(REPORTERS)}")
+    module, _, cls = REPORTERS[scenario].partition(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
+
+
+__all__ = ["REPORTERS", "Reporter", "json_default", "policy_label", "reporter"]
