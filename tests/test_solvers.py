@@ -124,11 +124,14 @@ def test_native_matches_cvxpy(instance) -> None:
         assert_feasible(reference, feasible_matrices, n_cache, available)
         native_loss = loss_value(feasible_matrices, native, cloud_counts, target_counts)
         reference_loss = loss_value(feasible_matrices, reference, cloud_counts, target_counts)
-        assert native_loss == pytest.approx(reference_loss, rel=1e-6, abs=1e-6), solve.__name__
+        # the interior-point reference is accurate to ~1e-5 of the problem's scale where the optimum is 0 (the L2
+        # norm's kink: hypothesis found native 0.0 against cvxpy 8.7e-6); the native solver is exact there
+        scale_tol = 1e-5 * max(1.0, float(np.linalg.norm(target_counts - cloud_counts)))
+        assert native_loss == pytest.approx(reference_loss, rel=1e-6, abs=scale_tol), solve.__name__
         if solve is solve_greedy:  # each robot's own objective: the quantity Greedy minimises
             np.testing.assert_allclose(robot_losses(feasible_matrices, native, cloud_counts, target_counts),
                                        robot_losses(feasible_matrices, reference, cloud_counts, target_counts),
-                                       rtol=1e-6, atol=1e-6)
+                                       rtol=1e-6, atol=scale_tol)
         else:  # Oracle: native is exact, so it is never worse than the interior-point reference
             assert native_loss <= reference_loss + 1e-9 * max(1.0, reference_loss)
 
