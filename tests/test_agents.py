@@ -671,6 +671,13 @@ def test_imitation_data_with_message_sweeps_teacher_forces_the_announcements():
                                   .repeat(3, axis=1))
     np.testing.assert_array_equal(sweeps["counts"].reshape(SMALL["rounds"], 3, n, c),
                                   plain["counts"].reshape(SMALL["rounds"], 1, n, c).repeat(3, axis=1))
+    # DAgger on the messages: the announcements come from the policy being cloned (here: one that announces nothing)
+    seen = []
+    silent = collect_expert_data("default", dict(SMALL), "interactive", episodes=1, gamma=0.99, message_sweeps=2,
+                                 announcer=lambda rows: seen.append(rows.shape) or np.zeros((len(rows), c)))
+    assert seen == [(n, 10 * c + 2)] * (2 * SMALL["rounds"])
+    np.testing.assert_array_equal(silent["obs"].reshape(SMALL["rounds"], 3, n, -1)[:, :, :, 8 * c:9 * c], 0.0)
+    np.testing.assert_array_equal(silent["counts"], sweeps["counts"])  # labels: the expert's counts all the same
 
 
 @ray_group
