@@ -697,3 +697,36 @@ def test_rllib_trains_on_dual_and_datagames_eval_evaluates_the_checkpoint(tmp_pa
     labelers = {e["policy"]: e["labeler"] for e in payload["episodes"]}
     assert labelers[f"{spec}/random"] == "random" and labelers[spec] == "submodular"  # the config's labeler
     assert all(0.0 <= e["final_test_accuracy"] <= 1.0 for e in payload["episodes"])
+
+
+# -- shipped checkpoints -----------------------------------------------------------------------------------------
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SHIPPED.iterdir() if p.is_dir()) if SHIPPED.is_dir() else [])
+def test_shipped_checkpoints_load_and_act_on_their_config(name, monkeypatch):
+    """Every folder in checkpoints/ is an RLlib checkpoint with its datagames_meta.json, evaluable by
+    `datagames eval --policies rllib:checkpoints/<name>` on the config it was trained on."""
+    from datagames_env.datasets import DATA_DIR_ENV_VAR
+    from datagames_env.policy import make_policy
+    from datagames_env.scenarios import make_parallel_env
+
+    from conftest import SHARED_DATASETS
+
+    path = SHIPPED / name
+    meta = json.loads((path / "datagames_meta.json").read_text())
+    assert {"iteration", "agent_steps", "train_time_s", "ray_version", "settings"} <= set(meta)
+    assert sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) < 4 * 2**20  # a few MB at most
+    settings = meta["settings"]
+    overrides = dict(settings["overrides"])
+    overrides.pop("reward", None)  # a difference-reward training is evaluated on the shared potential all the same
+    if "mnist" in str(settings["config"]):
+        if not (SHARED_DATASETS / "MNIST").is_dir():
+            pytest.skip("MNIST files not found")
+        monkeypatch.setenv(DATA_DIR_ENV_VAR, str(SHARED_DATASETS))
+    env = make_parallel_env(settings["config"], **overrides)
+    policy = make_policy(f"rllib:{path}", env)
+    obs, infos = env.reset(seed=100)
+    policy.reset(100)
+    actions = policy.act(obs, infos)
+    assert set(actions) == set(env.agents) and all(env.action_space(a).contains(actions[a]) for a in actions)
