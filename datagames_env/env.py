@@ -35,10 +35,12 @@ Observation layout (allocation mode, C classes; ``env.obs_layout`` gives the sli
     samples         obs_per_round x (E + C)  [selection mode] per sample: L2-normalised embedding
                     (E = perception.embedding_dim), then predicted class probabilities
 
-``infos[robot]`` carries ``feasible_matrix`` (its estimate, column j = p(y | yhat = j)),
-``available`` (its samples per predicted class this round), ``estimated_mix``, ``round``, the public
-``cloud_counts``, ``target_counts``, ``n_cache`` and ``distance``, and after a step
-``uploaded_true_labels`` and ``uploaded_predicted_labels``. The true class mixes and feasible matrices are privileged: only ``state()`` and ``privileged_view()`` (for oracle
+``infos[robot]`` has the same keys at reset and at every step (numbers and arrays only): ``feasible_matrix``
+(its estimate, column j = p(y | yhat = j)), ``available`` (its samples per predicted class this round),
+``estimated_mix``, ``round``, the public ``cloud_counts``, ``target_counts``, ``n_cache`` and ``distance``, its
+last step's uploads ``uploaded_true_labels`` and ``uploaded_predicted_labels`` (int64 ``(n_cache,)``, filled from
+the left, -1 = unused slot; all -1 at reset) and their number ``n_uploaded``, and with ``final_accuracy: true``
+``final_test_accuracy`` (-1 until the last step). The true class mixes and feasible matrices are privileged: only ``state()`` and ``privileged_view()`` (for oracle
 policies) expose them.
 """
 
@@ -180,7 +182,8 @@ class DataGamesParallelEnv(ParallelEnv):
         return {a: obs[self._index[a]] for a in self.agents}
 
     def _infos(self, result=None) -> dict[str, dict]:
-        # one fresh array per quantity per step; robots get row views of it (never mutated afterwards)
+        # one fresh array per quantity per step; robots get row views of it (never mutated afterwards).
+        # Fixed schema (TorchRL, seed_test): the same keys at reset and every step, numbers and arrays only.
         core = self.core
         feasible = core.estimated_feasible_matrices()[0]
         available = core.histograms[0].copy()
@@ -190,18 +193,20 @@ class DataGamesParallelEnv(ParallelEnv):
         shared = {"round": core.round_index, "cloud_counts": cloud, "target_counts": self._target_counts,
                   "n_cache": core.cfg.n_cache, "distance": distance}
         if result is not None:
-            labels, predicted = result.uploaded_labels[0], result.uploaded_predicted[0]
-            n_uploaded = (labels >= 0).sum(axis=1)  # slots are filled from the left
-            if result.final_test_accuracy is not None:
-                shared["final_test_accuracy"] = float(result.final_test_accuracy[0])
+            labels, predicted = result.uploaded_labels[0].copy(), result.uploaded_predicted[0].copy()
+        else:  # nothing uploaded yet: every slot unused
+            labels = np.full((len(self.possible_agents), core.cfg.n_cache), -1, dtype=np.int64)
+            predicted = labels.copy()
+        if core.cfg.final_accuracy:  # -1 until the episode's last step computed it
+            final = result.final_test_accuracy if result is not None else None
+            shared["final_test_accuracy"] = float(final[0]) if final is not None else -1.0
+        n_uploaded = (labels >= 0).sum(axis=1)  # slots are filled from the left
         infos = {}
         for agent in self.agents:
             i = self._index[agent]
-            info = {"available": available[i], "feasible_matrix": feasible[i], "estimated_mix": mixes[i], **shared}
-            if result is not None:
-                info["uploaded_true_labels"] = labels[i, :n_uploaded[i]]
-                info["uploaded_predicted_labels"] = predicted[i, :n_uploaded[i]]
-            infos[agent] = info
+            infos[agent] = {"available": available[i], "feasible_matrix": feasible[i], "estimated_mix": mixes[i],
+                            **shared, "uploaded_true_labels": labels[i], "uploaded_predicted_labels": predicted[i],
+                            "n_uploaded": int(n_uploaded[i])}
         return infos
 
     # ------------------------------------------------------------------------------ global / privileged

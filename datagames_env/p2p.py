@@ -25,7 +25,8 @@ Reward                 ``reward: feedback``: per robot, the mean utility its ``n
 Episode end            after ``rounds`` steps every robot is terminated (the task's horizon; never truncated);
                        ``agents`` becomes empty
 Arguments              ``config`` (a name in ``configs/``, a YAML path, a dict or a :class:`P2PConfig`),
-                       ``max_cycles`` (PettingZoo's name for ``rounds``), and any config key as a keyword (dotted
+                       ``max_cycles`` (PettingZoo's name for ``rounds``), ``render_mode`` (``ansi``, ``human``),
+                       and any config key as a keyword (dotted
                        keys for nested ones: ``**{"ood.detector": "ensemble"}``)
 =====================  ==========================================================================================
 
@@ -43,19 +44,21 @@ Observation layout (D domains, C classes, E = ``perception.embedding_dim``)::
 ``context`` is everything before ``samples`` (``context_dim = D + C + 5``); ``n_samples = obs_per_round``,
 ``sample_feature_dim = E + C``.
 
-``infos[robot]``: ``round``, ``labeled_size``, ``domain_accuracy`` (domain -> test accuracy of its current model),
-``domain_names``, ``n_share``, ``neighbors``, cumulative privacy counters ``total_blurred``, ``total_dropped``,
-``total_passed_private`` and rare-domain counters ``total_cached``, ``total_rare_cached``, ``total_rare_seen``,
-``rare_share_cached`` (rare-domain share of everything it cached so far; NaN while it cached nothing). After a
-step also: ``cached_slots`` (int64 ``(n_share,)``, positions in the previous observation's sample block),
-``sent_mask`` (bool: left the robot; False = dropped by the privacy filter), ``feedback_utilities`` (float32
-``(n_share,)``, 0 where not sent), ``n_sent``, ``n_received``, ``n_kept``, ``n_private_cached``, ``n_blurred``,
-``n_dropped``, ``n_passed_private``, ``round_rare_share`` (rare share among this round's cache) and ``trained``
-(whether its model was retrained after this round). With ``feedback_memory > 0`` also
-``feedback_memory_features`` (float32 ``(m, E + C)``: the last ``m <= feedback_memory`` samples it sent, re-embedded
-by its *current* model, as the paper's sender that keeps its shared images) and ``feedback_memory_utilities``
-(float32 ``(m,)``, what each earned): the training set of a GU model. A robot's retrainings in one episode start
-from the same initialisation seed, so its embedding space drifts as little as the data allows.
+``infos[robot]`` has the same keys at reset and at every step (numbers and arrays only, never NaN): ``round``,
+``labeled_size``, ``domain_accuracy`` (float64 ``(D,)``, test accuracy of its current model per domain, in the order
+of ``env.domain_names``), ``n_share``, ``neighbor_mask`` (bool ``(N,)``), ``ood_threshold``, cumulative privacy
+counters ``total_blurred``, ``total_dropped``, ``total_passed_private`` and rare-domain counters ``total_cached``,
+``total_rare_cached``, ``total_rare_seen``, ``rare_share_cached`` (rare-domain share of everything it cached so far;
+0 while it cached nothing); about the last round (at reset: nothing happened yet, -1 slots and zeros):
+``cached_slots`` (int64 ``(n_share,)``, positions in the previous observation's sample block), ``sent_mask`` (bool:
+left the robot; False = dropped by the privacy filter), ``feedback_utilities`` (float32 ``(n_share,)``, 0 where not
+sent), ``n_sent``, ``n_received``, ``n_kept``, ``n_private_cached``, ``n_blurred``, ``n_dropped``,
+``n_passed_private``, ``round_rare_share`` (rare share among this round's cache) and ``trained`` (whether its model
+was retrained after this round). With ``feedback_memory > 0`` also ``feedback_memory_features`` (float32
+``(feedback_memory, E + C)``: the last ``m = feedback_memory_size`` samples it sent in the first ``m`` rows,
+re-embedded by its *current* model, as the paper's sender that keeps its shared images; zeros below) and
+``feedback_memory_utilities`` (float32 ``(feedback_memory,)``, what each earned): the training set of a GU model.
+A robot's retrainings in one episode start from the same initialisation seed, so its embedding space drifts as little as the data allows.
 
 Everything a step needs from a model is computed once per (model version, round) in one batched pass per robot;
 only the shared samples go through the receivers' detectors, one batched pass per receiver. Oracle policies read
@@ -74,6 +77,7 @@ from typing import Any, Literal
 import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
+from pettingzoo.utils.conversions import parallel_to_aec
 from pydantic import Field, field_validator, model_validator
 
 from .config import CONFIG_DIR, ConfigError, PerceptionConfig, _Strict, load_typed_config
@@ -83,9 +87,9 @@ from .ood import NoveltyDetector, train_dropout_classifier
 from .perception import Classifier, limited_torch_threads, train_classifier
 from .privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
-__all__ = ["P2PConfig", "P2PParallelEnv", "load_p2p_config", "parallel_env"]
+__all__ = ["P2PConfig", "P2PParallelEnv", "env", "load_p2p_config", "parallel_env"]
 
-METADATA = {"name": "datagames_p2p_v0", "render_modes": [], "is_parallelizable": True}
+METADATA = {"name": "datagames_p2p_v0", "render_modes": ["human", "ansi"], "is_parallelizable": True}
 
 # --------------------------------------------------------------------------------------------------------- config
 
@@ -385,9 +389,9 @@ class P2PParallelEnv(ParallelEnv):
                  render_mode: str | None = None, **overrides: Any) -> None:
         if max_cycles is not None:
             overrides["rounds"] = max_cycles
-        if render_mode is not None:
-            raise ValueError("the p2p scenario has no render modes; pass render_mode=None")
-        self.render_mode = None
+        if render_mode is not None and render_mode not in METADATA["render_modes"]:
+            raise ValueError(f"render_mode must be one of {METADATA['render_modes']} or None, got {render_mode!r}")
+        self.render_mode = render_mode
         self.config = cfg = load_p2p_config(config, **overrides)
         self.world = build_world(cfg)
         self.detector = cfg.ood.detector_object()
@@ -729,24 +733,39 @@ class P2PParallelEnv(ParallelEnv):
             self.agents = []
         return obs, rewards, terminations, truncations, infos
 
+    def _round_stats_at_reset(self) -> list[dict]:
+        """The per-round info keys before any round was played (fixed schema: the same keys at reset)."""
+        k = self.n_share
+        return [{"cached_slots": np.full(k, -1, dtype=np.int64), "sent_mask": np.zeros(k, dtype=bool),
+                 "feedback_utilities": np.zeros(k, dtype=np.float32), "n_sent": 0, "n_received": 0, "n_kept": 0,
+                 "n_private_cached": 0, "n_blurred": 0, "n_dropped": 0, "n_passed_private": 0,
+                 "round_rare_share": 0.0, "trained": False} for _ in range(self.config.n_robots)]
+
     def _infos(self, round_stats: list[dict] | None) -> dict[str, dict]:
+        # fixed schema (TorchRL, seed_test): the same keys at reset and every step, numbers and arrays only
+        round_stats = round_stats if round_stats is not None else self._round_stats_at_reset()
+        n, memory = self.config.n_robots, self.config.feedback_memory
         infos = {}
         for agent in self.agents:
             i = self._index[agent]
             robot = self._robots[i]
             totals = dict(robot.totals)
+            neighbor_mask = np.zeros(n, dtype=bool)
+            neighbor_mask[self.neighbors[i]] = True
             info = {"round": self.round_index, "labeled_size": int(self._cell_counts[i].sum()),
-                    "domain_accuracy": dict(zip(self.domain_names, robot.model.domain_accuracy.tolist())),
-                    "domain_names": list(self.domain_names), "n_share": self.n_share,
-                    "neighbors": [self.possible_agents[j] for j in self.neighbors[i]],
-                    "ood_threshold": float(robot.model.threshold), **totals,
+                    "domain_accuracy": robot.model.domain_accuracy.copy(), "n_share": self.n_share,
+                    "neighbor_mask": neighbor_mask, "ood_threshold": float(robot.model.threshold), **totals,
                     "rare_share_cached": (totals["total_rare_cached"] / totals["total_cached"]
-                                          if totals["total_cached"] else float("nan"))}
-            if round_stats is not None:
-                info.update(round_stats[i])
-            if self.config.feedback_memory and self._memory_features:
-                info["feedback_memory_features"] = self._memory_features[i]
-                info["feedback_memory_utilities"] = robot.memory_utilities.copy()
+                                          if totals["total_cached"] else 0.0)}
+            info.update(round_stats[i])
+            if memory:  # padded to feedback_memory rows; the first feedback_memory_size are real
+                size = len(robot.memory_utilities)
+                features = np.zeros((memory, self.sample_feature_dim), dtype=np.float32)
+                utilities = np.zeros(memory, dtype=np.float32)
+                features[:size] = self._memory_features[i]
+                utilities[:size] = robot.memory_utilities
+                info.update(feedback_memory_features=features, feedback_memory_utilities=utilities,
+                            feedback_memory_size=size)
             infos[agent] = info
         return infos
 
@@ -765,15 +784,39 @@ class P2PParallelEnv(ParallelEnv):
         """Global state: every robot's labeled (domain, class) counts / potential_cell_target, clipped to [0, 1]."""
         return np.clip(self._cell_counts / self.config.potential_cell_target, 0, 1).ravel().astype(np.float32)
 
-    def render(self) -> None:
-        return None
+    def render(self) -> str | None:
+        """``ansi``: a text table (per robot: labeled set, per-domain accuracy, rare share cached); ``human``
+        prints it."""
+        if self.render_mode is None:
+            import gymnasium
+            gymnasium.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'human'")
+            return None
+        width = max(8, *(len(d) for d in self.domain_names))
+        lines = [f"datagames_p2p_v0  round {self.round_index}/{self.config.rounds}",
+                 f"{'robot':<8}  {'labeled':>7}  " + "  ".join(f"{d:>{width}}" for d in self.domain_names)
+                 + "  rare cached"]
+        for i, robot in enumerate(self._robots):
+            totals = robot.totals
+            rare = totals["total_rare_cached"] / totals["total_cached"] if totals["total_cached"] else 0.0
+            lines.append(f"{'robot_' + str(i):<8}  {int(self._cell_counts[i].sum()):>7}  "
+                         + "  ".join(f"{a:>{width}.3f}" for a in robot.model.domain_accuracy) + f"  {rare:>11.3f}")
+        text = "\n".join(lines)
+        if self.render_mode == "human":
+            print(text)
+            return None
+        return text
 
     def close(self) -> None:
         pass
 
 
 def parallel_env(config: str | dict | P2PConfig | None = None, **overrides: Any) -> P2PParallelEnv:
-    """``make_parallel_env("p2p_toy")`` lands here: the p2p env of a config (default ``p2p_default``)."""
+    """``datagames_env.parallel_env("p2p_toy")`` lands here: the p2p env of a config (default ``p2p_default``)."""
     return P2PParallelEnv(config, **overrides)
+
+
+def env(config: str | dict | P2PConfig | None = None, **overrides: Any):
+    """AEC face: robots act one after another within a round; the round resolves when the last has acted."""
+    return parallel_to_aec(P2PParallelEnv(config, **overrides))
 
 

@@ -39,7 +39,10 @@ def run_episode(env, policy, seed: int, on_round=None) -> dict:
     """Play one episode; per round and robot: per-domain accuracy, reward, feedback, caching and privacy counts."""
     observations, infos = env.reset(seed=seed)
     policy.reset(seed)
-    rounds = [{"round": 0, "robots": {a: {"domain_accuracy": infos[a]["domain_accuracy"],
+    def by_domain(info: dict) -> dict:  # infos carry arrays (fixed schema); the results name the domains
+        return dict(zip(env.domain_names, np.asarray(info["domain_accuracy"]).tolist()))
+
+    rounds = [{"round": 0, "robots": {a: {"domain_accuracy": by_domain(infos[a]),
                                           "labeled_size": infos[a]["labeled_size"]} for a in env.possible_agents}}]
     decide_s = 0.0
     while env.agents:
@@ -50,7 +53,7 @@ def run_episode(env, policy, seed: int, on_round=None) -> dict:
         record = {"round": len(rounds), "robots": {}}
         for agent, info in infos.items():
             record["robots"][agent] = {
-                "domain_accuracy": info["domain_accuracy"], "labeled_size": info["labeled_size"],
+                "domain_accuracy": by_domain(info), "labeled_size": info["labeled_size"],
                 "reward": float(rewards[agent]), "mean_utility": float(np.mean(info["feedback_utilities"])),
                 "round_rare_share": float(info["round_rare_share"]), "rare_share_cached": info["rare_share_cached"],
                 "total_rare_cached": info["total_rare_cached"], "total_rare_seen": info["total_rare_seen"],

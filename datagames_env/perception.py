@@ -280,7 +280,8 @@ def train_classifier(features: np.ndarray, labels: np.ndarray, n_classes: int, c
     """
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    with limited_torch_threads(max_threads):
+    # enable_grad: TorchRL collectors step environments inside torch.no_grad(), and reset/step train models
+    with limited_torch_threads(max_threads), torch.enable_grad():
         return _train_classifier(features, labels, n_classes, cfg, seed, dropout)
 
 
