@@ -25,7 +25,7 @@ Reward                 identical for all robots. ``reward: accuracy`` (default):
 Episode end            after ``rounds`` steps every robot is terminated (the task's horizon; never
                        truncated); ``agents`` becomes empty
 Arguments              ``config`` (a name in ``configs/``, a YAML path, a dict or a ``DualConfig``),
-                       ``render_mode`` (``ansi`` or None), and any config key as a keyword
+                       ``render_mode`` (``ansi``, ``human`` or None), ``max_cycles``, and any config key as a keyword
                        (``n_robots=4``, ``**{"privacy.mode": "drop"}``)
 =====================  ===========================================================================
 
@@ -40,17 +40,19 @@ Context block (``obs_layout`` names, C classes)::
     rounds_left      1  (rounds - round) / rounds
     mean_coverage    1  mean coverage of this robot's samples by the cloud set
 
-Coverage uses the facility-location kernel (``kernel``, ``kernel_scale``; :mod:`baselines.submodular`), floored at
+Coverage uses the facility-location kernel (``kernel``, ``kernel_scale``; :mod:`datagames_env.selection.submodular`), floored at
 0, over the whole cloud set (labeled and unlabeled: a second copy of an uploaded scene is wasted bandwidth).
 
-``infos[robot]``: ``round``; its ``feasible_matrix`` (estimated, column j = p(y | yhat = j)), ``available``
-(samples per predicted class), ``estimated_mix``; the public ``cloud_counts`` (labeled class counts),
-``target_counts`` (uniform over the labeled set at episode end), ``n_cache``, ``label_budget``,
-``labels_used``, ``cloud_labeled``, ``cloud_unlabeled``, ``validation_accuracy``, ``test_accuracy``; after a
-step also ``uploaded`` (count), ``uploaded_sample_ids``, ``labeled_from_robot``, ``labeled`` (this round, whole
-fleet), ``privacy`` (``private``, ``dropped``, ``blurred``, ``passed_private`` for this robot),
-``privacy_total`` (fleet), ``upload_objective`` / ``upload_objective_gain`` (fleet facility location of the
-uploads over the round's observations, mean per ground sample), ``label_objective`` and ``coverage_gain``.
+``infos[robot]`` has the same keys at reset and at every step (numbers and arrays only): ``round``; its
+``feasible_matrix`` (estimated, column j = p(y | yhat = j)), ``available`` (samples per predicted class),
+``estimated_mix``; the public ``cloud_counts`` (labeled class counts), ``target_counts`` (uniform over the labeled
+set at episode end), ``n_cache``, ``label_budget``, ``labels_used``, ``cloud_labeled``, ``cloud_unlabeled``,
+``validation_accuracy``, ``test_accuracy``; about the last step (zeros and -1 at reset): ``uploaded`` (count),
+``uploaded_sample_ids`` (int64 ``(n_cache,)``, -1 = slot not uploaded), ``labeled_from_robot``, ``labeled`` (this
+round, whole fleet), ``privacy_<k>`` for this robot and ``privacy_total_<k>`` for the fleet with k in
+``private``, ``dropped``, ``blurred``, ``passed_private``, ``upload_objective`` / ``upload_objective_gain`` (fleet
+facility location of the uploads over the round's observations, mean per ground sample), ``label_objective``
+(0 when there was nothing to label) and ``coverage_gain``.
 ``env.privileged_view()`` (oracles only) exposes true mixes, true feasible matrices and the true labels of
 what every robot sees; ``env.cloud()`` the cloud ledger; ``env.history`` the per-round records.
 
@@ -72,9 +74,10 @@ from typing import Any, Literal
 import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
+from pettingzoo.utils.conversions import parallel_to_aec
 from pydantic import Field, field_validator, model_validator
 
-from baselines.submodular import (
+from .selection.submodular import (
     DEFAULT_MAX_BLOCK_BYTES,
     FacilityLocation,
     fleet_objective,
@@ -92,15 +95,17 @@ from .config import (
     check_stream_against_fleet,
     load_typed_config,
 )
-from .core import draw_class_mixes
-from .datasets import Dataset, load_dataset, split_dataset
-from .perception import ModelVersion, Perception, limited_torch_threads
+from .core import World, derive_version
+from .datasets import Dataset
+from .streams import draw_class_mixes, draw_initial_cloud, drift_mixes
+from .perception import ModelVersion, limited_torch_threads
 from .privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
-__all__ = ["DualConfig", "DualParallelEnv", "DualWorld", "load_dual_config", "parallel_env"]
+__all__ = ["DualConfig", "DualParallelEnv", "DualWorld", "env", "load_dual_config", "parallel_env"]
 
-METADATA = {"name": "datagames_dual_v0", "render_modes": ["ansi"], "is_parallelizable": True}
+METADATA = {"name": "datagames_dual_v0", "render_modes": ["human", "ansi"], "is_parallelizable": True}
 LABELERS = ("submodular", "random", "entropy", "margin")
+PRIVACY_COUNTS = ("private", "dropped", "blurred", "passed_private")  # infos: privacy_<k>, privacy_total_<k>
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -170,23 +175,17 @@ def _image_shape(dataset: Dataset) -> tuple[int, int, int] | None:
     return (1, side, side) if side * side == dataset.feature_shape[0] else None
 
 
-class DualWorld:
-    """What every episode of one config shares: dataset and split, the private patches, the interned blurred
-    copies, and the perception cache (one model per labeled multiset and seed)."""
+class DualWorld(World):
+    """The shared :class:`~datagames_env.core.World` (dataset, split, pool tables, perception cache) plus what DUAL
+    adds: the private patches and the interned blurred copies, which the perception cache also scores."""
 
     def __init__(self, cfg: DualConfig) -> None:
+        super().__init__(cfg)
+        self.public_members = [m[~self.private[self.pool[m]]] for m in self.members_of_classes()]
+
+    def _model_rows(self, cfg: DualConfig) -> tuple[np.ndarray, np.ndarray]:
+        """Stamp private patches on a share of the pool, intern the blurred copies as extra rows."""
         dcfg, pcfg = cfg.dataset, cfg.privacy
-        self.dataset = load_dataset(dcfg.name, dcfg.data_dir, dcfg.download)
-        self.n_classes = self.dataset.n_classes
-        self.splits = split_dataset(self.dataset.labels, dcfg.validation_fraction, dcfg.test_fraction, dcfg.split_seed)
-        self.pool = self.splits.pool
-        self.pool_labels = self.dataset.labels[self.pool]
-        counts = np.bincount(self.pool_labels, minlength=self.n_classes)
-        if (counts == 0).any():
-            raise ConfigError(f"dataset '{self.dataset.name}': classes {np.flatnonzero(counts == 0).tolist()} have "
-                              "no samples in the stream pool")
-        self.class_members = np.argsort(self.pool_labels, kind="stable").astype(np.int64)  # pool positions
-        self.class_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.image_shape = _image_shape(self.dataset)
         n = self.dataset.n_samples
         self.private = np.zeros(n, dtype=bool)
@@ -220,11 +219,7 @@ class DualWorld:
         self.source_of_row = np.concatenate([np.arange(n), private_ids])  # dataset sample behind each row
         self.pool_position = np.full(len(self.features), -1, dtype=np.int64)
         self.pool_position[self.pool] = np.arange(len(self.pool))
-        self.public_members = [self.class_members[self.class_start[y]:self.class_start[y + 1]] for y in
-                               range(self.n_classes)]
-        self.public_members = [m[~self.private[self.pool[m]]] for m in self.public_members]
-        self.perception = Perception(self.features, self.labels, self.pool, self.splits.validation, self.splits.test,
-                                     self.n_classes, cfg.perception, max_threads=1)
+        return self.features, self.labels
 
     def as_images(self, rows: np.ndarray) -> np.ndarray:
         """Feature rows in the privacy filter's layout ((n, C, H, W) images, or the vectors themselves)."""
@@ -315,16 +310,8 @@ class DualParallelEnv(ParallelEnv):
     def _draw_initial_cloud(self, rng: np.random.Generator) -> np.ndarray:
         """Dataset rows of the initial (labeled) cloud: a Dirichlet-skewed class mix of *public* pool samples."""
         cfg, w = self.config, self.world
-        per_class = rng.multinomial(cfg.initial_cloud_size, rng.dirichlet(np.full(self.n_classes,
-                                                                                  cfg.initial_cloud_alpha)))
-        chosen = []
-        for y in range(self.n_classes):
-            members, k = w.public_members[y], int(per_class[y])
-            if k and len(members) == 0:
-                raise ConfigError(f"config key 'privacy.private_fraction': class {y} has no public sample for the "
-                                  "initial cloud")
-            chosen.append(rng.choice(members, size=k, replace=k > len(members)) if k else np.zeros(0, np.int64))
-        return w.pool[np.concatenate(chosen).astype(np.int64)]
+        return draw_initial_cloud(rng, cfg.initial_cloud_size, cfg.initial_cloud_alpha, None, w.public_members,
+                                  w.pool, no_member_error="config key 'privacy.private_fraction'")
 
     def reset(self, seed: int | None = None, options: dict | None = None):
         if seed is not None:
@@ -368,12 +355,10 @@ class DualParallelEnv(ParallelEnv):
         self.classifier = w.perception.classifier_for(self._version_rows, pcfg.seed)
         self.test_accuracy = float(w.perception.test_accuracy(self._version_rows, pcfg.seed))
         self._row_view_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        c = self.n_classes
-        cells = self.world.pool_labels * c + self.version.pool_predictions
-        joint = np.bincount(cells, minlength=c * c).reshape(c, c).astype(np.float64)
-        self._pool_conditionals = (joint / np.maximum(joint.sum(axis=1, keepdims=True), 1))[None]
-        self._confusion = np.asarray(self.version.confusion)[None]
-        self._pinv_confusion_t = np.linalg.pinv(self.version.confusion.T)[None]
+        tables = derive_version(self.version, w.pool_labels, self.n_classes)
+        self._pool_conditionals = tables["conditionals"][None]
+        self._confusion = np.asarray(tables["confusions"])[None]
+        self._pinv_confusion_t = tables["pinv_confusion_t"][None]
 
     def _cloud_view(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and embeddings of feature rows under the current model: pool rows from the version's
@@ -513,15 +498,19 @@ class DualParallelEnv(ParallelEnv):
         }
         self.history.append(step_record)
         last_round = self.round_index >= cfg.rounds
-        per_robot = [{"uploaded": len(new_rows[i]), "uploaded_sample_ids": uploaded_ids[i],
-                      "labeled_from_robot": int((labeled_robot == i).sum()), "privacy": per_robot_privacy[i]}
-                     for i in range(cfg.n_robots)]
+        per_robot = []
+        for i in range(cfg.n_robots):
+            ids = np.full(cfg.n_cache, -1, dtype=np.int64)  # fixed shape; -1 = slot not uploaded
+            ids[:len(uploaded_ids[i])] = uploaded_ids[i]
+            per_robot.append({"uploaded": len(new_rows[i]), "uploaded_sample_ids": ids,
+                              "labeled_from_robot": int((labeled_robot == i).sum()),
+                              **{f"privacy_{k}": v for k, v in per_robot_privacy[i].items()},
+                              **{f"privacy_total_{k}": v for k, v in privacy_total.items()}})
         if last_round:
             self._needs_reset = True
         else:
             if cfg.stream.drift > 0:
-                fresh = self.rng.dirichlet(np.full(self.n_classes, cfg.stream.alpha), size=cfg.n_robots)
-                self.mixes = (1.0 - cfg.stream.drift) * self.mixes + cfg.stream.drift * fresh
+                self.mixes = drift_mixes(self.mixes, cfg.stream, self.rng)
             self._observe_round()
         agents = list(self.agents)
         obs = self._observations()
@@ -539,7 +528,7 @@ class DualParallelEnv(ParallelEnv):
         cfg = self.config
         budget = min(cfg.label_budget, len(candidates))
         if len(candidates) == 0:
-            return candidates, float("nan")
+            return candidates, 0.0  # nothing to cover (a number, not NaN: it goes into the infos)
         probs, emb = self._cloud_view(self._cloud["row"][candidates])
         _, labeled_emb = self._cloud_view(self._labeled_rows())
         kwargs = self._similarity_kwargs()
@@ -591,18 +580,21 @@ class DualParallelEnv(ParallelEnv):
                   "cloud_unlabeled": int((~self._cloud["labeled"]).sum()),
                   "validation_accuracy": float(self.version.validation_accuracy),
                   "test_accuracy": self.test_accuracy}
-        if record is not None:
-            shared.update({k: record[k] for k in ("labeled", "upload_objective", "upload_objective_gain",
-                                                  "label_objective", "coverage_gain")})
+        # fixed schema (TorchRL, seed_test): the keys of a step are there at reset too, with nothing done yet
+        step_keys = ("labeled", "upload_objective", "upload_objective_gain", "label_objective", "coverage_gain")
+        shared.update({k: (record[k] if record is not None else 0.0) for k in step_keys})
+        shared["labeled"] = int(shared["labeled"])
+        if per_robot is None:
+            nothing = {"uploaded": 0, "uploaded_sample_ids": np.full(self.config.n_cache, -1, dtype=np.int64),
+                       "labeled_from_robot": 0, **{f"privacy_{k}": 0 for k in PRIVACY_COUNTS},
+                       **{f"privacy_total_{k}": 0 for k in PRIVACY_COUNTS}}
+            per_robot = [nothing] * self.config.n_robots
         infos = {}
         for agent in self.agents:
             i = self._index[agent]
-            info = {"available": self.histograms[i].copy(), "feasible_matrix": feasible[0, i],
-                    "estimated_mix": self.estimated_mixes[i].copy(), **shared}
-            if record is not None:
-                info.update(per_robot[i])
-                info["privacy_total"] = dict(record["privacy_total"])
-            infos[agent] = info
+            infos[agent] = {"available": self.histograms[i].copy(), "feasible_matrix": feasible[0, i],
+                            "estimated_mix": self.estimated_mixes[i].copy(), **shared,
+                            **{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in per_robot[i].items()}}
         return infos
 
     def state(self) -> np.ndarray:
@@ -636,13 +628,17 @@ class DualParallelEnv(ParallelEnv):
     def render(self):
         if self.render_mode is None:
             import gymnasium
-            gymnasium.logger.warn("render() called without a render_mode; pass render_mode='ansi'")
+            gymnasium.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'human'")
             return None
         rec = self.history[-1] if self.history else {}
-        return (f"round {self.round_index}/{self.config.rounds}  labeled {rec.get('cloud_labeled', 0)}  "
+        text = (f"round {self.round_index}/{self.config.rounds}  labeled {rec.get('cloud_labeled', 0)}  "
                 f"unlabeled {rec.get('cloud_unlabeled', 0)}  labels used {self.labels_used}  "
                 f"val acc {rec.get('validation_accuracy', float('nan')):.3f}  "
                 f"test acc {rec.get('test_accuracy', float('nan')):.3f}")
+        if self.render_mode == "human":
+            print(text)
+            return None
+        return text
 
     def close(self) -> None:
         pass
@@ -664,3 +660,8 @@ def uncertainty(probs: np.ndarray, kind: str) -> np.ndarray:
 def parallel_env(config: str | Path | dict | DualConfig | None = None, **overrides: Any) -> DualParallelEnv:
     """``datagames_env.dual.parallel_env()``: the DUAL scenario on the embedded digits, or a config + overrides."""
     return DualParallelEnv(config, **overrides)
+
+
+def env(config: str | Path | dict | DualConfig | None = None, **overrides: Any):
+    """AEC face: robots act one after another within a round; the round resolves when the last has acted."""
+    return parallel_to_aec(DualParallelEnv(config, **overrides))

@@ -1,4 +1,4 @@
-"""Facility-location solvers (baselines/submodular.py): exactness of lazy greedy, approximation guarantees against
+"""Facility-location solvers (datagames_env/selection/submodular.py): exactness of lazy greedy, approximation guarantees against
 brute force, blocked == dense similarities, matroid caps, fleet variants."""
 
 from __future__ import annotations
