@@ -83,8 +83,8 @@ from pydantic import Field, field_validator, model_validator
 from .config import CONFIG_DIR, ConfigError, PerceptionConfig, _Strict, load_typed_config
 from .datasets import Dataset, DatasetError, load_dataset
 from .domains import corrupt
-from .ood import NoveltyDetector, train_dropout_classifier
-from .perception import Classifier, limited_torch_threads, train_classifier
+from .ood import NoveltyDetector
+from .perception import Classifier, limited_torch_threads, train_classifiers
 from .privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
 __all__ = ["P2PConfig", "P2PParallelEnv", "env", "load_p2p_config", "parallel_env"]
@@ -447,49 +447,62 @@ class P2PParallelEnv(ParallelEnv):
         return dict(self._layout)
 
     # ---------------------------------------------------------------------------------------------- models
-    def _train(self, features: np.ndarray, labels: np.ndarray, seed: int, calibration: np.ndarray) -> LocalModel:
+    def _train(self, sets: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]]) -> list[LocalModel]:
+        """Local models for several robots at once from (features, labels, seed, calibration ids) each: every
+        classifier of every robot (one, or the ensemble's members) trains in ONE batched model
+        (:func:`~datagames_env.perception.train_classifiers`), then each robot calibrates its OoD threshold."""
+        if not sets:
+            return []
         cfg = self.config
+        n_members = 1 if self.detector.detector == "mc_dropout" else self.detector.n_models
+        seeds = [seed if self.detector.detector == "mc_dropout" else _seed_of(seed, k)
+                 for _, _, seed, _ in sets for k in range(n_members)]
+        features = [f for f, _, _, _ in sets for _ in range(n_members)]
+        labels = [y for _, y, _, _ in sets for _ in range(n_members)]
+        dropout = cfg.ood.dropout if self.detector.detector == "mc_dropout" else 0.0
         with limited_torch_threads(cfg.max_threads):
-            if self.detector.detector == "mc_dropout":
-                members = [train_dropout_classifier(features, labels, self.n_classes, cfg.perception, seed,
-                                                    cfg.ood.dropout)]
-            else:
-                members = [train_classifier(features, labels, self.n_classes, cfg.perception, _seed_of(seed, k))
-                           for k in range(self.detector.n_models)]
-            self.n_trainings += len(members)
-            threshold = self.detector.calibrate(members, self.world.features[calibration], seed=seed)
-            accuracy = np.array([members[0].accuracy(x, y) for x, y in
-                                 zip(self.world.test_features, self.world.test_labels)])
-        return LocalModel(members, threshold, accuracy)
+            classifiers = train_classifiers(features, labels, self.n_classes, cfg.perception, seeds, dropout=dropout)
+            self.n_trainings += len(classifiers)
+            models = []
+            for r, (_, _, seed, calibration) in enumerate(sets):
+                members = classifiers[r * n_members:(r + 1) * n_members]
+                threshold = self.detector.calibrate(members, self.world.features[calibration], seed=seed)
+                accuracy = np.array([members[0].accuracy(x, y) for x, y in
+                                     zip(self.world.test_features, self.world.test_labels)])
+                models.append(LocalModel(members, threshold, accuracy))
+        return models
 
-    def _initial_robot(self, i: int, seed: int) -> tuple[list, list, list, set, np.ndarray, LocalModel]:
-        """Initial labeled set, calibration ids and first model of robot i (drawn from ``seed``)."""
-        key = (seed, i)
-        if key in self._initial_cache:
-            return self._initial_cache[key]
+    def _initial_robots(self, seed: int) -> list[tuple[list, list, list, set, np.ndarray, LocalModel]]:
+        """Initial labeled set, calibration ids and first model of every robot (drawn from ``seed``); the first
+        models train together."""
         cfg, world = self.config, self.world
-        rng = np.random.default_rng([seed, i, 7])
-        labeled, calibration = [], []
-        robot_cfg = cfg.robots[i]
-        home = [self.domain_names.index(d) for d, n in robot_cfg.initial_labeled.items() if n > 0]
-        for d in home:
-            want = robot_cfg.initial_labeled[self.domain_names[d]]
-            pool = world.pool_by_domain[d]
-            n_cal = round(cfg.ood.calibration_size / len(home))
-            if want + n_cal > len(pool):
-                raise ConfigError(f"robots.{i}.initial_labeled (robot_{i}): {want} labeled + {n_cal} calibration "
-                                  f"samples of domain '{self.domain_names[d]}' exceed its pool of {len(pool)}")
-            chosen = rng.choice(pool, size=want + n_cal, replace=False)
-            labeled.append(np.sort(chosen[:want]))
-            calibration.append(np.sort(chosen[want:]))
-        ids = np.concatenate(labeled)
-        calibration_ids = np.concatenate(calibration)
-        model = self._train(world.features[ids], world.labels[ids], _seed_of(seed, i, 11), calibration_ids)
-        entry = ([world.features[ids]], [world.labels[ids]], [world.domains[ids]], set(ids.tolist()),
-                 calibration_ids, model)
+        missing = [i for i in range(cfg.n_robots) if (seed, i) not in self._initial_cache]
+        drawn = {}
+        for i in missing:
+            rng = np.random.default_rng([seed, i, 7])
+            labeled, calibration = [], []
+            robot_cfg = cfg.robots[i]
+            home = [self.domain_names.index(d) for d, n in robot_cfg.initial_labeled.items() if n > 0]
+            for d in home:
+                want = robot_cfg.initial_labeled[self.domain_names[d]]
+                pool = world.pool_by_domain[d]
+                n_cal = round(cfg.ood.calibration_size / len(home))
+                if want + n_cal > len(pool):
+                    raise ConfigError(f"robots.{i}.initial_labeled (robot_{i}): {want} labeled + {n_cal} calibration "
+                                      f"samples of domain '{self.domain_names[d]}' exceed its pool of {len(pool)}")
+                chosen = rng.choice(pool, size=want + n_cal, replace=False)
+                labeled.append(np.sort(chosen[:want]))
+                calibration.append(np.sort(chosen[want:]))
+            drawn[i] = (np.concatenate(labeled), np.concatenate(calibration))
+        models = self._train([(world.features[ids], world.labels[ids], _seed_of(seed, i, 11), calibration_ids)
+                              for i, (ids, calibration_ids) in drawn.items()])
+        entries = dict(self._initial_cache)
+        for (i, (ids, calibration_ids)), model in zip(drawn.items(), models):
+            entries[(seed, i)] = ([world.features[ids]], [world.labels[ids]], [world.domains[ids]], set(ids.tolist()),
+                                  calibration_ids, model)
         if cfg.world_seed is not None:
-            self._initial_cache[key] = entry
-        return entry
+            self._initial_cache = entries
+        return [entries[(seed, i)] for i in range(cfg.n_robots)]
 
     def _stream(self, i: int, rng: np.random.Generator, exclude: set[int]) -> np.ndarray:
         """World ids robot i observes, (rounds, obs_per_round): exact per-round domain quotas (largest remainder),
@@ -538,8 +551,7 @@ class P2PParallelEnv(ParallelEnv):
             self.neighbors = [np.flatnonzero(adjacency[i]).tolist() for i in range(n)]
         initial_seed = cfg.world_seed if cfg.world_seed is not None else self._episode_seed
         self._robots = []
-        for i in range(n):
-            feats, labels, domains, ids, calibration, model = self._initial_robot(i, initial_seed)
+        for i, (feats, labels, domains, ids, calibration, model) in enumerate(self._initial_robots(initial_seed)):
             robot = _Robot(list(feats), list(labels), list(domains), set(ids), calibration,
                            stream=np.zeros((0, 0), dtype=np.int64), model=model)
             robot.stream = self._stream(i, rng, ids | set(calibration.tolist()))
@@ -709,14 +721,17 @@ class P2PParallelEnv(ParallelEnv):
         # 5. retrain on the schedule
         self.round_index += 1
         every = cfg.perception.retrain_every
-        for i, robot in enumerate(self._robots):
-            trained = bool(every and self.round_index % every == 0 and robot.stale)
-            if trained:
-                robot.n_trainings += 1
-                robot.model = self._train(np.concatenate(robot.labeled_features), np.concatenate(robot.labeled_labels),
-                                          _seed_of(self._episode_seed, i, 13), robot.calibration_ids)
-                robot.stale = False
-            round_stats[i]["trained"] = trained
+        due = [i for i, robot in enumerate(self._robots) if every and self.round_index % every == 0 and robot.stale]
+        models = self._train([(np.concatenate(self._robots[i].labeled_features),
+                               np.concatenate(self._robots[i].labeled_labels), _seed_of(self._episode_seed, i, 13),
+                               self._robots[i].calibration_ids) for i in due])
+        for i, model in zip(due, models):
+            robot = self._robots[i]
+            robot.n_trainings += 1
+            robot.model = model
+            robot.stale = False
+        for i in range(n):
+            round_stats[i]["trained"] = i in due
 
         if cfg.reward == "feedback":
             rewards = {a: float(self._last_feedback[self._index[a]]) for a in self.agents}

@@ -227,7 +227,7 @@ def test_initial_models_are_trained_once_per_world_seed(env):
 def digits_models(env):
     """A model of robot_0 (clean digits only) and the clean / fog test images."""
     world = env.world
-    return env._initial_robot(0, 0)[5], world.test_features[0], world.test_features[1]
+    return env._initial_robots(0)[0][5], world.test_features[0], world.test_features[1]
 
 
 def _auroc(inside: np.ndarray, outside: np.ndarray) -> float:
