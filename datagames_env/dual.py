@@ -73,7 +73,6 @@ from typing import Any, Literal
 
 import numpy as np
 from gymnasium import spaces
-from pettingzoo import ParallelEnv
 from pettingzoo.utils.conversions import parallel_to_aec
 from pydantic import Field, field_validator, model_validator
 
@@ -97,6 +96,7 @@ from .config import (
 )
 from .core import World, derive_version
 from .datasets import Dataset
+from .faces.base import FleetParallelEnv
 from .streams import draw_class_mixes, draw_initial_cloud, drift_mixes
 from .perception import ModelVersion, limited_torch_threads
 from .privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
@@ -243,7 +243,7 @@ def get_dual_world(cfg: DualConfig) -> DualWorld:
 # ---------------------------------------------------------------------------------------------------- env
 
 
-class DualParallelEnv(ParallelEnv):
+class DualParallelEnv(FleetParallelEnv):
     """DUAL as a PettingZoo parallel environment (see the module docstring)."""
 
     metadata = METADATA
@@ -260,9 +260,6 @@ class DualParallelEnv(ParallelEnv):
         self.n_classes = c = self.world.n_classes
         self.class_names = self.world.dataset.class_names
         self.embedding_dim = e = cfg.perception.embedding_dim
-        self.possible_agents = [f"robot_{i}" for i in range(cfg.n_robots)]
-        self.agents: list[str] = []
-        self._index = {a: i for i, a in enumerate(self.possible_agents)}
         layout, start = {}, 0
         for name, width in (("labeled_hist", c), ("predicted_hist", c), ("class_accuracy", c), ("estimated_mix", c),
                             ("budgets", 2), ("unlabeled_share", 1), ("rounds_left", 1), ("mean_coverage", 1)):
@@ -281,17 +278,12 @@ class DualParallelEnv(ParallelEnv):
         per_sample_low[self.sample_layout["embedding"]] = -1.0
         low[layout["samples"]] = np.tile(per_sample_low, self.n_samples)
         self._low, self._high = low, np.ones(self.obs_dim, dtype=np.float32)
-        # one space object per agent, returned on every call (PettingZoo compares them)
-        self._observation_spaces = {a: spaces.Box(self._low, self._high, dtype=np.float32)
-                                    for a in self.possible_agents}
-        self._action_spaces = {a: spaces.Box(0.0, 1.0, (self.n_samples,), dtype=np.float32)
-                               for a in self.possible_agents}
+        self._init_fleet(cfg.n_robots, self._low, self._high, self.n_samples)
         self.state_space = spaces.Box(np.tile(self._low, cfg.n_robots), np.tile(self._high, cfg.n_robots),
                                       dtype=np.float32)
         self.filter = PrivacyFilter.from_config(cfg.privacy)
         self.target_counts = np.full(c, (cfg.initial_cloud_size + cfg.rounds * cfg.label_budget) / c)
         self.target_counts.flags.writeable = False
-        self._next_seed_rng = np.random.default_rng()
         self._world_initial_rows = None
         if cfg.world_seed is not None:
             self._world_initial_rows = self._draw_initial_cloud(
@@ -300,12 +292,6 @@ class DualParallelEnv(ParallelEnv):
         self.history: list[dict] = []
 
     # ---------------------------------------------------------------------------------------- spaces
-    def observation_space(self, agent: str) -> spaces.Box:
-        return self._observation_spaces[agent]
-
-    def action_space(self, agent: str) -> spaces.Box:
-        return self._action_spaces[agent]
-
     # ------------------------------------------------------------------------------------- episode set-up
     def _draw_initial_cloud(self, rng: np.random.Generator) -> np.ndarray:
         """Dataset rows of the initial (labeled) cloud: a Dirichlet-skewed class mix of *public* pool samples."""
@@ -314,14 +300,8 @@ class DualParallelEnv(ParallelEnv):
                                   w.pool, no_member_error="config key 'privacy.private_fraction'")
 
     def reset(self, seed: int | None = None, options: dict | None = None):
-        if seed is not None:
-            self._next_seed_rng = np.random.default_rng(seed)  # later seedless resets continue a fixed sequence
-        else:
-            seed = int(self._next_seed_rng.integers(2**62))
-        if seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed}")
         cfg = self.config
-        self.seed = int(seed)
+        self.seed = self._next_episode_seed(seed)
         self.rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, 0])))
         self.states = kernels.seed_states([self.seed])
         self.mixes = draw_class_mixes(cfg.stream, cfg.n_robots, self.n_classes, self.rng)
@@ -406,24 +386,8 @@ class DualParallelEnv(ParallelEnv):
 
     # ------------------------------------------------------------------------------------------- step
     def step(self, actions: dict):
-        if self._needs_reset or not self.agents:
-            raise RuntimeError("step() called before reset() or after the episode ended: call reset()")
         cfg, w = self.config, self.world
-        unknown = [a for a in actions if a not in self._index or a not in self.agents]
-        if unknown:
-            raise ValueError(f"actions for unknown or inactive agents {unknown}; active agents are {self.agents}")
-        missing = [a for a in self.agents if a not in actions]
-        if missing:
-            raise ValueError(f"missing actions for {missing}: every robot acts every round")
-        scores = np.empty((cfg.n_robots, self.n_samples))
-        for agent in self.agents:
-            row = np.asarray(actions[agent], dtype=np.float64)
-            if row.shape != (self.n_samples,):
-                raise ValueError(f"{agent}: action must have shape ({self.n_samples},) (a score per observed sample), "
-                                 f"got {row.shape}")
-            if not np.isfinite(row).all():
-                raise ValueError(f"{agent}: action contains NaN or inf: {row}")
-            scores[self._index[agent]] = row
+        scores = self._action_matrix(actions, "a score per observed sample")
         # ---- stage 1: each robot's top n_cache, through the privacy filter, up to the cloud
         chosen = np.argsort(-scores, axis=1, kind="stable")[:, :cfg.n_cache]
         new_rows, new_robot, new_private, new_blurred, kept_positions = [], [], [], [], []

@@ -75,14 +75,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from gymnasium import spaces
-from pettingzoo import ParallelEnv
 from pettingzoo.utils.conversions import parallel_to_aec
 from pydantic import Field, field_validator, model_validator
 
 from .config import CONFIG_DIR, ConfigError, PerceptionConfig, _Strict, load_typed_config
 from .datasets import Dataset, DatasetError, load_dataset
 from .domains import corrupt
+from .faces.base import FleetParallelEnv
 from .ood import NoveltyDetector
 from .perception import Classifier, limited_torch_threads, train_classifiers
 from .privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
@@ -380,7 +379,7 @@ class _Robot:
 # ------------------------------------------------------------------------------------------------------------ env
 
 
-class P2PParallelEnv(ParallelEnv):
+class P2PParallelEnv(FleetParallelEnv):
     """Peer-to-peer GU sharing as a PettingZoo parallel environment (see the module docstring)."""
 
     metadata = METADATA
@@ -400,9 +399,6 @@ class P2PParallelEnv(ParallelEnv):
         self.n_domains = len(self.domain_names)
         self.n_classes = self.world.n_classes
         self._rare = np.isin(np.arange(self.n_domains), [self.domain_names.index(d) for d in cfg.rare_domains])
-        self.possible_agents = [f"robot_{i}" for i in range(cfg.n_robots)]
-        self.agents: list[str] = []
-        self._index = {a: i for i, a in enumerate(self.possible_agents)}
         self.n_share = cfg.n_share
         self.n_samples = cfg.obs_per_round
         self.embedding_dim = cfg.perception.embedding_dim
@@ -423,12 +419,8 @@ class P2PParallelEnv(ParallelEnv):
         per_sample_low[:, :self.embedding_dim] = -1.0
         low[layout["samples"]] = per_sample_low.ravel()
         high = np.ones(self.obs_dim, dtype=np.float32)
-        # One space object per agent, returned on every call (PettingZoo compares them by identity).
-        self._observation_spaces = {a: spaces.Box(low, high, dtype=np.float32) for a in self.possible_agents}
-        self._action_spaces = {a: spaces.Box(0.0, 1.0, (self.n_samples,), dtype=np.float32)
-                               for a in self.possible_agents}
+        self._init_fleet(cfg.n_robots, low, high, self.n_samples)
         self._initial_cache: dict[tuple[int, int], tuple[list, list, list, set, np.ndarray, LocalModel]] = {}
-        self._next_seed_rng = np.random.default_rng()
         self._robots: list[_Robot] = []
         self.neighbors: list[list[int]] = []
         self.round_index = 0
@@ -436,12 +428,6 @@ class P2PParallelEnv(ParallelEnv):
         self.n_trainings = 0
 
     # --------------------------------------------------------------------------------------------- spaces
-    def observation_space(self, agent: str) -> spaces.Box:
-        return self._observation_spaces[agent]
-
-    def action_space(self, agent: str) -> spaces.Box:
-        return self._action_spaces[agent]
-
     @property
     def obs_layout(self) -> dict[str, slice]:
         return dict(self._layout)
@@ -533,11 +519,7 @@ class P2PParallelEnv(ParallelEnv):
 
     # ------------------------------------------------------------------------------------------------ loop
     def reset(self, seed: int | None = None, options: dict | None = None):
-        if seed is not None:
-            self._next_seed_rng = np.random.default_rng(seed)
-        else:
-            seed = int(self._next_seed_rng.integers(2**62))
-        self._episode_seed = int(seed)
+        self._episode_seed = self._next_episode_seed(seed)
         cfg = self.config
         rng = np.random.default_rng([self._episode_seed, 1])
         n = cfg.n_robots
@@ -611,25 +593,10 @@ class P2PParallelEnv(ParallelEnv):
         return float(np.sqrt((deficit ** 2).sum(axis=(1, 2))).sum())
 
     def step(self, actions: dict):
-        if not self.agents:
-            raise RuntimeError("step() called after the episode ended: call reset()")
-        missing = [a for a in self.agents if a not in actions]
-        unknown = [a for a in actions if a not in self.agents]
-        if unknown:
-            raise ValueError(f"actions for unknown or inactive agents {unknown}; active agents are {self.agents}")
-        if missing:
-            raise ValueError(f"missing actions for {missing}: every robot acts every round")
         cfg, world = self.config, self.world
         n, k = cfg.n_robots, self.n_share
-        slots = np.empty((n, k), dtype=np.int64)
-        for agent in self.agents:
-            i = self._index[agent]
-            scores = np.asarray(actions[agent], dtype=np.float64)
-            if scores.shape != (self.n_samples,):
-                raise ValueError(f"{agent}: action must have shape ({self.n_samples},), got {scores.shape}")
-            if not np.isfinite(scores).all():
-                raise ValueError(f"{agent}: action has NaN or inf scores")
-            slots[i] = np.argsort(-scores, kind="stable")[:k]  # top k; ties go to the lower position
+        scores = self._action_matrix(actions, "a score per observed sample")
+        slots = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # top k; ties go to the lower position
         potential_before = self._potential_distance()
 
         # 1. cache -> privacy filter -> send

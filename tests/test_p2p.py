@@ -103,7 +103,7 @@ def test_invalid_actions_name_the_robot(env):
     good = _random_actions(env, np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"robot_1: action must have shape \(30,\)"):
         env.step({**good, "robot_1": np.zeros(7)})
-    with pytest.raises(ValueError, match="robot_2: action has NaN"):
+    with pytest.raises(ValueError, match="robot_2: action contains NaN"):
         env.step({**good, "robot_2": np.full(env.n_samples, np.nan)})
     with pytest.raises(ValueError, match=r"missing actions for \['robot_0'\]"):
         env.step({a: v for a, v in good.items() if a != "robot_0"})
