@@ -9,7 +9,7 @@ Data path of one round (GUIDE section 2)::
     predicted-class histogram h_i ~ Multinomial(obs_per_round, p_i(yhat))     [observation]
     action -> upload counts per predicted class (allocation) or top-scored samples (selection)
     uploads' true labels ~ p_i(y | yhat); sample ids uniform in the pool cell (y, yhat)   [ledger]
-    cloud counts += true labels; reward = (d_before - d_after) / (n_robots * n_cache)
+    cloud counts += true labels; reward: the scenario's objective (datagames_env.cloud_game)
 
 Allocation mode never materialises the round's samples (its cost does not grow with obs_per_round);
 selection mode draws real sample ids because the policy scores each sample.
@@ -31,6 +31,7 @@ from . import kernels
 from .config import ConfigError, EnvConfig
 from .datasets import Dataset, load_dataset, split_dataset
 from .perception import ModelVersion, Perception
+from .cloud_game import CloudGameObjective
 from .streams import draw_class_mixes, draw_initial_cloud, drift_mixes
 
 __all__ = ["BatchedCore", "StepResult", "World", "derive_version", "draw_class_mixes", "get_world"]
@@ -179,8 +180,9 @@ class BatchedCore:
         self.world = world if world is not None else get_world(cfg)
         self.n_classes = c = self.world.n_classes
         self.n_robots = cfg.n_robots
+        self.objective = CloudGameObjective(cfg, c, self.world.dataset.name)  # target, distance, reward
+        self.target_counts = self.objective.target_counts
         self._check_against_dataset()
-        self.target_counts = self._target_counts()
         self.embedding_dim = cfg.perception.embedding_dim
         # observation layout (per robot): name -> slice; documented in env.py and the README
         layout, start = {}, 0
@@ -207,14 +209,9 @@ class BatchedCore:
     # -------------------------------------------------------------------------------- validation helpers
     def _check_against_dataset(self) -> None:
         c, cfg = self.n_classes, self.cfg
-        t = cfg.target
-        for key, values in (("target.proportions", t.proportions), ("target.counts", t.counts),
-                            ("initial_cloud_proportions", cfg.initial_cloud_proportions)):
-            if values is not None and len(values) != c:
-                raise ConfigError(f"config key '{key}' has {len(values)} entries but dataset "
-                                  f"'{self.world.dataset.name}' has {c} classes")
-        if t.kind == "counts" and t.total is not None:
-            raise ConfigError("config key 'target.total' cannot be combined with target.kind 'counts' (counts fix the total)")
+        if cfg.initial_cloud_proportions is not None and len(cfg.initial_cloud_proportions) != c:
+            raise ConfigError(f"config key 'initial_cloud_proportions' has {len(cfg.initial_cloud_proportions)} "
+                              f"entries but dataset '{self.world.dataset.name}' has {c} classes")
         s = cfg.stream
         if s.mixes is not None and any(len(row) != c for row in s.mixes):
             raise ConfigError(f"config key 'stream.mixes' rows must have {c} entries (one per class)")
@@ -223,17 +220,6 @@ class BatchedCore:
             if bad or len(set(s.rare_classes)) >= c:
                 raise ConfigError(f"config key 'stream.rare_classes' must be distinct classes in 0..{c - 1} "
                                   f"leaving at least one common class, got {s.rare_classes}")
-
-    def _target_counts(self) -> np.ndarray:
-        cfg, c = self.cfg, self.n_classes
-        t = cfg.target
-        total = t.total if t.total is not None else cfg.initial_cloud_size + cfg.rounds * cfg.upload_budget
-        if t.kind == "counts":
-            return np.asarray(t.counts, dtype=np.float64)
-        if t.kind == "proportions":
-            p = np.asarray(t.proportions, dtype=np.float64)
-            return p / p.sum() * total
-        return np.full(c, total / c)
 
     # --------------------------------------------------------------------------------- episode set-up
     def _draw_initial_cloud(self, rng: np.random.Generator) -> np.ndarray:
@@ -288,7 +274,7 @@ class BatchedCore:
         self.robot_version = np.zeros((b_n, n), dtype=np.int64)
         self._assign_models(range(b_n))
         self.pooled_histograms = np.zeros((b_n, n, c), dtype=np.int64)
-        self.distance = self._distance(self.cloud_counts)
+        self.distance = self.objective.distance(self.cloud_counts)
         self.initial_distance = self.distance.copy()
         self._needs_reset = False
         self._observe_round()
@@ -322,23 +308,6 @@ class BatchedCore:
             self.estimated_mixes = np.empty((self.num_envs, self.n_robots, self.n_classes))
             kernels.estimate_mixes(source, self.robot_version, v.confusions, v.pinv_confusion_t,
                                    1 if cfg.mix_estimator == "em" else 0, 50, self.estimated_mixes)
-
-    def _distance_without_each_robot(self, labels: np.ndarray) -> np.ndarray:
-        """(B, N): the distance had robot i uploaded nothing this round, the others as they did."""
-        own = np.zeros((self.num_envs, self.n_robots, self.n_classes))
-        b_idx, i_idx, s_idx = np.nonzero(labels >= 0)
-        np.add.at(own, (b_idx, i_idx, labels[b_idx, i_idx, s_idx]), 1.0)
-        return self._distance(self.cloud_counts[:, None, :] - own)
-
-    def _distance(self, cloud_counts: np.ndarray) -> np.ndarray:
-        if self.cfg.loss == "l2":
-            return np.linalg.norm(cloud_counts - self.target_counts, axis=-1)
-        # KL(target || cloud) on proportions; cloud smoothed by +0.5 per class so empty classes stay finite
-        t = self.target_counts / self.target_counts.sum()
-        q = (cloud_counts + 0.5) / (cloud_counts.sum(axis=-1, keepdims=True) + 0.5 * self.n_classes)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.where(t > 0, t * np.log(t / q), 0.0)
-        return terms.sum(axis=-1)
 
     def validate_actions(self, actions: np.ndarray) -> np.ndarray:
         """Shape and finiteness checks; returns float64 actions clipped to [0, 1]. Raises before any state
@@ -389,11 +358,8 @@ class BatchedCore:
         self.cloud_counts = self.cloud_counts.copy()  # arrays handed out earlier stay as they were
         kernels.add_uploads(self.cloud_counts, labels)
         before = self.distance
-        self.distance = self._distance(self.cloud_counts)
-        if cfg.reward == "shared":
-            rewards = np.repeat(((before - self.distance) / cfg.upload_budget)[:, None], n, axis=1)
-        else:
-            rewards = (self._distance_without_each_robot(labels) - self.distance[:, None]) / k
+        self.distance = self.objective.distance(self.cloud_counts)
+        rewards = self.objective.rewards(self.cloud_counts, before, self.distance, labels)
         self.round_index += 1
         terminated = self.round_index >= cfg.rounds
         final_accuracy = None

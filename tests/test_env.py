@@ -535,7 +535,7 @@ def test_marginal_reward_is_each_robots_own_gain_given_the_others(loss):
         cloud = np.asarray(infos["robot_0"]["cloud_counts"], dtype=float)
         for a in rewards:
             without = cloud - np.bincount(_used(infos[a]["uploaded_true_labels"]), minlength=len(cloud))
-            expected = (env.core._distance(without[None])[0] - infos[a]["distance"]) / SMALL["n_cache"]
+            expected = (env.core.objective.distance(without[None])[0] - infos[a]["distance"]) / SMALL["n_cache"]
             assert rewards[a] == pytest.approx(expected, rel=1e-12, abs=1e-12)
         distinct |= len(set(rewards.values())) > 1
     assert distinct
