@@ -531,6 +531,9 @@ class P2PParallelEnv(FleetParallelEnv):
             upper = np.triu(rng.random((n, n)) < cfg.topology.p, k=1)
             adjacency = upper | upper.T
             self.neighbors = [np.flatnonzero(adjacency[i]).tolist() for i in range(n)]
+        self._adjacency = np.zeros((n, n), dtype=bool)  # [sender, receiver]
+        for i, peers in enumerate(self.neighbors):
+            self._adjacency[i, peers] = True
         initial_seed = cfg.world_seed if cfg.world_seed is not None else self._episode_seed
         self._robots = []
         for i, (feats, labels, domains, ids, calibration, model) in enumerate(self._initial_robots(initial_seed)):
@@ -599,44 +602,43 @@ class P2PParallelEnv(FleetParallelEnv):
         slots = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # top k; ties go to the lower position
         potential_before = self._potential_distance()
 
-        # 1. cache -> privacy filter -> send
+        # 1. cache -> privacy filter -> send: one filter pass over every robot's cache, (robot, slot) arrays after
         cached_ids = np.take_along_axis(self._round_ids, slots, axis=1)
-        transmissions, sent = [], []
-        for i in range(n):
-            ids = cached_ids[i]
-            result = self.filter.apply(world.features[ids], world.private[ids], world.regions[ids])
-            receivers = self.neighbors[i] if len(self.neighbors[i]) else []
-            sent_mask = result.kept & (len(receivers) > 0)
-            sent.append((ids[result.kept], result.features, result))
-            transmissions.append({"sender": i, "receivers": list(receivers), "cached_ids": ids.copy(),
-                                  "sent_ids": ids[result.kept].copy(), "sent_features": result.features,
-                                  "private": world.private[ids][result.kept].copy(),
-                                  "blurred": result.blurred[result.kept].copy(), "sent_mask": sent_mask})
-        # 2. every receiver scores everything it received in one batched pass
-        votes = [np.zeros(len(s[0])) for s in sent]
-        received = [[] for _ in range(n)]  # receiver -> [(sender, positions in sender's sent list)]
-        for i in range(n):
-            for j in self.neighbors[i]:
-                received[j].append(i)
+        flat_ids = cached_ids.ravel()
+        private = world.private[flat_ids].reshape(n, k)
+        result = self.filter.apply(world.features[flat_ids], private.ravel(), world.regions[flat_ids])
+        kept = result.kept.reshape(n, k)
+        blurred = result.blurred.reshape(n, k)
+        outgoing = np.empty_like(world.features[flat_ids])  # the filter's output of each kept (robot, slot)
+        outgoing[result.kept] = result.features if self.filter.mode == "drop" else result.features[result.kept]
+        n_receivers = self._adjacency.sum(axis=1)
+        sent_mask = kept & (n_receivers > 0)[:, None]
+        n_private = private.sum(axis=1)
+        privacy_counts = {name: n_private if self.filter.mode == mode else np.zeros(n, dtype=np.int64)
+                          for name, mode in (("n_dropped", "drop"), ("n_blurred", "blur"), ("n_passed_private", "pass"))}
+        transmissions = []
+        for i in range(n):  # the record of what left each robot (privacy tests), no array work
+            rows = slice(i * k, (i + 1) * k)
+            transmissions.append({"sender": i, "receivers": list(self.neighbors[i]), "cached_ids": cached_ids[i].copy(),
+                                  "sent_ids": cached_ids[i][kept[i]].copy(), "sent_features": outgoing[rows][kept[i]],
+                                  "private": private[i][kept[i]].copy(), "blurred": blurred[i][kept[i]].copy(),
+                                  "sent_mask": sent_mask[i].copy()})
+        # 2. every receiver scores everything it received in one batched pass of its own model(s)
+        votes = np.zeros(n * k)
         n_kept = np.zeros(n, dtype=np.int64)
         n_received = np.zeros(n, dtype=np.int64)
         keep_plan = []
         for j in range(n):
-            senders = [i for i in received[j] if len(sent[i][0])]
-            if not senders:
+            rows = np.flatnonzero((self._adjacency[:, j, None] & kept).ravel())  # senders in order, kept slots
+            if not len(rows):
                 continue
-            features = np.concatenate([sent[i][1] for i in senders])
-            ids = np.concatenate([sent[i][0] for i in senders])
+            features, ids = outgoing[rows], flat_ids[rows]
             mc_seed = _seed_of(self._episode_seed, self.round_index, j, 3)
             with limited_torch_threads(cfg.max_threads):
                 novel = self.detector.novel(self._robots[j].model.classifiers, features,
                                             self._robots[j].model.threshold, seed=mc_seed)
             n_received[j] = len(ids)
-            start = 0
-            for i in senders:
-                stop = start + len(sent[i][0])
-                votes[i] += novel[start:stop]
-                start = stop
+            votes[rows] += novel
             keep = novel if cfg.receiver_keeps == "novel" else np.ones(len(ids), dtype=bool)
             keep_plan.append((j, features[keep], ids[keep]))
         # 3. receivers label what they keep (ground truth from their trusted annotator), dedupe by sample
@@ -654,33 +656,29 @@ class P2PParallelEnv(FleetParallelEnv):
                 robot.labeled_ids.update(ids[take].tolist())
                 robot.stale = True
                 n_kept[j] = int(take.sum())
-        # 4. utilities back to the senders
-        utilities = np.zeros((n, k), dtype=np.float32)
+        # 4. utilities back to the senders: the fraction of its receivers that found each sent sample novel
+        utilities = np.where(kept, votes.reshape(n, k) / np.maximum(n_receivers, 1)[:, None], 0.0).astype(np.float32)
+        rare_cached = self._rare[world.domains[cached_ids]].sum(axis=1)
+        rare_seen = self._rare[world.domains[self._round_ids]].sum(axis=1)
         round_stats = []
-        for i in range(n):
-            result = sent[i][2]
-            n_receivers = len(self.neighbors[i])
-            if n_receivers:
-                utilities[i, result.kept] = votes[i] / n_receivers
-            robot = self._robots[i]
-            rare_cached = int(self._rare[world.domains[cached_ids[i]]].sum())
-            robot.totals["total_blurred"] += result.n_blurred
-            robot.totals["total_dropped"] += result.n_dropped
-            robot.totals["total_passed_private"] += result.n_passed_private
-            robot.totals["total_cached"] += k
-            robot.totals["total_rare_cached"] += rare_cached
-            robot.totals["total_rare_seen"] += int(self._rare[world.domains[self._round_ids[i]]].sum())
-            round_stats.append({"cached_slots": slots[i].copy(), "sent_mask": transmissions[i]["sent_mask"].copy(),
-                                "feedback_utilities": utilities[i].copy(), "n_sent": int(transmissions[i]["sent_mask"].sum()),
+        for i, robot in enumerate(self._robots):  # per-robot counters and info records, no array work
+            for total, count in (("total_blurred", privacy_counts["n_blurred"][i]),
+                                 ("total_dropped", privacy_counts["n_dropped"][i]),
+                                 ("total_passed_private", privacy_counts["n_passed_private"][i]),
+                                 ("total_cached", k), ("total_rare_cached", rare_cached[i]),
+                                 ("total_rare_seen", rare_seen[i])):
+                robot.totals[total] += int(count)
+            round_stats.append({"cached_slots": slots[i].copy(), "sent_mask": sent_mask[i].copy(),
+                                "feedback_utilities": utilities[i].copy(), "n_sent": int(sent_mask[i].sum()),
                                 "n_received": int(n_received[i]), "n_kept": int(n_kept[i]),
-                                "n_private_cached": result.n_private, "n_blurred": result.n_blurred,
-                                "n_dropped": result.n_dropped, "n_passed_private": result.n_passed_private,
-                                "round_rare_share": rare_cached / k})
+                                "n_private_cached": int(n_private[i]),
+                                **{name: int(counts[i]) for name, counts in privacy_counts.items()},
+                                "round_rare_share": int(rare_cached[i]) / k})
         self._last_feedback = utilities.mean(axis=1).astype(np.float64)
         self.last_transmissions = transmissions
         if cfg.feedback_memory:  # the sender keeps its own (unfiltered) shared samples and what they earned
             for i, robot in enumerate(self._robots):
-                sent_here = transmissions[i]["sent_mask"]
+                sent_here = sent_mask[i]
                 robot.memory_ids = np.concatenate([robot.memory_ids, cached_ids[i][sent_here]])[-cfg.feedback_memory:]
                 robot.memory_utilities = np.concatenate([robot.memory_utilities,
                                                          utilities[i][sent_here]])[-cfg.feedback_memory:]
