@@ -11,14 +11,7 @@ import numpy as np
 import pettingzoo
 import pytest
 import torch
-from pettingzoo.test import (
-    api_test,
-    max_cycles_test,
-    parallel_api_test,
-    parallel_seed_test,
-    render_test,
-    seed_test,
-)
+from pettingzoo import test as pz
 
 import datagames_env
 from datagames_env.dual import DualParallelEnv
@@ -76,15 +69,15 @@ def test_registry_has_parallel_and_aec(name):
 # ------------------------------------------------------------------------------------ PettingZoo test suite
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_pettingzoo_api_tests(name):
-    parallel_api_test(_parallel(name), num_cycles=10)
-    api_test(_aec(name), num_cycles=10)
+    pz.parallel_api_test(_parallel(name), num_cycles=10)
+    pz.api_test(_aec(name), num_cycles=10)
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_pettingzoo_seed_tests(name):
     # seed_test compares every info of the AEC loop, reset included (NaN != NaN would fail it)
-    seed_test(functools.partial(_aec, name), num_cycles=10)
-    parallel_seed_test(functools.partial(_parallel, name), num_cycles=10)
+    pz.seed_test(functools.partial(_aec, name), num_cycles=10)
+    pz.parallel_seed_test(functools.partial(_parallel, name), num_cycles=10)
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
@@ -93,8 +86,8 @@ def test_pettingzoo_max_cycles_and_render(name):
     small = {k: v for k, v in small.items() if k != "rounds"}  # max_cycles sets the rounds
     module = types.SimpleNamespace(parallel_env=functools.partial(datagames_env.parallel_env, config, **small),
                                    env=functools.partial(datagames_env.env, config, **small))
-    max_cycles_test(module)
-    render_test(functools.partial(_aec, name))
+    pz.max_cycles_test(module)
+    pz.render_test(functools.partial(_aec, name))
 
 
 # ----------------------------------------------------------------------------------------- infos schema
