@@ -374,7 +374,8 @@ def test_batched_training_matches_sequential_training(digits, kind, dropout):
         single = train_classifier(f, t, 10, cfg, seed, dropout=dropout)
         assert model.trained == single.trained == (len(t) > 0) and model.train_size == len(t)
         assert _max_weight_gap(model, repeat) == 0.0  # deterministic
-        assert _max_weight_gap(model, single) < 1e-3  # the same training up to float32 rounding
+        # the same training: MLPs stacked up to float32 rounding, conv nets one after another (bitwise)
+        assert _max_weight_gap(model, single) < 1e-3 if kind == "mlp" else _max_weight_gap(model, single) == 0.0
         if len(t):
             agree = (model.predict_classes(f) == single.predict_classes(f)).mean()
             assert agree >= 0.97, agree
