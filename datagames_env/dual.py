@@ -372,7 +372,9 @@ class DualParallelEnv(FleetParallelEnv):
         self.stream_probs = self.version.pool_probs[self.stream_positions]            # (N, obs, C)
         self.stream_embeddings = self.version.pool_embeddings[self.stream_positions]  # (N, obs, E)
         predicted = self.version.pool_predictions[self.stream_positions]
-        self.histograms = np.stack([np.bincount(p, minlength=self.n_classes) for p in predicted]).astype(np.int64)
+        offsets = self.n_classes * np.arange(n)[:, None]  # one bincount for every robot's predictions
+        self.histograms = np.bincount((predicted + offsets).ravel(), minlength=n * self.n_classes).reshape(
+            n, self.n_classes).astype(np.int64)
         self.estimated_mixes = np.empty((1, n, self.n_classes))
         kernels.estimate_mixes(self.histograms[None], np.zeros((1, n), np.int64), self._confusion,
                                self._pinv_confusion_t, 0, 50, self.estimated_mixes)
@@ -390,41 +392,45 @@ class DualParallelEnv(FleetParallelEnv):
         scores = self._action_matrix(actions, "a score per observed sample")
         # ---- stage 1: each robot's top n_cache, through the privacy filter, up to the cloud
         chosen = np.argsort(-scores, axis=1, kind="stable")[:, :cfg.n_cache]
-        new_rows, new_robot, new_private, new_blurred, kept_positions = [], [], [], [], []
-        per_robot_privacy, uploaded_ids = [], []
-        for i in range(cfg.n_robots):
-            sample_ids = w.pool[self.stream_positions[i, chosen[i]]]
-            private = w.private[sample_ids]
-            result = self.filter.apply(w.as_images(w.robot_features[sample_ids]), private, w.regions[sample_ids])
-            rows = sample_ids[result.kept].copy()
-            blurred = result.blurred[result.kept]
-            if blurred.any():
-                rows[blurred] = w.blurred_row[rows[blurred]]
-                # what reaches the cloud is the filter's output: check the interned copy is exactly that
-                out = result.features[np.flatnonzero(blurred)].reshape((int(blurred.sum()), -1))
-                if not np.array_equal(out, w.features[rows[blurred]].reshape((len(out), -1))):
-                    raise RuntimeError(f"robot_{i}: privacy filter output differs from the interned blurred copy")
-            new_rows.append(rows)
-            new_robot.append(np.full(len(rows), i))
-            new_private.append(private[result.kept])
-            new_blurred.append(blurred)
-            kept_positions.append(chosen[i][result.kept])
-            uploaded_ids.append(sample_ids[result.kept])
-            per_robot_privacy.append({"private": result.n_private, "dropped": result.n_dropped,
-                                      "blurred": result.n_blurred, "passed_private": result.n_passed_private})
+        # one filter pass over every robot's picks; flat (robot, slot) order, robot-major
+        sample_ids = w.pool[np.take_along_axis(self.stream_positions, chosen, axis=1)]
+        flat_ids = sample_ids.ravel()
+        private = w.private[flat_ids]
+        result = self.filter.apply(w.as_images(w.robot_features[flat_ids]), private, w.regions[flat_ids])
+        kept = result.kept.reshape(cfg.n_robots, cfg.n_cache)
+        rows = flat_ids[result.kept].copy()
+        blurred = result.blurred[result.kept]
+        robot_of_row = np.repeat(np.arange(cfg.n_robots), kept.sum(axis=1))
+        if blurred.any():
+            rows[blurred] = w.blurred_row[rows[blurred]]
+            # what reaches the cloud is the filter's output: check the interned copy is exactly that
+            out = result.features[np.flatnonzero(blurred)].reshape((int(blurred.sum()), -1))
+            same = (out == w.features[rows[blurred]].reshape((len(out), -1))).all(axis=1)
+            if not same.all():
+                raise RuntimeError(f"robot_{robot_of_row[blurred][~same][0]}: privacy filter output differs from "
+                                   "the interned blurred copy")
+        splits = np.cumsum(kept.sum(axis=1))[:-1]
+        new_rows = np.split(rows, splits)
+        kept_positions = [chosen[i][kept[i]] for i in range(cfg.n_robots)]  # the objective's per-robot input
+        uploaded_ids = np.split(flat_ids[result.kept], splits)
+        private_per_robot = private.reshape(cfg.n_robots, cfg.n_cache).sum(axis=1)
+        mode_counts = {k: private_per_robot if self.filter.mode == mode else np.zeros(cfg.n_robots, dtype=np.int64)
+                       for k, mode in (("dropped", "drop"), ("blurred", "blur"), ("passed_private", "pass"))}
+        per_robot_privacy = [{"private": int(private_per_robot[i]), **{k: int(v[i]) for k, v in mode_counts.items()}}
+                             for i in range(cfg.n_robots)]
         kwargs = self._similarity_kwargs()
         with limited_torch_threads(1):
             upload = fleet_objective(list(self.stream_embeddings), kept_positions, list(self.coverage), **kwargs)
-        n_new = sum(len(r) for r in new_rows)
+        n_new = len(rows)
         cloud = self._cloud
         self._cloud = cloud = {
-            "row": np.concatenate([cloud["row"], *new_rows]),
+            "row": np.concatenate([cloud["row"], rows]),
             "labeled": np.concatenate([cloud["labeled"], np.zeros(n_new, bool)]),
-            "robot": np.concatenate([cloud["robot"], *new_robot]),
+            "robot": np.concatenate([cloud["robot"], robot_of_row]),
             "round": np.concatenate([cloud["round"], np.full(n_new, self.round_index)]),
             "labeled_round": np.concatenate([cloud["labeled_round"], np.full(n_new, -1)]),
-            "private": np.concatenate([cloud["private"], *new_private]),
-            "blurred": np.concatenate([cloud["blurred"], *new_blurred]),
+            "private": np.concatenate([cloud["private"], private[result.kept]]),
+            "blurred": np.concatenate([cloud["blurred"], blurred]),
         }
         # ---- stage 2: the cloud labels under the global budget
         candidates = np.flatnonzero(~cloud["labeled"])
