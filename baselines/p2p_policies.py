@@ -137,9 +137,11 @@ class GUPolicy(_P2PBase):
         """Everything this robot shared so far and the utility it earned. Preferred: the env's feedback memory,
         re-embedded by the robot's current model (a retrained model has a new embedding space, so features
         remembered from older observations would no longer match). Else the features remembered here."""
-        if len(info.get("feedback_memory_utilities", ())):
-            return (np.asarray(info["feedback_memory_features"], np.float32)[-self.max_buffer:],
-                    np.asarray(info["feedback_memory_utilities"], np.float32)[-self.max_buffer:])
+        size = int(info.get("feedback_memory_size", 0))  # the env pads its memory to a fixed shape
+        if size:
+            start = max(0, size - self.max_buffer)
+            return (np.asarray(info["feedback_memory_features"], np.float32)[start:size],
+                    np.asarray(info["feedback_memory_utilities"], np.float32)[start:size])
         previous = self._last_features.get(agent)
         if previous is None or "cached_slots" not in info:
             return None

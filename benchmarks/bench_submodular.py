@@ -1,4 +1,4 @@
-"""Speed and memory of the facility-location solvers (baselines/submodular.py). Prints figures, asserts nothing.
+"""Speed and memory of the facility-location solvers (datagames_env/selection/submodular.py). Prints figures, asserts nothing.
 
     .venv/bin/python benchmarks/bench_submodular.py            # default sizes (about a minute on one core)
     .venv/bin/python benchmarks/bench_submodular.py --quick    # smaller

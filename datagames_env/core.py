@@ -9,7 +9,7 @@ Data path of one round (GUIDE section 2)::
     predicted-class histogram h_i ~ Multinomial(obs_per_round, p_i(yhat))     [observation]
     action -> upload counts per predicted class (allocation) or top-scored samples (selection)
     uploads' true labels ~ p_i(y | yhat); sample ids uniform in the pool cell (y, yhat)   [ledger]
-    cloud counts += true labels; reward = (d_before - d_after) / (n_robots * n_cache)
+    cloud counts += true labels; reward: the scenario's objective (datagames_env.cloud_game)
 
 Allocation mode never materialises the round's samples (its cost does not grow with obs_per_round);
 selection mode draws real sample ids because the policy scores each sample.
@@ -28,15 +28,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import kernels
-from .config import ConfigError, EnvConfig, StreamConfig
+from .config import ConfigError, EnvConfig
 from .datasets import Dataset, load_dataset, split_dataset
 from .perception import ModelVersion, Perception
+from .cloud_game import CloudGameObjective
+from .streams import draw_class_mixes, draw_initial_cloud, drift_mixes
+
+__all__ = ["BatchedCore", "StepResult", "World", "derive_version", "draw_class_mixes", "get_world"]
 
 
 # ------------------------------------------------------------------------------------------------ world
 class World:
     """What all environments of one config share: the dataset, its split, the stream pool's lookup tables
-    and the perception cache (a model version is trained once per training multiset and seed)."""
+    and the perception cache (a model version is trained once per training multiset and seed).
+
+    ``cfg`` is any scenario config with ``dataset`` and ``perception`` keys."""
 
     def __init__(self, cfg: EnvConfig, dataset: Dataset | None = None) -> None:
         dcfg = cfg.dataset
@@ -52,12 +58,21 @@ class World:
         # pool positions grouped by true class, for materialising streams and drawing the initial cloud
         self.class_members = np.argsort(self.pool_labels, kind="stable").astype(np.int64)
         self.class_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.perception = Perception(self.dataset.features, self.dataset.labels, self.splits.pool,
-                                     self.splits.validation, self.splits.test, self.n_classes, cfg.perception,
+        features, labels = self._model_rows(cfg)
+        self.perception = Perception(features, labels, self.splits.pool, self.splits.validation, self.splits.test,
+                                     self.n_classes, cfg.perception,
                                      max_threads=1)  # small models: a second thread only spins under load
+
+    def _model_rows(self, cfg) -> tuple[np.ndarray, np.ndarray]:
+        """Feature rows and labels the perception cache trains and scores on (a scenario may add rows)."""
+        return self.dataset.features, self.dataset.labels
 
     def pool_ids_of_class(self, y: int) -> np.ndarray:
         return self.class_members[self.class_start[y]:self.class_start[y + 1]]
+
+    def members_of_classes(self) -> list[np.ndarray]:
+        """Pool positions of each class, in class order."""
+        return [self.pool_ids_of_class(y) for y in range(self.n_classes)]
 
 
 @functools.lru_cache(maxsize=8)
@@ -72,6 +87,24 @@ def get_world(cfg: EnvConfig) -> World:
 
 
 # ------------------------------------------------------------------------------------------ versions
+def derive_version(v: ModelVersion, pool_labels: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
+    """The lookup tables of one model version: pool conditionals ``R[y, yhat]``, the validation confusion
+    ``C[y, yhat]`` and the pseudo-inverse of ``C'`` (mix estimation), per-class accuracy, and the pool's
+    (y, yhat) cells sorted (``cell_start`` / ``cell_members``: drawing a sample of a cell is an index lookup)."""
+    c = n_classes
+    cells = pool_labels * c + v.pool_predictions
+    joint = np.bincount(cells, minlength=c * c).reshape(c, c)
+    return {
+        "conditionals": joint / joint.sum(axis=1, keepdims=True),  # R[y, yhat] on the pool (every class present)
+        "confusions": v.confusion,                                  # C[y, yhat] on the validation split
+        "pinv_confusion_t": np.linalg.pinv(v.confusion.T),
+        "class_accuracy": np.diag(v.confusion).copy(),
+        "cell_start": np.concatenate([[0], np.cumsum(joint.ravel())]).astype(np.int64),
+        "cell_members": np.argsort(cells, kind="stable").astype(np.int64),
+        "pool_predictions": np.asarray(v.pool_predictions, dtype=np.int64),
+    }
+
+
 class _VersionTable:
     """Model versions in use, stacked into arrays the kernels index by a per-robot row.
 
@@ -100,19 +133,7 @@ class _VersionTable:
     def _derive(self, v: ModelVersion) -> dict[str, np.ndarray]:
         if v.version_id in self._derived:
             return self._derived[v.version_id]
-        c = self.world.n_classes
-        labels = self.world.pool_labels
-        cells = labels * c + v.pool_predictions
-        joint = np.bincount(cells, minlength=c * c).reshape(c, c)
-        derived = {
-            "conditionals": joint / joint.sum(axis=1, keepdims=True),  # R[y, yhat] on the pool
-            "confusions": v.confusion,                                  # C[y, yhat] on the validation split
-            "pinv_confusion_t": np.linalg.pinv(v.confusion.T),
-            "class_accuracy": np.diag(v.confusion).copy(),
-            "cell_start": np.concatenate([[0], np.cumsum(joint.ravel())]).astype(np.int64),
-            "cell_members": np.argsort(cells, kind="stable").astype(np.int64),
-            "pool_predictions": np.asarray(v.pool_predictions, dtype=np.int64),
-        }
+        derived = derive_version(v, self.world.pool_labels, self.world.n_classes)
         if len(self._derived) >= self._DERIVED_CACHE_SIZE:
             self._derived.pop(next(iter(self._derived)))
         self._derived[v.version_id] = derived
@@ -148,35 +169,6 @@ class StepResult:
     final_test_accuracy: np.ndarray | None = field(default=None)  # (B,) when config.final_accuracy
 
 
-def draw_class_mixes(stream: StreamConfig, n_robots: int, n_classes: int, rng: np.random.Generator) -> np.ndarray:
-    """Per-robot class mixes ``(n_robots, C)`` for the stream kinds of :class:`StreamConfig`: uniform, an explicit
-    matrix (rows normalised), Dirichlet(alpha), or rare specialists (a few robots see the rare classes, the others
-    (almost) only the common ones). Shared by every scenario with per-robot class streams."""
-    s, c, n = stream, n_classes, n_robots
-    if s.kind == "uniform":
-        return np.full((n, c), 1.0 / c)
-    if s.kind == "matrix":
-        m = np.asarray(s.mixes, dtype=np.float64)
-        if m.shape != (n, c):
-            raise ConfigError(f"config key 'stream.mixes' must be ({n}, {c}) (robots x classes), got {m.shape}")
-        return m / m.sum(axis=1, keepdims=True)
-    if s.kind == "dirichlet":
-        return rng.dirichlet(np.full(c, s.alpha), size=n)
-    rare = np.asarray(s.rare_classes if s.rare_classes is not None else [c - 2, c - 1])
-    if rare.min() < 0 or rare.max() >= c or len(set(rare.tolist())) >= c:
-        raise ConfigError(f"config key 'stream.rare_classes' must be distinct classes in 0..{c - 1} leaving a "
-                          f"common class, got {rare.tolist()}")
-    common = np.setdiff1d(np.arange(c), rare)
-    mixes = np.zeros((n, c))
-    mixes[:, common] = rng.dirichlet(np.full(len(common), s.alpha), size=n)
-    specialists = rng.choice(n, size=s.n_specialists, replace=False)
-    rare_share = np.full(n, s.others_rare_share)
-    rare_share[specialists] = s.specialist_rare_share
-    mixes *= (1.0 - rare_share)[:, None]
-    mixes[:, rare] += rare_share[:, None] / len(rare)
-    return mixes
-
-
 class BatchedCore:
     """B environments of one config. State is explicit arrays; ``step`` is the one step function."""
 
@@ -188,8 +180,9 @@ class BatchedCore:
         self.world = world if world is not None else get_world(cfg)
         self.n_classes = c = self.world.n_classes
         self.n_robots = cfg.n_robots
+        self.objective = CloudGameObjective(cfg, c, self.world.dataset.name)  # target, distance, reward
+        self.target_counts = self.objective.target_counts
         self._check_against_dataset()
-        self.target_counts = self._target_counts()
         self.embedding_dim = cfg.perception.embedding_dim
         # observation layout (per robot): name -> slice; documented in env.py and the README
         layout, start = {}, 0
@@ -216,14 +209,9 @@ class BatchedCore:
     # -------------------------------------------------------------------------------- validation helpers
     def _check_against_dataset(self) -> None:
         c, cfg = self.n_classes, self.cfg
-        t = cfg.target
-        for key, values in (("target.proportions", t.proportions), ("target.counts", t.counts),
-                            ("initial_cloud_proportions", cfg.initial_cloud_proportions)):
-            if values is not None and len(values) != c:
-                raise ConfigError(f"config key '{key}' has {len(values)} entries but dataset "
-                                  f"'{self.world.dataset.name}' has {c} classes")
-        if t.kind == "counts" and t.total is not None:
-            raise ConfigError("config key 'target.total' cannot be combined with target.kind 'counts' (counts fix the total)")
+        if cfg.initial_cloud_proportions is not None and len(cfg.initial_cloud_proportions) != c:
+            raise ConfigError(f"config key 'initial_cloud_proportions' has {len(cfg.initial_cloud_proportions)} "
+                              f"entries but dataset '{self.world.dataset.name}' has {c} classes")
         s = cfg.stream
         if s.mixes is not None and any(len(row) != c for row in s.mixes):
             raise ConfigError(f"config key 'stream.mixes' rows must have {c} entries (one per class)")
@@ -233,33 +221,12 @@ class BatchedCore:
                 raise ConfigError(f"config key 'stream.rare_classes' must be distinct classes in 0..{c - 1} "
                                   f"leaving at least one common class, got {s.rare_classes}")
 
-    def _target_counts(self) -> np.ndarray:
-        cfg, c = self.cfg, self.n_classes
-        t = cfg.target
-        total = t.total if t.total is not None else cfg.initial_cloud_size + cfg.rounds * cfg.upload_budget
-        if t.kind == "counts":
-            return np.asarray(t.counts, dtype=np.float64)
-        if t.kind == "proportions":
-            p = np.asarray(t.proportions, dtype=np.float64)
-            return p / p.sum() * total
-        return np.full(c, total / c)
-
     # --------------------------------------------------------------------------------- episode set-up
     def _draw_initial_cloud(self, rng: np.random.Generator) -> np.ndarray:
         """Dataset indices of the initial cloud: a skewed class mix, distinct samples where possible."""
-        cfg, c = self.cfg, self.n_classes
-        if cfg.initial_cloud_proportions is not None:
-            mix = np.asarray(cfg.initial_cloud_proportions, dtype=np.float64)
-            mix = mix / mix.sum()
-        else:
-            mix = rng.dirichlet(np.full(c, cfg.initial_cloud_alpha))
-        per_class = rng.multinomial(cfg.initial_cloud_size, mix)
-        chosen = []
-        for y in range(c):
-            members = self.world.pool_ids_of_class(y)
-            k = int(per_class[y])
-            chosen.append(rng.choice(members, size=k, replace=k > len(members)))
-        return self.world.pool[np.concatenate(chosen).astype(np.int64)]
+        cfg = self.cfg
+        return draw_initial_cloud(rng, cfg.initial_cloud_size, cfg.initial_cloud_alpha, cfg.initial_cloud_proportions,
+                                  self.world.members_of_classes(), self.world.pool)
 
     def _draw_mixes(self, rng: np.random.Generator) -> np.ndarray:
         return draw_class_mixes(self.cfg.stream, self.n_robots, self.n_classes, rng)
@@ -307,7 +274,7 @@ class BatchedCore:
         self.robot_version = np.zeros((b_n, n), dtype=np.int64)
         self._assign_models(range(b_n))
         self.pooled_histograms = np.zeros((b_n, n, c), dtype=np.int64)
-        self.distance = self._distance(self.cloud_counts)
+        self.distance = self.objective.distance(self.cloud_counts)
         self.initial_distance = self.distance.copy()
         self._needs_reset = False
         self._observe_round()
@@ -341,23 +308,6 @@ class BatchedCore:
             self.estimated_mixes = np.empty((self.num_envs, self.n_robots, self.n_classes))
             kernels.estimate_mixes(source, self.robot_version, v.confusions, v.pinv_confusion_t,
                                    1 if cfg.mix_estimator == "em" else 0, 50, self.estimated_mixes)
-
-    def _distance_without_each_robot(self, labels: np.ndarray) -> np.ndarray:
-        """(B, N): the distance had robot i uploaded nothing this round, the others as they did."""
-        own = np.zeros((self.num_envs, self.n_robots, self.n_classes))
-        b_idx, i_idx, s_idx = np.nonzero(labels >= 0)
-        np.add.at(own, (b_idx, i_idx, labels[b_idx, i_idx, s_idx]), 1.0)
-        return self._distance(self.cloud_counts[:, None, :] - own)
-
-    def _distance(self, cloud_counts: np.ndarray) -> np.ndarray:
-        if self.cfg.loss == "l2":
-            return np.linalg.norm(cloud_counts - self.target_counts, axis=-1)
-        # KL(target || cloud) on proportions; cloud smoothed by +0.5 per class so empty classes stay finite
-        t = self.target_counts / self.target_counts.sum()
-        q = (cloud_counts + 0.5) / (cloud_counts.sum(axis=-1, keepdims=True) + 0.5 * self.n_classes)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.where(t > 0, t * np.log(t / q), 0.0)
-        return terms.sum(axis=-1)
 
     def validate_actions(self, actions: np.ndarray) -> np.ndarray:
         """Shape and finiteness checks; returns float64 actions clipped to [0, 1]. Raises before any state
@@ -408,11 +358,8 @@ class BatchedCore:
         self.cloud_counts = self.cloud_counts.copy()  # arrays handed out earlier stay as they were
         kernels.add_uploads(self.cloud_counts, labels)
         before = self.distance
-        self.distance = self._distance(self.cloud_counts)
-        if cfg.reward == "shared":
-            rewards = np.repeat(((before - self.distance) / cfg.upload_budget)[:, None], n, axis=1)
-        else:
-            rewards = (self._distance_without_each_robot(labels) - self.distance[:, None]) / k
+        self.distance = self.objective.distance(self.cloud_counts)
+        rewards = self.objective.rewards(self.cloud_counts, before, self.distance, labels)
         self.round_index += 1
         terminated = self.round_index >= cfg.rounds
         final_accuracy = None
@@ -433,9 +380,7 @@ class BatchedCore:
         return StepResult(rewards, self.distance.copy(), ids, labels, predicted, terminated, final_accuracy)
 
     def _drift_mixes(self) -> None:
-        s = self.cfg.stream
-        fresh = np.stack([rng.dirichlet(np.full(self.n_classes, s.alpha), size=self.n_robots) for rng in self.rngs])
-        self.mixes = (1.0 - s.drift) * self.mixes + s.drift * fresh
+        self.mixes = np.stack([drift_mixes(m, self.cfg.stream, rng) for m, rng in zip(self.mixes, self.rngs)])
 
     # ----------------------------------------------------------------------------------- read-outs
     def observations(self) -> np.ndarray:

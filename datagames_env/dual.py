@@ -25,7 +25,7 @@ Reward                 identical for all robots. ``reward: accuracy`` (default):
 Episode end            after ``rounds`` steps every robot is terminated (the task's horizon; never
                        truncated); ``agents`` becomes empty
 Arguments              ``config`` (a name in ``configs/``, a YAML path, a dict or a ``DualConfig``),
-                       ``render_mode`` (``ansi`` or None), and any config key as a keyword
+                       ``render_mode`` (``ansi``, ``human`` or None), ``max_cycles``, and any config key as a keyword
                        (``n_robots=4``, ``**{"privacy.mode": "drop"}``)
 =====================  ===========================================================================
 
@@ -40,17 +40,19 @@ Context block (``obs_layout`` names, C classes)::
     rounds_left      1  (rounds - round) / rounds
     mean_coverage    1  mean coverage of this robot's samples by the cloud set
 
-Coverage uses the facility-location kernel (``kernel``, ``kernel_scale``; :mod:`baselines.submodular`), floored at
+Coverage uses the facility-location kernel (``kernel``, ``kernel_scale``; :mod:`datagames_env.selection.submodular`), floored at
 0, over the whole cloud set (labeled and unlabeled: a second copy of an uploaded scene is wasted bandwidth).
 
-``infos[robot]``: ``round``; its ``feasible_matrix`` (estimated, column j = p(y | yhat = j)), ``available``
-(samples per predicted class), ``estimated_mix``; the public ``cloud_counts`` (labeled class counts),
-``target_counts`` (uniform over the labeled set at episode end), ``n_cache``, ``label_budget``,
-``labels_used``, ``cloud_labeled``, ``cloud_unlabeled``, ``validation_accuracy``, ``test_accuracy``; after a
-step also ``uploaded`` (count), ``uploaded_sample_ids``, ``labeled_from_robot``, ``labeled`` (this round, whole
-fleet), ``privacy`` (``private``, ``dropped``, ``blurred``, ``passed_private`` for this robot),
-``privacy_total`` (fleet), ``upload_objective`` / ``upload_objective_gain`` (fleet facility location of the
-uploads over the round's observations, mean per ground sample), ``label_objective`` and ``coverage_gain``.
+``infos[robot]`` has the same keys at reset and at every step (numbers and arrays only): ``round``; its
+``feasible_matrix`` (estimated, column j = p(y | yhat = j)), ``available`` (samples per predicted class),
+``estimated_mix``; the public ``cloud_counts`` (labeled class counts), ``target_counts`` (uniform over the labeled
+set at episode end), ``n_cache``, ``label_budget``, ``labels_used``, ``cloud_labeled``, ``cloud_unlabeled``,
+``validation_accuracy``, ``test_accuracy``; about the last step (zeros and -1 at reset): ``uploaded`` (count),
+``uploaded_sample_ids`` (int64 ``(n_cache,)``, -1 = slot not uploaded), ``labeled_from_robot``, ``labeled`` (this
+round, whole fleet), ``privacy_<k>`` for this robot and ``privacy_total_<k>`` for the fleet with k in
+``private``, ``dropped``, ``blurred``, ``passed_private``, ``upload_objective`` / ``upload_objective_gain`` (fleet
+facility location of the uploads over the round's observations, mean per ground sample), ``label_objective``
+(0 when there was nothing to label) and ``coverage_gain``.
 ``env.privileged_view()`` (oracles only) exposes true mixes, true feasible matrices and the true labels of
 what every robot sees; ``env.cloud()`` the cloud ledger; ``env.history`` the per-round records.
 
@@ -71,10 +73,10 @@ from typing import Any, Literal
 
 import numpy as np
 from gymnasium import spaces
-from pettingzoo import ParallelEnv
+from pettingzoo.utils.conversions import parallel_to_aec
 from pydantic import Field, field_validator, model_validator
 
-from baselines.submodular import (
+from .selection.submodular import (
     DEFAULT_MAX_BLOCK_BYTES,
     FacilityLocation,
     fleet_objective,
@@ -92,15 +94,18 @@ from .config import (
     check_stream_against_fleet,
     load_typed_config,
 )
-from .core import draw_class_mixes
-from .datasets import Dataset, load_dataset, split_dataset
-from .perception import ModelVersion, Perception, limited_torch_threads
+from .core import World, derive_version
+from .datasets import Dataset
+from .faces.base import FleetParallelEnv
+from .streams import draw_class_mixes, draw_initial_cloud, drift_mixes
+from .perception import ModelVersion, limited_torch_threads
 from .privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
-__all__ = ["DualConfig", "DualParallelEnv", "DualWorld", "load_dual_config", "parallel_env"]
+__all__ = ["DualConfig", "DualParallelEnv", "DualWorld", "env", "load_dual_config", "parallel_env"]
 
-METADATA = {"name": "datagames_dual_v0", "render_modes": ["ansi"], "is_parallelizable": True}
+METADATA = {"name": "datagames_dual_v0", "render_modes": ["human", "ansi"], "is_parallelizable": True}
 LABELERS = ("submodular", "random", "entropy", "margin")
+PRIVACY_COUNTS = ("private", "dropped", "blurred", "passed_private")  # infos: privacy_<k>, privacy_total_<k>
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -170,23 +175,17 @@ def _image_shape(dataset: Dataset) -> tuple[int, int, int] | None:
     return (1, side, side) if side * side == dataset.feature_shape[0] else None
 
 
-class DualWorld:
-    """What every episode of one config shares: dataset and split, the private patches, the interned blurred
-    copies, and the perception cache (one model per labeled multiset and seed)."""
+class DualWorld(World):
+    """The shared :class:`~datagames_env.core.World` (dataset, split, pool tables, perception cache) plus what DUAL
+    adds: the private patches and the interned blurred copies, which the perception cache also scores."""
 
     def __init__(self, cfg: DualConfig) -> None:
+        super().__init__(cfg)
+        self.public_members = [m[~self.private[self.pool[m]]] for m in self.members_of_classes()]
+
+    def _model_rows(self, cfg: DualConfig) -> tuple[np.ndarray, np.ndarray]:
+        """Stamp private patches on a share of the pool, intern the blurred copies as extra rows."""
         dcfg, pcfg = cfg.dataset, cfg.privacy
-        self.dataset = load_dataset(dcfg.name, dcfg.data_dir, dcfg.download)
-        self.n_classes = self.dataset.n_classes
-        self.splits = split_dataset(self.dataset.labels, dcfg.validation_fraction, dcfg.test_fraction, dcfg.split_seed)
-        self.pool = self.splits.pool
-        self.pool_labels = self.dataset.labels[self.pool]
-        counts = np.bincount(self.pool_labels, minlength=self.n_classes)
-        if (counts == 0).any():
-            raise ConfigError(f"dataset '{self.dataset.name}': classes {np.flatnonzero(counts == 0).tolist()} have "
-                              "no samples in the stream pool")
-        self.class_members = np.argsort(self.pool_labels, kind="stable").astype(np.int64)  # pool positions
-        self.class_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.image_shape = _image_shape(self.dataset)
         n = self.dataset.n_samples
         self.private = np.zeros(n, dtype=bool)
@@ -220,11 +219,7 @@ class DualWorld:
         self.source_of_row = np.concatenate([np.arange(n), private_ids])  # dataset sample behind each row
         self.pool_position = np.full(len(self.features), -1, dtype=np.int64)
         self.pool_position[self.pool] = np.arange(len(self.pool))
-        self.public_members = [self.class_members[self.class_start[y]:self.class_start[y + 1]] for y in
-                               range(self.n_classes)]
-        self.public_members = [m[~self.private[self.pool[m]]] for m in self.public_members]
-        self.perception = Perception(self.features, self.labels, self.pool, self.splits.validation, self.splits.test,
-                                     self.n_classes, cfg.perception, max_threads=1)
+        return self.features, self.labels
 
     def as_images(self, rows: np.ndarray) -> np.ndarray:
         """Feature rows in the privacy filter's layout ((n, C, H, W) images, or the vectors themselves)."""
@@ -248,7 +243,7 @@ def get_dual_world(cfg: DualConfig) -> DualWorld:
 # ---------------------------------------------------------------------------------------------------- env
 
 
-class DualParallelEnv(ParallelEnv):
+class DualParallelEnv(FleetParallelEnv):
     """DUAL as a PettingZoo parallel environment (see the module docstring)."""
 
     metadata = METADATA
@@ -265,9 +260,6 @@ class DualParallelEnv(ParallelEnv):
         self.n_classes = c = self.world.n_classes
         self.class_names = self.world.dataset.class_names
         self.embedding_dim = e = cfg.perception.embedding_dim
-        self.possible_agents = [f"robot_{i}" for i in range(cfg.n_robots)]
-        self.agents: list[str] = []
-        self._index = {a: i for i, a in enumerate(self.possible_agents)}
         layout, start = {}, 0
         for name, width in (("labeled_hist", c), ("predicted_hist", c), ("class_accuracy", c), ("estimated_mix", c),
                             ("budgets", 2), ("unlabeled_share", 1), ("rounds_left", 1), ("mean_coverage", 1)):
@@ -286,17 +278,12 @@ class DualParallelEnv(ParallelEnv):
         per_sample_low[self.sample_layout["embedding"]] = -1.0
         low[layout["samples"]] = np.tile(per_sample_low, self.n_samples)
         self._low, self._high = low, np.ones(self.obs_dim, dtype=np.float32)
-        # one space object per agent, returned on every call (PettingZoo compares them)
-        self._observation_spaces = {a: spaces.Box(self._low, self._high, dtype=np.float32)
-                                    for a in self.possible_agents}
-        self._action_spaces = {a: spaces.Box(0.0, 1.0, (self.n_samples,), dtype=np.float32)
-                               for a in self.possible_agents}
+        self._init_fleet(cfg.n_robots, self._low, self._high, self.n_samples)
         self.state_space = spaces.Box(np.tile(self._low, cfg.n_robots), np.tile(self._high, cfg.n_robots),
                                       dtype=np.float32)
         self.filter = PrivacyFilter.from_config(cfg.privacy)
         self.target_counts = np.full(c, (cfg.initial_cloud_size + cfg.rounds * cfg.label_budget) / c)
         self.target_counts.flags.writeable = False
-        self._next_seed_rng = np.random.default_rng()
         self._world_initial_rows = None
         if cfg.world_seed is not None:
             self._world_initial_rows = self._draw_initial_cloud(
@@ -305,36 +292,16 @@ class DualParallelEnv(ParallelEnv):
         self.history: list[dict] = []
 
     # ---------------------------------------------------------------------------------------- spaces
-    def observation_space(self, agent: str) -> spaces.Box:
-        return self._observation_spaces[agent]
-
-    def action_space(self, agent: str) -> spaces.Box:
-        return self._action_spaces[agent]
-
     # ------------------------------------------------------------------------------------- episode set-up
     def _draw_initial_cloud(self, rng: np.random.Generator) -> np.ndarray:
         """Dataset rows of the initial (labeled) cloud: a Dirichlet-skewed class mix of *public* pool samples."""
         cfg, w = self.config, self.world
-        per_class = rng.multinomial(cfg.initial_cloud_size, rng.dirichlet(np.full(self.n_classes,
-                                                                                  cfg.initial_cloud_alpha)))
-        chosen = []
-        for y in range(self.n_classes):
-            members, k = w.public_members[y], int(per_class[y])
-            if k and len(members) == 0:
-                raise ConfigError(f"config key 'privacy.private_fraction': class {y} has no public sample for the "
-                                  "initial cloud")
-            chosen.append(rng.choice(members, size=k, replace=k > len(members)) if k else np.zeros(0, np.int64))
-        return w.pool[np.concatenate(chosen).astype(np.int64)]
+        return draw_initial_cloud(rng, cfg.initial_cloud_size, cfg.initial_cloud_alpha, None, w.public_members,
+                                  w.pool, no_member_error="config key 'privacy.private_fraction'")
 
     def reset(self, seed: int | None = None, options: dict | None = None):
-        if seed is not None:
-            self._next_seed_rng = np.random.default_rng(seed)  # later seedless resets continue a fixed sequence
-        else:
-            seed = int(self._next_seed_rng.integers(2**62))
-        if seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed}")
         cfg = self.config
-        self.seed = int(seed)
+        self.seed = self._next_episode_seed(seed)
         self.rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, 0])))
         self.states = kernels.seed_states([self.seed])
         self.mixes = draw_class_mixes(cfg.stream, cfg.n_robots, self.n_classes, self.rng)
@@ -368,12 +335,10 @@ class DualParallelEnv(ParallelEnv):
         self.classifier = w.perception.classifier_for(self._version_rows, pcfg.seed)
         self.test_accuracy = float(w.perception.test_accuracy(self._version_rows, pcfg.seed))
         self._row_view_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        c = self.n_classes
-        cells = self.world.pool_labels * c + self.version.pool_predictions
-        joint = np.bincount(cells, minlength=c * c).reshape(c, c).astype(np.float64)
-        self._pool_conditionals = (joint / np.maximum(joint.sum(axis=1, keepdims=True), 1))[None]
-        self._confusion = np.asarray(self.version.confusion)[None]
-        self._pinv_confusion_t = np.linalg.pinv(self.version.confusion.T)[None]
+        tables = derive_version(self.version, w.pool_labels, self.n_classes)
+        self._pool_conditionals = tables["conditionals"][None]
+        self._confusion = np.asarray(tables["confusions"])[None]
+        self._pinv_confusion_t = tables["pinv_confusion_t"][None]
 
     def _cloud_view(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and embeddings of feature rows under the current model: pool rows from the version's
@@ -407,7 +372,9 @@ class DualParallelEnv(ParallelEnv):
         self.stream_probs = self.version.pool_probs[self.stream_positions]            # (N, obs, C)
         self.stream_embeddings = self.version.pool_embeddings[self.stream_positions]  # (N, obs, E)
         predicted = self.version.pool_predictions[self.stream_positions]
-        self.histograms = np.stack([np.bincount(p, minlength=self.n_classes) for p in predicted]).astype(np.int64)
+        offsets = self.n_classes * np.arange(n)[:, None]  # one bincount for every robot's predictions
+        self.histograms = np.bincount((predicted + offsets).ravel(), minlength=n * self.n_classes).reshape(
+            n, self.n_classes).astype(np.int64)
         self.estimated_mixes = np.empty((1, n, self.n_classes))
         kernels.estimate_mixes(self.histograms[None], np.zeros((1, n), np.int64), self._confusion,
                                self._pinv_confusion_t, 0, 50, self.estimated_mixes)
@@ -421,61 +388,49 @@ class DualParallelEnv(ParallelEnv):
 
     # ------------------------------------------------------------------------------------------- step
     def step(self, actions: dict):
-        if self._needs_reset or not self.agents:
-            raise RuntimeError("step() called before reset() or after the episode ended: call reset()")
         cfg, w = self.config, self.world
-        unknown = [a for a in actions if a not in self._index or a not in self.agents]
-        if unknown:
-            raise ValueError(f"actions for unknown or inactive agents {unknown}; active agents are {self.agents}")
-        missing = [a for a in self.agents if a not in actions]
-        if missing:
-            raise ValueError(f"missing actions for {missing}: every robot acts every round")
-        scores = np.empty((cfg.n_robots, self.n_samples))
-        for agent in self.agents:
-            row = np.asarray(actions[agent], dtype=np.float64)
-            if row.shape != (self.n_samples,):
-                raise ValueError(f"{agent}: action must have shape ({self.n_samples},) (a score per observed sample), "
-                                 f"got {row.shape}")
-            if not np.isfinite(row).all():
-                raise ValueError(f"{agent}: action contains NaN or inf: {row}")
-            scores[self._index[agent]] = row
+        scores = self._action_matrix(actions, "a score per observed sample")
         # ---- stage 1: each robot's top n_cache, through the privacy filter, up to the cloud
         chosen = np.argsort(-scores, axis=1, kind="stable")[:, :cfg.n_cache]
-        new_rows, new_robot, new_private, new_blurred, kept_positions = [], [], [], [], []
-        per_robot_privacy, uploaded_ids = [], []
-        for i in range(cfg.n_robots):
-            sample_ids = w.pool[self.stream_positions[i, chosen[i]]]
-            private = w.private[sample_ids]
-            result = self.filter.apply(w.as_images(w.robot_features[sample_ids]), private, w.regions[sample_ids])
-            rows = sample_ids[result.kept].copy()
-            blurred = result.blurred[result.kept]
-            if blurred.any():
-                rows[blurred] = w.blurred_row[rows[blurred]]
-                # what reaches the cloud is the filter's output: check the interned copy is exactly that
-                out = result.features[np.flatnonzero(blurred)].reshape((int(blurred.sum()), -1))
-                if not np.array_equal(out, w.features[rows[blurred]].reshape((len(out), -1))):
-                    raise RuntimeError(f"robot_{i}: privacy filter output differs from the interned blurred copy")
-            new_rows.append(rows)
-            new_robot.append(np.full(len(rows), i))
-            new_private.append(private[result.kept])
-            new_blurred.append(blurred)
-            kept_positions.append(chosen[i][result.kept])
-            uploaded_ids.append(sample_ids[result.kept])
-            per_robot_privacy.append({"private": result.n_private, "dropped": result.n_dropped,
-                                      "blurred": result.n_blurred, "passed_private": result.n_passed_private})
+        # one filter pass over every robot's picks; flat (robot, slot) order, robot-major
+        sample_ids = w.pool[np.take_along_axis(self.stream_positions, chosen, axis=1)]
+        flat_ids = sample_ids.ravel()
+        private = w.private[flat_ids]
+        result = self.filter.apply(w.as_images(w.robot_features[flat_ids]), private, w.regions[flat_ids])
+        kept = result.kept.reshape(cfg.n_robots, cfg.n_cache)
+        rows = flat_ids[result.kept].copy()
+        blurred = result.blurred[result.kept]
+        robot_of_row = np.repeat(np.arange(cfg.n_robots), kept.sum(axis=1))
+        if blurred.any():
+            rows[blurred] = w.blurred_row[rows[blurred]]
+            # what reaches the cloud is the filter's output: check the interned copy is exactly that
+            out = result.features[np.flatnonzero(blurred)].reshape((int(blurred.sum()), -1))
+            same = (out == w.features[rows[blurred]].reshape((len(out), -1))).all(axis=1)
+            if not same.all():
+                raise RuntimeError(f"robot_{robot_of_row[blurred][~same][0]}: privacy filter output differs from "
+                                   "the interned blurred copy")
+        splits = np.cumsum(kept.sum(axis=1))[:-1]
+        new_rows = np.split(rows, splits)
+        kept_positions = [chosen[i][kept[i]] for i in range(cfg.n_robots)]  # the objective's per-robot input
+        uploaded_ids = np.split(flat_ids[result.kept], splits)
+        private_per_robot = private.reshape(cfg.n_robots, cfg.n_cache).sum(axis=1)
+        mode_counts = {k: private_per_robot if self.filter.mode == mode else np.zeros(cfg.n_robots, dtype=np.int64)
+                       for k, mode in (("dropped", "drop"), ("blurred", "blur"), ("passed_private", "pass"))}
+        per_robot_privacy = [{"private": int(private_per_robot[i]), **{k: int(v[i]) for k, v in mode_counts.items()}}
+                             for i in range(cfg.n_robots)]
         kwargs = self._similarity_kwargs()
         with limited_torch_threads(1):
             upload = fleet_objective(list(self.stream_embeddings), kept_positions, list(self.coverage), **kwargs)
-        n_new = sum(len(r) for r in new_rows)
+        n_new = len(rows)
         cloud = self._cloud
         self._cloud = cloud = {
-            "row": np.concatenate([cloud["row"], *new_rows]),
+            "row": np.concatenate([cloud["row"], rows]),
             "labeled": np.concatenate([cloud["labeled"], np.zeros(n_new, bool)]),
-            "robot": np.concatenate([cloud["robot"], *new_robot]),
+            "robot": np.concatenate([cloud["robot"], robot_of_row]),
             "round": np.concatenate([cloud["round"], np.full(n_new, self.round_index)]),
             "labeled_round": np.concatenate([cloud["labeled_round"], np.full(n_new, -1)]),
-            "private": np.concatenate([cloud["private"], *new_private]),
-            "blurred": np.concatenate([cloud["blurred"], *new_blurred]),
+            "private": np.concatenate([cloud["private"], private[result.kept]]),
+            "blurred": np.concatenate([cloud["blurred"], blurred]),
         }
         # ---- stage 2: the cloud labels under the global budget
         candidates = np.flatnonzero(~cloud["labeled"])
@@ -513,15 +468,19 @@ class DualParallelEnv(ParallelEnv):
         }
         self.history.append(step_record)
         last_round = self.round_index >= cfg.rounds
-        per_robot = [{"uploaded": len(new_rows[i]), "uploaded_sample_ids": uploaded_ids[i],
-                      "labeled_from_robot": int((labeled_robot == i).sum()), "privacy": per_robot_privacy[i]}
-                     for i in range(cfg.n_robots)]
+        per_robot = []
+        for i in range(cfg.n_robots):
+            ids = np.full(cfg.n_cache, -1, dtype=np.int64)  # fixed shape; -1 = slot not uploaded
+            ids[:len(uploaded_ids[i])] = uploaded_ids[i]
+            per_robot.append({"uploaded": len(new_rows[i]), "uploaded_sample_ids": ids,
+                              "labeled_from_robot": int((labeled_robot == i).sum()),
+                              **{f"privacy_{k}": v for k, v in per_robot_privacy[i].items()},
+                              **{f"privacy_total_{k}": v for k, v in privacy_total.items()}})
         if last_round:
             self._needs_reset = True
         else:
             if cfg.stream.drift > 0:
-                fresh = self.rng.dirichlet(np.full(self.n_classes, cfg.stream.alpha), size=cfg.n_robots)
-                self.mixes = (1.0 - cfg.stream.drift) * self.mixes + cfg.stream.drift * fresh
+                self.mixes = drift_mixes(self.mixes, cfg.stream, self.rng)
             self._observe_round()
         agents = list(self.agents)
         obs = self._observations()
@@ -539,7 +498,7 @@ class DualParallelEnv(ParallelEnv):
         cfg = self.config
         budget = min(cfg.label_budget, len(candidates))
         if len(candidates) == 0:
-            return candidates, float("nan")
+            return candidates, 0.0  # nothing to cover (a number, not NaN: it goes into the infos)
         probs, emb = self._cloud_view(self._cloud["row"][candidates])
         _, labeled_emb = self._cloud_view(self._labeled_rows())
         kwargs = self._similarity_kwargs()
@@ -591,18 +550,21 @@ class DualParallelEnv(ParallelEnv):
                   "cloud_unlabeled": int((~self._cloud["labeled"]).sum()),
                   "validation_accuracy": float(self.version.validation_accuracy),
                   "test_accuracy": self.test_accuracy}
-        if record is not None:
-            shared.update({k: record[k] for k in ("labeled", "upload_objective", "upload_objective_gain",
-                                                  "label_objective", "coverage_gain")})
+        # fixed schema (TorchRL, seed_test): the keys of a step are there at reset too, with nothing done yet
+        step_keys = ("labeled", "upload_objective", "upload_objective_gain", "label_objective", "coverage_gain")
+        shared.update({k: (record[k] if record is not None else 0.0) for k in step_keys})
+        shared["labeled"] = int(shared["labeled"])
+        if per_robot is None:
+            nothing = {"uploaded": 0, "uploaded_sample_ids": np.full(self.config.n_cache, -1, dtype=np.int64),
+                       "labeled_from_robot": 0, **{f"privacy_{k}": 0 for k in PRIVACY_COUNTS},
+                       **{f"privacy_total_{k}": 0 for k in PRIVACY_COUNTS}}
+            per_robot = [nothing] * self.config.n_robots
         infos = {}
         for agent in self.agents:
             i = self._index[agent]
-            info = {"available": self.histograms[i].copy(), "feasible_matrix": feasible[0, i],
-                    "estimated_mix": self.estimated_mixes[i].copy(), **shared}
-            if record is not None:
-                info.update(per_robot[i])
-                info["privacy_total"] = dict(record["privacy_total"])
-            infos[agent] = info
+            infos[agent] = {"available": self.histograms[i].copy(), "feasible_matrix": feasible[0, i],
+                            "estimated_mix": self.estimated_mixes[i].copy(), **shared,
+                            **{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in per_robot[i].items()}}
         return infos
 
     def state(self) -> np.ndarray:
@@ -636,13 +598,17 @@ class DualParallelEnv(ParallelEnv):
     def render(self):
         if self.render_mode is None:
             import gymnasium
-            gymnasium.logger.warn("render() called without a render_mode; pass render_mode='ansi'")
+            gymnasium.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'human'")
             return None
         rec = self.history[-1] if self.history else {}
-        return (f"round {self.round_index}/{self.config.rounds}  labeled {rec.get('cloud_labeled', 0)}  "
+        text = (f"round {self.round_index}/{self.config.rounds}  labeled {rec.get('cloud_labeled', 0)}  "
                 f"unlabeled {rec.get('cloud_unlabeled', 0)}  labels used {self.labels_used}  "
                 f"val acc {rec.get('validation_accuracy', float('nan')):.3f}  "
                 f"test acc {rec.get('test_accuracy', float('nan')):.3f}")
+        if self.render_mode == "human":
+            print(text)
+            return None
+        return text
 
     def close(self) -> None:
         pass
@@ -664,3 +630,8 @@ def uncertainty(probs: np.ndarray, kind: str) -> np.ndarray:
 def parallel_env(config: str | Path | dict | DualConfig | None = None, **overrides: Any) -> DualParallelEnv:
     """``datagames_env.dual.parallel_env()``: the DUAL scenario on the embedded digits, or a config + overrides."""
     return DualParallelEnv(config, **overrides)
+
+
+def env(config: str | Path | dict | DualConfig | None = None, **overrides: Any):
+    """AEC face: robots act one after another within a round; the round resolves when the last has acted."""
+    return parallel_to_aec(DualParallelEnv(config, **overrides))

@@ -35,10 +35,12 @@ Observation layout (allocation mode, C classes; ``env.obs_layout`` gives the sli
     samples         obs_per_round x (E + C)  [selection mode] per sample: L2-normalised embedding
                     (E = perception.embedding_dim), then predicted class probabilities
 
-``infos[robot]`` carries ``feasible_matrix`` (its estimate, column j = p(y | yhat = j)),
-``available`` (its samples per predicted class this round), ``estimated_mix``, ``round``, the public
-``cloud_counts``, ``target_counts``, ``n_cache`` and ``distance``, and after a step
-``uploaded_true_labels`` and ``uploaded_predicted_labels``. The true class mixes and feasible matrices are privileged: only ``state()`` and ``privileged_view()`` (for oracle
+``infos[robot]`` has the same keys at reset and at every step (numbers and arrays only): ``feasible_matrix``
+(its estimate, column j = p(y | yhat = j)), ``available`` (its samples per predicted class this round),
+``estimated_mix``, ``round``, the public ``cloud_counts``, ``target_counts``, ``n_cache`` and ``distance``, its
+last step's uploads ``uploaded_true_labels`` and ``uploaded_predicted_labels`` (int64 ``(n_cache,)``, filled from
+the left, -1 = unused slot; all -1 at reset) and their number ``n_uploaded``, and with ``final_accuracy: true``
+``final_test_accuracy`` (-1 until the last step). The true class mixes and feasible matrices are privileged: only ``state()`` and ``privileged_view()`` (for oracle
 policies) expose them.
 """
 
@@ -46,13 +48,13 @@ from __future__ import annotations
 
 import numpy as np
 from gymnasium import spaces
-from pettingzoo import ParallelEnv
 from pettingzoo.utils.conversions import parallel_to_aec
 
 from . import render as render_lib
 from .config import EnvConfig, load_config
 from .core import BatchedCore, World
 from .datasets import Dataset
+from .faces.base import FleetParallelEnv
 
 METADATA = {"name": "datagames_v0", "render_modes": ["human", "ansi", "rgb_array"], "is_parallelizable": True,
             "render_fps": 2}
@@ -74,7 +76,7 @@ def action_width(core: BatchedCore) -> int:
     return core.n_classes if core.cfg.action_mode == "allocation" else core.cfg.obs_per_round
 
 
-class DataGamesParallelEnv(ParallelEnv):
+class DataGamesParallelEnv(FleetParallelEnv):
     """Fleet data collection as a PettingZoo parallel environment (see the module docstring)."""
 
     metadata = METADATA
@@ -94,29 +96,15 @@ class DataGamesParallelEnv(ParallelEnv):
         world = World(self.config, dataset) if dataset is not None else None
         self.core = BatchedCore(self.config, num_envs=1, world=world)
         self.render_mode = render_mode
-        self.possible_agents = [f"robot_{i}" for i in range(self.config.n_robots)]
-        self.agents: list[str] = []
-        self._index = {a: i for i, a in enumerate(self.possible_agents)}
         low, high = observation_bounds(self.core)
-        width = self._action_width = action_width(self.core)
-        self._active: frozenset[str] = frozenset()
-        # one space object per agent, returned every call (PettingZoo caches and compares them)
-        self._observation_spaces = {a: spaces.Box(low, high, dtype=np.float32) for a in self.possible_agents}
-        self._action_spaces = {a: spaces.Box(0.0, 1.0, (width,), dtype=np.float32) for a in self.possible_agents}
+        self._init_fleet(self.config.n_robots, low, high, action_width(self.core))
         n, c = self.config.n_robots, self.core.n_classes
         self.state_space = spaces.Box(-1.0, 1.0, (3 * c + 1 + 3 * n * c,), dtype=np.float32)
-        self._next_seed_rng = np.random.default_rng()
         self._target_counts = self.core.target_counts.copy()
         self._target_counts.flags.writeable = False  # shared by every robot's info; fixed per config
         self._history: list[float] = []
 
     # ---------------------------------------------------------------------------------------- spaces
-    def observation_space(self, agent: str) -> spaces.Box:
-        return self._observation_spaces[agent]
-
-    def action_space(self, agent: str) -> spaces.Box:
-        return self._action_spaces[agent]
-
     @property
     def obs_layout(self) -> dict[str, slice]:
         return dict(self.core.obs_layout)
@@ -131,13 +119,8 @@ class DataGamesParallelEnv(ParallelEnv):
 
     # ----------------------------------------------------------------------------------------- loop
     def reset(self, seed: int | None = None, options: dict | None = None):
-        if seed is not None:
-            self._next_seed_rng = np.random.default_rng(seed)  # reset() without a seed then continues a fixed sequence
-        else:
-            seed = int(self._next_seed_rng.integers(2**62))
-        self.core.reset([seed])
+        self.core.reset([self._next_episode_seed(seed)])
         self.agents = list(self.possible_agents)
-        self._active = frozenset(self.agents)
         self._history = [float(self.core.distance[0])]
         obs = self._observations()
         infos = self._infos()
@@ -146,21 +129,8 @@ class DataGamesParallelEnv(ParallelEnv):
         return obs, infos
 
     def step(self, actions: dict):
-        if not self.agents:
-            raise RuntimeError("step() called after the episode ended: call reset()")
-        if len(actions) != len(self.agents) or not self._active.issuperset(actions):
-            unknown = [a for a in actions if a not in self._active]
-            if unknown:
-                raise ValueError(f"actions for unknown or inactive agents {unknown}; active agents are {self.agents}")
-            missing = [a for a in self.agents if a not in actions]
-            raise ValueError(f"missing actions for {missing}: every robot acts every round")
-        width = self._action_width
-        batch = np.empty((1, len(self.agents), width))
-        for k, agent in enumerate(self.agents):
-            row = np.asarray(actions[agent], dtype=np.float64)
-            if row.shape != (width,):
-                raise ValueError(f"{agent}: action must have shape ({width},), got {row.shape}")
-            batch[0, k] = row
+        what = "a share per predicted class" if self.config.action_mode == "allocation" else "a score per sample"
+        batch = self._action_matrix(actions, what, check_finite=False)[None]  # the core names NaN / inf robots
         result = self.core.step(batch)  # validates values; raises before changing state
         self._history.append(float(result.distance[0]))
         obs = self._observations()
@@ -170,7 +140,6 @@ class DataGamesParallelEnv(ParallelEnv):
         infos = self._infos(result)
         if result.terminated:
             self.agents = []
-            self._active = frozenset()
         if self.render_mode == "human":
             self.render()
         return obs, rewards, terminations, truncations, infos
@@ -180,7 +149,8 @@ class DataGamesParallelEnv(ParallelEnv):
         return {a: obs[self._index[a]] for a in self.agents}
 
     def _infos(self, result=None) -> dict[str, dict]:
-        # one fresh array per quantity per step; robots get row views of it (never mutated afterwards)
+        # one fresh array per quantity per step; robots get row views of it (never mutated afterwards).
+        # Fixed schema (TorchRL, seed_test): the same keys at reset and every step, numbers and arrays only.
         core = self.core
         feasible = core.estimated_feasible_matrices()[0]
         available = core.histograms[0].copy()
@@ -190,18 +160,20 @@ class DataGamesParallelEnv(ParallelEnv):
         shared = {"round": core.round_index, "cloud_counts": cloud, "target_counts": self._target_counts,
                   "n_cache": core.cfg.n_cache, "distance": distance}
         if result is not None:
-            labels, predicted = result.uploaded_labels[0], result.uploaded_predicted[0]
-            n_uploaded = (labels >= 0).sum(axis=1)  # slots are filled from the left
-            if result.final_test_accuracy is not None:
-                shared["final_test_accuracy"] = float(result.final_test_accuracy[0])
+            labels, predicted = result.uploaded_labels[0].copy(), result.uploaded_predicted[0].copy()
+        else:  # nothing uploaded yet: every slot unused
+            labels = np.full((len(self.possible_agents), core.cfg.n_cache), -1, dtype=np.int64)
+            predicted = labels.copy()
+        if core.cfg.final_accuracy:  # -1 until the episode's last step computed it
+            final = result.final_test_accuracy if result is not None else None
+            shared["final_test_accuracy"] = float(final[0]) if final is not None else -1.0
+        n_uploaded = (labels >= 0).sum(axis=1)  # slots are filled from the left
         infos = {}
         for agent in self.agents:
             i = self._index[agent]
-            info = {"available": available[i], "feasible_matrix": feasible[i], "estimated_mix": mixes[i], **shared}
-            if result is not None:
-                info["uploaded_true_labels"] = labels[i, :n_uploaded[i]]
-                info["uploaded_predicted_labels"] = predicted[i, :n_uploaded[i]]
-            infos[agent] = info
+            infos[agent] = {"available": available[i], "feasible_matrix": feasible[i], "estimated_mix": mixes[i],
+                            **shared, "uploaded_true_labels": labels[i], "uploaded_predicted_labels": predicted[i],
+                            "n_uploaded": int(n_uploaded[i])}
         return infos
 
     # ------------------------------------------------------------------------------ global / privileged

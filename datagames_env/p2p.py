@@ -25,7 +25,8 @@ Reward                 ``reward: feedback``: per robot, the mean utility its ``n
 Episode end            after ``rounds`` steps every robot is terminated (the task's horizon; never truncated);
                        ``agents`` becomes empty
 Arguments              ``config`` (a name in ``configs/``, a YAML path, a dict or a :class:`P2PConfig`),
-                       ``max_cycles`` (PettingZoo's name for ``rounds``), and any config key as a keyword (dotted
+                       ``max_cycles`` (PettingZoo's name for ``rounds``), ``render_mode`` (``ansi``, ``human``),
+                       and any config key as a keyword (dotted
                        keys for nested ones: ``**{"ood.detector": "ensemble"}``)
 =====================  ==========================================================================================
 
@@ -43,19 +44,21 @@ Observation layout (D domains, C classes, E = ``perception.embedding_dim``)::
 ``context`` is everything before ``samples`` (``context_dim = D + C + 5``); ``n_samples = obs_per_round``,
 ``sample_feature_dim = E + C``.
 
-``infos[robot]``: ``round``, ``labeled_size``, ``domain_accuracy`` (domain -> test accuracy of its current model),
-``domain_names``, ``n_share``, ``neighbors``, cumulative privacy counters ``total_blurred``, ``total_dropped``,
-``total_passed_private`` and rare-domain counters ``total_cached``, ``total_rare_cached``, ``total_rare_seen``,
-``rare_share_cached`` (rare-domain share of everything it cached so far; NaN while it cached nothing). After a
-step also: ``cached_slots`` (int64 ``(n_share,)``, positions in the previous observation's sample block),
-``sent_mask`` (bool: left the robot; False = dropped by the privacy filter), ``feedback_utilities`` (float32
-``(n_share,)``, 0 where not sent), ``n_sent``, ``n_received``, ``n_kept``, ``n_private_cached``, ``n_blurred``,
-``n_dropped``, ``n_passed_private``, ``round_rare_share`` (rare share among this round's cache) and ``trained``
-(whether its model was retrained after this round). With ``feedback_memory > 0`` also
-``feedback_memory_features`` (float32 ``(m, E + C)``: the last ``m <= feedback_memory`` samples it sent, re-embedded
-by its *current* model, as the paper's sender that keeps its shared images) and ``feedback_memory_utilities``
-(float32 ``(m,)``, what each earned): the training set of a GU model. A robot's retrainings in one episode start
-from the same initialisation seed, so its embedding space drifts as little as the data allows.
+``infos[robot]`` has the same keys at reset and at every step (numbers and arrays only, never NaN): ``round``,
+``labeled_size``, ``domain_accuracy`` (float64 ``(D,)``, test accuracy of its current model per domain, in the order
+of ``env.domain_names``), ``n_share``, ``neighbor_mask`` (bool ``(N,)``), ``ood_threshold``, cumulative privacy
+counters ``total_blurred``, ``total_dropped``, ``total_passed_private`` and rare-domain counters ``total_cached``,
+``total_rare_cached``, ``total_rare_seen``, ``rare_share_cached`` (rare-domain share of everything it cached so far;
+0 while it cached nothing); about the last round (at reset: nothing happened yet, -1 slots and zeros):
+``cached_slots`` (int64 ``(n_share,)``, positions in the previous observation's sample block), ``sent_mask`` (bool:
+left the robot; False = dropped by the privacy filter), ``feedback_utilities`` (float32 ``(n_share,)``, 0 where not
+sent), ``n_sent``, ``n_received``, ``n_kept``, ``n_private_cached``, ``n_blurred``, ``n_dropped``,
+``n_passed_private``, ``round_rare_share`` (rare share among this round's cache) and ``trained`` (whether its model
+was retrained after this round). With ``feedback_memory > 0`` also ``feedback_memory_features`` (float32
+``(feedback_memory, E + C)``: the last ``m = feedback_memory_size`` samples it sent in the first ``m`` rows,
+re-embedded by its *current* model, as the paper's sender that keeps its shared images; zeros below) and
+``feedback_memory_utilities`` (float32 ``(feedback_memory,)``, what each earned): the training set of a GU model.
+A robot's retrainings in one episode start from the same initialisation seed, so its embedding space drifts as little as the data allows.
 
 Everything a step needs from a model is computed once per (model version, round) in one batched pass per robot;
 only the shared samples go through the receivers' detectors, one batched pass per receiver. Oracle policies read
@@ -72,20 +75,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from gymnasium import spaces
-from pettingzoo import ParallelEnv
+from pettingzoo.utils.conversions import parallel_to_aec
 from pydantic import Field, field_validator, model_validator
 
 from .config import CONFIG_DIR, ConfigError, PerceptionConfig, _Strict, load_typed_config
 from .datasets import Dataset, DatasetError, load_dataset
 from .domains import corrupt
-from .ood import NoveltyDetector, train_dropout_classifier
-from .perception import Classifier, limited_torch_threads, train_classifier
+from .faces.base import FleetParallelEnv
+from .ood import NoveltyDetector
+from .perception import Classifier, limited_torch_threads, train_classifiers
 from .privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
-__all__ = ["P2PConfig", "P2PParallelEnv", "load_p2p_config", "parallel_env"]
+__all__ = ["P2PConfig", "P2PParallelEnv", "env", "load_p2p_config", "parallel_env"]
 
-METADATA = {"name": "datagames_p2p_v0", "render_modes": [], "is_parallelizable": True}
+METADATA = {"name": "datagames_p2p_v0", "render_modes": ["human", "ansi"], "is_parallelizable": True}
 
 # --------------------------------------------------------------------------------------------------------- config
 
@@ -376,7 +379,7 @@ class _Robot:
 # ------------------------------------------------------------------------------------------------------------ env
 
 
-class P2PParallelEnv(ParallelEnv):
+class P2PParallelEnv(FleetParallelEnv):
     """Peer-to-peer GU sharing as a PettingZoo parallel environment (see the module docstring)."""
 
     metadata = METADATA
@@ -385,9 +388,9 @@ class P2PParallelEnv(ParallelEnv):
                  render_mode: str | None = None, **overrides: Any) -> None:
         if max_cycles is not None:
             overrides["rounds"] = max_cycles
-        if render_mode is not None:
-            raise ValueError("the p2p scenario has no render modes; pass render_mode=None")
-        self.render_mode = None
+        if render_mode is not None and render_mode not in METADATA["render_modes"]:
+            raise ValueError(f"render_mode must be one of {METADATA['render_modes']} or None, got {render_mode!r}")
+        self.render_mode = render_mode
         self.config = cfg = load_p2p_config(config, **overrides)
         self.world = build_world(cfg)
         self.detector = cfg.ood.detector_object()
@@ -396,9 +399,6 @@ class P2PParallelEnv(ParallelEnv):
         self.n_domains = len(self.domain_names)
         self.n_classes = self.world.n_classes
         self._rare = np.isin(np.arange(self.n_domains), [self.domain_names.index(d) for d in cfg.rare_domains])
-        self.possible_agents = [f"robot_{i}" for i in range(cfg.n_robots)]
-        self.agents: list[str] = []
-        self._index = {a: i for i, a in enumerate(self.possible_agents)}
         self.n_share = cfg.n_share
         self.n_samples = cfg.obs_per_round
         self.embedding_dim = cfg.perception.embedding_dim
@@ -419,12 +419,8 @@ class P2PParallelEnv(ParallelEnv):
         per_sample_low[:, :self.embedding_dim] = -1.0
         low[layout["samples"]] = per_sample_low.ravel()
         high = np.ones(self.obs_dim, dtype=np.float32)
-        # One space object per agent, returned on every call (PettingZoo compares them by identity).
-        self._observation_spaces = {a: spaces.Box(low, high, dtype=np.float32) for a in self.possible_agents}
-        self._action_spaces = {a: spaces.Box(0.0, 1.0, (self.n_samples,), dtype=np.float32)
-                               for a in self.possible_agents}
+        self._init_fleet(cfg.n_robots, low, high, self.n_samples)
         self._initial_cache: dict[tuple[int, int], tuple[list, list, list, set, np.ndarray, LocalModel]] = {}
-        self._next_seed_rng = np.random.default_rng()
         self._robots: list[_Robot] = []
         self.neighbors: list[list[int]] = []
         self.round_index = 0
@@ -432,60 +428,67 @@ class P2PParallelEnv(ParallelEnv):
         self.n_trainings = 0
 
     # --------------------------------------------------------------------------------------------- spaces
-    def observation_space(self, agent: str) -> spaces.Box:
-        return self._observation_spaces[agent]
-
-    def action_space(self, agent: str) -> spaces.Box:
-        return self._action_spaces[agent]
-
     @property
     def obs_layout(self) -> dict[str, slice]:
         return dict(self._layout)
 
     # ---------------------------------------------------------------------------------------------- models
-    def _train(self, features: np.ndarray, labels: np.ndarray, seed: int, calibration: np.ndarray) -> LocalModel:
+    def _train(self, sets: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]]) -> list[LocalModel]:
+        """Local models for several robots at once from (features, labels, seed, calibration ids) each: every
+        classifier of every robot (one, or the ensemble's members) trains in ONE batched model
+        (:func:`~datagames_env.perception.train_classifiers`), then each robot calibrates its OoD threshold."""
+        if not sets:
+            return []
         cfg = self.config
+        n_members = 1 if self.detector.detector == "mc_dropout" else self.detector.n_models
+        seeds = [seed if self.detector.detector == "mc_dropout" else _seed_of(seed, k)
+                 for _, _, seed, _ in sets for k in range(n_members)]
+        features = [f for f, _, _, _ in sets for _ in range(n_members)]
+        labels = [y for _, y, _, _ in sets for _ in range(n_members)]
+        dropout = cfg.ood.dropout if self.detector.detector == "mc_dropout" else 0.0
         with limited_torch_threads(cfg.max_threads):
-            if self.detector.detector == "mc_dropout":
-                members = [train_dropout_classifier(features, labels, self.n_classes, cfg.perception, seed,
-                                                    cfg.ood.dropout)]
-            else:
-                members = [train_classifier(features, labels, self.n_classes, cfg.perception, _seed_of(seed, k))
-                           for k in range(self.detector.n_models)]
-            self.n_trainings += len(members)
-            threshold = self.detector.calibrate(members, self.world.features[calibration], seed=seed)
-            accuracy = np.array([members[0].accuracy(x, y) for x, y in
-                                 zip(self.world.test_features, self.world.test_labels)])
-        return LocalModel(members, threshold, accuracy)
+            classifiers = train_classifiers(features, labels, self.n_classes, cfg.perception, seeds, dropout=dropout)
+            self.n_trainings += len(classifiers)
+            models = []
+            for r, (_, _, seed, calibration) in enumerate(sets):
+                members = classifiers[r * n_members:(r + 1) * n_members]
+                threshold = self.detector.calibrate(members, self.world.features[calibration], seed=seed)
+                accuracy = np.array([members[0].accuracy(x, y) for x, y in
+                                     zip(self.world.test_features, self.world.test_labels)])
+                models.append(LocalModel(members, threshold, accuracy))
+        return models
 
-    def _initial_robot(self, i: int, seed: int) -> tuple[list, list, list, set, np.ndarray, LocalModel]:
-        """Initial labeled set, calibration ids and first model of robot i (drawn from ``seed``)."""
-        key = (seed, i)
-        if key in self._initial_cache:
-            return self._initial_cache[key]
+    def _initial_robots(self, seed: int) -> list[tuple[list, list, list, set, np.ndarray, LocalModel]]:
+        """Initial labeled set, calibration ids and first model of every robot (drawn from ``seed``); the first
+        models train together."""
         cfg, world = self.config, self.world
-        rng = np.random.default_rng([seed, i, 7])
-        labeled, calibration = [], []
-        robot_cfg = cfg.robots[i]
-        home = [self.domain_names.index(d) for d, n in robot_cfg.initial_labeled.items() if n > 0]
-        for d in home:
-            want = robot_cfg.initial_labeled[self.domain_names[d]]
-            pool = world.pool_by_domain[d]
-            n_cal = round(cfg.ood.calibration_size / len(home))
-            if want + n_cal > len(pool):
-                raise ConfigError(f"robots.{i}.initial_labeled (robot_{i}): {want} labeled + {n_cal} calibration "
-                                  f"samples of domain '{self.domain_names[d]}' exceed its pool of {len(pool)}")
-            chosen = rng.choice(pool, size=want + n_cal, replace=False)
-            labeled.append(np.sort(chosen[:want]))
-            calibration.append(np.sort(chosen[want:]))
-        ids = np.concatenate(labeled)
-        calibration_ids = np.concatenate(calibration)
-        model = self._train(world.features[ids], world.labels[ids], _seed_of(seed, i, 11), calibration_ids)
-        entry = ([world.features[ids]], [world.labels[ids]], [world.domains[ids]], set(ids.tolist()),
-                 calibration_ids, model)
+        missing = [i for i in range(cfg.n_robots) if (seed, i) not in self._initial_cache]
+        drawn = {}
+        for i in missing:
+            rng = np.random.default_rng([seed, i, 7])
+            labeled, calibration = [], []
+            robot_cfg = cfg.robots[i]
+            home = [self.domain_names.index(d) for d, n in robot_cfg.initial_labeled.items() if n > 0]
+            for d in home:
+                want = robot_cfg.initial_labeled[self.domain_names[d]]
+                pool = world.pool_by_domain[d]
+                n_cal = round(cfg.ood.calibration_size / len(home))
+                if want + n_cal > len(pool):
+                    raise ConfigError(f"robots.{i}.initial_labeled (robot_{i}): {want} labeled + {n_cal} calibration "
+                                      f"samples of domain '{self.domain_names[d]}' exceed its pool of {len(pool)}")
+                chosen = rng.choice(pool, size=want + n_cal, replace=False)
+                labeled.append(np.sort(chosen[:want]))
+                calibration.append(np.sort(chosen[want:]))
+            drawn[i] = (np.concatenate(labeled), np.concatenate(calibration))
+        models = self._train([(world.features[ids], world.labels[ids], _seed_of(seed, i, 11), calibration_ids)
+                              for i, (ids, calibration_ids) in drawn.items()])
+        entries = dict(self._initial_cache)
+        for (i, (ids, calibration_ids)), model in zip(drawn.items(), models):
+            entries[(seed, i)] = ([world.features[ids]], [world.labels[ids]], [world.domains[ids]], set(ids.tolist()),
+                                  calibration_ids, model)
         if cfg.world_seed is not None:
-            self._initial_cache[key] = entry
-        return entry
+            self._initial_cache = entries
+        return [entries[(seed, i)] for i in range(cfg.n_robots)]
 
     def _stream(self, i: int, rng: np.random.Generator, exclude: set[int]) -> np.ndarray:
         """World ids robot i observes, (rounds, obs_per_round): exact per-round domain quotas (largest remainder),
@@ -516,11 +519,7 @@ class P2PParallelEnv(ParallelEnv):
 
     # ------------------------------------------------------------------------------------------------ loop
     def reset(self, seed: int | None = None, options: dict | None = None):
-        if seed is not None:
-            self._next_seed_rng = np.random.default_rng(seed)
-        else:
-            seed = int(self._next_seed_rng.integers(2**62))
-        self._episode_seed = int(seed)
+        self._episode_seed = self._next_episode_seed(seed)
         cfg = self.config
         rng = np.random.default_rng([self._episode_seed, 1])
         n = cfg.n_robots
@@ -532,10 +531,12 @@ class P2PParallelEnv(ParallelEnv):
             upper = np.triu(rng.random((n, n)) < cfg.topology.p, k=1)
             adjacency = upper | upper.T
             self.neighbors = [np.flatnonzero(adjacency[i]).tolist() for i in range(n)]
+        self._adjacency = np.zeros((n, n), dtype=bool)  # [sender, receiver]
+        for i, peers in enumerate(self.neighbors):
+            self._adjacency[i, peers] = True
         initial_seed = cfg.world_seed if cfg.world_seed is not None else self._episode_seed
         self._robots = []
-        for i in range(n):
-            feats, labels, domains, ids, calibration, model = self._initial_robot(i, initial_seed)
+        for i, (feats, labels, domains, ids, calibration, model) in enumerate(self._initial_robots(initial_seed)):
             robot = _Robot(list(feats), list(labels), list(domains), set(ids), calibration,
                            stream=np.zeros((0, 0), dtype=np.int64), model=model)
             robot.stream = self._stream(i, rng, ids | set(calibration.tolist()))
@@ -595,65 +596,49 @@ class P2PParallelEnv(ParallelEnv):
         return float(np.sqrt((deficit ** 2).sum(axis=(1, 2))).sum())
 
     def step(self, actions: dict):
-        if not self.agents:
-            raise RuntimeError("step() called after the episode ended: call reset()")
-        missing = [a for a in self.agents if a not in actions]
-        unknown = [a for a in actions if a not in self.agents]
-        if unknown:
-            raise ValueError(f"actions for unknown or inactive agents {unknown}; active agents are {self.agents}")
-        if missing:
-            raise ValueError(f"missing actions for {missing}: every robot acts every round")
         cfg, world = self.config, self.world
         n, k = cfg.n_robots, self.n_share
-        slots = np.empty((n, k), dtype=np.int64)
-        for agent in self.agents:
-            i = self._index[agent]
-            scores = np.asarray(actions[agent], dtype=np.float64)
-            if scores.shape != (self.n_samples,):
-                raise ValueError(f"{agent}: action must have shape ({self.n_samples},), got {scores.shape}")
-            if not np.isfinite(scores).all():
-                raise ValueError(f"{agent}: action has NaN or inf scores")
-            slots[i] = np.argsort(-scores, kind="stable")[:k]  # top k; ties go to the lower position
+        scores = self._action_matrix(actions, "a score per observed sample")
+        slots = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # top k; ties go to the lower position
         potential_before = self._potential_distance()
 
-        # 1. cache -> privacy filter -> send
+        # 1. cache -> privacy filter -> send: one filter pass over every robot's cache, (robot, slot) arrays after
         cached_ids = np.take_along_axis(self._round_ids, slots, axis=1)
-        transmissions, sent = [], []
-        for i in range(n):
-            ids = cached_ids[i]
-            result = self.filter.apply(world.features[ids], world.private[ids], world.regions[ids])
-            receivers = self.neighbors[i] if len(self.neighbors[i]) else []
-            sent_mask = result.kept & (len(receivers) > 0)
-            sent.append((ids[result.kept], result.features, result))
-            transmissions.append({"sender": i, "receivers": list(receivers), "cached_ids": ids.copy(),
-                                  "sent_ids": ids[result.kept].copy(), "sent_features": result.features,
-                                  "private": world.private[ids][result.kept].copy(),
-                                  "blurred": result.blurred[result.kept].copy(), "sent_mask": sent_mask})
-        # 2. every receiver scores everything it received in one batched pass
-        votes = [np.zeros(len(s[0])) for s in sent]
-        received = [[] for _ in range(n)]  # receiver -> [(sender, positions in sender's sent list)]
-        for i in range(n):
-            for j in self.neighbors[i]:
-                received[j].append(i)
+        flat_ids = cached_ids.ravel()
+        private = world.private[flat_ids].reshape(n, k)
+        result = self.filter.apply(world.features[flat_ids], private.ravel(), world.regions[flat_ids])
+        kept = result.kept.reshape(n, k)
+        blurred = result.blurred.reshape(n, k)
+        outgoing = np.empty_like(world.features[flat_ids])  # the filter's output of each kept (robot, slot)
+        outgoing[result.kept] = result.features if self.filter.mode == "drop" else result.features[result.kept]
+        n_receivers = self._adjacency.sum(axis=1)
+        sent_mask = kept & (n_receivers > 0)[:, None]
+        n_private = private.sum(axis=1)
+        privacy_counts = {name: n_private if self.filter.mode == mode else np.zeros(n, dtype=np.int64)
+                          for name, mode in (("n_dropped", "drop"), ("n_blurred", "blur"), ("n_passed_private", "pass"))}
+        transmissions = []
+        for i in range(n):  # the record of what left each robot (privacy tests), no array work
+            rows = slice(i * k, (i + 1) * k)
+            transmissions.append({"sender": i, "receivers": list(self.neighbors[i]), "cached_ids": cached_ids[i].copy(),
+                                  "sent_ids": cached_ids[i][kept[i]].copy(), "sent_features": outgoing[rows][kept[i]],
+                                  "private": private[i][kept[i]].copy(), "blurred": blurred[i][kept[i]].copy(),
+                                  "sent_mask": sent_mask[i].copy()})
+        # 2. every receiver scores everything it received in one batched pass of its own model(s)
+        votes = np.zeros(n * k)
         n_kept = np.zeros(n, dtype=np.int64)
         n_received = np.zeros(n, dtype=np.int64)
         keep_plan = []
         for j in range(n):
-            senders = [i for i in received[j] if len(sent[i][0])]
-            if not senders:
+            rows = np.flatnonzero((self._adjacency[:, j, None] & kept).ravel())  # senders in order, kept slots
+            if not len(rows):
                 continue
-            features = np.concatenate([sent[i][1] for i in senders])
-            ids = np.concatenate([sent[i][0] for i in senders])
+            features, ids = outgoing[rows], flat_ids[rows]
             mc_seed = _seed_of(self._episode_seed, self.round_index, j, 3)
             with limited_torch_threads(cfg.max_threads):
                 novel = self.detector.novel(self._robots[j].model.classifiers, features,
                                             self._robots[j].model.threshold, seed=mc_seed)
             n_received[j] = len(ids)
-            start = 0
-            for i in senders:
-                stop = start + len(sent[i][0])
-                votes[i] += novel[start:stop]
-                start = stop
+            votes[rows] += novel
             keep = novel if cfg.receiver_keeps == "novel" else np.ones(len(ids), dtype=bool)
             keep_plan.append((j, features[keep], ids[keep]))
         # 3. receivers label what they keep (ground truth from their trusted annotator), dedupe by sample
@@ -671,33 +656,29 @@ class P2PParallelEnv(ParallelEnv):
                 robot.labeled_ids.update(ids[take].tolist())
                 robot.stale = True
                 n_kept[j] = int(take.sum())
-        # 4. utilities back to the senders
-        utilities = np.zeros((n, k), dtype=np.float32)
+        # 4. utilities back to the senders: the fraction of its receivers that found each sent sample novel
+        utilities = np.where(kept, votes.reshape(n, k) / np.maximum(n_receivers, 1)[:, None], 0.0).astype(np.float32)
+        rare_cached = self._rare[world.domains[cached_ids]].sum(axis=1)
+        rare_seen = self._rare[world.domains[self._round_ids]].sum(axis=1)
         round_stats = []
-        for i in range(n):
-            result = sent[i][2]
-            n_receivers = len(self.neighbors[i])
-            if n_receivers:
-                utilities[i, result.kept] = votes[i] / n_receivers
-            robot = self._robots[i]
-            rare_cached = int(self._rare[world.domains[cached_ids[i]]].sum())
-            robot.totals["total_blurred"] += result.n_blurred
-            robot.totals["total_dropped"] += result.n_dropped
-            robot.totals["total_passed_private"] += result.n_passed_private
-            robot.totals["total_cached"] += k
-            robot.totals["total_rare_cached"] += rare_cached
-            robot.totals["total_rare_seen"] += int(self._rare[world.domains[self._round_ids[i]]].sum())
-            round_stats.append({"cached_slots": slots[i].copy(), "sent_mask": transmissions[i]["sent_mask"].copy(),
-                                "feedback_utilities": utilities[i].copy(), "n_sent": int(transmissions[i]["sent_mask"].sum()),
+        for i, robot in enumerate(self._robots):  # per-robot counters and info records, no array work
+            for total, count in (("total_blurred", privacy_counts["n_blurred"][i]),
+                                 ("total_dropped", privacy_counts["n_dropped"][i]),
+                                 ("total_passed_private", privacy_counts["n_passed_private"][i]),
+                                 ("total_cached", k), ("total_rare_cached", rare_cached[i]),
+                                 ("total_rare_seen", rare_seen[i])):
+                robot.totals[total] += int(count)
+            round_stats.append({"cached_slots": slots[i].copy(), "sent_mask": sent_mask[i].copy(),
+                                "feedback_utilities": utilities[i].copy(), "n_sent": int(sent_mask[i].sum()),
                                 "n_received": int(n_received[i]), "n_kept": int(n_kept[i]),
-                                "n_private_cached": result.n_private, "n_blurred": result.n_blurred,
-                                "n_dropped": result.n_dropped, "n_passed_private": result.n_passed_private,
-                                "round_rare_share": rare_cached / k})
+                                "n_private_cached": int(n_private[i]),
+                                **{name: int(counts[i]) for name, counts in privacy_counts.items()},
+                                "round_rare_share": int(rare_cached[i]) / k})
         self._last_feedback = utilities.mean(axis=1).astype(np.float64)
         self.last_transmissions = transmissions
         if cfg.feedback_memory:  # the sender keeps its own (unfiltered) shared samples and what they earned
             for i, robot in enumerate(self._robots):
-                sent_here = transmissions[i]["sent_mask"]
+                sent_here = sent_mask[i]
                 robot.memory_ids = np.concatenate([robot.memory_ids, cached_ids[i][sent_here]])[-cfg.feedback_memory:]
                 robot.memory_utilities = np.concatenate([robot.memory_utilities,
                                                          utilities[i][sent_here]])[-cfg.feedback_memory:]
@@ -705,14 +686,17 @@ class P2PParallelEnv(ParallelEnv):
         # 5. retrain on the schedule
         self.round_index += 1
         every = cfg.perception.retrain_every
-        for i, robot in enumerate(self._robots):
-            trained = bool(every and self.round_index % every == 0 and robot.stale)
-            if trained:
-                robot.n_trainings += 1
-                robot.model = self._train(np.concatenate(robot.labeled_features), np.concatenate(robot.labeled_labels),
-                                          _seed_of(self._episode_seed, i, 13), robot.calibration_ids)
-                robot.stale = False
-            round_stats[i]["trained"] = trained
+        due = [i for i, robot in enumerate(self._robots) if every and self.round_index % every == 0 and robot.stale]
+        models = self._train([(np.concatenate(self._robots[i].labeled_features),
+                               np.concatenate(self._robots[i].labeled_labels), _seed_of(self._episode_seed, i, 13),
+                               self._robots[i].calibration_ids) for i in due])
+        for i, model in zip(due, models):
+            robot = self._robots[i]
+            robot.n_trainings += 1
+            robot.model = model
+            robot.stale = False
+        for i in range(n):
+            round_stats[i]["trained"] = i in due
 
         if cfg.reward == "feedback":
             rewards = {a: float(self._last_feedback[self._index[a]]) for a in self.agents}
@@ -729,24 +713,39 @@ class P2PParallelEnv(ParallelEnv):
             self.agents = []
         return obs, rewards, terminations, truncations, infos
 
+    def _round_stats_at_reset(self) -> list[dict]:
+        """The per-round info keys before any round was played (fixed schema: the same keys at reset)."""
+        k = self.n_share
+        return [{"cached_slots": np.full(k, -1, dtype=np.int64), "sent_mask": np.zeros(k, dtype=bool),
+                 "feedback_utilities": np.zeros(k, dtype=np.float32), "n_sent": 0, "n_received": 0, "n_kept": 0,
+                 "n_private_cached": 0, "n_blurred": 0, "n_dropped": 0, "n_passed_private": 0,
+                 "round_rare_share": 0.0, "trained": False} for _ in range(self.config.n_robots)]
+
     def _infos(self, round_stats: list[dict] | None) -> dict[str, dict]:
+        # fixed schema (TorchRL, seed_test): the same keys at reset and every step, numbers and arrays only
+        round_stats = round_stats if round_stats is not None else self._round_stats_at_reset()
+        n, memory = self.config.n_robots, self.config.feedback_memory
         infos = {}
         for agent in self.agents:
             i = self._index[agent]
             robot = self._robots[i]
             totals = dict(robot.totals)
+            neighbor_mask = np.zeros(n, dtype=bool)
+            neighbor_mask[self.neighbors[i]] = True
             info = {"round": self.round_index, "labeled_size": int(self._cell_counts[i].sum()),
-                    "domain_accuracy": dict(zip(self.domain_names, robot.model.domain_accuracy.tolist())),
-                    "domain_names": list(self.domain_names), "n_share": self.n_share,
-                    "neighbors": [self.possible_agents[j] for j in self.neighbors[i]],
-                    "ood_threshold": float(robot.model.threshold), **totals,
+                    "domain_accuracy": robot.model.domain_accuracy.copy(), "n_share": self.n_share,
+                    "neighbor_mask": neighbor_mask, "ood_threshold": float(robot.model.threshold), **totals,
                     "rare_share_cached": (totals["total_rare_cached"] / totals["total_cached"]
-                                          if totals["total_cached"] else float("nan"))}
-            if round_stats is not None:
-                info.update(round_stats[i])
-            if self.config.feedback_memory and self._memory_features:
-                info["feedback_memory_features"] = self._memory_features[i]
-                info["feedback_memory_utilities"] = robot.memory_utilities.copy()
+                                          if totals["total_cached"] else 0.0)}
+            info.update(round_stats[i])
+            if memory:  # padded to feedback_memory rows; the first feedback_memory_size are real
+                size = len(robot.memory_utilities)
+                features = np.zeros((memory, self.sample_feature_dim), dtype=np.float32)
+                utilities = np.zeros(memory, dtype=np.float32)
+                features[:size] = self._memory_features[i]
+                utilities[:size] = robot.memory_utilities
+                info.update(feedback_memory_features=features, feedback_memory_utilities=utilities,
+                            feedback_memory_size=size)
             infos[agent] = info
         return infos
 
@@ -765,15 +764,39 @@ class P2PParallelEnv(ParallelEnv):
         """Global state: every robot's labeled (domain, class) counts / potential_cell_target, clipped to [0, 1]."""
         return np.clip(self._cell_counts / self.config.potential_cell_target, 0, 1).ravel().astype(np.float32)
 
-    def render(self) -> None:
-        return None
+    def render(self) -> str | None:
+        """``ansi``: a text table (per robot: labeled set, per-domain accuracy, rare share cached); ``human``
+        prints it."""
+        if self.render_mode is None:
+            import gymnasium
+            gymnasium.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'human'")
+            return None
+        width = max(8, *(len(d) for d in self.domain_names))
+        lines = [f"datagames_p2p_v0  round {self.round_index}/{self.config.rounds}",
+                 f"{'robot':<8}  {'labeled':>7}  " + "  ".join(f"{d:>{width}}" for d in self.domain_names)
+                 + "  rare cached"]
+        for i, robot in enumerate(self._robots):
+            totals = robot.totals
+            rare = totals["total_rare_cached"] / totals["total_cached"] if totals["total_cached"] else 0.0
+            lines.append(f"{'robot_' + str(i):<8}  {int(self._cell_counts[i].sum()):>7}  "
+                         + "  ".join(f"{a:>{width}.3f}" for a in robot.model.domain_accuracy) + f"  {rare:>11.3f}")
+        text = "\n".join(lines)
+        if self.render_mode == "human":
+            print(text)
+            return None
+        return text
 
     def close(self) -> None:
         pass
 
 
 def parallel_env(config: str | dict | P2PConfig | None = None, **overrides: Any) -> P2PParallelEnv:
-    """``make_parallel_env("p2p_toy")`` lands here: the p2p env of a config (default ``p2p_default``)."""
+    """``datagames_env.parallel_env("p2p_toy")`` lands here: the p2p env of a config (default ``p2p_default``)."""
     return P2PParallelEnv(config, **overrides)
+
+
+def env(config: str | dict | P2PConfig | None = None, **overrides: Any):
+    """AEC face: robots act one after another within a round; the round resolves when the last has acted."""
+    return parallel_to_aec(P2PParallelEnv(config, **overrides))
 
 

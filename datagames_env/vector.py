@@ -11,8 +11,9 @@ Reset                  ``reset(seed)`` with an int (env b gets ``seed + b``) or 
                        envs terminate together, so there is no auto-reset: call ``reset`` again
 =====================  ============================================================================
 
-``infos`` holds arrays: ``available`` (B, N, C), ``cloud_counts`` (B, C), ``distance`` (B,), ``round``,
-after a step ``uploaded_labels`` (B, N, n_cache, -1 = unused slot). Estimated feasible matrices are
+``infos`` holds arrays, the same keys at reset and every step: ``available`` (B, N, C), ``cloud_counts`` (B, C),
+``distance`` (B,), ``round``, ``uploaded_labels`` (B, N, n_cache, -1 = unused slot; all -1 at reset), with
+``final_accuracy: true`` ``final_test_accuracy`` (B,) (-1 until the last step). Estimated feasible matrices are
 computed on demand (``estimated_feasible_matrices()``): they cost B*N*C*C per call.
 """
 
@@ -67,16 +68,19 @@ class DataGamesVectorEnv:
         rewards = result.rewards.astype(np.float32)
         terminations = np.full(shape, result.terminated)
         truncations = np.zeros(shape, dtype=bool)
-        infos = self._infos()
-        infos["uploaded_labels"] = result.uploaded_labels
-        if result.final_test_accuracy is not None:
-            infos["final_test_accuracy"] = result.final_test_accuracy
-        return self.core.observations(), rewards, terminations, truncations, infos
+        return self.core.observations(), rewards, terminations, truncations, self._infos(result)
 
-    def _infos(self) -> dict:
+    def _infos(self, result=None) -> dict:
+        # the same keys at reset and at every step (fixed schema)
         core = self.core
-        return {"available": core.histograms.copy(), "cloud_counts": core.cloud_counts.copy(),
-                "distance": core.distance.copy(), "round": core.round_index}
+        infos = {"available": core.histograms.copy(), "cloud_counts": core.cloud_counts.copy(),
+                 "distance": core.distance.copy(), "round": core.round_index,
+                 "uploaded_labels": (result.uploaded_labels if result is not None else
+                                     np.full((self.num_envs, self.n_robots, self.config.n_cache), -1, np.int64))}
+        if self.config.final_accuracy:  # -1 until the last step computed it
+            final = result.final_test_accuracy if result is not None else None
+            infos["final_test_accuracy"] = final if final is not None else np.full(self.num_envs, -1.0)
+        return infos
 
     def estimated_feasible_matrices(self) -> np.ndarray:
         return self.core.estimated_feasible_matrices()

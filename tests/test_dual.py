@@ -135,9 +135,8 @@ def test_no_private_sample_reaches_the_cloud_unfiltered(seed, mode, prefer_priva
             actions[agent] = scores
         _obs, _, _, _, infos = env.step(actions)
         for k in totals:
-            totals[k] += infos["robot_0"]["privacy_total"][k]
-        assert infos["robot_0"]["privacy_total"] == {
-            k: sum(infos[a]["privacy"][k] for a in infos) for k in totals}
+            totals[k] += infos["robot_0"][f"privacy_total_{k}"]
+            assert infos["robot_0"][f"privacy_total_{k}"] == sum(infos[a][f"privacy_{k}"] for a in infos)
     cloud = env.cloud()
     uploads = cloud["robot"] >= 0
     private_uploads = uploads & world.private[cloud["sample_id"]]

@@ -31,9 +31,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SMALL = {"n_robots": 4, "rounds": 3, "obs_per_round": 50, "n_cache": 2}  # as conftest.small_kwargs
 N_CLASSES = 10  # the embedded digits
-INFO_KEYS_AT_RESET = {"feasible_matrix", "available", "estimated_mix", "round"}
-INFO_KEYS_AFTER_STEP = INFO_KEYS_AT_RESET | {"uploaded_true_labels", "uploaded_predicted_labels", "cloud_counts",
-                                             "distance"}
+INFO_KEYS_AT_RESET = {"feasible_matrix", "available", "estimated_mix", "round", "uploaded_true_labels",
+                      "uploaded_predicted_labels", "n_uploaded", "cloud_counts", "distance"}
+INFO_KEYS_AFTER_STEP = INFO_KEYS_AT_RESET
+
+
+def _used(slots: np.ndarray) -> np.ndarray:
+    """The filled upload slots of a fixed-shape info array (-1 = unused)."""
+    assert slots.ndim == 1 and slots.dtype == np.int64
+    filled = slots[slots >= 0]
+    assert (slots[:len(filled)] >= 0).all(), f"slots must be filled from the left: {slots}"
+    return filled
 
 # configs that exercise different code paths; all share one world (same dataset and perception)
 CONFIGS = {
@@ -284,7 +292,7 @@ def test_infos_hold_the_documented_keys(name):
             if "n_cache" in info:
                 assert info["n_cache"] == SMALL["n_cache"]
             if step:
-                assert len(info["uploaded_true_labels"]) == len(info["uploaded_predicted_labels"]) <= SMALL["n_cache"]
+                assert len(_used(info["uploaded_true_labels"])) == len(_used(info["uploaded_predicted_labels"])) <= SMALL["n_cache"]
                 assert info["cloud_counts"].shape == (c,)
                 assert isinstance(info["distance"], float)
         if not env.agents:
@@ -449,7 +457,7 @@ def test_vector_env_equals_parallel_envs_step_for_step(name):
                 assert vinfos["distance"][b] == infos[agents[0]]["distance"]
                 padded = np.full((n, k), -1)
                 for i, a in enumerate(agents):
-                    labels = infos[a]["uploaded_true_labels"]
+                    labels = _used(infos[a]["uploaded_true_labels"])
                     padded[i, :len(labels)] = labels
                 np.testing.assert_array_equal(vinfos["uploaded_labels"][b], padded)
                 np.testing.assert_array_equal(vrew[b], np.float32(outs[b][1][agents[0]]))
@@ -526,8 +534,8 @@ def test_marginal_reward_is_each_robots_own_gain_given_the_others(loss):
         obs, rewards, _, _, infos = env.step(actions)
         cloud = np.asarray(infos["robot_0"]["cloud_counts"], dtype=float)
         for a in rewards:
-            without = cloud - np.bincount(infos[a]["uploaded_true_labels"], minlength=len(cloud))
-            expected = (env.core._distance(without[None])[0] - infos[a]["distance"]) / SMALL["n_cache"]
+            without = cloud - np.bincount(_used(infos[a]["uploaded_true_labels"]), minlength=len(cloud))
+            expected = (env.core.objective.distance(without[None])[0] - infos[a]["distance"]) / SMALL["n_cache"]
             assert rewards[a] == pytest.approx(expected, rel=1e-12, abs=1e-12)
         distinct |= len(set(rewards.values())) > 1
     assert distinct
@@ -573,7 +581,7 @@ def test_uploads_respect_budget_availability_and_ledger(seed):
         before = {a: infos[a]["available"].copy() for a in env.agents}
         _obs, _rewards, _, _, infos = env.step(actions)
         for i, agent in enumerate(env.possible_agents):
-            true, predicted = infos[agent]["uploaded_true_labels"], infos[agent]["uploaded_predicted_labels"]
+            true, predicted = _used(infos[agent]["uploaded_true_labels"]), _used(infos[agent]["uploaded_predicted_labels"])
             assert len(true) == len(predicted) <= n_cache
             assert (np.bincount(predicted, minlength=N_CLASSES) <= before[agent]).all()
             share = np.clip(actions[agent], 0, 1).sum()
@@ -609,7 +617,7 @@ def test_all_zero_allocation_uploads_nothing():
         _, rewards, _, _, infos = env.step({a: np.zeros(N_CLASSES, np.float32) for a in env.agents})
         assert all(r == 0.0 for r in rewards.values())
         for info in infos.values():
-            assert len(info["uploaded_true_labels"]) == 0
+            assert len(_used(info["uploaded_true_labels"])) == 0
             np.testing.assert_array_equal(info["cloud_counts"], cloud)
     assert len(env.ledger()["sample_id"]) == 0
     assert len(set(env.distance_history)) == 1
@@ -632,8 +640,8 @@ def test_selection_uploads_the_top_scored_samples():
         for a in env.possible_agents:
             top = np.argsort(-actions[a], kind="stable")[:k]
             want = samples[a][top, e:].argmax(axis=1)
-            np.testing.assert_array_equal(infos[a]["uploaded_predicted_labels"], want)
-            assert len(infos[a]["uploaded_true_labels"]) == k
+            np.testing.assert_array_equal(_used(infos[a]["uploaded_predicted_labels"]), want)
+            assert len(_used(infos[a]["uploaded_true_labels"])) == k
 
 
 # --------------------------------------------------------------------------------------- invalid actions
@@ -873,7 +881,7 @@ def test_mnist_env_resets_and_steps(shared_datasets, monkeypatch):
         steps += 1
         for info in infos.values():
             assert info["available"].sum() == 2000
-            assert len(info["uploaded_true_labels"]) <= 2
+            assert len(_used(info["uploaded_true_labels"])) <= 2
     assert steps == 2 and all(terminations.values())
     assert len(env.ledger()["sample_id"]) <= 20 * 2 * 2
 
@@ -898,8 +906,8 @@ def test_dataset_config_dict_as_a_keyword(shared_datasets):
 def test_final_accuracy_in_the_last_infos():
     env = make(final_accuracy=True)
     record, _ = play_episode(env, 0, 0)
-    for out in record[1:-1]:
-        assert all("final_test_accuracy" not in info for info in out[4].values())
+    for out in record[1:-1]:  # the key is always there (fixed schema), -1 until the last step computed it
+        assert all(info["final_test_accuracy"] == -1.0 for info in out[4].values())
     last = record[-1][4]
     values = {info["final_test_accuracy"] for info in last.values()}
     assert len(values) == 1

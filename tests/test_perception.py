@@ -18,6 +18,7 @@ from datagames_env.perception import (
     build_model,
     confusion_matrix,
     train_classifier,
+    train_classifiers,
 )
 
 MNIST_DIR = Path("/work/shared/datasets/MNIST")
@@ -349,3 +350,49 @@ def test_cnn_on_real_mnist():
     assert_unit_rows(version.pool_embeddings)
     assert version.validation_accuracy > 0.85
     assert perception.test_accuracy(order[3000:3500], seed=0) > 0.85
+
+
+# ------------------------------------------------------------------------------------------ batched training
+def _max_weight_gap(a: Classifier, b: Classifier) -> float:
+    return max(float((p - q).detach().abs().max()) for p, q in zip(a.model.parameters(), b.model.parameters()))
+
+
+@pytest.mark.parametrize("kind, dropout", [("mlp", 0.0), ("mlp", 0.25), ("cnn", 0.25)])
+def test_batched_training_matches_sequential_training(digits, kind, dropout):
+    # ragged sets (one below the batch size, one empty): each model follows its own init, minibatches and masks
+    if kind == "mlp":
+        x, y = digits
+        sets = [(x[:40], y[:40]), (x[100:400], y[100:400]), (x[:0], y[:0]), (x[500:1200], y[500:1200])]
+    else:
+        x, y = synthetic_images(300, seed=1)
+        sets = [(x[:50], y[:50]), (x[50:300], y[50:300])]
+    cfg = PerceptionConfig(model=kind, train_steps=30, batch_size=64)
+    seeds = [3, 5, 7, 11][:len(sets)]
+    batched = train_classifiers([f for f, _ in sets], [t for _, t in sets], 10, cfg, seeds, dropout=dropout)
+    again = train_classifiers([f for f, _ in sets], [t for _, t in sets], 10, cfg, seeds, dropout=dropout)
+    for (f, t), seed, model, repeat in zip(sets, seeds, batched, again):
+        single = train_classifier(f, t, 10, cfg, seed, dropout=dropout)
+        assert model.trained == single.trained == (len(t) > 0) and model.train_size == len(t)
+        assert _max_weight_gap(model, repeat) == 0.0  # deterministic
+        # the same training: MLPs stacked up to float32 rounding, conv nets one after another (bitwise)
+        assert _max_weight_gap(model, single) < 1e-3 if kind == "mlp" else _max_weight_gap(model, single) == 0.0
+        if len(t):
+            agree = (model.predict_classes(f) == single.predict_classes(f)).mean()
+            assert agree >= 0.97, agree
+
+
+def test_batched_training_rejects_mismatched_inputs(digits):
+    x, y = digits
+    with pytest.raises(ValueError, match="one entry per model"):
+        train_classifiers([x[:10]], [y[:10], y[:10]], 10, FAST, [0])
+    with pytest.raises(ValueError, match="one input shape"):
+        train_classifiers([x[:10], x[:10, :32]], [y[:10], y[:10]], 10, FAST, [0, 1])
+
+
+def test_batched_training_runs_under_no_grad(digits):
+    x, y = digits
+    with torch.no_grad():
+        models = train_classifiers([x[:80], x[80:200]], [y[:80], y[80:200]], 10, FAST, [0, 1])
+    assert torch.is_grad_enabled()
+    assert all(m.trained for m in models)
+    assert models[1].accuracy(x[400:800], y[400:800]) > 0.3  # it learned (chance: 0.1)

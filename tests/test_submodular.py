@@ -1,4 +1,4 @@
-"""Facility-location solvers (baselines/submodular.py): exactness of lazy greedy, approximation guarantees against
+"""Facility-location solvers (datagames_env/selection/submodular.py): exactness of lazy greedy, approximation guarantees against
 brute force, blocked == dense similarities, matroid caps, fleet variants."""
 
 from __future__ import annotations
@@ -187,3 +187,21 @@ def test_errors_name_the_shape():
         similarity(np.zeros((1, 2)), np.zeros((1, 2)), kernel="rbf")
     with pytest.raises(ValueError, match="NaN"):
         FacilityLocation(np.array([[np.nan, 0.0]]))
+
+
+@pytest.mark.parametrize("kernel", ["inverse_distance", "cosine"])
+def test_max_similarity_equals_the_entrywise_maximum_bit_for_bit(kernel):
+    # the fast path (matmul candidates, exact distances of the candidates only) must give exactly the maximum of
+    # the entry-by-entry similarities, also with near ties, duplicates and tiny blocks
+    rng = np.random.default_rng(0)
+    for trial in range(24):
+        ground = rng.normal(size=(int(rng.integers(1, 300)), 6)).astype(np.float32)
+        reference = rng.normal(size=(int(rng.integers(1, 200)), 6)).astype(np.float32)
+        if trial % 3 == 0:
+            reference = np.concatenate([reference, ground[:4] + 1e-7, ground[4:7]])
+        if trial % 4 == 0:
+            ground *= 100.0
+            reference *= 100.0
+        want = np.maximum(0.0, similarity(ground, reference, kernel).max(dim=1).values.double().numpy())
+        got = max_similarity(ground, reference, kernel, max_block_bytes=2048 if trial % 2 else 2**26)
+        np.testing.assert_array_equal(got, want)

@@ -199,15 +199,19 @@ class P2PReporter(Reporter):
 
         return make_parallel_env(config, **overrides)  # builds the world only; no model is trained
 
+    @staticmethod
+    def _by_domain(env, info: dict) -> dict:  # infos carry arrays (fixed schema); the results name the domains
+        return dict(zip(env.domain_names, np.asarray(info["domain_accuracy"]).tolist()))
+
     def initial_round(self, env, infos):
-        return {"round": 0, "robots": {a: {"domain_accuracy": infos[a]["domain_accuracy"],
+        return {"round": 0, "robots": {a: {"domain_accuracy": self._by_domain(env, infos[a]),
                                            "labeled_size": infos[a]["labeled_size"]} for a in env.possible_agents}}
 
     def round_record(self, env, index, rewards, infos, stats, decide_s):
         record = {"round": index, "robots": {}}
         for agent, info in infos.items():
             record["robots"][agent] = {
-                "domain_accuracy": info["domain_accuracy"], "labeled_size": info["labeled_size"],
+                "domain_accuracy": self._by_domain(env, info), "labeled_size": info["labeled_size"],
                 "reward": float(rewards[agent]), "mean_utility": float(np.mean(info["feedback_utilities"])),
                 "round_rare_share": float(info["round_rare_share"]), "rare_share_cached": info["rare_share_cached"],
                 "total_rare_cached": info["total_rare_cached"], "total_rare_seen": info["total_rare_seen"],

@@ -1,0 +1,108 @@
+"""Per-round time of the p2p and dual scenarios at fleet sizes of issue 9 (prints figures, asserts nothing).
+
+    python benchmarks/bench_scenarios.py                              # this tree
+    python benchmarks/bench_scenarios.py --baseline /tmp/base-tree    # and another source tree, as ratios
+
+=============  ==============================================================================================
+case           setting
+=============  ==============================================================================================
+``p2p_3``      ``p2p_toy`` (3 robots, MNIST CNNs, MC dropout) when ../shared/datasets has MNIST, else
+               ``p2p_default`` (digits MLPs)
+``p2p_40``     ``p2p_default`` with 40 robots (its three robot kinds in turn, a tenth of their initial labels)
+``dual_500``   ``dual_default`` with 500 robots, 3 rounds
+=============  ==============================================================================================
+
+Each case runs in its own process (one torch thread): one reset (not timed: it trains the first models), then
+every step of the episode with seeded random actions; the figure is seconds per step (= per round; PettingZoo's
+``performance_benchmark`` counts one AEC cycle per round, so cycles/s = 1 / that). With ``--baseline`` the two
+trees run alternately ``--repeat`` times and the ratio of their medians is printed: on a shared machine the
+absolute figures move with the load, the ratio much less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+CASES = ("p2p_3", "p2p_40", "dual_500")
+
+
+def _make(case: str):
+    if case.startswith("p2p"):
+        from datagames_env.p2p import load_p2p_config, parallel_env
+
+        if case == "p2p_3":
+            mnist = (SHARED / "MNIST" / "t10k-images-idx3-ubyte.gz").is_file()
+            return parallel_env("p2p_toy", data_dir=str(SHARED)) if mnist else parallel_env("p2p_default")
+        kinds = [r.model_dump() for r in load_p2p_config("p2p_default").robots]
+        robots = [dict(kinds[i % 3]) for i in range(40)]
+        for robot in robots:
+            robot["initial_labeled"] = {k: max(1, v // 10) for k, v in robot["initial_labeled"].items()}
+        return parallel_env("p2p_default", robots=robots, **{"ood.calibration_size": 10})
+    from datagames_env.dual import parallel_env
+
+    return parallel_env("dual_default", n_robots=500, rounds=3)
+
+
+def run_case(case: str) -> dict:
+    import warnings
+
+    import numpy as np
+    import torch
+
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    env = _make(case)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    times = []
+    while env.agents:
+        actions = {a: rng.random(env.action_space(a).shape).astype(np.float32) for a in env.agents}
+        start = time.perf_counter()
+        env.step(actions)
+        times.append(time.perf_counter() - start)
+    return {"case": case, "config": env.config.model_dump().get("scenario"), "robots": len(env.possible_agents),
+            "seconds_per_step": float(np.mean(times)), "steps": len(times)}
+
+
+def _in_process(tree: Path, case: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--case", case, "--json"], env=env,
+                         cwd=tree, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", choices=CASES, action="append", help="run only these cases (repeatable)")
+    parser.add_argument("--baseline", type=Path, help="another source tree to compare with (ratios)")
+    parser.add_argument("--repeat", type=int, default=1, help="alternating runs per tree (medians)")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one case, in this process
+    args = parser.parse_args()
+    cases = args.case or list(CASES)
+    if args.json:
+        print(json.dumps(run_case(cases[0])))
+        return
+    for case in cases:
+        ours, theirs = [], []
+        for _ in range(args.repeat):
+            ours.append(_in_process(ROOT, case)["seconds_per_step"])
+            if args.baseline is not None:
+                theirs.append(_in_process(args.baseline, case)["seconds_per_step"])
+        line = f"{case:<9} {statistics.median(ours):8.3f} s/step ({1 / statistics.median(ours):6.2f} cycles/s)"
+        if theirs:
+            line += (f"   baseline {statistics.median(theirs):8.3f} s/step   "
+                     f"speed-up {statistics.median(theirs) / statistics.median(ours):5.1f}x")
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

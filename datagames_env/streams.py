@@ -1,0 +1,80 @@
+"""What the robots see, shared by every scenario: per-robot class mixes, their drift, the initial cloud.
+
+=========================  ==========================================================================================
+Name                       What it is
+=========================  ==========================================================================================
+``draw_class_mixes``       per-robot class mixes ``(N, C)`` of a :class:`~datagames_env.config.StreamConfig` (uniform,
+                           an explicit matrix, Dirichlet, rare specialists)
+``drift_mixes``            one round of drift: ``(1 - drift) * mixes + drift * Dirichlet(alpha)`` fresh mixes
+``draw_initial_cloud``     dataset rows of an initial cloud: a (Dirichlet-skewed or given) class mix, drawn per class
+=========================  ==========================================================================================
+
+All randomness comes from the ``numpy.random.Generator`` passed in: a scenario owns its generators (seeding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .config import ConfigError, StreamConfig
+
+__all__ = ["draw_class_mixes", "draw_initial_cloud", "drift_mixes"]
+
+
+def draw_class_mixes(stream: StreamConfig, n_robots: int, n_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-robot class mixes ``(n_robots, C)`` for the stream kinds of :class:`StreamConfig`: uniform, an explicit
+    matrix (rows normalised), Dirichlet(alpha), or rare specialists (a few robots see the rare classes, the others
+    (almost) only the common ones). Shared by every scenario with per-robot class streams."""
+    s, c, n = stream, n_classes, n_robots
+    if s.kind == "uniform":
+        return np.full((n, c), 1.0 / c)
+    if s.kind == "matrix":
+        m = np.asarray(s.mixes, dtype=np.float64)
+        if m.shape != (n, c):
+            raise ConfigError(f"config key 'stream.mixes' must be ({n}, {c}) (robots x classes), got {m.shape}")
+        return m / m.sum(axis=1, keepdims=True)
+    if s.kind == "dirichlet":
+        return rng.dirichlet(np.full(c, s.alpha), size=n)
+    rare = np.asarray(s.rare_classes if s.rare_classes is not None else [c - 2, c - 1])
+    if rare.min() < 0 or rare.max() >= c or len(set(rare.tolist())) >= c:
+        raise ConfigError(f"config key 'stream.rare_classes' must be distinct classes in 0..{c - 1} leaving a "
+                          f"common class, got {rare.tolist()}")
+    common = np.setdiff1d(np.arange(c), rare)
+    mixes = np.zeros((n, c))
+    mixes[:, common] = rng.dirichlet(np.full(len(common), s.alpha), size=n)
+    specialists = rng.choice(n, size=s.n_specialists, replace=False)
+    rare_share = np.full(n, s.others_rare_share)
+    rare_share[specialists] = s.specialist_rare_share
+    mixes *= (1.0 - rare_share)[:, None]
+    mixes[:, rare] += rare_share[:, None] / len(rare)
+    return mixes
+
+
+def drift_mixes(mixes: np.ndarray, stream: StreamConfig, rng: np.random.Generator) -> np.ndarray:
+    """One environment's mixes ``(N, C)`` after one round of drift towards fresh Dirichlet(alpha) mixes."""
+    fresh = rng.dirichlet(np.full(mixes.shape[-1], stream.alpha), size=mixes.shape[0])
+    return (1.0 - stream.drift) * mixes + stream.drift * fresh
+
+
+def draw_initial_cloud(rng: np.random.Generator, size: int, alpha: float, proportions: Sequence[float] | None,
+                       members_of_class: Sequence[np.ndarray], pool: np.ndarray, no_member_error: str = "") -> np.ndarray:
+    """Dataset rows of an initial cloud of ``size`` samples: the class mix is ``proportions`` (normalised) or drawn
+    from Dirichlet(``alpha``); per class, distinct members (pool positions) where there are enough, with
+    replacement otherwise. ``no_member_error`` names the config key to blame when a class has no member at all."""
+    n_classes = len(members_of_class)
+    if proportions is not None:
+        mix = np.asarray(proportions, dtype=np.float64)
+        mix = mix / mix.sum()
+    else:
+        mix = rng.dirichlet(np.full(n_classes, alpha))
+    per_class = rng.multinomial(size, mix)
+    chosen = []
+    for y, members in enumerate(members_of_class):  # C draws of a few samples each: not a hot path
+        k = int(per_class[y])
+        if k and len(members) == 0:
+            raise ConfigError(f"{no_member_error or 'initial cloud'}: class {y} has no sample to draw the initial "
+                              "cloud from")
+        chosen.append(rng.choice(members, size=k, replace=k > len(members)))  # size 0 draws nothing
+    return pool[np.concatenate(chosen).astype(np.int64)]
