@@ -36,14 +36,15 @@ def main(paths: list[str]) -> None:
             eval_seeds.add(episode["seed"])
     greedy = np.mean(finals["greedy"]["0"]) if "greedy" in finals else float("nan")
     print(f"evaluation seeds {min(eval_seeds)}-{max(eval_seeds)} ({len(eval_seeds)})\n")
-    print("| policy | training seeds | final distance (mean over all episodes) | std of seed means | vs greedy | "
+    print("| policy | training seeds | final distance (mean ± std over all episodes) | std of seed means | vs greedy | "
           "messages / episode |")
     print("|---|---|---|---|---|---|")
     for recipe, by_seed in finals.items():
         seed_means = [np.mean(v) for v in by_seed.values()]
         pooled = np.mean([x for v in by_seed.values() for x in v])
+        pooled_std = np.std([x for v in by_seed.values() for x in v])
         spread = f"{np.std(seed_means):.2f}" if len(seed_means) > 1 else ""
-        print(f"| {recipe} | {len(seed_means) if recipe.startswith(('rllib', 'sb3')) else ''} | {pooled:.2f} | "
+        print(f"| {recipe} | {len(seed_means) if recipe.startswith(('rllib', 'sb3')) else ''} | {pooled:.2f} ± {pooled_std:.2f} | "
               f"{spread} | {pooled / greedy:.2f}x | {np.mean(messages[recipe]):.0f} |")
 
 
