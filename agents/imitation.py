@@ -165,12 +165,15 @@ def warm_start(spec, settings, run_dir: Path, log=print) -> tuple[Any, dict]:
         raise ValueError("--imitate needs the class-scoring module with multinomial uploads (--model scoring "
                          "--allocation-dist multinomial)")
     fit = behaviour_clone(module, data, epochs=settings.imitation_epochs, seed=settings.seed)
-    if settings.message_sweeps:  # DAgger on the messages: the announcements the clone itself makes
+    for dagger_round in range(settings.imitation_dagger_rounds if settings.message_sweeps else 0):
+        # DAgger on the messages: the announcements the clone itself makes, the expert's labels
         own = collect_expert_data(settings.config, settings.overrides, settings.imitate, settings.imitation_episodes,
-                                  settings.gamma, first_seed + 5_000, with_state=settings.critic == "central",
-                                  message_sweeps=settings.message_sweeps, announcer=module_announcer(module))
+                                  settings.gamma, first_seed + 5_000 * (1 + dagger_round),
+                                  with_state=settings.critic == "central", message_sweeps=settings.message_sweeps,
+                                  announcer=module_announcer(module))
         data = {k: np.concatenate([data[k], own[k]]) for k in data}
-        fit = behaviour_clone(module, data, epochs=settings.imitation_epochs, seed=settings.seed + 1)
+        fit = behaviour_clone(module, data, epochs=max(1, settings.imitation_epochs // (1 + dagger_round)),
+                              seed=settings.seed + 1 + dagger_round)
     path = run_dir / "imitation_module"
     module.save_to_path(str(path.resolve()))
     spec.load_state_path = str(path.resolve())

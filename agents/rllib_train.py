@@ -65,6 +65,7 @@ class TrainSettings:
     imitation_episodes: int = 100
     imitation_epochs: int = 30
     message_sweeps: int = 0              # learned communication: K announcement sweeps per round (agents.comm)
+    imitation_dagger_rounds: int = 1     # with message sweeps: DAgger rounds on the clone's own announcements
     env_runner_resources: dict = field(default_factory=dict)  # custom Ray resources per env runner: node placement
 
 

@@ -217,6 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         torch_threads=args.torch_threads or None, progress=not args.no_progress,
         critic=args.critic, imitate=args.imitate, imitation_episodes=args.imitation_episodes,
         imitation_epochs=args.imitation_epochs, message_sweeps=args.message_sweeps,
+        imitation_dagger_rounds=args.imitation_dagger_rounds,
         env_runner_resources=_parse_resources(args.env_runner_resource))
     result = train(settings, log=console.print)
     last = result["history"][-1] if result["history"] else {}
@@ -299,6 +300,8 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
                     help="warm start: behaviour-clone this analytic policy's upload counts before PPO")
     tr.add_argument("--imitation-episodes", type=int, default=100, help="expert episodes for --imitate")
     tr.add_argument("--imitation-epochs", type=int, default=30, help="behaviour-cloning epochs for --imitate")
+    tr.add_argument("--imitation-dagger-rounds", type=int, default=1,
+                    help="with --message-sweeps: DAgger rounds on the clone's own announcements")
     tr.add_argument("--message-sweeps", type=int, default=0, choices=[0, 1, 2, 3],
                     help="learned communication: K sweeps of intended-contribution messages before acting")
     tr.add_argument("--num-env-runners", type=int, default=0, help="sampling actors (0: sample in the driver)")
