@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from datagames_env.core import allocation_counts
+
 MESSAGE_BLOCKS = ("others_intent", "residual_fill")
 MAX_SWEEPS = 3
 
@@ -40,13 +42,8 @@ def check_sweeps(sweeps: int) -> int:
 
 
 def upload_counts(shares: np.ndarray, available: np.ndarray, n_cache: int) -> np.ndarray:
-    """(N, C) shares in [0, 1] -> the integer counts the environment would upload (its own rounding)."""
-    from datagames_env import kernels
-
-    counts = np.zeros((1,) + available.shape, dtype=np.int64)
-    kernels.allocate_uploads(np.clip(np.asarray(shares, dtype=np.float64), 0.0, 1.0)[None],
-                             np.asarray(available, dtype=np.int64)[None], int(n_cache), counts)
-    return counts[0]
+    """(N, C) shares (clipped to [0, 1]) -> the integer counts the environment would upload (its own rounding)."""
+    return allocation_counts(np.clip(shares, 0.0, 1.0), available, n_cache)
 
 
 def message_blocks(gap: np.ndarray, feasible: np.ndarray, counts: np.ndarray, target_total: float) -> np.ndarray:

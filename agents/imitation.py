@@ -37,6 +37,8 @@ def collect_expert_data(config: Any, overrides: dict, expert: str, episodes: int
     announcements it will really get (teacher-forced clones overreact to them: measured 16.3 -> 30.5 after one sweep)."""
     from .comm import MessageSweeps
 
+    from rich.progress import track
+
     from datagames_env.policy import make_policy
     from datagames_env.scenarios import make_parallel_env, scenario_of
 
@@ -49,8 +51,6 @@ def collect_expert_data(config: Any, overrides: dict, expert: str, episodes: int
         raise ValueError("--imitate: behaviour cloning is built for action_mode allocation (class counts)")
     policy = make_policy(expert, env)
     obs_rows, count_rows, returns, states = [], [], [], []
-    from rich.progress import track
-
     for episode in track(range(episodes), description=f"imitation: {expert} episodes", disable=not progress):
         seed = first_seed + episode
         observations, infos = env.reset(seed=seed)

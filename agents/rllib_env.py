@@ -95,6 +95,8 @@ class RLlibMultiAgentEnv(MultiAgentEnv):
                           dtype=np.float32)
 
     def _observations(self, observations: dict, infos: dict | None = None) -> dict:
+        """The face's observations: with message sweeps the protocol's rows (a new round when ``infos`` come with
+        the env's fresh observations; between sweeps only the agent keys are used), then the global state."""
         if self.message_sweeps and observations:
             if infos is not None:  # a new round: the protocol starts again from the robots' fresh observations
                 self._protocol = comm.MessageSweeps(self.message_sweeps, observations, infos, list(observations),
@@ -121,7 +123,7 @@ class RLlibMultiAgentEnv(MultiAgentEnv):
             self._protocol.announce(np.stack([action_dict[a] for a in self._protocol.agents]))
             agents = self._protocol.agents
             done = {a: False for a in agents} | {"__all__": False}
-            return self._observations({a: None for a in agents}), {a: 0.0 for a in agents}, done, dict(done), \
+            return self._observations(dict.fromkeys(agents)), {a: 0.0 for a in agents}, done, dict(done), \
                 {a: {} for a in agents}
         observations, rewards, terminations, truncations, infos = self.par_env.step(dict(action_dict))
         self.agents = list(self.par_env.agents)

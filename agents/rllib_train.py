@@ -340,7 +340,9 @@ def train(settings: TrainSettings, log=print) -> dict:
     if settings.imitate and not settings.resume:
         from .imitation import warm_start
 
-        spec, imitation = warm_start(probe_spec(settings)[1], settings, run_dir, log)
+        face, spec = probe_spec(settings)
+        face.close()
+        spec, imitation = warm_start(spec, settings, run_dir, log)
         module_state_path = spec.load_state_path
     config = build_ppo_config(settings, module_state_path)
     algo = config.build_algo()

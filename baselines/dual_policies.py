@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from datagames_env import kernels
+from datagames_env.core import allocation_counts
 from datagames_env.dual import uncertainty
 from datagames_env.perception import limited_torch_threads
 from datagames_env.policy import ScenarioPolicies, make_policy
@@ -159,9 +159,7 @@ class _ClassCountDualPolicy(DualPolicy):
         agents = list(observations)
         counts = self._solve(infos, agents)
         shares = np.clip(counts / self.n_cache, 0.0, 1.0)
-        available = np.stack([infos[a]["available"] for a in agents]).astype(np.int64)
-        quotas = np.zeros_like(available)
-        kernels.allocate_uploads(shares[None], available[None], self.n_cache, quotas[None])
+        quotas = allocation_counts(shares, np.stack([infos[a]["available"] for a in agents]), self.n_cache)
         out = {}
         for k, agent in enumerate(agents):
             probs = self.per_sample(observations[agent], "probs")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from datagames_env import kernels
+from datagames_env.core import allocation_counts
 from datagames_env.policy import _Base
 
 from .solvers import solve_greedy, solve_interactive, solve_oracle
@@ -59,9 +59,7 @@ class _SolverPolicy(_Base):
         return self._scores(observations, infos, agents, shares)
 
     def _scores(self, observations, infos, agents, shares) -> dict[str, np.ndarray]:
-        available = np.stack([infos[a]["available"] for a in agents]).astype(np.int64)
-        quotas = np.zeros_like(available)
-        kernels.allocate_uploads(shares[None], available[None], self.n_cache, quotas[None])
+        quotas = allocation_counts(shares, np.stack([infos[a]["available"] for a in agents]), self.n_cache)
         actions = {}
         for k, agent in enumerate(agents):
             samples = observations[agent][self._samples].reshape(self._obs_per_round, self._sample_width)

@@ -169,6 +169,19 @@ class StepResult:
     final_test_accuracy: np.ndarray | None = field(default=None)  # (B,) when config.final_accuracy
 
 
+def allocation_counts(shares: np.ndarray, available: np.ndarray, n_cache: int) -> np.ndarray:
+    """Shares in [0, 1] per predicted class and the samples available per class, ``(B, N, C)`` or ``(N, C)`` ->
+    the integer uploads the environment makes of them (its own largest-remainder rounding), same shape. Policies
+    that need the environment's counts (selection-mode quotas, message sweeps) call this, not the kernel."""
+    shares = np.asarray(shares, dtype=np.float64)
+    available = np.asarray(available, dtype=np.int64)
+    batched = shares.ndim == 3
+    shares, available = (shares, available) if batched else (shares[None], available[None])
+    counts = np.zeros(available.shape, dtype=np.int64)
+    kernels.allocate_uploads(shares, available, int(n_cache), counts)
+    return counts if batched else counts[0]
+
+
 class BatchedCore:
     """B environments of one config. State is explicit arrays; ``step`` is the one step function."""
 
@@ -331,9 +344,7 @@ class BatchedCore:
 
     def upload_counts(self, shares: np.ndarray) -> np.ndarray:
         """Allocation shares (validated) -> integer uploads per predicted class, (B, N, C)."""
-        counts = np.zeros_like(self.histograms)
-        kernels.allocate_uploads(shares, self.histograms, self.cfg.n_cache, counts)
-        return counts
+        return allocation_counts(shares, self.histograms, self.cfg.n_cache)
 
     def step(self, actions: np.ndarray) -> StepResult:
         cfg, v = self.cfg, self._versions
