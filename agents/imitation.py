@@ -30,12 +30,12 @@ def collect_expert_data(config: Any, overrides: dict, expert: str, episodes: int
     """``{"obs": (M, obs_dim), "counts": (M, C), "returns": (M,)}`` over every robot-step of ``episodes`` episodes,
     and ``"state"`` (M, state_dim), the global state at each step, with ``with_state`` (centralised critics).
 
-    With ``message_sweeps`` K (learned communication, :mod:`agents.comm`) every robot-step gives K + 1 rows, one per
+    With ``message_sweeps`` K (learned communication, :mod:`datagames_env.faces.comm`) every robot-step gives K + 1 rows, one per
     decision of the round, all labelled with the expert's counts; the messages the robots read are the expert's
     counts announced by the others (teacher forcing), or, with ``announcer`` (observation rows -> shares: the policy
     being cloned), what the policy itself would announce: DAgger on the messages, so the clone learns to read the
     announcements it will really get (teacher-forced clones overreact to them: measured 16.3 -> 30.5 after one sweep)."""
-    from .comm import MessageSweeps
+    from datagames_env.faces.comm import MessageSweeps
 
     from rich.progress import track
 

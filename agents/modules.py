@@ -36,7 +36,7 @@ from torch import nn
 # the allocation-mode context blocks, in the environment's order (env.obs_layout)
 CLASS_BLOCKS = ("cloud_hist", "target", "gap", "predicted_hist", "estimated_mix", "class_accuracy", "purity",
                 "gap_fill")
-# blocks whose per-class values are O(1/C) (rescaled by C); the message blocks of agents.comm are gaps too
+# blocks whose per-class values are O(1/C) (rescaled by C); the message blocks of datagames_env.faces.comm are gaps too
 DISTRIBUTION_BLOCKS = ("cloud_hist", "target", "gap", "predicted_hist", "estimated_mix", "gap_fill", "others_intent",
                        "residual_fill")
 
@@ -145,7 +145,7 @@ class ClassScoringModule(_ScoringBase):
     def setup(self) -> None:
         _require(self.model_config, ("n_classes",), "ClassScoringModule")
         self.n_classes = int(self.model_config["n_classes"])
-        # class blocks first, then scalars (rounds_left; sweeps_left with messages, agents.comm)
+        # class blocks first, then scalars (rounds_left; sweeps_left with messages, datagames_env.faces.comm)
         self.class_blocks = tuple(self.model_config.get("class_blocks") or CLASS_BLOCKS)
         self.n_scalars = int(self.model_config.get("n_scalars", 1))
         self._setup_critic_split(len(self.class_blocks) * self.n_classes + self.n_scalars)

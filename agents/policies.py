@@ -88,7 +88,7 @@ class RLlibCheckpointPolicy(_CheckpointPolicy):
         # so acting needs no state: the slot is filled with zeros (the policy stays decentralised)
         self.state_dim = int(getattr(first, "state_dim", 0) or 0)
         self.meta = _read_meta(self.path)
-        # learned communication: the module was trained on observations with the message blocks (agents.comm)
+        # learned communication: the module was trained on observations with the message blocks (datagames_env.faces.comm)
         self.message_sweeps = int(self.meta.get("settings", {}).get("message_sweeps", 0) or 0)
         message_dim = 2 * env.n_classes + 1 if self.message_sweeps else 0
         _check_space(env, (first.observation_space.shape[0] - self.state_dim - message_dim,), self.path)
@@ -100,7 +100,7 @@ class RLlibCheckpointPolicy(_CheckpointPolicy):
     def act(self, observations: dict, infos: dict) -> dict:
         if not self.message_sweeps:
             return self._decide(observations)
-        from .comm import MessageSweeps
+        from datagames_env.faces.comm import MessageSweeps
 
         agents = list(observations)
         protocol = MessageSweeps(self.message_sweeps, observations, infos, agents, self.gap_slice, self.n_classes)

@@ -64,7 +64,7 @@ class TrainSettings:
     imitate: str | None = None           # behaviour-clone this analytic policy before PPO (agents.imitation)
     imitation_episodes: int = 100
     imitation_epochs: int = 30
-    message_sweeps: int = 0              # learned communication: K announcement sweeps per round (agents.comm)
+    message_sweeps: int = 0              # learned communication: K announcement sweeps per round (datagames_env.faces.comm)
     imitation_dagger_rounds: int = 1     # with message sweeps: DAgger rounds on the clone's own announcements
     env_runner_resources: dict = field(default_factory=dict)  # custom Ray resources per env runner: node placement
 
@@ -136,7 +136,7 @@ def module_spec(par_env, settings: TrainSettings):
     if settings.message_sweeps:
         if layout["kind"] != "classes":
             raise ValueError("--message-sweeps needs the class-scoring module (datagames, action_mode allocation)")
-        from .comm import MESSAGE_BLOCKS
+        from datagames_env.faces.comm import MESSAGE_BLOCKS
         from .modules import CLASS_BLOCKS
 
         config.update(class_blocks=list(CLASS_BLOCKS + MESSAGE_BLOCKS), n_scalars=2)
@@ -170,7 +170,7 @@ def auto_num_envs(batch_of, cap: int = 10) -> int:
 
 def probe_spec(settings: TrainSettings):
     """One environment of the run's face (in the driver) and its module spec with the face's spaces."""
-    from .rllib_env import RLlibMultiAgentEnv
+    from datagames_env.faces.rllib import RLlibMultiAgentEnv
 
     face = RLlibMultiAgentEnv(env_config_of(settings))
     spec = module_spec(face.par_env, settings)
@@ -192,7 +192,7 @@ def build_ppo_config(settings: TrainSettings, module_state_path: str | None = No
     from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 
     from .ppo_learner import MaskedPPOTorchLearner
-    from .rllib_env import register_rllib_env
+    from datagames_env.faces.rllib import register_rllib_env
 
     env_name = register_rllib_env()
     face, spec = probe_spec(settings)
@@ -274,7 +274,7 @@ def init_ray(address: str | None, torch_threads: int | None = None) -> None:
         return
     import os
 
-    from datagames_env.datasets import DATA_DIR_ENV_VAR
+    from datagames_env.data.datasets import DATA_DIR_ENV_VAR
 
     if address in (None, "local"):
         env_vars = {"OMP_NUM_THREADS": str(torch_threads)} if torch_threads else {}

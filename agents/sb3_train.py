@@ -1,4 +1,4 @@
-"""Stable-Baselines3 PPO on :class:`agents.sb3_env.DataGamesSB3VecEnv` (``datagames train --algo sb3-ppo``).
+"""Stable-Baselines3 PPO on :class:`datagames_env.faces.sb3.DataGamesSB3VecEnv` (``datagames train --algo sb3-ppo``).
 
 One ``MlpPolicy`` shared by every robot (rows of the VecEnv). ``iterations`` counts PPO rollouts of
 ``n_steps`` steps of all ``B * N`` rows; ``--num-envs-per-env-runner`` sets B. TensorBoard logs go to
@@ -51,7 +51,7 @@ def train_sb3(settings: TrainSettings, log=print) -> dict:
 
     from datagames_env.scenarios import scenario_of
 
-    from .sb3_env import DataGamesSB3VecEnv
+    from datagames_env.faces.sb3 import DataGamesSB3VecEnv
 
     if scenario_of(settings.config, **settings.overrides) != "datagames":
         raise ValueError("--algo sb3-ppo trains the datagames scenario; use --algo ppo (RLlib) for p2p and dual")

@@ -1,4 +1,4 @@
-"""Sharing policies of the peer-to-peer scenario (:mod:`datagames_env.p2p`), on the common ``Policy`` protocol.
+"""Sharing policies of the peer-to-peer scenario (:mod:`datagames_env.scenarios.p2p`), on the common ``Policy`` protocol.
 
 Every policy returns, per robot, a score per observed sample (``Box(0, 1, (obs_per_round,))``); the environment
 caches and shares the top ``n_share``.

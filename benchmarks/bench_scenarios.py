@@ -37,7 +37,7 @@ CASES = ("p2p_3", "p2p_40", "dual_500")
 
 def _make(case: str):
     if case.startswith("p2p"):
-        from datagames_env.p2p import load_p2p_config, parallel_env
+        from datagames_env.scenarios.p2p import load_p2p_config, parallel_env
 
         if case == "p2p_3":
             mnist = (SHARED / "MNIST" / "t10k-images-idx3-ubyte.gz").is_file()
@@ -47,7 +47,7 @@ def _make(case: str):
         for robot in robots:
             robot["initial_labeled"] = {k: max(1, v // 10) for k, v in robot["initial_labeled"].items()}
         return parallel_env("p2p_default", robots=robots, **{"ood.calibration_size": 10})
-    from datagames_env.dual import parallel_env
+    from datagames_env.scenarios.dual import parallel_env
 
     return parallel_env("dual_default", n_robots=500, rounds=3)
 

@@ -7,9 +7,9 @@ environments at once. See README.md.
 """
 
 from .config import ConfigError, EnvConfig, load_config
-from .env import DataGamesParallelEnv, raw_env
+from .scenarios.datagames import DataGamesParallelEnv, raw_env
 from .faces.pettingzoo import env, parallel_env, register_all
-from .vector import DataGamesVectorEnv, vector_env
+from .faces.vector import DataGamesVectorEnv, vector_env
 
 __all__ = ["ConfigError", "DataGamesParallelEnv", "DataGamesVectorEnv", "EnvConfig", "env", "load_config",
            "parallel_env", "raw_env", "vector_env"]

@@ -94,7 +94,7 @@ CHECKPOINT_KINDS: dict[str, tuple[str, bool]] = {
     "sb3-sample": ("agents.policies:SB3CheckpointPolicy", True),
 }
 # scenarios whose specs may name a second stage after '/', and where its names live (read lazily)
-_LABELERS = {"dual": "datagames_env.dual:LABELERS"}
+_LABELERS = {"dual": "datagames_env.scenarios.dual:LABELERS"}
 
 
 def register_policy(scenario: str, name: str, entry_point: str | Callable[[Any], Any]) -> None:

@@ -13,10 +13,10 @@ pytest.importorskip("ray.rllib")
 pytest.importorskip("stable_baselines3")
 torch = pytest.importorskip("torch")
 
-from agents.rllib_env import RLlibMultiAgentEnv
-from agents.sb3_env import DataGamesSB3VecEnv
-from datagames_env.evaluate import Job, evaluate, run_job
-from datagames_env.vector import DataGamesVectorEnv
+from datagames_env.faces.rllib import RLlibMultiAgentEnv
+from datagames_env.faces.sb3 import DataGamesSB3VecEnv
+from datagames_env.harness import Job, evaluate, run_job
+from datagames_env.faces.vector import DataGamesVectorEnv
 
 SMALL = {"n_robots": 3, "rounds": 3, "obs_per_round": 30, "n_cache": 2}
 SELECTION = dict(SMALL, action_mode="selection")
@@ -427,7 +427,7 @@ def test_sb3_training_saves_resumes_and_evaluates(tmp_path):
 
 
 def test_cli_train_rejects_sb3_on_other_options(tmp_path, capsys):
-    from datagames_env.cli import main
+    from datagames_env.harness.cli import main
 
     code = main(["train", "--algo", "sb3-ppo", "--per-robot", "--iterations", "1", "--out", str(tmp_path)])
     assert code == 2 and "--per-robot is RLlib only" in capsys.readouterr().err
@@ -486,12 +486,10 @@ def _train_one_small_iteration(config: str, overrides: dict, tmp_path) -> dict:
 
 @ray_group
 def test_rllib_trains_on_p2p_and_the_p2p_harness_evaluates_the_checkpoint(tmp_path, fresh_ray):
-    from datagames_env.p2p_cli import evaluate_p2p
-
     overrides = {"rounds": 2, "obs_per_round": 50}
     result = _train_one_small_iteration("p2p_default", overrides, tmp_path)
     assert result["history"][-1]["agent_steps"] >= 6
-    payload = evaluate_p2p("p2p_default", ["random", f"rllib:{result['checkpoint']}"], [0], tmp_path / "ev",
+    payload = evaluate("p2p_default", ["random", f"rllib:{result['checkpoint']}"], [0], tmp_path / "ev",
                            progress=False, **overrides)
     assert len(payload["episodes"]) == 2
 
@@ -600,7 +598,7 @@ def test_central_critic_with_imitation_warm_start_trains_and_evaluates(tmp_path,
 
 # -- learned communication ---------------------------------------------------------------------------------------
 def test_message_sweeps_announce_intents_and_execute_once_per_round():
-    from agents.comm import message_blocks, upload_counts
+    from datagames_env.faces.comm import message_blocks, upload_counts
 
     env = RLlibMultiAgentEnv({"config": "default", "overrides": dict(SMALL), "message_sweeps": 2})
     par = env.par_env
@@ -682,7 +680,7 @@ def test_imitation_data_with_message_sweeps_teacher_forces_the_announcements():
 
 @ray_group
 def test_rllib_trains_on_dual_and_datagames_eval_evaluates_the_checkpoint(tmp_path, fresh_ray, capsys):
-    from datagames_env.cli import main
+    from datagames_env.harness.cli import main
 
     overrides = {"n_robots": 3, "rounds": 2, "obs_per_round": 30, "n_cache": 4, "label_budget": 6,
                  "initial_cloud_size": 40, "perception.train_steps": 60}
@@ -707,7 +705,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints"
 def test_shipped_checkpoints_load_and_act_on_their_config(name, monkeypatch):
     """Every folder in checkpoints/ is an RLlib checkpoint with its datagames_meta.json, evaluable by
     `datagames eval --policies rllib:checkpoints/<name>` on the config it was trained on."""
-    from datagames_env.datasets import DATA_DIR_ENV_VAR
+    from datagames_env.data.datasets import DATA_DIR_ENV_VAR
     from datagames_env.policy import make_policy
     from datagames_env.scenarios import make_parallel_env
 

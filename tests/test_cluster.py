@@ -48,7 +48,7 @@ def two_node_cluster(monkeypatch):
 
 @ray_group
 def test_train_through_ray_address_runs_the_env_runner_on_the_second_node(two_node_cluster, tmp_path):
-    from datagames_env.cli import main
+    from datagames_env.harness.cli import main
 
     cluster, worker = two_node_cluster
     head_id = cluster.head_node.node_id
@@ -89,7 +89,7 @@ def test_learner_flags_give_the_learner_config_without_a_gpu():
 def test_cli_scaling_flags_reach_the_train_settings(monkeypatch, tmp_path):
     """Parse only: `datagames train` hands the flags to TrainSettings (the training itself is replaced)."""
     import agents.rllib_train
-    from datagames_env.cli import main
+    from datagames_env.harness.cli import main
 
     seen = {}
 

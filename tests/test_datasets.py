@@ -1,4 +1,4 @@
-"""Tests of datagames_env.datasets: loaders, validation, split, data directory and md5-checked download.
+"""Tests of datagames_env.data.datasets: loaders, validation, split, data directory and md5-checked download.
 
 Real MNIST / KMNIST test files come from ``../shared/datasets`` (skipped when absent). FashionMNIST and CIFAR-10
 are not available offline, so their loaders are tested on small files in the official formats written here.
@@ -26,8 +26,8 @@ import numpy as np
 import platformdirs
 import pytest
 
-from datagames_env import datasets
-from datagames_env.datasets import (
+from datagames_env.data import datasets
+from datagames_env.data.datasets import (
     DATASET_SOURCES,
     Dataset,
     DatasetError,

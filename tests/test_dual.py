@@ -14,11 +14,16 @@ from pettingzoo.test import parallel_api_test
 from baselines.dual_policies import DUAL_POLICIES, make_dual_policy
 from baselines.submodular import fleet_objective
 from datagames_env.config import ConfigError
-from datagames_env.dual import DualParallelEnv, load_dual_config, parallel_env, uncertainty
-from datagames_env.dual_cli import main as dual_main
+from datagames_env.scenarios.dual import DualParallelEnv, load_dual_config, parallel_env, uncertainty
+from datagames_env.harness.cli import main as _cli_main
 
 SMALL = {"n_robots": 3, "rounds": 3, "obs_per_round": 30, "n_cache": 4, "label_budget": 6,
          "initial_cloud_size": 40, "perception.train_steps": 60}
+
+
+def dual_main(argv: list[str]) -> int:
+    """``datagames dual ...``: the alias of the shared CLI with dual_default as the default config."""
+    return _cli_main(["dual", *argv])
 
 
 @pytest.fixture(autouse=True)

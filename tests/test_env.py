@@ -857,9 +857,9 @@ def test_registry_builds_both_faces():
 
 
 def test_registry_has_the_other_scenarios():
-    from datagames_env.dual import DualParallelEnv
+    from datagames_env.scenarios.dual import DualParallelEnv
 
-    assert pettingzoo.spec("parallel", "datagames/P2P-v0").entry_point == "datagames_env.p2p:parallel_env"
+    assert pettingzoo.spec("parallel", "datagames/P2P-v0").entry_point == "datagames_env.scenarios.p2p:parallel_env"
     dual = pettingzoo.make("parallel", "datagames/Dual-v0", rounds=2)
     assert isinstance(dual, DualParallelEnv) and dual.config.rounds == 2
 
@@ -942,7 +942,7 @@ def test_retraining_changes_the_model_versions():
 def test_pooled_mix_estimate_is_bbse_of_the_summed_rounds_and_less_noisy():
     """mix_estimator 'pooled' = BBSE on the histograms summed since the model last changed; over an episode
     without retraining or drift its error shrinks below the single-round estimate's."""
-    from datagames_env import kernels
+    from datagames_env.core import kernels
 
     kwargs = dict(n_robots=6, rounds=6, obs_per_round=100, n_cache=2)
     pooled = datagames_env.parallel_env(mix_estimator="pooled", **kwargs)

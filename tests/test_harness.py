@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from datagames_env.cli import main
+from datagames_env.harness.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 P2P_SMALL = ["--set", "rounds=1", "--set", "obs_per_round=20", "--set", "perception.train_steps=30"]

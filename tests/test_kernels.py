@@ -1,4 +1,4 @@
-"""Tests of datagames_env.kernels against independent numpy / scipy / plain-Python references.
+"""Tests of datagames_env.core.kernels against independent numpy / scipy / plain-Python references.
 
 Every random test uses fixed seeds and a significance level of 1e-4, so a correct kernel fails with probability
 about 1e-4 per test and the suite is reproducible.
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import optimize, stats
 
-from datagames_env import kernels
+from datagames_env.core import kernels
 
 ALPHA = 1e-4  # significance level of every statistical test here
 

@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
 import json, sys
 import datagames_env
-import datagames_env.policy, datagames_env.evaluate, datagames_env.scenarios
-from datagames_env.cli import build_parser
+import datagames_env.policy, datagames_env.harness, datagames_env.scenarios
+import datagames_env.core, datagames_env.data, datagames_env.perception, datagames_env.faces.vector
+from datagames_env.harness.cli import build_parser
 parser = build_parser()
 for argv in (["run", "--config", "p2p_default"], ["eval", "--config", "dual_default"], ["train"], ["report", "x"]):
     parser.parse_args(argv)

@@ -11,9 +11,9 @@ import torch
 
 from baselines.p2p_policies import GUPolicy, OraclePolicy, RandomSharePolicy, make_p2p_policy
 from datagames_env.config import ConfigError, PerceptionConfig
-from datagames_env.domains import corrupt
-from datagames_env.ood import NoveltyDetector, novelty, train_dropout_classifier
-from datagames_env.p2p import P2PParallelEnv, load_p2p_config
+from datagames_env.data.domains import corrupt
+from datagames_env.perception.ood import NoveltyDetector, novelty, train_dropout_classifier
+from datagames_env.scenarios.p2p import P2PParallelEnv, load_p2p_config
 from datagames_env.perception import train_classifier
 from datagames_env.scenarios import make_parallel_env
 
@@ -388,7 +388,7 @@ def test_make_p2p_policy_specs(env):
 
 
 def test_eval_cli_writes_results(tmp_path):
-    from datagames_env.cli import main
+    from datagames_env.harness.cli import main
 
     out = tmp_path / "res"
     rc = main(["p2p", "eval", "--config", "p2p_default", "--policies", "random,oracle,gu", "--seeds", "2",

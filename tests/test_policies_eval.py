@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import datagames_env
-from datagames_env.evaluate import episode_lower_bound, evaluate
+from datagames_env.harness import evaluate
+from datagames_env.harness.reports.datagames import episode_lower_bound
 from datagames_env.policy import POLICIES, Policy, make_policy
 
 SMALL = dict(n_robots=4, rounds=3, obs_per_round=60, n_cache=3, initial_cloud_size=40)
@@ -124,7 +125,7 @@ def test_evaluate_rejects_unknown_policies_before_running(tmp_path):
 
 
 def test_cli_run_and_eval(tmp_path, capsys):
-    from datagames_env.cli import main
+    from datagames_env.harness.cli import main
 
     assert main(["run", "--policy", "greedy", "--seed", "0", "--out", str(tmp_path), "--set", "n_robots=3",
                  "--set", "rounds=2"]) == 0

@@ -1,4 +1,4 @@
-"""Privacy filter: unit tests of :mod:`datagames_env.privacy`, and the p2p half of the property test that no
+"""Privacy filter: unit tests of :mod:`datagames_env.data.privacy`, and the p2p half of the property test that no
 private-flagged sample ever leaves a robot unfiltered (the DUAL half lives with the DUAL scenario)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from datagames_env.p2p import P2PParallelEnv
-from datagames_env.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
+from datagames_env.scenarios.p2p import P2PParallelEnv
+from datagames_env.data.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
 # ------------------------------------------------------------------------------------------------ unit tests
 

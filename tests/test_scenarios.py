@@ -14,9 +14,9 @@ import torch
 from pettingzoo import test as pz
 
 import datagames_env
-from datagames_env.dual import DualParallelEnv
-from datagames_env.env import DataGamesParallelEnv
-from datagames_env.p2p import P2PParallelEnv
+from datagames_env.scenarios.dual import DualParallelEnv
+from datagames_env.scenarios.datagames import DataGamesParallelEnv
+from datagames_env.scenarios.p2p import P2PParallelEnv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -199,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise SystemExit(f"datagames train needs the rl extra (pip install -e '.[rl]'): {exc}") from None
     _scenario, _rep, overrides = _setup(args)
     if args.data_dir:  # the Ray workers read $DATAGAMES_DATA_DIR too
-        from ..datasets import DATA_DIR_ENV_VAR
+        from ..data.datasets import DATA_DIR_ENV_VAR
 
         os.environ[DATA_DIR_ENV_VAR] = str(Path(args.data_dir).resolve())
     from .warmup import notice_if_compiling
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     args = build_parser(default_config, prog).parse_args(argv)
     from ..config import ConfigError
-    from ..datasets import DatasetError
+    from ..data.datasets import DatasetError
 
     try:
         return args.func(args)

@@ -13,11 +13,11 @@ COMPILE_NOTICE = ("first run on this machine: compiling the numba kernels once (
 
 
 def kernels_compiled() -> bool:
-    """Whether numba's cache holds every kernel of ``datagames_env.kernels`` as its source stands now (index
+    """Whether numba's cache holds every kernel of ``datagames_env.core.kernels`` as its source stands now (index
     files are named ``kernels.<function>-<first line>.py<version>.nbi``: an edited module needs new ones)."""
     import sys
 
-    from .. import kernels
+    from ..core import kernels
 
     version = f"py{sys.version_info[0]}{sys.version_info[1]}"
     wanted = {f"kernels.{f.py_func.__name__}-{f.py_func.__code__.co_firstlineno}.{version}.nbi"

@@ -22,9 +22,10 @@ from __future__ import annotations
 import numpy as np
 from gymnasium import spaces
 
-from .config import EnvConfig, load_config
-from .core import BatchedCore
-from .env import action_width, observation_bounds
+from ..config import EnvConfig, load_config
+from ..core import BatchedCore
+from ..scenarios.cloud_game import CloudGameObjective
+from ..scenarios.datagames import action_width, observation_bounds
 
 
 class DataGamesVectorEnv:
@@ -32,7 +33,7 @@ class DataGamesVectorEnv:
 
     def __init__(self, num_envs: int = 1, config: str | dict | EnvConfig | None = None, **overrides) -> None:
         self.config = load_config(config, **overrides)
-        self.core = BatchedCore(self.config, num_envs=num_envs)
+        self.core = BatchedCore(self.config, CloudGameObjective, num_envs=num_envs)
         self.num_envs = num_envs
         self.n_robots = self.config.n_robots
         self.possible_agents = [f"robot_{i}" for i in range(self.n_robots)]

@@ -1,6 +1,6 @@
 """Out-of-distribution (novelty) detectors: does a received sample look new to *my* model?
 
-In the peer-to-peer scenario (:mod:`datagames_env.p2p`) every receiver scores each shared sample against its own
+In the peer-to-peer scenario (:mod:`datagames_env.scenarios.p2p`) every receiver scores each shared sample against its own
 local model; the fraction of peers that found a sample novel is the sample's utility, returned to its sender.
 
 One interface for every detector: :func:`novelty` ``(models, features) -> scores`` in [0, 1] (higher = more
@@ -37,8 +37,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .config import PerceptionConfig
-from .perception import Classifier, train_classifier
+from ..config import PerceptionConfig
+from .models import Classifier, train_classifier
+from .uncertainty import entropy
 
 __all__ = ["DETECTORS", "NoveltyDetector", "novelty", "train_dropout_classifier"]
 
@@ -55,16 +56,12 @@ def _as_models(models: Classifier | Sequence[Classifier]) -> list[Classifier]:
     return models
 
 
-def _entropy(probs: np.ndarray) -> np.ndarray:
-    return -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=-1)
-
-
 def _bayesian_score(member_probs: np.ndarray, uncertainty: str) -> np.ndarray:
     """``member_probs`` (T, n, C) -> total or epistemic uncertainty (n,) in [0, 1]."""
     n_classes = member_probs.shape[-1]
     mean = member_probs.mean(axis=0)
-    total = _entropy(mean)
-    score = total if uncertainty == "total" else total - _entropy(member_probs).mean(axis=0)
+    total = entropy(mean)
+    score = total if uncertainty == "total" else total - entropy(member_probs).mean(axis=0)
     return np.clip(score / math.log(n_classes), 0.0, 1.0) if n_classes > 1 else np.zeros(len(mean))
 
 

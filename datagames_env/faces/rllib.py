@@ -15,7 +15,7 @@ env_config keys        ``config`` (name in ``configs/``, YAML path or dict), ``o
                        on; default: the scalar ones, so RLlib episodes stay small), ``global_state``
                        (True: every robot's observation is followed by the scenario's ``state()``, for a
                        centralised critic; the actor modules read only the robot's own part),
-                       ``message_sweeps`` (K in 1..3: learned communication, :mod:`agents.comm`: each round
+                       ``message_sweeps`` (K in 1..3: learned communication, :mod:`datagames_env.faces.comm`: each round
                        is K announcement sub-steps with reward 0, then the executed decision; the
                        observation gains the message blocks; datagames allocation mode only)
 =====================  ============================================================================
@@ -35,9 +35,9 @@ from gymnasium import spaces
 try:
     from ray.rllib.env.multi_agent_env import MultiAgentEnv
 except ImportError as exc:  # pragma: no cover - exercised only without the rl extra
-    raise ImportError("agents.rllib_env needs Ray RLlib: pip install -e '.[rl]'") from exc
+    raise ImportError("datagames_env.faces.rllib needs Ray RLlib: pip install -e '.[rl]'") from exc
 
-from datagames_env.scenarios import make_parallel_env
+from ..scenarios import make_parallel_env
 
 from . import comm
 

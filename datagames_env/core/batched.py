@@ -9,7 +9,7 @@ Data path of one round (GUIDE section 2)::
     predicted-class histogram h_i ~ Multinomial(obs_per_round, p_i(yhat))     [observation]
     action -> upload counts per predicted class (allocation) or top-scored samples (selection)
     uploads' true labels ~ p_i(y | yhat); sample ids uniform in the pool cell (y, yhat)   [ledger]
-    cloud counts += true labels; reward: the scenario's objective (datagames_env.cloud_game)
+    cloud counts += true labels; reward: the scenario's objective (datagames_env.scenarios.cloud_game)
 
 Allocation mode never materialises the round's samples (its cost does not grow with obs_per_round);
 selection mode draws real sample ids because the policy scores each sample.
@@ -21,69 +21,17 @@ vector env equals a parallel env reset with the same seed, draw for draw.
 
 from __future__ import annotations
 
-import functools
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import kernels
-from .config import ConfigError, EnvConfig
-from .datasets import Dataset, load_dataset, split_dataset
-from .perception import ModelVersion, Perception
-from .cloud_game import CloudGameObjective
-from .streams import draw_class_mixes, draw_initial_cloud, drift_mixes
+from ..config import ConfigError, EnvConfig
+from ..data.streams import draw_class_mixes, draw_initial_cloud, drift_mixes
+from ..perception import ModelVersion
+from .world import World, get_world
 
-__all__ = ["BatchedCore", "StepResult", "World", "derive_version", "draw_class_mixes", "get_world"]
-
-
-# ------------------------------------------------------------------------------------------------ world
-class World:
-    """What all environments of one config share: the dataset, its split, the stream pool's lookup tables
-    and the perception cache (a model version is trained once per training multiset and seed).
-
-    ``cfg`` is any scenario config with ``dataset`` and ``perception`` keys."""
-
-    def __init__(self, cfg: EnvConfig, dataset: Dataset | None = None) -> None:
-        dcfg = cfg.dataset
-        self.dataset = dataset if dataset is not None else load_dataset(dcfg.name, dcfg.data_dir, dcfg.download)
-        self.n_classes = self.dataset.n_classes
-        self.splits = split_dataset(self.dataset.labels, dcfg.validation_fraction, dcfg.test_fraction, dcfg.split_seed)
-        self.pool = self.splits.pool
-        self.pool_labels = self.dataset.labels[self.pool]
-        counts = np.bincount(self.pool_labels, minlength=self.n_classes)
-        if (counts == 0).any():
-            missing = np.flatnonzero(counts == 0).tolist()
-            raise ConfigError(f"dataset '{self.dataset.name}': classes {missing} have no samples in the stream pool")
-        # pool positions grouped by true class, for materialising streams and drawing the initial cloud
-        self.class_members = np.argsort(self.pool_labels, kind="stable").astype(np.int64)
-        self.class_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        features, labels = self._model_rows(cfg)
-        self.perception = Perception(features, labels, self.splits.pool, self.splits.validation, self.splits.test,
-                                     self.n_classes, cfg.perception,
-                                     max_threads=1)  # small models: a second thread only spins under load
-
-    def _model_rows(self, cfg) -> tuple[np.ndarray, np.ndarray]:
-        """Feature rows and labels the perception cache trains and scores on (a scenario may add rows)."""
-        return self.dataset.features, self.dataset.labels
-
-    def pool_ids_of_class(self, y: int) -> np.ndarray:
-        return self.class_members[self.class_start[y]:self.class_start[y + 1]]
-
-    def members_of_classes(self) -> list[np.ndarray]:
-        """Pool positions of each class, in class order."""
-        return [self.pool_ids_of_class(y) for y in range(self.n_classes)]
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_world(key: str) -> World:
-    return World(EnvConfig.model_validate(json.loads(key)))
-
-
-def get_world(cfg: EnvConfig) -> World:
-    """Worlds are cached per (dataset, perception) config so many envs of one config share models."""
-    key = json.dumps({"dataset": cfg.dataset.model_dump(), "perception": cfg.perception.model_dump()}, sort_keys=True)
-    return _cached_world(key)
+__all__ = ["BatchedCore", "StepResult", "allocation_counts", "derive_version"]
 
 
 # ------------------------------------------------------------------------------------------ versions
@@ -185,7 +133,10 @@ def allocation_counts(shares: np.ndarray, available: np.ndarray, n_cache: int) -
 class BatchedCore:
     """B environments of one config. State is explicit arrays; ``step`` is the one step function."""
 
-    def __init__(self, cfg: EnvConfig, num_envs: int = 1, world: World | None = None) -> None:
+    def __init__(self, cfg: EnvConfig, objective, num_envs: int = 1, world: World | None = None) -> None:
+        """``objective(cfg, n_classes, dataset_name)`` builds what the robots are paid for (target counts,
+        ``distance``, ``rewards``): the scenario's business (the cloud game's is
+        :class:`~datagames_env.scenarios.cloud_game.CloudGameObjective`), not the core's."""
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.cfg = cfg
@@ -193,7 +144,7 @@ class BatchedCore:
         self.world = world if world is not None else get_world(cfg)
         self.n_classes = c = self.world.n_classes
         self.n_robots = cfg.n_robots
-        self.objective = CloudGameObjective(cfg, c, self.world.dataset.name)  # target, distance, reward
+        self.objective = objective(cfg, c, self.world.dataset.name)  # target, distance, reward
         self.target_counts = self.objective.target_counts
         self._check_against_dataset()
         self.embedding_dim = cfg.perception.embedding_dim

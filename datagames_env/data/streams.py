@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .config import ConfigError, StreamConfig
+from ..config import ConfigError, StreamConfig
 
 __all__ = ["draw_class_mixes", "draw_initial_cloud", "drift_mixes"]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import ConfigError, EnvConfig
+from ..config import ConfigError, EnvConfig
 
 __all__ = ["CloudGameObjective"]
 

@@ -28,9 +28,9 @@ import numpy as np
 try:
     from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 except ImportError as exc:  # pragma: no cover - exercised only without the rl extra
-    raise ImportError("agents.sb3_env needs Stable-Baselines3: pip install -e '.[rl]'") from exc
+    raise ImportError("datagames_env.faces.sb3 needs Stable-Baselines3: pip install -e '.[rl]'") from exc
 
-from datagames_env.vector import DataGamesVectorEnv
+from .vector import DataGamesVectorEnv
 
 
 class DataGamesSB3VecEnv(VecEnv):

@@ -4,7 +4,7 @@ The decentralized system of ``papers/gu-decentralized-data-sharing.txt``. Each r
 trained on its own labeled data (it starts from its home domains). Every round each robot observes
 ``obs_per_round`` samples from its stream of domains, scores them (the action), caches the top
 ``share_fraction``, passes them through the privacy filter and sends them to its peers (topology ``all``,
-``ring`` or ``random``). Every receiver runs an out-of-distribution detector (:mod:`datagames_env.ood`) on each
+``ring`` or ``random``). Every receiver runs an out-of-distribution detector (:mod:`datagames_env.perception.ood`) on each
 received sample against its own model; the fraction of receivers that found a sample novel is the sample's
 utility, returned to the sender (the training target of a GU model, :mod:`baselines.p2p_policies`). Receivers keep
 what was novel to them, label it (trusted local annotator: the ground truth) and retrain their local models every
@@ -78,13 +78,14 @@ import numpy as np
 from pettingzoo.utils.conversions import parallel_to_aec
 from pydantic import Field, field_validator, model_validator
 
-from .config import CONFIG_DIR, ConfigError, PerceptionConfig, _Strict, load_typed_config
-from .datasets import Dataset, DatasetError, load_dataset
-from .domains import corrupt
-from .faces.base import FleetParallelEnv
-from .ood import NoveltyDetector
-from .perception import Classifier, limited_torch_threads, train_classifiers
-from .privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
+from ..config import CONFIG_DIR, ConfigError, PerceptionConfig, _Strict, load_typed_config
+from ..data.datasets import Dataset, DatasetError, load_dataset
+from ..data.domains import corrupt
+from ..faces.base import FleetParallelEnv
+from ..perception.ood import NoveltyDetector
+from ..perception import Classifier, limited_torch_threads, train_classifiers
+from ..perception import entropy as perception_entropy
+from ..data.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
 __all__ = ["P2PConfig", "P2PParallelEnv", "env", "load_p2p_config", "parallel_env"]
 
@@ -94,7 +95,7 @@ METADATA = {"name": "datagames_p2p_v0", "render_modes": ["human", "ansi"], "is_p
 
 
 class DomainConfig(_Strict):
-    """One visual domain: a dataset, optionally corrupted by code (:mod:`datagames_env.domains`)."""
+    """One visual domain: a dataset, optionally corrupted by code (:mod:`datagames_env.data.domains`)."""
 
     name: str = Field(description="how robots, rare_domains and results refer to this domain")
     dataset: str = Field("digits", description="load_dataset name: digits | mnist | kmnist | fashion_mnist | .npz")
@@ -131,7 +132,7 @@ class TopologyConfig(_Strict):
 
 
 class OODConfig(_Strict):
-    """The receivers' novelty detector (:mod:`datagames_env.ood`)."""
+    """The receivers' novelty detector (:mod:`datagames_env.perception.ood`)."""
 
     detector: Literal["max_softmax", "mc_dropout", "ensemble"] = "max_softmax"
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="novel if score > threshold (when not calibrated)")
@@ -583,7 +584,7 @@ class P2PParallelEnv(FleetParallelEnv):
             obs[self._layout["class_hist"]] = cells.sum(axis=0) / total
             probs = self._round_probs[i]
             top = probs.max(axis=1)
-            entropy = -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=1) / log_c
+            entropy = perception_entropy(probs) / log_c
             obs[self._layout["confidence"]] = (top.mean(), top.std(), entropy.mean())
             obs[self._layout["last_feedback"]] = self._last_feedback[i]
             obs[self._layout["rounds_left"]] = (cfg.rounds - self.round_index) / cfg.rounds

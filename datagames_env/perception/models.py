@@ -46,7 +46,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from datagames_env.config import PerceptionConfig
+from ..config import PerceptionConfig
 
 __all__ = [
     "CNN_CHANNELS",

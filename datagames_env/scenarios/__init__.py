@@ -3,9 +3,9 @@
 =============  ==========================================  =========================================
 scenario       module                                      system
 =============  ==========================================  =========================================
-``datagames``  :mod:`datagames_env.env`                    cloud potential game (Data Games)
-``p2p``        :mod:`datagames_env.p2p`                    peer-to-peer GU sharing, OoD feedback, privacy
-``dual``       :mod:`datagames_env.dual`                   two-stage upload + labeling (DUAL / Fleet-AL)
+``datagames``  :mod:`datagames_env.scenarios.datagames`                    cloud potential game (Data Games)
+``p2p``        :mod:`datagames_env.scenarios.p2p`                    peer-to-peer GU sharing, OoD feedback, privacy
+``dual``       :mod:`datagames_env.scenarios.dual`                   two-stage upload + labeling (DUAL / Fleet-AL)
 =============  ==========================================  =========================================
 
 A config names its scenario with the top-level key ``scenario`` (default ``datagames``). Every scenario's
@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, EnvConfig, resolve_config_path
+from ..config import ConfigError, EnvConfig, resolve_config_path
 
-SCENARIOS = {"datagames": "datagames_env.env", "p2p": "datagames_env.p2p", "dual": "datagames_env.dual"}
+SCENARIOS = {"datagames": "datagames_env.scenarios.datagames", "p2p": "datagames_env.scenarios.p2p", "dual": "datagames_env.scenarios.dual"}
 
 
 def scenario_of(config: Any = None, **overrides: Any) -> str:
@@ -60,7 +60,7 @@ def load_scenario_config(config: Any = None, **overrides: Any):
     """The validated config object of the config's scenario (``EnvConfig`` for ``datagames``)."""
     name = scenario_of(config, **overrides)
     if name == "datagames":
-        from .config import load_config
+        from ..config import load_config
 
         return load_config(config, **overrides)
     return getattr(scenario_module(name), f"load_{name}_config")(config, **overrides)

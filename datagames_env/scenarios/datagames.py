@@ -50,11 +50,12 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo.utils.conversions import parallel_to_aec
 
-from . import render as render_lib
-from .config import EnvConfig, load_config
-from .core import BatchedCore, World
-from .datasets import Dataset
-from .faces.base import FleetParallelEnv
+from ..faces import render as render_lib
+from ..config import EnvConfig, load_config
+from ..core import BatchedCore, World
+from ..data.datasets import Dataset
+from ..faces.base import FleetParallelEnv
+from .cloud_game import CloudGameObjective
 
 METADATA = {"name": "datagames_v0", "render_modes": ["human", "ansi", "rgb_array"], "is_parallelizable": True,
             "render_fps": 2}
@@ -94,7 +95,7 @@ class DataGamesParallelEnv(FleetParallelEnv):
             overrides["dataset.name"] = dataset.name  # recorded in the config; the arrays come from `dataset`
         self.config = load_config(config, **overrides)
         world = World(self.config, dataset) if dataset is not None else None
-        self.core = BatchedCore(self.config, num_envs=1, world=world)
+        self.core = BatchedCore(self.config, CloudGameObjective, num_envs=1, world=world)
         self.render_mode = render_mode
         low, high = observation_bounds(self.core)
         self._init_fleet(self.config.n_robots, low, high, action_width(self.core))

@@ -57,8 +57,8 @@ facility location of the uploads over the round's observations, mean per ground 
 what every robot sees; ``env.cloud()`` the cloud ledger; ``env.history`` the per-round records.
 
 Privacy: a ``privacy.private_fraction`` of the stream pool carries a synthetic private patch
-(:func:`~datagames_env.privacy.stamp_private_patches`). Every upload goes through
-:meth:`~datagames_env.privacy.PrivacyFilter.apply`; what reaches the cloud is the filter's output (blurred
+(:func:`~datagames_env.data.privacy.stamp_private_patches`). Every upload goes through
+:meth:`~datagames_env.data.privacy.PrivacyFilter.apply`; what reaches the cloud is the filter's output (blurred
 copies are interned as extra feature rows so the model cache still works; the interned copy is checked equal
 to the filter's output on every upload). The initial cloud is drawn from public samples.
 """
@@ -76,7 +76,7 @@ from gymnasium import spaces
 from pettingzoo.utils.conversions import parallel_to_aec
 from pydantic import Field, field_validator, model_validator
 
-from .selection.submodular import (
+from ..selection.submodular import (
     DEFAULT_MAX_BLOCK_BYTES,
     FacilityLocation,
     fleet_objective,
@@ -84,8 +84,8 @@ from .selection.submodular import (
     max_similarity,
 )
 
-from . import kernels
-from .config import (
+from ..core import kernels
+from ..config import (
     ConfigError,
     DatasetConfig,
     PerceptionConfig,
@@ -94,12 +94,12 @@ from .config import (
     check_stream_against_fleet,
     load_typed_config,
 )
-from .core import World, derive_version
-from .datasets import Dataset
-from .faces.base import FleetParallelEnv
-from .streams import draw_class_mixes, draw_initial_cloud, drift_mixes
-from .perception import ModelVersion, limited_torch_threads
-from .privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
+from ..core import World, derive_version
+from ..data.datasets import Dataset
+from ..faces.base import FleetParallelEnv
+from ..data.streams import draw_class_mixes, draw_initial_cloud, drift_mixes
+from ..perception import ModelVersion, limited_torch_threads, uncertainty
+from ..data.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
 __all__ = ["DualConfig", "DualParallelEnv", "DualWorld", "env", "load_dual_config", "parallel_env"]
 
@@ -614,21 +614,8 @@ class DualParallelEnv(FleetParallelEnv):
         pass
 
 
-def uncertainty(probs: np.ndarray, kind: str) -> np.ndarray:
-    """Per-sample uncertainty from class probabilities ``(n, C)``: ``entropy`` (nats) or ``margin``
-    (1 - (p_top1 - p_top2)); higher = more uncertain."""
-    probs = np.asarray(probs, dtype=np.float64)
-    if kind == "entropy":
-        return -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=1)
-    if kind == "margin":
-        top2 = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] > 1 else np.concatenate(
-            [np.zeros((len(probs), 1)), probs], axis=1)
-        return 1.0 - (top2[:, 1] - top2[:, 0])
-    raise ValueError(f"uncertainty kind must be 'entropy' or 'margin', got {kind!r}")
-
-
 def parallel_env(config: str | Path | dict | DualConfig | None = None, **overrides: Any) -> DualParallelEnv:
-    """``datagames_env.dual.parallel_env()``: the DUAL scenario on the embedded digits, or a config + overrides."""
+    """``datagames_env.scenarios.dual.parallel_env()``: the DUAL scenario on the embedded digits, or a config + overrides."""
     return DualParallelEnv(config, **overrides)
 
 

@@ -19,7 +19,7 @@ The layout of a robot's observation becomes ``[8 class blocks, others_intent, re
 sweeps_left]`` (10 C + 2). Messages are counted like ``interactive-sum``'s: each sweep every robot writes its
 message and reads the sum, ``2 N`` per sweep, ``2 N K`` per round.
 
-The same functions serve training (:class:`agents.rllib_env.RLlibMultiAgentEnv` with ``message_sweeps``: the sweeps
+The same functions serve training (:class:`datagames_env.faces.rllib.RLlibMultiAgentEnv` with ``message_sweeps``: the sweeps
 are sub-steps with reward 0, so PPO learns the announcements too) and evaluation (the checkpoint policy runs the
 sweeps inside ``act``), and they read only what a robot has: its own observation and infos (``feasible_matrix``,
 ``available``, ``target_counts``, ``n_cache``) and the sum of the others' messages.
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from datagames_env.core import allocation_counts
+from ..core import allocation_counts
 
 MESSAGE_BLOCKS = ("others_intent", "residual_fill")
 MAX_SWEEPS = 3
