@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -167,15 +166,6 @@ def load_dual_config(config: str | Path | dict | DualConfig | None = None, **ove
 # ------------------------------------------------------------------------------------------------- world
 
 
-def _image_shape(dataset: Dataset) -> tuple[int, int, int] | None:
-    """How the privacy filter sees a sample: images as they are, square vectors (digits 8x8) as 1-channel
-    images, anything else not at all (no private patches possible)."""
-    if dataset.is_image:
-        return dataset.feature_shape  # type: ignore[return-value]
-    side = math.isqrt(dataset.feature_shape[0])
-    return (1, side, side) if side * side == dataset.feature_shape[0] else None
-
-
 class DualWorld(World):
     """The shared :class:`~datagames_env.core.World` (dataset, split, pool tables, perception cache) plus what DUAL
     adds: the private patches and the interned blurred copies, which the perception cache also scores."""
@@ -187,7 +177,7 @@ class DualWorld(World):
     def _model_rows(self, cfg: DualConfig) -> tuple[np.ndarray, np.ndarray]:
         """Stamp private patches on a share of the pool, intern the blurred copies as extra rows."""
         dcfg, pcfg = cfg.dataset, cfg.privacy
-        self.image_shape = _image_shape(self.dataset)
+        self.image_shape = self.dataset.image_shape
         n = self.dataset.n_samples
         self.private = np.zeros(n, dtype=bool)
         self.regions = np.zeros((n, 4), dtype=np.int64)

@@ -58,7 +58,8 @@ was retrained after this round). With ``feedback_memory > 0`` also ``feedback_me
 ``(feedback_memory, E + C)``: the last ``m = feedback_memory_size`` samples it sent in the first ``m`` rows,
 re-embedded by its *current* model, as the paper's sender that keeps its shared images; zeros below) and
 ``feedback_memory_utilities`` (float32 ``(feedback_memory,)``, what each earned): the training set of a GU model.
-A robot's retrainings in one episode start from the same initialisation seed, so its embedding space drifts as little as the data allows.
+A robot's retrainings in one episode start from the same initialisation seed, so its embedding space drifts as little as the data allows;
+with ``perception.warm_start`` they fine-tune its current model for ``perception.retrain_steps`` steps instead.
 
 Everything a step needs from a model is computed once per (model version, round) in one batched pass per robot;
 only the shared samples go through the receivers' detectors, one batched pass per receiver. Oracle policies read
@@ -68,7 +69,7 @@ left each robot in the last step (for the privacy tests).
 
 from __future__ import annotations
 
-import os
+import functools
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,9 +79,10 @@ import numpy as np
 from pettingzoo.utils.conversions import parallel_to_aec
 from pydantic import Field, field_validator, model_validator
 
-from ..config import CONFIG_DIR, ConfigError, PerceptionConfig, _Strict, load_typed_config
+from ..config import ConfigError, PerceptionConfig, _Strict, load_typed_config
 from ..data.datasets import Dataset, DatasetError, load_dataset
 from ..data.domains import corrupt
+from ..data.streams import draw_domain_stream
 from ..faces.base import FleetParallelEnv
 from .base import Scenario, Transition
 from ..perception.ood import NoveltyDetector
@@ -150,6 +152,14 @@ class OODConfig(_Strict):
                                self.dropout, self.uncertainty, self.ensemble_size)
 
 
+class P2PPerceptionConfig(PerceptionConfig):
+    """The robots' local models: :class:`~datagames_env.config.PerceptionConfig` plus how a retraining runs."""
+
+    warm_start: bool = Field(False, description="a retraining continues from the robot's current weights (a "
+                                                "fine-tuning) instead of a fresh initialisation")
+    retrain_steps: int | None = Field(None, ge=1, description="Adam steps of a retraining; null = train_steps")
+
+
 class P2PConfig(_Strict):
     """Every knob of the p2p scenario; see docs/p2p.md for the table."""
 
@@ -163,7 +173,7 @@ class P2PConfig(_Strict):
     share_fraction: float = Field(0.1, gt=0.0, le=1.0, description="cache and share this top share of each round")
     topology: TopologyConfig = TopologyConfig()
     ood: OODConfig = OODConfig()
-    perception: PerceptionConfig = PerceptionConfig(retrain_every=1)
+    perception: P2PPerceptionConfig = P2PPerceptionConfig(retrain_every=1)
     receiver_keeps: Literal["novel", "all"] = Field("novel", description="which received samples a robot labels")
     feedback_memory: int = Field(
         1000, ge=0, description="a sender keeps its last this many shared samples with their utilities (GU data)")
@@ -231,30 +241,10 @@ def load_p2p_config(config: str | Path | dict | P2PConfig | None = None, **overr
 # ---------------------------------------------------------------------------------------------------------- world
 
 
-def _resolve_data_dir(data_dir: str | None) -> str | None:
-    """Relative folders are tried against the working directory, then against the project root (so the shipped
-    configs' ``../shared/datasets`` works from anywhere)."""
-    if data_dir is None or os.path.isabs(data_dir) or Path(data_dir).is_dir():
-        return data_dir
-    candidate = CONFIG_DIR.parent / data_dir
-    return str(candidate) if candidate.is_dir() else data_dir
-
-
-_DATASET_CACHE: dict[tuple[str, str | None], Dataset] = {}
-
-
+@functools.lru_cache(maxsize=8)
 def _load_images(name: str, data_dir: str | None) -> Dataset:
-    key = (name, data_dir)
-    if key not in _DATASET_CACHE:
-        dataset = load_dataset(name, data_dir=data_dir)
-        features = dataset.features
-        if features.ndim == 2:  # vectors of a square image (digits: 64 = 8x8) become 1-channel images
-            side = round(np.sqrt(features.shape[1]))
-            if side * side != features.shape[1]:
-                raise DatasetError(f"dataset {name!r}: vectors of length {features.shape[1]} are not square images")
-            features = features.reshape(len(features), 1, side, side)
-        _DATASET_CACHE[key] = Dataset(dataset.name, np.ascontiguousarray(features), dataset.labels, dataset.class_names)
-    return _DATASET_CACHE[key]
+    """A domain's dataset as images (square vectors, e.g. digits, become 1-channel images), loaded once."""
+    return load_dataset(name, data_dir=data_dir).as_images()
 
 
 @dataclass
@@ -275,7 +265,7 @@ class P2PWorld:
 
 
 def build_world(cfg: P2PConfig) -> P2PWorld:
-    data_dir = _resolve_data_dir(cfg.data_dir)
+    data_dir = cfg.data_dir
     resolved: list[DomainConfig] = []
     sources: list[str] = []
     datasets: list[Dataset] = []
@@ -430,10 +420,13 @@ class P2PScenario(Scenario):
         return self._layout
 
     # ---------------------------------------------------------------------------------------------- models
-    def _train(self, sets: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]]) -> list[LocalModel]:
+    def _train(self, sets: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]],
+                previous: list[LocalModel] | None = None) -> list[LocalModel]:
         """Local models for several robots at once from (features, labels, seed, calibration ids) each: every
         classifier of every robot (one, or the ensemble's members) trains in ONE batched model
-        (:func:`~datagames_env.perception.train_classifiers`), then each robot calibrates its OoD threshold."""
+        (:func:`~datagames_env.perception.train_classifiers`), then each robot calibrates its OoD threshold.
+        ``previous`` (a retraining with ``perception.warm_start``): each robot's current model, whose members the
+        new ones continue from for ``perception.retrain_steps`` steps."""
         if not sets:
             return []
         cfg = self.config
@@ -443,8 +436,13 @@ class P2PScenario(Scenario):
         features = [f for f, _, _, _ in sets for _ in range(n_members)]
         labels = [y for _, y, _, _ in sets for _ in range(n_members)]
         dropout = cfg.ood.dropout if self.detector.detector == "mc_dropout" else 0.0
+        init = steps = None
+        if previous is not None:
+            init = [model.classifiers[k] for model in previous for k in range(n_members)]
+            steps = cfg.perception.retrain_steps
         with limited_torch_threads(cfg.max_threads):
-            classifiers = train_classifiers(features, labels, self.n_classes, cfg.perception, seeds, dropout=dropout)
+            classifiers = train_classifiers(features, labels, self.n_classes, cfg.perception, seeds, dropout=dropout,
+                                            init=init, steps=steps)
             self.n_trainings += len(classifiers)
             models = []
             for r, (_, _, seed, calibration) in enumerate(sets):
@@ -488,31 +486,12 @@ class P2PScenario(Scenario):
         return [entries[(seed, i)] for i in range(cfg.n_robots)]
 
     def _stream(self, i: int, rng: np.random.Generator, exclude: set[int]) -> np.ndarray:
-        """World ids robot i observes, (rounds, obs_per_round): exact per-round domain quotas (largest remainder),
-        each domain consumed along a seeded permutation (wrapping only when the pool is exhausted)."""
+        """World ids robot i observes, (rounds, obs_per_round) (:func:`~datagames_env.data.streams.draw_domain_stream`)."""
         cfg = self.config
-        shares = np.array([cfg.robots[i].stream.get(name, 0.0) for name in self.domain_names], dtype=np.float64)
-        shares /= shares.sum()
-        raw = shares * cfg.obs_per_round
-        quotas = np.floor(raw).astype(int)
-        quotas[np.argsort(-(raw - quotas), kind="stable")[: cfg.obs_per_round - quotas.sum()]] += 1
-        stream = np.empty((cfg.rounds, cfg.obs_per_round), dtype=np.int64)
-        per_domain = []
-        for d in range(self.n_domains):
-            if quotas[d] == 0:
-                per_domain.append(np.zeros((cfg.rounds, 0), dtype=np.int64))
-                continue
-            pool = self.world.pool_by_domain[d]
-            pool = pool[~np.isin(pool, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))]
-            if len(pool) == 0:
-                raise ConfigError(f"robots.{i}.stream (robot_{i}): domain '{self.domain_names[d]}' has no samples left "
-                                  "after its initial labeled set")
-            need = cfg.rounds * quotas[d]
-            order = np.concatenate([rng.permutation(pool) for _ in range(-(-need // len(pool)))])[:need]
-            per_domain.append(order.reshape(cfg.rounds, quotas[d]))
-        for r in range(cfg.rounds):
-            stream[r] = rng.permutation(np.concatenate([p[r] for p in per_domain]))
-        return stream
+        shares = [cfg.robots[i].stream.get(name, 0.0) for name in self.domain_names]
+        return draw_domain_stream(shares, self.world.pool_by_domain, cfg.rounds, cfg.obs_per_round, rng,
+                                  np.fromiter(exclude, dtype=np.int64, count=len(exclude)),
+                                  f"robots.{i}.stream (robot_{i})", self.domain_names)
 
     # ------------------------------------------------------------------------------------------------ loop
     def reset(self, seed: int) -> tuple[np.ndarray, list[dict]]:
@@ -680,9 +659,10 @@ class P2PScenario(Scenario):
         self.round_index += 1
         every = cfg.perception.retrain_every
         due = [i for i, robot in enumerate(self._robots) if every and self.round_index % every == 0 and robot.stale]
+        previous = [self._robots[i].model for i in due] if cfg.perception.warm_start else None
         models = self._train([(np.concatenate(self._robots[i].labeled_features),
                                np.concatenate(self._robots[i].labeled_labels), _seed_of(self._episode_seed, i, 13),
-                               self._robots[i].calibration_ids) for i in due])
+                               self._robots[i].calibration_ids) for i in due], previous)
         for i, model in zip(due, models):
             robot = self._robots[i]
             robot.n_trainings += 1
