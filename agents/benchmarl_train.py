@@ -60,7 +60,8 @@ def experiment_config(settings: TrainSettings, n_robots: int, rounds: int, run_d
         cfg.off_policy_n_envs_per_worker = n_envs
         cfg.off_policy_train_batch_size = minibatch
         cfg.off_policy_n_optimizer_steps = max(1, settings.num_epochs * frames // minibatch)
-        cfg.off_policy_memory_size = max(100_000, frames * 50)
+        # LazyTensorStorage allocates its whole capacity at the first write: no more than the run will collect
+        cfg.off_policy_memory_size = max(frames, min(1_000_000, frames * settings.iterations))
     every = settings.checkpoint_every
     cfg.evaluation = bool(every)
     cfg.evaluation_interval = frames * (every or 1)
@@ -70,6 +71,7 @@ def experiment_config(settings: TrainSettings, n_robots: int, rounds: int, run_d
     cfg.checkpoint_interval = frames * every if every else 0
     cfg.checkpoint_at_end = True
     cfg.keep_checkpoints_num = 2
+    cfg.exclude_buffer_from_checkpoint = True
     cfg.loggers = ["csv"]
     cfg.create_json = True
     cfg.save_folder = str(run_dir / "benchmarl")
