@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[dev,rl]"
+	$(BIN)/python -m pip install -q -e ".[dev,rl,benchmarl]"
 	$(BIN)/datagames warmup   # numba compiles the kernels once (1-2 min), not silently in the first run
 	touch $@
 

@@ -7,5 +7,5 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["datagames_env*", "agents*", "baselines*"]) + ["datagames_env.configs"],
     package_dir={"datagames_env.configs": "configs"},
-    package_data={"datagames_env.configs": ["*.yaml"]},
+    package_data={"datagames_env.configs": ["*.yaml", "benchmarl/*.yaml"]},
 )

@@ -3,7 +3,8 @@
 ``env = datagames_env.parallel_env()`` is a PettingZoo parallel environment on the embedded default
 (scikit-learn digits); ``parallel_env(config="p2p_toy")`` / ``"dual_default"`` any other scenario (the config's
 ``scenario`` key decides); ``datagames_env.env()`` the AEC face; ``datagames_env.vector_env(num_envs)`` B
-environments at once. See README.md.
+environments at once; ``datagames_env.torchrl_env(num_envs)`` the same batch as a TorchRL ``EnvBase`` (needs the
+``benchmarl`` extra; imported on first use, so ``import datagames_env`` never imports torchrl). See README.md.
 """
 
 from .config import ConfigError, EnvConfig, load_config
@@ -12,7 +13,18 @@ from .faces.pettingzoo import env, parallel_env, register_all
 from .faces.vector import DataGamesVectorEnv, vector_env
 
 __all__ = ["ConfigError", "DataGamesParallelEnv", "DataGamesVectorEnv", "EnvConfig", "env", "load_config",
-           "parallel_env", "raw_env", "vector_env"]
+           "parallel_env", "raw_env", "vector_env"]  # torchrl_env: lazy, below
 __version__ = "0.1.0"
 
 register_all()
+
+# faces with heavy optional dependencies, imported on first attribute access (PEP 562)
+_LAZY = {"torchrl_env": ".faces.torchrl", "DataGamesTorchRLEnv": ".faces.torchrl"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,6 +16,9 @@ spec                       policy
 ``rllib-sample:PATH``      the same policy, sampled (seeded by ``reset(seed)``)
 ``sb3:PATH``               a Stable-Baselines3 checkpoint (``model.zip`` or its folder), deterministic
 ``sb3-sample:PATH``        the same policy, sampled
+``benchmarl:PATH``         a BenchMARL actor of ``datagames train --algo benchmarl-*`` (its ``checkpoint`` folder),
+                           deterministic; ``benchmarl-sample:PATH`` sampled; ``torchrl:PATH`` /
+                           ``torchrl-sample:PATH`` any TorchRL policy module saved with ``torch.save``
 ``module:factory``         ``factory(env)`` returns a policy
 ``UPLOAD/LABELER``         dual only: any spec above for the upload stage, and the cloud's labeler
 =========================  ==========================================================================
@@ -92,6 +95,10 @@ CHECKPOINT_KINDS: dict[str, tuple[str, bool]] = {
     "rllib-sample": ("agents.policies:RLlibCheckpointPolicy", True),
     "sb3": ("agents.policies:SB3CheckpointPolicy", False),
     "sb3-sample": ("agents.policies:SB3CheckpointPolicy", True),
+    "benchmarl": ("agents.torchrl_policy:BenchMARLCheckpointPolicy", False),
+    "benchmarl-sample": ("agents.torchrl_policy:BenchMARLCheckpointPolicy", True),
+    "torchrl": ("agents.torchrl_policy:TorchRLCheckpointPolicy", False),
+    "torchrl-sample": ("agents.torchrl_policy:TorchRLCheckpointPolicy", True),
 }
 # scenarios whose specs may name a second stage after '/', and where its names live (read lazily)
 _LABELERS = {"dual": "datagames_env.scenarios.dual:LABELERS"}
@@ -236,7 +243,8 @@ def make_policy(spec: Any, env, scenario: str | None = None) -> Policy:
         try:
             loader = load_entry_point(entry_point)
         except ValueError as exc:
-            raise ValueError(f"policy '{parsed.text}' needs the rl extra (pip install -e '.[rl]'): {exc}") from None
+            extra = "benchmarl" if parsed.checkpoint_kind.startswith(("benchmarl", "torchrl")) else "rl"
+            raise ValueError(f"policy '{parsed.text}' needs the {extra} extra (pip install -e '.[{extra}]'): {exc}") from None
         return loader(env, parsed.target, explore=explore)
     if parsed.kind == "entry_point":
         return load_entry_point(parsed.target)(env)

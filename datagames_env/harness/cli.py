@@ -3,7 +3,8 @@
     datagames run    --config p2p_default --policy gu --seed 0          # one episode, a table, a results folder
     datagames eval   --config dual_default --policies random/random,entropy --seeds 3
     datagames report results/dual_default                               # rewrite summary, CSV, plots
-    datagames train  --config default --iterations 20                   # RLlib PPO (or --algo sb3-ppo)
+    datagames train  --config default --iterations 20                   # RLlib PPO (or --algo sb3-ppo,
+                                                                        #   benchmarl-mappo|ippo|masac)
     datagames warmup                                                    # compile the numba kernels ahead
 
 ``run``, ``eval``, ``report`` and ``train`` take the same ``--config``, ``--set KEY=VALUE``, ``--data-dir`` and
@@ -22,7 +23,12 @@ from pathlib import Path
 
 # entry points of the trainers: agents/ is a layer above this package, loaded only when training
 TRAINERS = {"settings": "agents.rllib_train:TrainSettings", "ppo": "agents.rllib_train:train",
-            "sb3-ppo": "agents.sb3_train:train_sb3"}
+            "sb3-ppo": "agents.sb3_train:train_sb3", "benchmarl-mappo": "agents.benchmarl_train:train_mappo",
+            "benchmarl-ippo": "agents.benchmarl_train:train_ippo",
+            "benchmarl-masac": "agents.benchmarl_train:train_masac"}
+# the policy spec that evaluates each trainer's checkpoint, and the extra each trainer needs
+CHECKPOINT_SPEC = {"ppo": "rllib", "sb3-ppo": "sb3", "benchmarl-mappo": "benchmarl", "benchmarl-ippo": "benchmarl",
+                   "benchmarl-masac": "benchmarl"}
 LOG_WIDTH = 200  # console width when the output is not a terminal (logs, CI): rich would cut tables at 80
 
 
@@ -196,7 +202,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         TrainSettings = load_entry_point(TRAINERS["settings"])
         train = load_entry_point(TRAINERS[args.algo])
     except ValueError as exc:
-        raise SystemExit(f"datagames train needs the rl extra (pip install -e '.[rl]'): {exc}") from None
+        extra = "benchmarl" if args.algo.startswith("benchmarl") else "rl"
+        raise SystemExit(f"datagames train --algo {args.algo} needs the {extra} extra (pip install -e '.[{extra}]'): "
+                         f"{exc}") from None
     _scenario, _rep, overrides = _setup(args)
     if args.data_dir:  # the Ray workers read $DATAGAMES_DATA_DIR too
         from ..data.datasets import DATA_DIR_ENV_VAR
@@ -224,7 +232,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     console.print(f"trained {len(result['history'])} iterations, {last.get('agent_steps', 0):,} agent steps in "
                   f"{result['elapsed_s']:.0f} s; checkpoint {result['checkpoint']}")
     console.print(f"evaluate: datagames eval --config {args.config} --policies "
-                  f"{'rllib' if args.algo == 'ppo' else 'sb3'}:{result['checkpoint']},...")
+                  f"{CHECKPOINT_SPEC[args.algo]}:{result['checkpoint']},...")
     return 0
 
 
@@ -262,7 +270,8 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
     ev = sub.add_parser("eval", help="compare policies on the same seeds; writes a results folder with plots")
     _common(ev, default_config)
     ev.add_argument("--policies", default=None, help="comma-separated specs (default: the scenario's baselines); "
-                    "NAME, rllib:PATH, rllib-sample:PATH, sb3:PATH, sb3-sample:PATH, module:factory, dual UPLOAD/LABELER")
+                    "NAME, rllib:PATH, rllib-sample:PATH, sb3:PATH, sb3-sample:PATH, benchmarl:PATH, "
+                    "benchmarl-sample:PATH, torchrl:PATH, module:factory, dual UPLOAD/LABELER")
     ev.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 10 datagames, 3 p2p and dual)")
     ev.add_argument("--first-seed", type=int, default=0)
     ev.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
@@ -280,11 +289,12 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
     rep.add_argument("--data-dir", default=None)
     rep.set_defaults(func=cmd_report)
 
-    tr = sub.add_parser("train", help="train a learned policy (RLlib PPO or SB3 PPO) on any scenario; same command "
-                                      "on a laptop CPU and a GPU Ray cluster")
+    tr = sub.add_parser("train", help="train a learned policy (RLlib PPO, SB3 PPO, BenchMARL MAPPO/IPPO/MASAC); "
+                                      "RLlib: any scenario, same command on a laptop CPU and a GPU Ray cluster")
     _common(tr, default_config)
-    tr.add_argument("--algo", default="ppo", choices=["ppo", "sb3-ppo"], help="ppo: RLlib (new API stack); "
-                    "sb3-ppo: Stable-Baselines3 on the (envs x robots) VecEnv")
+    tr.add_argument("--algo", default="ppo", choices=list(CHECKPOINT_SPEC), help="ppo: RLlib (new API stack); "
+                    "sb3-ppo: Stable-Baselines3 on the (envs x robots) VecEnv; benchmarl-mappo|ippo|masac: BenchMARL "
+                    "on the batched TorchRL env (the benchmarl extra; agents/benchmarl_train.py)")
     tr.add_argument("--iterations", type=int, default=20, help="training iterations (PPO updates)")
     tr.add_argument("--model", default="auto", choices=["auto", "scoring", "mlp"],
                     help="RLlib module: scoring (per-class / per-sample shared network, the GU model) or mlp")

@@ -2,7 +2,8 @@
 
 ``datagames eval --config mnist_datagames --policies uniform,random,greedy,interactive,oracle --seeds 10``
 
-Writes ``results.json`` (config, scenario, policies, seeds, summary and every episode) and the scenario's CSV,
+Writes ``results.json`` (config, scenario, policies, seeds, summary and every episode), ``marl_eval.json`` (the
+marl-eval format: ``harness.marl_eval``) and the scenario's CSV,
 plots and ``summary.md`` (``harness.reports``). A job is (policy, seed); jobs run in this process, in local
 processes or as Ray tasks: each builds its env from the config and seed, so results do not depend on where they
 ran. Scenarios whose envs train their initial models once (``p2p``) play every episode in one env per process.
@@ -20,6 +21,7 @@ from typing import Any
 from ..policy import PolicySpec, make_policy, missing_checkpoint, parse_policy_spec, spec_grammar
 from ..scenarios import load_scenario_config, scenario_of
 from .episode import Job, build_env, run_episode, run_job
+from .marl_eval import write_marl_eval
 from .reports import json_default, reporter
 
 
@@ -118,7 +120,8 @@ def evaluate(config: Any, policies: list[Any], seeds: list[int], out_dir: str | 
     order = {name: k for k, name in enumerate(names)}
     records.sort(key=lambda r: (order[r["policy"]], r["seed"]))
     payload = {"scenario": scenario, "config": config_dict, "policies": names, "seeds": list(seeds),
-               "elapsed_s": elapsed, "summary": {}, "episodes": records}
+               "elapsed_s": elapsed, "summary": {}, "episodes": records,
+               "task": Path(str(config)).stem if isinstance(config, (str, Path)) else "custom"}
     live = env if env is not None else envs.get(_env_key(config_dict, {}))
     ctx = rep.context(live) if live is not None else rep.context_from_config(config_dict)
     payload.update(rep.payload_extras(ctx))
@@ -161,13 +164,15 @@ def _run_here(parsed, names, seeds, cfg, env, rep, envs, bar, task, on_done) -> 
 
 
 def write_results(out_dir: str | Path, payload: dict, ctx=None, baseline: str | None = None) -> Path:
-    """``results.json`` and the scenario's CSV, plots and ``summary.md`` of an evaluation payload."""
+    """``results.json``, ``marl_eval.json`` (``harness.marl_eval``) and the scenario's CSV, plots and ``summary.md``
+    of an evaluation payload."""
     rep = reporter(payload.get("scenario", "datagames"))
     ctx = ctx if ctx is not None else rep.context_from_config(payload["config"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=json_default))
     rep.write_files(out, payload, ctx, baseline)
+    write_marl_eval(out, payload)
     return out
 
 
@@ -181,6 +186,7 @@ def report(folder: str | Path, baseline: str | None = None, **overrides) -> dict
     if "episodes" not in payload and "records" in payload:  # dual folders written before the shared harness
         payload["episodes"] = payload.pop("records")
     payload.setdefault("scenario", payload["config"].get("scenario", "datagames"))
+    payload.setdefault("task", out.name)  # folders written before marl_eval.json: the folder is named by config
     rep = reporter(payload["scenario"])
     ctx = rep.context_from_config(payload["config"], **overrides)
     payload["summary"] = rep.summarise(payload, ctx)

@@ -75,7 +75,9 @@ class Reporter:
 def policy_label(policy: str) -> str:
     """``rllib:runs/train/default-ppo-.../checkpoint`` -> ``rllib:default-ppo-...`` for tables and legends."""
     kind, sep, path = policy.partition(":")
-    if not sep or kind not in ("rllib", "rllib-sample", "sb3", "sb3-sample"):
+    from ...policy import CHECKPOINT_KINDS
+
+    if not sep or kind not in CHECKPOINT_KINDS:
         return policy
     p = Path(path)
     return f"{kind}:{p.parent.name if p.name == 'checkpoint' else p.name}"

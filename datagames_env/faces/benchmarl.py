@@ -1,0 +1,146 @@
+"""BenchMARL task family ``datagames``: the cloud game as BenchMARL tasks, over :func:`torchrl_env`.
+
+``from datagames_env.benchmarl import DataGamesTask``; ``task = DataGamesTask.DEFAULT.get_from_yaml()`` and any
+BenchMARL algorithm runs on it (``Experiment(task=task, algorithm_config=MappoConfig.get_from_yaml(), ...)``), or
+``datagames train --algo benchmarl-mappo|benchmarl-ippo|benchmarl-masac --config default`` (``agents.benchmarl_train``).
+
+=====================  =====================================================================================
+Tasks                  ``DEFAULT`` (digits, 10 robots, 10 rounds), ``MNIST_DATAGAMES`` (the paper's MNIST
+                       setting with retraining off: needs the MNIST files, ``$DATAGAMES_DATA_DIR``),
+                       ``DIGITS_RARE`` (rare specialists, ``action_mode: selection``: a score per sample);
+                       YAML in ``configs/benchmarl/<task>.yaml``: ``config`` (a datagames config) + ``overrides``
+Agents                 one group ``"robots"`` of N agents (``group_map``), parameter sharing by default
+Observation            ``observation_spec``: ``("robots", "observation")`` unbatched ``(N, obs_dim)``;
+                       ``state_spec``: ``"state"`` ``(3C + 1 + 3NC,)`` for centralised critics (MAPPO, MASAC)
+Action                 continuous only: ``("robots", "action")`` ``(N, C)`` shares or ``(N, obs_per_round)``
+                       scores in [0, 1] (BenchMARL's TanhNormal maps to the bounds)
+Reward                 ``("robots", "reward")`` ``(N, 1)``, the shared potential gain
+Episode end            ``max_steps = rounds``; the last round is a termination (never a truncation)
+Arguments              a task's config dict: ``config`` (name, path or dict), ``overrides`` (dotted keys)
+=====================  =====================================================================================
+
+``P2P_DEFAULT`` and ``DUAL_DEFAULT`` are not in the family: those scenarios have no batched core (every step
+trains classifiers: about 0.1-1 s per step), so BenchMARL would run them through ``SerialEnv`` at a few frames
+per second; ``torchrl.envs.PettingZooWrapper(datagames_env.parallel_env("p2p_default"))`` works for a user who
+wants to try.
+
+BenchMARL reads task YAMLs from its own package (``benchmarl/conf/task``); this enum reads them from ours, so
+``get_from_yaml()`` works without copying files into site-packages.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from benchmarl.environments.common import Task, TaskClass
+from benchmarl.utils import _read_yaml_config
+from torchrl.data import Composite
+from torchrl.envs import EnvBase
+
+import datagames_env
+from ..config import resolve_config_path
+
+from .torchrl import GROUP, torchrl_env
+
+__all__ = ["DataGamesClass", "DataGamesTask", "make_task", "task_config_path"]
+
+TASK_KEYS = ("config", "overrides")
+
+
+def task_config_path(name: str) -> Path:
+    """``configs/benchmarl/<name>.yaml`` (shipped inside the package)."""
+    return resolve_config_path(f"benchmarl/{name.lower()}")
+
+
+def _base(env: EnvBase) -> EnvBase:
+    """The :class:`DataGamesTorchRLEnv` under BenchMARL's transforms."""
+    return getattr(env, "base_env", env)
+
+
+class DataGamesClass(TaskClass):
+    """A datagames task: ``config = {"config": <datagames config>, "overrides": {...}}``."""
+
+    def __init__(self, name: str, config: dict[str, Any] | None) -> None:
+        config = dict(config or {})
+        unknown = sorted(set(config) - set(TASK_KEYS))
+        if unknown:
+            raise ValueError(f"datagames task {name}: unknown keys {unknown}; a task config has {list(TASK_KEYS)}")
+        config.setdefault("config", "default")
+        config["overrides"] = dict(config.get("overrides") or {})
+        super().__init__(name, config)
+        # validate now: a bad key fails when the task is built, not inside a collector
+        self.env_config = datagames_env.load_config(config["config"], **config["overrides"])
+
+    def get_env_fun(self, num_envs: int, continuous_actions: bool, seed: int | None, device):
+        if not continuous_actions:
+            raise ValueError("datagames tasks have continuous actions only (shares or scores in [0, 1])")
+        env_config = self.env_config
+        return lambda: torchrl_env(num_envs, config=env_config, device=device, seed=seed)
+
+    def supports_continuous_actions(self) -> bool:
+        return True
+
+    def supports_discrete_actions(self) -> bool:
+        return False
+
+    def has_render(self, env: EnvBase) -> bool:
+        return False
+
+    def max_steps(self, env: EnvBase) -> int:
+        return int(self.env_config.rounds)
+
+    def group_map(self, env: EnvBase) -> dict[str, list[str]]:
+        return copy.deepcopy(_base(env).group_map)
+
+    def observation_spec(self, env: EnvBase) -> Composite:
+        spec = env.full_observation_spec_unbatched
+        return Composite({GROUP: spec[GROUP].clone()})
+
+    def info_spec(self, env: EnvBase) -> Composite | None:
+        return None
+
+    def state_spec(self, env: EnvBase) -> Composite | None:
+        return Composite({"state": env.full_observation_spec_unbatched["state"].clone()})
+
+    def action_spec(self, env: EnvBase) -> Composite:
+        return env.full_action_spec_unbatched.clone()
+
+    def action_mask_spec(self, env: EnvBase) -> Composite | None:
+        return None
+
+    @staticmethod
+    def env_name() -> str:
+        return "datagames"
+
+    @staticmethod
+    def log_info(batch) -> dict[str, float]:
+        """The cloud's final distance to the target over the episodes that ended in this batch."""
+        done = batch.get(("next", "done")).squeeze(-1)
+        if not done.any():
+            return {}
+        return {"collection/final_distance": float(batch.get(("next", "distance")).squeeze(-1)[done].mean())}
+
+
+class DataGamesTask(Task):
+    """The datagames task family (module table)."""
+
+    DEFAULT = None
+    MNIST_DATAGAMES = None
+    DIGITS_RARE = None
+
+    @staticmethod
+    def associated_class():
+        return DataGamesClass
+
+    def get_from_yaml(self, path: str | None = None) -> TaskClass:
+        config = _read_yaml_config(str(path or task_config_path(self.name)))
+        return self.get_task(config=config)
+
+
+def make_task(config="default", name: str | None = None, **overrides) -> DataGamesClass:
+    """A task from any datagames config and overrides (what ``datagames train --algo benchmarl-*`` trains on);
+    ``name`` defaults to the config's stem in capitals."""
+    name = name or (Path(str(config)).stem.upper() if isinstance(config, (str, Path)) else "CUSTOM")
+    return DataGamesClass(name, {"config": config, "overrides": overrides})

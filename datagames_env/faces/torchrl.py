@@ -1,0 +1,244 @@
+"""``torchrl_env(num_envs)``: a native TorchRL ``EnvBase`` over the batched core, VMAS style.
+
+``datagames_env.torchrl_env(num_envs=256, config="default", device="cpu", **overrides)`` (imported lazily: a
+plain ``import datagames_env`` never imports torchrl). The cloud game (``scenario: datagames``) only: the
+batched core is what makes B environments one array step.
+
+=====================  =====================================================================================
+Batch                  ``batch_size = (num_envs,)``; env b equals ``vector_env(num_envs).reset(seed)``'s env b
+                       (``set_seed(s)`` then reset: env b gets seed ``s + b``), draw for draw
+Agents                 one group ``"robots"`` = ``robot_0 … robot_{N-1}`` (``group_map``), all act every round
+Observation            ``("robots", "observation")``: ``(B, N, obs_dim)`` float32 in [-1, 1], the layout of
+                       ``parallel_env`` (``obs_layout``); ``"state"``: ``(B, 3C + 1 + 3NC)`` the global state
+                       of ``parallel_env.state()`` (privileged: true mixes), for centralised critics;
+                       ``"distance"``: ``(B, 1)`` the cloud's distance to the target (for logging)
+Action                 ``("robots", "action")``: ``(B, N, C)`` allocation shares, or ``(B, N, obs_per_round)``
+                       selection scores, bounded [0, 1]
+Reward                 ``("robots", "reward")``: ``(B, N, 1)``, the scenario's reward (shared: equal per env)
+Episode end            after ``rounds`` steps: ``done = terminated = True`` at the root ``(B, 1)`` and per robot
+                       ``("robots", "done" | "terminated")`` ``(B, N, 1)``; ``truncated`` is always False (the
+                       rounds are the task's horizon and the observation carries ``rounds_left``: GUIDE 5)
+Reset                  ``_reset`` mask ``(B, 1)`` honoured: only the masked envs start a new episode, the others
+                       go on where they were (see below)
+Arguments              ``num_envs``, ``config`` (name, path, dict or ``EnvConfig``), ``device`` (where tensors
+                       live; the core runs on CPU arrays), ``seed`` (as ``set_seed``), ``**overrides``
+=====================  =====================================================================================
+
+Partial resets. The batched core steps its B environments in lockstep (one round counter). A ``_reset`` mask
+that covers some environments only moves them to a new *cohort*: a vector env of their own, reset with fresh
+seeds, stepped beside the old one; the old cohort keeps stepping its remaining rows (the departed rows are fed
+zero actions and ignored). A full reset (no mask, or all True) is one cohort again. Collectors reset all envs at
+once here (every env ends after ``rounds`` steps), so the usual path is one cohort and one core step per step.
+An env whose episode ended and was not reset stays done (reward 0, observation unchanged) until it is reset.
+
+Seeds follow ``vector_env``: ``set_seed(s)`` makes the next full reset give env b seed ``s + b`` and seeds a
+generator from ``s`` that draws the seeds of every later reset (``vector_env.reset(seed=s)`` then
+``reset()``), so a whole run of episodes equals ``vector_env``'s; a partial reset draws its envs' seeds from
+that generator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Bounded, Categorical, Composite, Unbounded
+from torchrl.envs import EnvBase
+
+import datagames_env
+
+GROUP = "robots"
+
+__all__ = ["GROUP", "DataGamesTorchRLEnv", "global_state", "torchrl_env"]
+
+
+def global_state(venv, observations: np.ndarray) -> np.ndarray:
+    """``(B, 3C + 1 + 3NC)`` float32: cloud_hist, target, gap, rounds_left (shared), then every robot's true
+    mix, predicted histogram and class accuracy: ``parallel_env.state()`` for each env of a vector env."""
+    lay = venv.obs_layout
+    first = observations[:, 0]
+    shared = [first[:, lay["cloud_hist"]], first[:, lay["target"]], first[:, lay["gap"]], first[:, lay["rounds_left"]]]
+    b = observations.shape[0]
+    per_robot = [venv.core.mixes.reshape(b, -1), observations[:, :, lay["predicted_hist"]].reshape(b, -1),
+                 observations[:, :, lay["class_accuracy"]].reshape(b, -1)]
+    return np.concatenate(shared + per_robot, axis=1).astype(np.float32)
+
+
+class _Cohort:
+    """Envs stepped together by one vector env: ``rows[k]`` is the env index (in the TorchRL batch) of the vector
+    env's row k, or -1 when that env has moved to another cohort."""
+
+    def __init__(self, venv, rows: np.ndarray) -> None:
+        self.venv = venv
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.ended = False
+
+    @property
+    def identity(self) -> bool:
+        return bool(len(self.rows) and (self.rows == np.arange(len(self.rows))).all())
+
+
+class DataGamesTorchRLEnv(EnvBase):
+    """The cloud game as a batched multi-agent TorchRL environment (module docstring)."""
+
+    batch_locked = True
+
+    def __init__(self, num_envs: int = 1, config=None, device="cpu", seed: int | None = None, **overrides) -> None:
+        cfg = datagames_env.load_config(config, **overrides)
+        if cfg.scenario != "datagames":
+            raise ValueError(f"torchrl_env batches the cloud game (scenario 'datagames'); config '{config}' is "
+                             f"scenario '{cfg.scenario}': wrap parallel_env with torchrl's PettingZooWrapper")
+        super().__init__(device=device, batch_size=torch.Size([num_envs]))
+        self.config = cfg
+        self.num_envs = num_envs
+        self._main = datagames_env.vector_env(num_envs, cfg)
+        self.n_robots = cfg.n_robots
+        self.agent_names = list(self._main.possible_agents)
+        self.group_map = {GROUP: list(self.agent_names)}
+        self.obs_layout = self._main.obs_layout
+        self.n_classes = self._main.core.n_classes
+        obs_space = self._main.single_observation_space
+        self.obs_dim = obs_space.shape[0]
+        self.action_dim = self._main.single_action_space.shape[0]
+        self.state_dim = 3 * self.n_classes + 1 + 3 * self.n_robots * self.n_classes
+        b_n, n = num_envs, self.n_robots
+        self._obs = np.zeros((b_n, n, self.obs_dim), dtype=np.float32)
+        self._state = np.zeros((b_n, self.state_dim), dtype=np.float32)
+        self._distance = np.zeros(b_n, dtype=np.float32)
+        self._done = np.zeros(b_n, dtype=bool)
+        self._cohorts: list[_Cohort] = []
+        self._pending_seed: int | None = None
+        self._seed_rng = np.random.default_rng()
+        self._make_specs(obs_space)
+        if seed is not None:
+            self.set_seed(seed)
+
+    # ------------------------------------------------------------------------------------------------- specs
+    def _make_specs(self, obs_space) -> None:
+        b_n, n, dev = self.num_envs, self.n_robots, self.device
+        low = torch.as_tensor(obs_space.low, dtype=torch.float32).expand(b_n, n, self.obs_dim).clone()
+        high = torch.as_tensor(obs_space.high, dtype=torch.float32).expand(b_n, n, self.obs_dim).clone()
+        self.full_observation_spec = Composite(
+            {GROUP: Composite({"observation": Bounded(low, high, (b_n, n, self.obs_dim), dev, torch.float32)},
+                              shape=(b_n, n), device=dev),
+             "state": Bounded(-1.0, 1.0, (b_n, self.state_dim), dev, torch.float32),
+             "distance": Unbounded((b_n, 1), dev, torch.float32)},
+            shape=(b_n,), device=dev)
+        self.full_action_spec = Composite(
+            {GROUP: Composite({"action": Bounded(0.0, 1.0, (b_n, n, self.action_dim), dev, torch.float32)},
+                              shape=(b_n, n), device=dev)},
+            shape=(b_n,), device=dev)
+        self.full_reward_spec = Composite(
+            {GROUP: Composite({"reward": Unbounded((b_n, n, 1), dev, torch.float32)}, shape=(b_n, n), device=dev)},
+            shape=(b_n,), device=dev)
+
+        def flags(shape):
+            return {key: Categorical(2, shape, dev, torch.bool) for key in ("done", "terminated", "truncated")}
+
+        self.full_done_spec = Composite(
+            {**flags((b_n, 1)), GROUP: Composite(flags((b_n, n, 1)), shape=(b_n, n), device=dev)},
+            shape=(b_n,), device=dev)
+
+    # ------------------------------------------------------------------------------------------------- seeds
+    def _set_seed(self, seed: int | None) -> None:
+        self._pending_seed = None if seed is None else int(seed)
+
+    def _seeds(self, envs: np.ndarray) -> list[int]:
+        """Episode seeds for ``envs`` (sorted env indices), as ``vector_env.reset`` draws them."""
+        if self._pending_seed is not None:
+            seed, self._pending_seed = self._pending_seed, None
+            self._seed_rng = np.random.default_rng(seed)
+            return [seed + int(b) for b in envs]
+        return [int(s) for s in self._seed_rng.integers(2**62, size=len(envs))]
+
+    # ------------------------------------------------------------------------------------------------- reset
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        mask = None
+        if tensordict is not None:
+            if "_reset" in tensordict.keys():
+                mask = tensordict.get("_reset").reshape(self.num_envs).cpu().numpy()
+            elif (GROUP, "_reset") in tensordict.keys(True):
+                mask = tensordict.get((GROUP, "_reset")).reshape(self.num_envs, -1).any(-1).cpu().numpy()
+        if mask is None or mask.all() or not self._cohorts:
+            envs = np.arange(self.num_envs)
+            obs, _ = self._main.reset(seed=self._seeds(envs))
+            self._cohorts = [_Cohort(self._main, envs)]
+            self._read(self._cohorts[0], obs, envs=envs)
+        elif mask.any():
+            envs = np.flatnonzero(mask)
+            for cohort in self._cohorts:
+                cohort.rows[np.isin(cohort.rows, envs)] = -1
+            self._cohorts = [c for c in self._cohorts if (c.rows >= 0).any()]
+            venv = datagames_env.vector_env(len(envs), self.config)
+            obs, _ = venv.reset(seed=self._seeds(envs))
+            cohort = _Cohort(venv, envs)
+            self._cohorts.append(cohort)
+            self._read(cohort, obs, envs=envs)
+        return self._output(reward=None)
+
+    # -------------------------------------------------------------------------------------------------- step
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        actions = tensordict.get((GROUP, "action")).detach().to("cpu", torch.float64).numpy()
+        reward = np.zeros((self.num_envs, self.n_robots), dtype=np.float32)
+        for cohort in self._cohorts:
+            if cohort.ended:  # not reset yet: stays done, reward 0
+                continue
+            if cohort.identity:
+                rows_actions = actions
+            else:
+                live = cohort.rows >= 0
+                rows_actions = np.zeros((len(cohort.rows),) + actions.shape[1:])
+                rows_actions[live] = actions[cohort.rows[live]]
+            obs, rew, term, _trunc, _infos = cohort.venv.step(rows_actions)
+            cohort.ended = bool(term.all())
+            self._read(cohort, obs, reward=reward, rewards=rew, done=cohort.ended)
+        return self._output(reward=reward)
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    def _read(self, cohort: _Cohort, obs: np.ndarray, envs=None, reward=None, rewards=None, done=False) -> None:
+        """Copy a cohort's arrays into the batch-wide ones, at the rows it still owns."""
+        core = cohort.venv.core
+        if envs is None:
+            live = cohort.rows >= 0
+            rows, envs = np.flatnonzero(live), cohort.rows[live]
+        else:
+            rows = np.arange(len(envs))
+            cohort.ended = False
+        full = len(rows) == len(cohort.rows)
+        state = global_state(cohort.venv, obs)
+        pick = (lambda a: a) if full else (lambda a: a[rows])
+        self._obs[envs] = pick(obs)
+        self._state[envs] = pick(state)
+        self._distance[envs] = pick(core.distance)
+        self._done[envs] = done
+        if reward is not None:
+            reward[envs] = pick(rewards)
+
+    def _output(self, reward: np.ndarray | None) -> TensorDictBase:
+        b_n, n, dev = self.num_envs, self.n_robots, self.device
+        done = torch.from_numpy(self._done.copy()).reshape(b_n, 1)
+        flags = {"done": done, "terminated": done.clone(), "truncated": torch.zeros_like(done)}
+        group = {key: value.unsqueeze(1).expand(b_n, n, 1).clone() for key, value in flags.items()}
+        group["observation"] = torch.from_numpy(self._obs.copy())
+        if reward is not None:
+            group["reward"] = torch.from_numpy(reward).unsqueeze(-1)
+        out = {GROUP: TensorDict(group, batch_size=(b_n, n)), **flags,
+               "state": torch.from_numpy(self._state.copy()),
+               "distance": torch.from_numpy(self._distance.copy()).reshape(b_n, 1)}
+        return TensorDict(out, batch_size=(b_n,)).to(dev)
+
+    # ------------------------------------------------------------------------------------------- read-outs
+    @property
+    def cohorts(self) -> int:
+        """How many vector envs step this batch (1 unless a partial reset split it)."""
+        return len(self._cohorts)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(num_envs={self.num_envs}, n_robots={self.n_robots}, "
+                f"action_mode={self.config.action_mode!r}, device={self.device})")
+
+
+def torchrl_env(num_envs: int = 1, config=None, device="cpu", seed: int | None = None,
+                **overrides) -> DataGamesTorchRLEnv:
+    """``datagames_env.torchrl_env(num_envs=256)``: the batched core as a TorchRL ``EnvBase`` (module table)."""
+    return DataGamesTorchRLEnv(num_envs, config, device=device, seed=seed, **overrides)
