@@ -35,21 +35,31 @@ SHARED = ROOT.parent / "shared" / "datasets"
 CASES = ("p2p_3", "p2p_40", "dual_500")
 
 
+def _p2p_module():
+    try:  # this layout; a baseline tree may predate datagames_env/scenarios/
+        from datagames_env.scenarios import p2p
+    except ImportError:
+        from datagames_env import p2p
+    return p2p
+
+
 def _make(case: str):
     if case.startswith("p2p"):
-        from datagames_env.scenarios.p2p import load_p2p_config, parallel_env
-
+        p2p = _p2p_module()
         if case == "p2p_3":
             mnist = (SHARED / "MNIST" / "t10k-images-idx3-ubyte.gz").is_file()
-            return parallel_env("p2p_toy", data_dir=str(SHARED)) if mnist else parallel_env("p2p_default")
-        kinds = [r.model_dump() for r in load_p2p_config("p2p_default").robots]
+            return p2p.parallel_env("p2p_toy", data_dir=str(SHARED)) if mnist else p2p.parallel_env("p2p_default")
+        kinds = [r.model_dump() for r in p2p.load_p2p_config("p2p_default").robots]
         robots = [dict(kinds[i % 3]) for i in range(40)]
         for robot in robots:
             robot["initial_labeled"] = {k: max(1, v // 10) for k, v in robot["initial_labeled"].items()}
-        return parallel_env("p2p_default", robots=robots, **{"ood.calibration_size": 10})
-    from datagames_env.scenarios.dual import parallel_env
+        return p2p.parallel_env("p2p_default", robots=robots, **{"ood.calibration_size": 10})
+    try:
+        from datagames_env.scenarios import dual
+    except ImportError:
+        from datagames_env import dual
 
-    return parallel_env("dual_default", n_robots=500, rounds=3)
+    return dual.parallel_env("dual_default", n_robots=500, rounds=3)
 
 
 def run_case(case: str) -> dict:

@@ -153,7 +153,11 @@ class FleetParallelEnv(ParallelEnv):
             gymnasium.logger.warn("render() called without a render_mode; pass one of "
                                   f"{self.metadata['render_modes']}")
             return None
-        return self.scenario.render(self.render_mode)
+        out = self.scenario.render(self.render_mode)
+        if self.render_mode == "human" and isinstance(out, str):  # a text-only scenario: human = print it
+            print(out)
+            return None
+        return out
 
     def close(self) -> None:
         self.scenario.close()

@@ -22,7 +22,8 @@ Member                 Contract
 ``step(actions)``      ``(N, A)`` float64 -> :class:`Transition`; raises before changing any state on bad input
 ``state()``            the global state (privileged where it says so), flat float32
 ``privileged_view()``  oracle-only truth, a dict of arrays
-``render(mode)``       ``ansi`` text, ``rgb_array`` image, or ``human`` (shows it, returns None)
+``render(mode)``       ``ansi`` text, ``rgb_array`` image; ``human``: shows it and returns None, or returns
+                       text that the face prints
 =====================  ============================================================================
 
 Infos have a fixed schema: the same keys at reset and at every step, numbers and arrays only, never NaN.
@@ -81,7 +82,7 @@ class Scenario(abc.ABC):
 
     @abc.abstractmethod
     def render(self, mode: str) -> str | np.ndarray | None:
-        """``ansi``: text; ``rgb_array``: an image; ``human``: show it and return None."""
+        """``ansi``: text; ``rgb_array``: an image; ``human``: show it and return None, or return text to print."""
 
     def close(self) -> None:
         """Release windows or other resources (none by default)."""

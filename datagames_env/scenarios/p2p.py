@@ -741,10 +741,7 @@ class P2PScenario(Scenario):
             lines.append(f"{'robot_' + str(i):<8}  {int(self._cell_counts[i].sum()):>7}  "
                          + "  ".join(f"{a:>{width}.3f}" for a in robot.model.domain_accuracy) + f"  {rare:>11.3f}")
         text = "\n".join(lines)
-        if mode == "human":
-            print(text)
-            return None
-        return text
+        return text  # the face prints it in human mode
 
 
 class P2PParallelEnv(FleetParallelEnv):
