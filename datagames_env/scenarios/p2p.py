@@ -92,6 +92,10 @@ from ..data.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
 __all__ = ["P2PConfig", "P2PParallelEnv", "env", "load_p2p_config", "parallel_env"]
 
+# cumulative per-robot counters in the infos, in the column order of P2PScenario._totals
+TOTALS = ("total_blurred", "total_dropped", "total_passed_private", "total_cached", "total_rare_cached",
+          "total_rare_seen")
+
 METADATA = {"name": "datagames_p2p_v0", "render_modes": ["human", "ansi"], "is_parallelizable": True}
 
 # --------------------------------------------------------------------------------------------------------- config
@@ -363,9 +367,6 @@ class _Robot:
     memory_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # its shared samples
     memory_utilities: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     n_trainings: int = 0
-    totals: dict[str, int] = field(default_factory=lambda: {
-        "total_blurred": 0, "total_dropped": 0, "total_passed_private": 0, "total_cached": 0,
-        "total_rare_cached": 0, "total_rare_seen": 0})
 
 
 # ------------------------------------------------------------------------------------------------------------ env
@@ -518,6 +519,7 @@ class P2PScenario(Scenario):
             robot.stream = self._stream(i, rng, ids | set(calibration.tolist()))
             self._robots.append(robot)
         self._cell_counts = np.stack([self._cells(r) for r in self._robots])
+        self._totals = np.zeros((n, len(TOTALS)), dtype=np.int64)
         self.round_index = 0
         self._last_feedback = np.zeros(n)
         self.last_transmissions = []
@@ -625,6 +627,7 @@ class P2PScenario(Scenario):
                 robot.labeled_features.append(features[take])
                 robot.labeled_labels.append(world.labels[ids[take]])
                 robot.labeled_domains.append(world.domains[ids[take]])
+                np.add.at(self._cell_counts[j], (world.domains[ids[take]], world.labels[ids[take]]), 1)
                 robot.labeled_ids.update(ids[take].tolist())
                 robot.stale = True
                 n_kept[j] = int(take.sum())
@@ -632,14 +635,10 @@ class P2PScenario(Scenario):
         utilities = np.where(kept, votes.reshape(n, k) / np.maximum(n_receivers, 1)[:, None], 0.0).astype(np.float32)
         rare_cached = self._rare[world.domains[cached_ids]].sum(axis=1)
         rare_seen = self._rare[world.domains[self._round_ids]].sum(axis=1)
+        self._totals += np.stack([privacy_counts["n_blurred"], privacy_counts["n_dropped"],
+                                  privacy_counts["n_passed_private"], np.full(n, k), rare_cached, rare_seen], axis=1)
         round_stats = []
-        for i, robot in enumerate(self._robots):  # per-robot counters and info records, no array work
-            for total, count in (("total_blurred", privacy_counts["n_blurred"][i]),
-                                 ("total_dropped", privacy_counts["n_dropped"][i]),
-                                 ("total_passed_private", privacy_counts["n_passed_private"][i]),
-                                 ("total_cached", k), ("total_rare_cached", rare_cached[i]),
-                                 ("total_rare_seen", rare_seen[i])):
-                robot.totals[total] += int(count)
+        for i in range(n):  # per-robot info records, no array work
             round_stats.append({"cached_slots": slots[i].copy(), "sent_mask": sent_mask[i].copy(),
                                 "feedback_utilities": utilities[i].copy(), "n_sent": int(sent_mask[i].sum()),
                                 "n_received": int(n_received[i]), "n_kept": int(n_kept[i]),
@@ -654,7 +653,6 @@ class P2PScenario(Scenario):
                 robot.memory_ids = np.concatenate([robot.memory_ids, cached_ids[i][sent_here]])[-cfg.feedback_memory:]
                 robot.memory_utilities = np.concatenate([robot.memory_utilities,
                                                          utilities[i][sent_here]])[-cfg.feedback_memory:]
-        self._cell_counts = np.stack([self._cells(r) for r in self._robots])
         # 5. retrain on the schedule
         self.round_index += 1
         every = cfg.perception.retrain_every
@@ -693,7 +691,7 @@ class P2PScenario(Scenario):
         n, memory = self.config.n_robots, self.config.feedback_memory
         infos = []
         for i, robot in enumerate(self._robots):
-            totals = dict(robot.totals)
+            totals = dict(zip(TOTALS, self._totals[i].tolist()))
             neighbor_mask = np.zeros(n, dtype=bool)
             neighbor_mask[self.neighbors[i]] = True
             info = {"round": self.round_index, "labeled_size": int(self._cell_counts[i].sum()),
@@ -736,7 +734,7 @@ class P2PScenario(Scenario):
                  f"{'robot':<8}  {'labeled':>7}  " + "  ".join(f"{d:>{width}}" for d in self.domain_names)
                  + "  rare cached"]
         for i, robot in enumerate(self._robots):
-            totals = robot.totals
+            totals = dict(zip(TOTALS, self._totals[i].tolist()))
             rare = totals["total_rare_cached"] / totals["total_cached"] if totals["total_cached"] else 0.0
             lines.append(f"{'robot_' + str(i):<8}  {int(self._cell_counts[i].sum()):>7}  "
                          + "  ".join(f"{a:>{width}.3f}" for a in robot.model.domain_accuracy) + f"  {rare:>11.3f}")
