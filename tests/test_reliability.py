@@ -67,3 +67,81 @@ def test_finite_configs_still_load():
     assert load_config(None, n_robots=3, **{"stream.alpha": 2, "target.total": 1e6}).n_robots == 3
     assert load_dual_config(None, world_seed=None).world_seed is None
     assert load_p2p_config("p2p_default", world_seed=7).world_seed == 7
+
+
+# ------------------------------------------------------------------------------------------------------ privacy
+from datagames_env.data.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches  # noqa: E402
+
+
+def _stamped(n=40, size=8, patch=3, seed=0):
+    x = np.random.default_rng(seed).random((n, 1, size, size)).astype(np.float32) * 0.5
+    return stamp_private_patches(x, 0.5, np.random.default_rng(seed), patch_size=patch)
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.13, 0.3, 1.0])
+def test_privacy_config_rejects_a_blur_too_small_to_hide_the_patch(sigma):
+    with pytest.raises(ConfigError, match="privacy.blur_sigma"):
+        load_dual_config(None, **{"privacy.blur_sigma": sigma, "privacy.private_fraction": 0.2})
+    with pytest.raises(ConfigError, match="privacy.blur_sigma"):
+        load_p2p_config("p2p_default", **{"privacy.blur_sigma": sigma})
+    load_dual_config(None, **{"privacy.blur_sigma": sigma, "privacy.mode": "drop"})  # no blur: nothing to hide
+
+
+def test_privacy_config_minimum_blur_hides_a_unit_patch():
+    # the stated guarantee: a unit-contrast patch on a flat background keeps at most half its contrast
+    for patch in (1, 3, 5):
+        sigma = PrivacyConfig.minimum_blur_sigma(patch)
+        image = np.zeros((1, 1, 8 * patch + 8, 8 * patch + 8), np.float32)
+        top = 4 * patch + 4
+        image[..., top:top + patch, top:top + patch] = 1.0
+        region = np.array([[top, top, top + patch, top + patch]])
+        out = PrivacyFilter("blur", sigma).apply(image, np.array([True]), region)
+        assert out.n_blurred == 1 and out.features[0].max() <= 0.5 + 1e-6
+        PrivacyConfig(blur_sigma=sigma, patch_size=patch)
+        with pytest.raises(ValueError, match="blur_sigma"):
+            PrivacyConfig(blur_sigma=sigma * 0.9, patch_size=patch)
+
+
+@pytest.mark.parametrize("sigma", [0.13, 0.3])
+def test_a_blur_that_does_not_change_the_region_drops_the_sample(sigma):
+    # the finding: sigma <= 0.13 left uploads bit-identical, sigma 0.3 every patch pixel >= 0.9, all counted blurred
+    x, private, regions = _stamped()
+    result = PrivacyFilter("blur", sigma).apply(x, private, regions)
+    assert result.n_blurred == 0 and result.n_dropped == private.sum() == result.n_private
+    np.testing.assert_array_equal(result.kept, ~private)
+    np.testing.assert_array_equal(result.dropped, private)
+    assert not result.blurred.any()
+    assert not result.features[private].any()  # nothing of a dropped sample is handed on
+    np.testing.assert_array_equal(result.sent, x[~private])
+
+
+def test_a_real_blur_is_counted_blurred_and_differs_by_the_margin():
+    x, private, regions = _stamped()
+    f = PrivacyFilter("blur", 3.0)
+    result = f.apply(x, private, regions)
+    assert result.n_blurred == private.sum() and result.n_dropped == 0 and result.kept.all()
+    for i in np.flatnonzero(private):
+        top, left, bottom, right = regions[i]
+        change = np.abs(result.features[i] - x[i])[:, top:bottom, left:right].mean()
+        assert change >= f.min_change
+
+
+@pytest.mark.parametrize("region", [(2, 2, 2, 5), (5, 5, 2, 2), (-3, 0, 2, 2), (0, 0, 9, 9), (6, 6, 20, 20)],
+                         ids=["empty", "inverted", "negative", "too-large", "out-of-bounds"])
+def test_an_invalid_region_drops_the_sample(region):
+    x, _, _ = _stamped(n=2)
+    private = np.array([True, False])
+    regions = np.array([region, (0, 0, 0, 0)])
+    result = PrivacyFilter("blur", 3.0).apply(x, private, regions)
+    assert result.n_dropped == 1 and result.n_blurred == 0
+    np.testing.assert_array_equal(result.kept, [False, True])
+
+
+def test_a_uniform_region_cannot_be_blurred_and_a_patch_may_not_fill_the_image():
+    flat = np.ones((1, 1, 8, 8), np.float32)
+    result = PrivacyFilter("blur", 3.0).apply(flat, np.array([True]), np.array([(0, 0, 8, 8)]))
+    assert result.n_dropped == 1 and not result.kept.any()
+    with pytest.raises(ConfigError, match="privacy.patch_size"):
+        stamp_private_patches(flat, 1.0, np.random.default_rng(0), patch_size=8)
+    constant = np.full((2, 16), 0.3, np.float32)  # a private vector whose "blur" (its mean) changes nothing
+    assert PrivacyFilter("blur").apply(constant, np.array([True, False])).n_dropped == 1
