@@ -145,3 +145,35 @@ def test_a_uniform_region_cannot_be_blurred_and_a_patch_may_not_fill_the_image()
         stamp_private_patches(flat, 1.0, np.random.default_rng(0), patch_size=8)
     constant = np.full((2, 16), 0.3, np.float32)  # a private vector whose "blur" (its mean) changes nothing
     assert PrivacyFilter("blur").apply(constant, np.array([True, False])).n_dropped == 1
+
+
+# -------------------------------------------------------------------------------------------------------- AEC
+import datagames_env  # noqa: E402
+
+SMALL = {"n_robots": 4, "rounds": 3, "obs_per_round": 50, "n_cache": 2}
+
+
+def _aec_episode(env, bad_turns=()):
+    """Play an episode with fixed actions; at each (round, agent) in bad_turns first try a NaN / wrong shape."""
+    env.reset(seed=3)
+    rewards, turn = [], 0
+    for agent in env.agent_iter():
+        _obs, reward, term, trunc, _ = env.last()
+        rewards.append(reward)
+        if term or trunc:
+            env.step(None)
+            continue
+        width = env.action_space(agent).shape[0]
+        if turn in bad_turns:
+            for bad in (np.full(width, np.nan), np.zeros(width + 1), np.full(width, np.inf)):
+                with pytest.raises(ValueError, match=agent):
+                    env.step(bad)
+        env.step(np.linspace(0, 1, width))
+        turn += 1
+    return rewards
+
+
+def test_aec_rejects_a_bad_action_at_its_own_turn_and_stays_usable():
+    clean = _aec_episode(datagames_env.env(**SMALL))
+    # robot_0 (first turn), a middle robot and the last robot of a round, each rejected at its own turn
+    assert _aec_episode(datagames_env.env(**SMALL), bad_turns=(0, 5, 7, 8)) == clean
