@@ -177,3 +177,108 @@ def test_aec_rejects_a_bad_action_at_its_own_turn_and_stays_usable():
     clean = _aec_episode(datagames_env.env(**SMALL))
     # robot_0 (first turn), a middle robot and the last robot of a round, each rejected at its own turn
     assert _aec_episode(datagames_env.env(**SMALL), bad_turns=(0, 5, 7, 8)) == clean
+
+
+# ------------------------------------------------------------------------------- batched core: ledger, atomic step
+import copy  # noqa: E402
+
+from datagames_env.core import batched as batched_module  # noqa: E402
+from datagames_env.core.batched import BatchedCore, _VersionTable  # noqa: E402
+from datagames_env.scenarios.cloud_game import CloudGameObjective  # noqa: E402
+
+
+def _core(num_envs=2, **overrides):
+    cfg = load_config(None, **{**SMALL, **overrides})
+    core = BatchedCore(cfg, CloudGameObjective, num_envs=num_envs)
+    core.reset(list(range(num_envs)))
+    return core
+
+
+def _actions(core, seed):
+    width = core.n_classes if core.cfg.action_mode == "allocation" else core.cfg.obs_per_round
+    return np.random.default_rng(seed).random((core.num_envs, core.n_robots, width))
+
+
+def _fingerprint(value):
+    """Everything a core holds, as comparable data (arrays by content, generators by state)."""
+    if isinstance(value, np.ndarray):
+        return ("array", value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, np.random.Generator):
+        return ("rng", repr(value.bit_generator.state))
+    if isinstance(value, _VersionTable):
+        return ("versions", _fingerprint({k: v for k, v in vars(value).items() if k != "_derived"}))
+    if isinstance(value, dict):
+        return ("dict", tuple((k, _fingerprint(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return ("seq", tuple(_fingerprint(v) for v in value))
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return value
+    return ("object", id(value))  # config, world, objective, model versions: shared, never replaced by a step
+
+
+def test_ledger_grows_with_the_rounds_played_not_the_rounds_configured():
+    core = _core(rounds=10**6)
+    ledger_bytes = core.ledger_ids.nbytes + core.ledger_labels.nbytes + core.ledger_predicted.nbytes
+    assert ledger_bytes < 10_000  # was rounds * B * N * n_cache * 24 bytes (192 MB here) at reset
+    for r in range(20):
+        core.step(_actions(core, r))
+    assert core.ledger_ids.shape[1] < 64 and len(core.ledger(1)["sample_id"]) == 20 * 4 * 2
+
+
+def test_ledger_growth_keeps_results_bit_identical():
+    def play(preallocate):
+        core = _core(rounds=40, **{"perception.retrain_every": 3})
+        if preallocate:  # the old behaviour: every round's rows at reset
+            core._grow_ledger(core.cfg.rounds)
+        out = [core.step(_actions(core, r)).rewards for r in range(40)]
+        return out, core.ledger(0), core.cloud_ids(1)
+
+    lazy, full = play(False), play(True)  # lazy: grown 8 -> 16 -> 32 -> 40 rows
+    for a, b in zip(lazy[0], full[0]):
+        np.testing.assert_array_equal(a, b)
+    for key in lazy[1]:
+        np.testing.assert_array_equal(lazy[1][key], full[1][key])
+    np.testing.assert_array_equal(lazy[2], full[2])
+
+
+class _Injected(RuntimeError):
+    pass
+
+
+def _fail(*_args, **_kwargs):
+    raise _Injected("injected fault")
+
+
+# (what to break, overrides): retraining, the objective, drift, the upload kernel, the observation of next round
+FAULTS = [
+    ("_assign_models", {"perception.retrain_every": 1}),
+    ("objective.rewards", {}),
+    ("_drift_mixes", {"stream.drift": 0.3}),
+    ("kernels.add_uploads", {}),
+    ("_observe_round", {"action_mode": "selection"}),
+    ("world.perception.test_accuracy", {"final_accuracy": True, "rounds": 1}),
+]
+
+
+@pytest.mark.parametrize("target, overrides", FAULTS, ids=[t for t, _ in FAULTS])
+def test_a_fault_inside_a_step_leaves_the_core_exactly_as_it_was(monkeypatch, target, overrides):
+    core, clean = _core(**overrides), _core(**overrides)
+    if core.cfg.rounds > 1:
+        core.step(_actions(core, 0)), clean.step(_actions(clean, 0))
+    before = _fingerprint(vars(core))
+    owner, _, name = target.rpartition(".")
+    obj = {"": core, "objective": core.objective, "kernels": batched_module.kernels,
+           "world.perception": core.world.perception}[owner]
+    with monkeypatch.context() as patch:
+        patch.setattr(obj, name, _fail)
+        with pytest.raises(_Injected):
+            core.step(_actions(core, 1))
+    assert _fingerprint(vars(core)) == before
+    # and it continues exactly as a core that never saw the fault
+    while True:
+        a, b = core.step(_actions(core, 1)), clean.step(_actions(clean, 1))
+        np.testing.assert_array_equal(a.rewards, b.rewards)
+        np.testing.assert_array_equal(a.uploaded_ids, b.uploaded_ids)
+        if a.terminated:
+            break
+    np.testing.assert_array_equal(core.observations(), clean.observations())
