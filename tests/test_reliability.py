@@ -282,3 +282,42 @@ def test_a_fault_inside_a_step_leaves_the_core_exactly_as_it_was(monkeypatch, ta
         if a.terminated:
             break
     np.testing.assert_array_equal(core.observations(), clean.observations())
+
+
+# ------------------------------------------------------------------------------------------------ input size
+import gzip  # noqa: E402
+import struct  # noqa: E402
+
+from datagames_env.data.datasets import DatasetError, from_arrays, read_idx  # noqa: E402
+
+
+@pytest.mark.parametrize("label", [2**40, 10**8, 2**62])
+def test_a_huge_label_without_class_names_is_a_clear_error(label):
+    with pytest.raises(DatasetError, match=r"big: labels go up to .* but there are 3 samples"):
+        from_arrays(np.zeros((3, 4)), np.array([0, 1, label]), name="big")
+
+
+def test_a_gzip_bomb_idx_file_is_refused_after_reading_its_header(tmp_path):
+    path = tmp_path / "bomb-labels-idx1-ubyte.gz"
+    # a 10-label file followed by 256 MiB of zeros: compresses to ~250 kB
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        f.write(struct.pack(">BBBBI", 0, 0, 0x08, 1, 10) + bytes(10))
+        chunk = bytes(1 << 20)
+        for _ in range(256):
+            f.write(chunk)
+    with pytest.raises(DatasetError, match="longer than its header says"):
+        read_idx(path)
+    huge = tmp_path / "huge-images-idx3-ubyte.gz"  # a header that announces 2**32 * 2**16 bytes
+    with gzip.open(huge, "wb") as f:
+        f.write(struct.pack(">BBBBIII", 0, 0, 0x08, 3, 2**32 - 1, 256, 256))
+    with pytest.raises(DatasetError, match="huge-images.*announces"):
+        read_idx(huge)
+
+
+def test_read_idx_still_reads_plain_and_gzip_files(tmp_path):
+    values = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    raw = struct.pack(">BBBBIII", 0, 0, 0x08, 3, 2, 3, 4) + values.tobytes()
+    (tmp_path / "a").write_bytes(raw)
+    (tmp_path / "b.gz").write_bytes(gzip.compress(raw))
+    for name in ("a", "b.gz"):
+        np.testing.assert_array_equal(read_idx(tmp_path / name), values)
