@@ -321,3 +321,49 @@ def test_read_idx_still_reads_plain_and_gzip_files(tmp_path):
     (tmp_path / "b.gz").write_bytes(gzip.compress(raw))
     for name in ("a", "b.gz"):
         np.testing.assert_array_equal(read_idx(tmp_path / name), values)
+
+
+# ------------------------------------------------------------------------------------------------------ solvers
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import cvxpy  # noqa: E402
+
+from baselines.solvers import loss_value, solve_greedy, solve_interactive, solve_oracle  # noqa: E402
+
+
+def _instance(seed, n_robots, n_classes):
+    rng = np.random.default_rng(seed)
+    P = rng.random((n_robots, n_classes, n_classes))
+    P[rng.random((n_robots, 1, n_classes)).repeat(n_classes, 1) < 0.2] = 0.0  # some predictions unavailable
+    P /= np.maximum(P.sum(axis=1, keepdims=True), 1e-300)
+    cloud = rng.random(n_classes) * 20
+    return P, cloud, cloud + rng.random(n_classes) * 60
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), n_robots=st.integers(1, 4), n_classes=st.integers(2, 5),
+       log_n_cache=st.floats(0, 17), with_available=st.booleans())
+def test_solvers_stay_exact_at_huge_budgets(seed, n_robots, n_classes, log_n_cache, with_available):
+    """Against the cvxpy reference, at any budget up to 1e17: the found loss matches it and never exceeds the loss
+    of doing nothing (native returned zeros from 1e15 and was inexact from 1e12; cvxpy was worse than nothing at
+    1e8)."""
+    P, cloud, target = _instance(seed, n_robots, n_classes)
+    n_cache = 10.0 ** log_n_cache
+    available = np.full((n_robots, n_classes), 1e18) if with_available else None
+    nothing = float(np.linalg.norm(target - cloud))
+    tol = 1e-6 * max(1.0, nothing)
+    native = solve_oracle(P, cloud, target, n_cache, available, backend="native")
+    assert np.isfinite(native).all() and (native >= 0).all() and (native.sum(axis=1) <= n_cache).all()
+    found = loss_value(P, native, cloud, target)
+    try:  # the reference where it is valid: CLARABEL at 1e-12 now and then stops with a solver error
+        reference = loss_value(P, solve_oracle(P, cloud, target, n_cache, available, backend="cvxpy"), cloud, target)
+    except cvxpy.error.SolverError:
+        reference = found
+    assert reference <= nothing + tol and abs(found - reference) <= tol
+    interactive = solve_interactive(P, cloud, target, n_cache, available).actions
+    assert found - tol <= loss_value(P, interactive, cloud, target) <= nothing + tol
+    greedy = solve_greedy(P, cloud, target, n_cache, available)
+    for i in range(n_robots):  # each robot alone is no worse than uploading nothing
+        alone = loss_value(P[i:i + 1], greedy[i:i + 1], cloud, target)
+        assert alone <= nothing + tol
