@@ -610,7 +610,7 @@ def test_message_sweeps_announce_intents_and_execute_once_per_round():
     np.testing.assert_array_equal(first[:, 8 * c:10 * c], 0.0)  # no messages before the first sweep
     assert (first[:, -1] == 1.0).all()  # sweeps left
     # what the robots would read after announcing these shares: the others' summed intents, from their own infos
-    infos = par._infos()
+    infos = dict(zip(env.possible_agents, par._infos()))
     shares = np.random.default_rng(0).random((SMALL["n_robots"], c))
     counts = upload_counts(shares, np.stack([infos[a]["available"] for a in env.possible_agents]), SMALL["n_cache"])
     feasible = np.stack([infos[a]["feasible_matrix"] for a in env.possible_agents])

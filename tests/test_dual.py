@@ -69,7 +69,7 @@ def test_observation_contract():
         assert o[lay["mean_coverage"]][0] == pytest.approx(cov.mean(), abs=1e-6)
     # fresh arrays every call: mutating one observation changes nothing the env holds
     obs["robot_0"][:] = 0
-    assert np.any(env._observations()["robot_0"] != 0)
+    assert np.any(env._observation_matrix()[0] != 0)
 
 
 def test_two_stages_only_labeled_samples_train_the_model():

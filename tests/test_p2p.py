@@ -407,3 +407,15 @@ def test_eval_cli_writes_results(tmp_path):
     assert main(["p2p", "eval", "--policies", "nope", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     (out / "summary.md").unlink()
     assert main(["p2p", "report", str(out)]) == 0 and (out / "summary.md").is_file()  # rebuilt from results.json
+
+
+def test_warm_started_retraining_fine_tunes_the_current_model():
+    warm = P2PParallelEnv("p2p_default", **{**SMALL, "perception.warm_start": True, "perception.retrain_steps": 5})
+    warm.reset(seed=0)
+    before = [r.model.classifiers[0] for r in warm._robots]
+    warm.step(_random_actions(warm, np.random.default_rng(0)))
+    retrained = [i for i, r in enumerate(warm._robots) if r.n_trainings]
+    assert retrained  # receivers kept something and retrained
+    for i in retrained:
+        after = warm._robots[i].model.classifiers[0]
+        assert after is not before[i] and torch.equal(after.input_mean, before[i].input_mean)  # continued from it

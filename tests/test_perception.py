@@ -396,3 +396,29 @@ def test_batched_training_runs_under_no_grad(digits):
     assert torch.is_grad_enabled()
     assert all(m.trained for m in models)
     assert models[1].accuracy(x[400:800], y[400:800]) > 0.3  # it learned (chance: 0.1)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_warm_start_continues_from_the_given_weights(digits, kind):
+    # a fine-tuning starts where the previous model is (its weights and input standardisation), for `steps` steps
+    if kind == "mlp":
+        x, y = digits
+        first_set, grown = (x[:200], y[:200]), (x[:600], y[:600])
+    else:
+        x, y = synthetic_images(300, seed=2)
+        first_set, grown = (x[:100], y[:100]), (x[:300], y[:300])
+    cfg = PerceptionConfig(model=kind, train_steps=40, batch_size=64)
+    first = train_classifier(*first_set, 10, cfg, 3)
+    still = train_classifiers([grown[0]], [grown[1]], 10, cfg.model_copy(update={"lr": 1e-12}), [9], init=[first],
+                              steps=5)[0]
+    assert _max_weight_gap(still, first) < 1e-6  # no learning rate: the warm start is the previous model
+    assert torch.equal(still.input_mean, first.input_mean) and torch.equal(still.input_scale, first.input_scale)
+    assert still.model is not first.model  # a copy: the previous model is left as it was
+    tuned = train_classifiers([grown[0], grown[0]], [grown[1], grown[1]], 10, cfg, [9, 9], init=[first, first],
+                              steps=5)
+    cold = train_classifiers([grown[0]], [grown[1]], 10, cfg, [9], steps=5)[0]
+    assert _max_weight_gap(tuned[0], tuned[1]) < 1e-5 and _max_weight_gap(tuned[0], first) > 0
+    assert _max_weight_gap(cold, first) > 0.01  # a fresh start is elsewhere
+    assert tuned[0].accuracy(*grown) > cold.accuracy(*grown)  # 5 steps from a trained model beat 5 from scratch
+    with pytest.raises(ValueError, match="one classifier per model"):
+        train_classifiers([grown[0]], [grown[1]], 10, cfg, [9], init=[first, first])

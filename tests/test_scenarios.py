@@ -62,8 +62,16 @@ def test_registry_has_parallel_and_aec(name):
     par = pettingzoo.make("parallel", REGISTRY[name], config=config, **small)
     aec = pettingzoo.make("aec", REGISTRY[name], config=config, **small)
     assert type(par) is CLASSES[name] and type(aec.unwrapped) is CLASSES[name]
-    module = importlib.import_module(datagames_env.scenarios.SCENARIOS[name])
+    info = datagames_env.scenarios.SCENARIOS[name]
+    module = importlib.import_module(info.module)
     assert callable(module.env) and callable(module.parallel_env)
+    # one face over one Scenario object: the named env class adds no behaviour of its own
+    from datagames_env.faces.base import FleetParallelEnv
+    from datagames_env.scenarios.base import Scenario
+
+    assert isinstance(par, FleetParallelEnv) and type(par.scenario) is getattr(module, info.scenario_class)
+    assert isinstance(par.scenario, Scenario) and par.metadata["name"] == aec.metadata["name"]
+    assert {k for k in vars(CLASSES[name]) if not k.startswith("__")} == {"scenario_class"}
 
 
 # ------------------------------------------------------------------------------------ PettingZoo test suite

@@ -128,6 +128,25 @@ class Dataset:
     def is_image(self) -> bool:
         return self.features.ndim == 4
 
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """How a sample looks as an image (privacy patches, conv nets): images as they are, square vectors
+        (digits: 64 = 8x8) as 1-channel images, anything else None."""
+        if self.is_image:
+            return self.feature_shape  # type: ignore[return-value]
+        side = math.isqrt(self.feature_shape[0])
+        return (1, side, side) if side * side == self.feature_shape[0] else None
+
+    def as_images(self) -> Dataset:
+        """The same samples as ``(n, C, H, W)`` images (see :attr:`image_shape`)."""
+        if self.is_image:
+            return self
+        shape = self.image_shape
+        if shape is None:
+            raise DatasetError(f"dataset {self.name!r}: vectors of length {self.feature_shape[0]} are not square images")
+        return Dataset(self.name, np.ascontiguousarray(self.features.reshape(self.n_samples, *shape)), self.labels,
+                       self.class_names)
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> Dataset:
         """The samples at ``indices`` (integer indices, or a boolean mask of length ``n_samples``), same classes."""
         index_array = np.asarray(indices)
@@ -412,13 +431,20 @@ _CIFAR_META = "batches.meta"
 _ALIASES = {"fashionmnist": "fashion_mnist", "fmnist": "fashion_mnist", "cifar_10": "cifar10", "cifar": "cifar10"}
 
 
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]  # a source checkout's root (configs' relative data_dir)
+
+
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The data directory: ``data_dir`` if given, else ``$DATAGAMES_DATA_DIR``, else the per-user cache folder.
+    """The data directory: ``data_dir`` if given (a relative one is tried from the working directory, then from
+    the project root), else ``$DATAGAMES_DATA_DIR``, else the per-user cache folder.
 
     Nothing is created here; :func:`download_dataset` creates folders when it writes.
     """
     if data_dir is not None and str(data_dir) != "":
-        return Path(data_dir).expanduser()
+        path = Path(data_dir).expanduser()
+        if not path.is_absolute() and not path.is_dir() and (_PROJECT_ROOT / path).is_dir():
+            return _PROJECT_ROOT / path  # the shipped configs' ../shared/datasets, from any working directory
+        return path
     from_env = os.environ.get(DATA_DIR_ENV_VAR, "").strip()
     if from_env:
         return Path(from_env).expanduser()

@@ -7,6 +7,8 @@ Name                       What it is
                            an explicit matrix, Dirichlet, rare specialists)
 ``drift_mixes``            one round of drift: ``(1 - drift) * mixes + drift * Dirichlet(alpha)`` fresh mixes
 ``draw_initial_cloud``     dataset rows of an initial cloud: a (Dirichlet-skewed or given) class mix, drawn per class
+``draw_domain_stream``     one robot's stream over visual domains (p2p): ``(rounds, obs_per_round)`` pool ids with
+                           exact per-round domain quotas
 =========================  ==========================================================================================
 
 All randomness comes from the ``numpy.random.Generator`` passed in: a scenario owns its generators (seeding).
@@ -20,7 +22,7 @@ import numpy as np
 
 from ..config import ConfigError, StreamConfig
 
-__all__ = ["draw_class_mixes", "draw_initial_cloud", "drift_mixes"]
+__all__ = ["draw_class_mixes", "draw_domain_stream", "draw_initial_cloud", "drift_mixes"]
 
 
 def draw_class_mixes(stream: StreamConfig, n_robots: int, n_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -78,3 +80,31 @@ def draw_initial_cloud(rng: np.random.Generator, size: int, alpha: float, propor
                               "cloud from")
         chosen.append(rng.choice(members, size=k, replace=k > len(members)))  # size 0 draws nothing
     return pool[np.concatenate(chosen).astype(np.int64)]
+
+
+def draw_domain_stream(shares: np.ndarray, pools: Sequence[np.ndarray], rounds: int, obs_per_round: int,
+                       rng: np.random.Generator, exclude: np.ndarray, who: str = "robot",
+                       domain_names: Sequence[str] | None = None) -> np.ndarray:
+    """Pool ids one robot observes, ``(rounds, obs_per_round)``: ``shares`` (D,) of its rounds per domain as exact
+    per-round quotas (largest remainder), each domain's ``pools[d]`` (minus ``exclude``) consumed along a seeded
+    permutation, wrapping only when the pool is exhausted; each round's samples in a random order."""
+    shares = np.asarray(shares, dtype=np.float64) / np.sum(shares)
+    raw = shares * obs_per_round
+    quotas = np.floor(raw).astype(int)
+    quotas[np.argsort(-(raw - quotas), kind="stable")[: obs_per_round - quotas.sum()]] += 1
+    per_domain = []
+    for d, pool in enumerate(pools):
+        if quotas[d] == 0:
+            per_domain.append(np.zeros((rounds, 0), dtype=np.int64))
+            continue
+        pool = pool[~np.isin(pool, exclude)]
+        if len(pool) == 0:
+            name = domain_names[d] if domain_names is not None else str(d)
+            raise ConfigError(f"{who}: domain '{name}' has no samples left after its initial labeled set")
+        need = rounds * quotas[d]
+        order = np.concatenate([rng.permutation(pool) for _ in range(-(-need // len(pool)))])[:need]
+        per_domain.append(order.reshape(rounds, quotas[d]))
+    stream = np.empty((rounds, obs_per_round), dtype=np.int64)
+    for r in range(rounds):
+        stream[r] = rng.permutation(np.concatenate([p[r] for p in per_domain]))
+    return stream

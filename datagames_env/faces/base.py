@@ -1,42 +1,110 @@
-"""What every scenario's PettingZoo parallel env shares: robot names, spaces, seeding and action checks.
+"""The one PettingZoo parallel face of every scenario: :class:`FleetParallelEnv` over a
+:class:`~datagames_env.scenarios.base.Scenario`.
 
 =====================  ============================================================================
 Agents                 ``robot_0 ... robot_{N-1}``; ``agents`` is every robot during an episode, empty after it
-Spaces                 one ``Box`` object per agent, returned by every call (PettingZoo compares them)
+Spaces                 one ``Box`` object per agent, returned by every call (PettingZoo compares them):
+                       the scenario's observation bounds, actions ``Box(0, 1, (A,), float32)``
 Seeding                ``reset(seed)`` restarts a seed sequence, so later ``reset()`` calls without a seed are
                        reproducible too; a negative seed is an error
 Actions                a dict with one array per active robot; a missing / unknown robot, a wrong shape or NaN /
                        inf raise ``ValueError`` naming the robot, before any state changes
+Episode end            the scenario's last round terminates every robot (never a truncation); ``agents`` empties
+Read-outs              ``obs_layout``, ``state()``, ``privileged_view()``; anything else the scenario offers
+                       (``env.core``, ``env.ledger()``, ``env.cloud()``, ...) is reached through the face
 =====================  ============================================================================
+
+The scenarios' classes (``DataGamesParallelEnv``, ``P2PParallelEnv``, ``DualParallelEnv``) are this face with
+their ``scenario_class`` set: constructors by name, no behaviour of their own.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
+from ..scenarios.base import Scenario
+
 __all__ = ["FleetParallelEnv"]
 
 
 class FleetParallelEnv(ParallelEnv):
-    """Base of the scenarios' parallel envs (see the module docstring); subclasses call :meth:`_init_fleet`."""
+    """PettingZoo parallel env over one scenario (see the module docstring)."""
 
-    def _init_fleet(self, n_robots: int, low: np.ndarray, high: np.ndarray, action_width: int) -> None:
-        self.possible_agents = [f"robot_{i}" for i in range(n_robots)]
+    scenario_class: type[Scenario] | None = None
+
+    def __init__(self, config: Any = None, render_mode: str | None = None, max_cycles: int | None = None,
+                 scenario: Scenario | None = None, **overrides: Any) -> None:
+        if scenario is None:
+            if self.scenario_class is None:
+                raise TypeError("FleetParallelEnv needs a scenario object, or use a scenario's parallel_env()")
+            if max_cycles is not None:  # PettingZoo's name for the episode length (max_cycles_test, registry)
+                overrides["rounds"] = max_cycles
+            scenario = self.scenario_class(config, **overrides)
+        elif config is not None or overrides or max_cycles is not None:
+            raise TypeError("pass either a scenario object or a config with overrides, not both")
+        self.scenario = scenario
+        self.metadata = scenario.metadata
+        modes = self.metadata["render_modes"]
+        if render_mode is not None and render_mode not in modes:
+            raise ValueError(f"render_mode must be one of {modes} or None, got {render_mode!r}")
+        self.render_mode = render_mode
+        self.config = scenario.config
+        self.possible_agents = [f"robot_{i}" for i in range(scenario.n_robots)]
         self.agents: list[str] = []
         self._index = {a: i for i, a in enumerate(self.possible_agents)}
-        self._action_width = int(action_width)
-        self._observation_spaces = {a: spaces.Box(low, high, dtype=np.float32) for a in self.possible_agents}
-        self._action_spaces = {a: spaces.Box(0.0, 1.0, (self._action_width,), dtype=np.float32)
-                               for a in self.possible_agents}
+        low, high = scenario.observation_low, scenario.observation_high
+        self.observation_spaces = {a: spaces.Box(low, high, dtype=np.float32) for a in self.possible_agents}
+        self.action_spaces = {a: spaces.Box(0.0, 1.0, (scenario.action_width,), dtype=np.float32)
+                              for a in self.possible_agents}
+        if hasattr(scenario, "state_space"):
+            self.state_space = scenario.state_space
         self._next_seed_rng = np.random.default_rng()
 
+    def __getattr__(self, name: str) -> Any:
+        # scenario read-outs (env.core, env.ledger(), env.cloud(), ...); only called for names the face lacks
+        if name == "scenario" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.scenario, name)
+
+    # ------------------------------------------------------------------------------------------------ spaces
     def observation_space(self, agent: str) -> spaces.Box:
-        return self._observation_spaces[agent]
+        return self.observation_spaces[agent]
 
     def action_space(self, agent: str) -> spaces.Box:
-        return self._action_spaces[agent]
+        return self.action_spaces[agent]
+
+    @property
+    def obs_layout(self) -> dict[str, slice]:
+        return dict(self.scenario.obs_layout)
+
+    # -------------------------------------------------------------------------------------------------- loop
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        observations, infos = self.scenario.reset(self._next_episode_seed(seed))
+        self.agents = list(self.possible_agents)
+        if self.render_mode == "human":
+            self.render()
+        return self._per_agent(observations), self._per_agent(infos)
+
+    def step(self, actions: dict):
+        transition = self.scenario.step(self._action_matrix(actions))
+        agents = list(self.agents)
+        observations = self._per_agent(transition.observations)
+        infos = self._per_agent(transition.infos)
+        rewards = {a: float(transition.rewards[self._index[a]]) for a in agents}
+        terminations = {a: bool(transition.terminated) for a in agents}
+        truncations = {a: False for a in agents}
+        if transition.terminated:
+            self.agents = []
+        if self.render_mode == "human":
+            self.render()
+        return observations, rewards, terminations, truncations, infos
+
+    def _per_agent(self, rows) -> dict[str, Any]:
+        return {a: rows[self._index[a]] for a in self.agents}
 
     def _next_episode_seed(self, seed: int | None) -> int:
         """The seed of the episode ``reset(seed)`` starts: ``seed``, or the next of the sequence the last seeded
@@ -49,7 +117,7 @@ class FleetParallelEnv(ParallelEnv):
             raise ValueError(f"seed must be a non-negative integer, got {seed}")
         return int(seed)
 
-    def _action_matrix(self, actions: dict, what: str, check_finite: bool = True) -> np.ndarray:
+    def _action_matrix(self, actions: dict) -> np.ndarray:
         """``(n_robots, action_width)`` float64, row i robot i's action; every check names the robot at fault."""
         if not self.agents:
             raise RuntimeError("step() called before reset() or after the episode ended: call reset()")
@@ -59,13 +127,33 @@ class FleetParallelEnv(ParallelEnv):
         missing = [a for a in self.agents if a not in actions]
         if missing:
             raise ValueError(f"missing actions for {missing}: every robot acts every round")
-        width = self._action_width
+        width = self.scenario.action_width
         matrix = np.empty((len(self.possible_agents), width))
         for agent in self.agents:  # a dict of arrays in, one matrix out
             row = np.asarray(actions[agent], dtype=np.float64)
             if row.shape != (width,):
-                raise ValueError(f"{agent}: action must have shape ({width},) ({what}), got {row.shape}")
-            if check_finite and not np.isfinite(row).all():
+                raise ValueError(f"{agent}: action must have shape ({width},) ({self.scenario.action_meaning}), "
+                                 f"got {row.shape}")
+            if self.scenario.checks_finite and not np.isfinite(row).all():
                 raise ValueError(f"{agent}: action contains NaN or inf: {row}")
             matrix[self._index[agent]] = row
         return matrix
+
+    # -------------------------------------------------------------------------------------- global / render
+    def state(self) -> np.ndarray:
+        return self.scenario.state()
+
+    def privileged_view(self) -> dict[str, Any]:
+        """Oracle-only truth (see the scenario's docstring). Policies that read it are oracles."""
+        return self.scenario.privileged_view()
+
+    def render(self):
+        if self.render_mode is None:
+            import gymnasium
+            gymnasium.logger.warn("render() called without a render_mode; pass one of "
+                                  f"{self.metadata['render_modes']}")
+            return None
+        return self.scenario.render(self.render_mode)
+
+    def close(self) -> None:
+        self.scenario.close()

@@ -31,14 +31,14 @@ from .aec import FleetAECEnv
 __all__ = ["REGISTRY_IDS", "aec_of", "env", "parallel_env"]
 
 # registry id -> scenario name
-REGISTRY_IDS = {"datagames/DataGames-v0": "datagames", "datagames/P2P-v0": "p2p", "datagames/Dual-v0": "dual"}
+REGISTRY_IDS = {info.registry_id: name for name, info in SCENARIOS.items()}
 
 
 def parallel_env(config: Any = None, **kwargs: Any):
     """The parallel env of the config's scenario (``scenario`` key; default ``datagames``)."""
     name = scenario_of(config, **{k: v for k, v in kwargs.items() if k == "scenario"})
     kwargs.pop("scenario", None)  # the config object carries it
-    return importlib.import_module(SCENARIOS[name]).parallel_env(config, **kwargs)
+    return importlib.import_module(SCENARIOS[name].module).parallel_env(config, **kwargs)
 
 
 def aec_of(parallel) -> Any:
@@ -62,5 +62,5 @@ def register_all() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # re-imports re-register the same ids
         for env_id, name in REGISTRY_IDS.items():
-            register("parallel", env_id, f"{SCENARIOS[name]}:parallel_env")
-            register("aec", env_id, f"{SCENARIOS[name]}:env")
+            register("parallel", env_id, f"{SCENARIOS[name].module}:parallel_env")
+            register("aec", env_id, f"{SCENARIOS[name].module}:env")

@@ -29,9 +29,9 @@ LOG_WIDTH = 200  # console width when the output is not a terminal (logs, CI): r
 def scenario_aliases() -> dict[str, str]:
     """``datagames p2p eval ...`` = ``datagames eval`` with the scenario's default config: every scenario but the
     cloud game (whose default config is the CLI's default) is an alias."""
-    from .reports import REPORTERS, reporter
+    from ..scenarios import SCENARIOS
 
-    return {name: reporter(name).default_config for name in REPORTERS if name != "datagames"}
+    return {name: info.default_config for name, info in SCENARIOS.items() if name != "datagames"}
 
 
 def make_console(stderr: bool = False):

@@ -35,6 +35,7 @@ work runs and restores the caller's setting afterwards.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import math
 from collections import OrderedDict
@@ -298,6 +299,7 @@ class _TrainingJob:
     input_scale: torch.Tensor
     batches: torch.Tensor | None  # (steps, batch_size) row indices; None: the whole set at every step
     generator: torch.Generator  # continues after the minibatch plan (dropout masks)
+    steps: int                  # Adam steps
 
     @property
     def n(self) -> int:
@@ -305,7 +307,10 @@ class _TrainingJob:
 
 
 def _prepare_training(features: np.ndarray, labels: np.ndarray, n_classes: int, cfg: PerceptionConfig,
-                      seed: int) -> _TrainingJob:
+                      seed: int, init: Classifier | None = None, steps: int | None = None) -> _TrainingJob:
+    """``init``: continue from that classifier's weights and input standardisation (a warm start: the features
+    its weights were fitted on keep their meaning) instead of a fresh seeded initialisation; ``steps``: Adam steps
+    (default ``cfg.train_steps``)."""
     features = np.asarray(features, dtype=np.float32)
     labels = np.asarray(labels)
     if features.ndim not in (2, 4):
@@ -315,13 +320,19 @@ def _prepare_training(features: np.ndarray, labels: np.ndarray, n_classes: int, 
     if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
         raise ValueError(f"labels must lie in [0, {n_classes}), got range [{labels.min()}, {labels.max()}]")
     init_seed, batch_seed = _derived_seeds(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed)
-        model = build_model(features.shape[1:], n_classes, cfg)
     x = torch.from_numpy(np.ascontiguousarray(features))
-    input_mean, input_scale = _input_standardisation(x)
+    if init is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model = build_model(features.shape[1:], n_classes, cfg)
+        input_mean, input_scale = _input_standardisation(x)
+    else:
+        if init.n_classes != n_classes:
+            raise ValueError(f"warm start from a {init.n_classes}-class classifier for {n_classes} classes")
+        model = copy.deepcopy(init.model)
+        input_mean, input_scale = init.input_mean, init.input_scale
     n = len(features)
-    steps, batch_size = cfg.train_steps, cfg.batch_size
+    steps, batch_size = (cfg.train_steps if steps is None else int(steps)), cfg.batch_size
     batches: torch.Tensor | None = None
     generator = torch.Generator().manual_seed(batch_seed)
     if n > batch_size:
@@ -330,7 +341,7 @@ def _prepare_training(features: np.ndarray, labels: np.ndarray, n_classes: int, 
         order = torch.cat([torch.randperm(n, generator=generator) for _ in range(n_epochs)])
         batches = order[: steps * batch_size].view(steps, batch_size)
     return _TrainingJob(model, (x - input_mean) / input_scale if n else x, torch.from_numpy(labels.astype(np.int64)),
-                        input_mean, input_scale, batches, generator)
+                        input_mean, input_scale, batches, generator, steps)
 
 
 def _train_classifier(features: np.ndarray, labels: np.ndarray, n_classes: int, cfg: PerceptionConfig,
@@ -342,12 +353,12 @@ def _train_classifier(features: np.ndarray, labels: np.ndarray, n_classes: int, 
 
 
 def _fit(job: _TrainingJob, cfg: PerceptionConfig, dropout: float) -> None:
-    """Train one job's model in place: ``cfg.train_steps`` Adam steps on its minibatch plan."""
+    """Train one job's model in place: ``job.steps`` Adam steps on its minibatch plan."""
     model, x, y, generator = job.model, job.x, job.y, job.generator
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
     keep = 1.0 - dropout
-    for step in range(cfg.train_steps):
+    for step in range(job.steps):
         if job.batches is None:
             xb, yb = x, y
         else:
@@ -365,7 +376,8 @@ def _fit(job: _TrainingJob, cfg: PerceptionConfig, dropout: float) -> None:
 
 
 def train_classifiers(features: list[np.ndarray], labels: list[np.ndarray], n_classes: int, cfg: PerceptionConfig,
-                      seeds: list[int], max_threads: int | None = None, dropout: float = 0.0) -> list[Classifier]:
+                      seeds: list[int], max_threads: int | None = None, dropout: float = 0.0,
+                      init: list[Classifier] | None = None, steps: int | None = None) -> list[Classifier]:
     """Train several classifiers of one architecture at once. MLPs train as ONE batched model: the weights are
     stacked along a leading model axis, the forward pass is batched matrix products (``baddbmm``;
     :func:`_stacked_logits`), the loss is the sum of the models' mean cross-entropies (so each model gets exactly its own gradient) and one
@@ -377,17 +389,24 @@ def train_classifiers(features: list[np.ndarray], labels: list[np.ndarray], n_cl
     in size (shorter minibatches are padded with zero-weight rows). Deterministic for the same inputs and threads.
     Conv nets train one after another (bitwise :func:`train_classifier`): on CPU their compute-bound convolutions
     gain nothing from stacking (grouped and im2col forms measured 0.4-0.9x).
+
+    ``init`` (one classifier per model) warm-starts each model from that classifier's weights and input
+    standardisation; ``steps`` overrides ``cfg.train_steps`` (a fine-tuning is shorter than a first training).
     """
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if len(features) != len(labels) or len(features) != len(seeds):
         raise ValueError(f"features, labels and seeds must have one entry per model, got {len(features)}, "
                          f"{len(labels)} and {len(seeds)}")
+    if init is not None and len(init) != len(features):
+        raise ValueError(f"init must have one classifier per model, got {len(init)} for {len(features)} models")
     shapes = {np.asarray(f).shape[1:] for f in features}
     if len(shapes) > 1:
         raise ValueError(f"train_classifiers needs one input shape for all models, got {sorted(shapes)}")
     with limited_torch_threads(max_threads), torch.enable_grad():
-        jobs = [_prepare_training(f, y, n_classes, cfg, s) for f, y, s in zip(features, labels, seeds)]
+        inits = init if init is not None else [None] * len(features)
+        jobs = [_prepare_training(f, y, n_classes, cfg, s, i, steps)
+                for f, y, s, i in zip(features, labels, seeds, inits)]
         trainable = [j for j in jobs if j.n > 0]
         if len(trainable) > 1 and isinstance(trainable[0].model, MLPNet):
             _train_stacked(trainable, cfg, dropout)
@@ -400,7 +419,7 @@ def train_classifiers(features: list[np.ndarray], labels: list[np.ndarray], n_cl
 
 def _train_stacked(jobs: list[_TrainingJob], cfg: PerceptionConfig, dropout: float) -> None:
     """Train the jobs' models in place as one stacked model (see :func:`train_classifiers`)."""
-    steps, n_models = cfg.train_steps, len(jobs)
+    steps, n_models = jobs[0].steps, len(jobs)
     rows = torch.tensor([min(j.n, cfg.batch_size) for j in jobs])
     width = int(rows.max())
     # every model's rows in one tensor; index plan (steps, models, width) into it, padding -> row 0, weight 0

@@ -1,21 +1,24 @@
-"""The three systems of the papers behind one factory: ``make_parallel_env(config)``.
+"""The scenarios: the three systems of the papers, each a :class:`~datagames_env.scenarios.base.Scenario` on the
+shared core behind the one parallel face, and the one table that names them.
 
-=============  ==========================================  =========================================
-scenario       module                                      system
-=============  ==========================================  =========================================
-``datagames``  :mod:`datagames_env.scenarios.datagames`                    cloud potential game (Data Games)
-``p2p``        :mod:`datagames_env.scenarios.p2p`                    peer-to-peer GU sharing, OoD feedback, privacy
-``dual``       :mod:`datagames_env.scenarios.dual`                   two-stage upload + labeling (DUAL / Fleet-AL)
-=============  ==========================================  =========================================
+=============  =============================================  =====================  ==============================
+scenario       scenario class                                 PettingZoo id          system
+=============  =============================================  =====================  ==============================
+``datagames``  :class:`~.datagames.DataGamesScenario`         ``datagames/DataGames-v0``  cloud potential game (Data Games)
+``p2p``        :class:`~.p2p.P2PScenario`                     ``datagames/P2P-v0``   peer-to-peer GU sharing, OoD feedback, privacy
+``dual``       :class:`~.dual.DualScenario`                   ``datagames/Dual-v0``  two-stage upload + labeling (DUAL / Fleet-AL)
+=============  =============================================  =====================  ==============================
 
 A config names its scenario with the top-level key ``scenario`` (default ``datagames``). Every scenario's
-``parallel_env(config, **overrides)`` returns a PettingZoo ``ParallelEnv`` with flat ``Box`` observations and
-``Box`` actions, so the learned policies in ``agents/`` train on all of them.
+``parallel_env(config, **overrides)`` returns the face :class:`~datagames_env.faces.base.FleetParallelEnv` over it,
+with flat ``Box`` observations (a declared ``obs_layout``) and ``Box`` actions, so the learned policies in
+``agents/`` train on all of them. A new scenario is a :class:`Scenario` subclass plus one row of ``SCENARIOS``.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,23 @@ import yaml
 
 from ..config import ConfigError, EnvConfig, resolve_config_path
 
-SCENARIOS = {"datagames": "datagames_env.scenarios.datagames", "p2p": "datagames_env.scenarios.p2p", "dual": "datagames_env.scenarios.dual"}
+
+@dataclass(frozen=True)
+class ScenarioInfo:
+    """One row of the scenario table."""
+
+    module: str          # holds the Scenario class, its config loader and parallel_env / env
+    scenario_class: str
+    registry_id: str     # PettingZoo registry id of its parallel and AEC faces
+    default_config: str  # the config of ``datagames <scenario> ...`` and of a bare ``parallel_env()`` of it
+
+
+SCENARIOS: dict[str, ScenarioInfo] = {
+    "datagames": ScenarioInfo("datagames_env.scenarios.datagames", "DataGamesScenario", "datagames/DataGames-v0",
+                              "default"),
+    "p2p": ScenarioInfo("datagames_env.scenarios.p2p", "P2PScenario", "datagames/P2P-v0", "p2p_default"),
+    "dual": ScenarioInfo("datagames_env.scenarios.dual", "DualScenario", "datagames/Dual-v0", "dual_default"),
+}
 
 
 def scenario_of(config: Any = None, **overrides: Any) -> str:
@@ -53,7 +72,7 @@ def scenario_of(config: Any = None, **overrides: Any) -> str:
 def scenario_module(name: str):
     if name not in SCENARIOS:
         raise ConfigError(f"scenario: '{name}' is not one of {sorted(SCENARIOS)}")
-    return importlib.import_module(SCENARIOS[name])
+    return importlib.import_module(SCENARIOS[name].module)
 
 
 def load_scenario_config(config: Any = None, **overrides: Any):

@@ -55,6 +55,7 @@ from ..config import EnvConfig, load_config
 from ..core import BatchedCore, World
 from ..data.datasets import Dataset
 from ..faces.base import FleetParallelEnv
+from .base import Scenario, Transition
 from .cloud_game import CloudGameObjective
 
 METADATA = {"name": "datagames_v0", "render_modes": ["human", "ansi", "rgb_array"], "is_parallelizable": True,
@@ -77,17 +78,14 @@ def action_width(core: BatchedCore) -> int:
     return core.n_classes if core.cfg.action_mode == "allocation" else core.cfg.obs_per_round
 
 
-class DataGamesParallelEnv(FleetParallelEnv):
-    """Fleet data collection as a PettingZoo parallel environment (see the module docstring)."""
+class DataGamesScenario(Scenario):
+    """The cloud game on the batched core with B = 1 (see the module docstring)."""
 
     metadata = METADATA
+    checks_finite = False  # the core names the robot of a NaN / inf action itself
 
-    def __init__(self, config: str | dict | EnvConfig | None = None, render_mode: str | None = None,
-                 dataset: Dataset | None = None, max_cycles: int | None = None, **overrides) -> None:
-        if max_cycles is not None:  # PettingZoo's name for the episode length (max_cycles_test, registry)
-            overrides["rounds"] = max_cycles
-        if render_mode is not None and render_mode not in METADATA["render_modes"]:
-            raise ValueError(f"render_mode must be one of {METADATA['render_modes']} or None, got {render_mode!r}")
+    def __init__(self, config: str | dict | EnvConfig | None = None, dataset: Dataset | None = None,
+                 **overrides) -> None:
         if dataset is not None and not isinstance(dataset, Dataset):
             overrides["dataset"] = dataset  # the config key: a name or a dict of dataset.* settings
             dataset = None
@@ -96,19 +94,20 @@ class DataGamesParallelEnv(FleetParallelEnv):
         self.config = load_config(config, **overrides)
         world = World(self.config, dataset) if dataset is not None else None
         self.core = BatchedCore(self.config, CloudGameObjective, num_envs=1, world=world)
-        self.render_mode = render_mode
-        low, high = observation_bounds(self.core)
-        self._init_fleet(self.config.n_robots, low, high, action_width(self.core))
+        self.n_robots = self.config.n_robots
+        self.observation_low, self.observation_high = observation_bounds(self.core)
+        self.action_width = action_width(self.core)
+        self.action_meaning = ("a share per predicted class" if self.config.action_mode == "allocation"
+                               else "a score per sample")
         n, c = self.config.n_robots, self.core.n_classes
         self.state_space = spaces.Box(-1.0, 1.0, (3 * c + 1 + 3 * n * c,), dtype=np.float32)
         self._target_counts = self.core.target_counts.copy()
         self._target_counts.flags.writeable = False  # shared by every robot's info; fixed per config
         self._history: list[float] = []
 
-    # ---------------------------------------------------------------------------------------- spaces
     @property
     def obs_layout(self) -> dict[str, slice]:
-        return dict(self.core.obs_layout)
+        return self.core.obs_layout
 
     @property
     def n_classes(self) -> int:
@@ -119,37 +118,17 @@ class DataGamesParallelEnv(FleetParallelEnv):
         return self.core.world.dataset.class_names
 
     # ----------------------------------------------------------------------------------------- loop
-    def reset(self, seed: int | None = None, options: dict | None = None):
-        self.core.reset([self._next_episode_seed(seed)])
-        self.agents = list(self.possible_agents)
+    def reset(self, seed: int) -> tuple[np.ndarray, list[dict]]:
+        self.core.reset([seed])
         self._history = [float(self.core.distance[0])]
-        obs = self._observations()
-        infos = self._infos()
-        if self.render_mode == "human":
-            self.render()
-        return obs, infos
+        return self.core.observations()[0], self._infos()
 
-    def step(self, actions: dict):
-        what = "a share per predicted class" if self.config.action_mode == "allocation" else "a score per sample"
-        batch = self._action_matrix(actions, what, check_finite=False)[None]  # the core names NaN / inf robots
-        result = self.core.step(batch)  # validates values; raises before changing state
+    def step(self, actions: np.ndarray) -> Transition:
+        result = self.core.step(actions[None])  # validates values; raises before changing state
         self._history.append(float(result.distance[0]))
-        obs = self._observations()
-        rewards = {a: float(result.rewards[0, i]) for i, a in enumerate(self.agents)}
-        terminations = {a: result.terminated for a in self.agents}
-        truncations = {a: False for a in self.agents}
-        infos = self._infos(result)
-        if result.terminated:
-            self.agents = []
-        if self.render_mode == "human":
-            self.render()
-        return obs, rewards, terminations, truncations, infos
+        return Transition(self.core.observations()[0], result.rewards[0], result.terminated, self._infos(result))
 
-    def _observations(self) -> dict[str, np.ndarray]:
-        obs = self.core.observations()[0]
-        return {a: obs[self._index[a]] for a in self.agents}
-
-    def _infos(self, result=None) -> dict[str, dict]:
+    def _infos(self, result=None) -> list[dict]:
         # one fresh array per quantity per step; robots get row views of it (never mutated afterwards).
         # Fixed schema (TorchRL, seed_test): the same keys at reset and every step, numbers and arrays only.
         core = self.core
@@ -163,19 +142,15 @@ class DataGamesParallelEnv(FleetParallelEnv):
         if result is not None:
             labels, predicted = result.uploaded_labels[0].copy(), result.uploaded_predicted[0].copy()
         else:  # nothing uploaded yet: every slot unused
-            labels = np.full((len(self.possible_agents), core.cfg.n_cache), -1, dtype=np.int64)
+            labels = np.full((self.n_robots, core.cfg.n_cache), -1, dtype=np.int64)
             predicted = labels.copy()
         if core.cfg.final_accuracy:  # -1 until the episode's last step computed it
             final = result.final_test_accuracy if result is not None else None
             shared["final_test_accuracy"] = float(final[0]) if final is not None else -1.0
         n_uploaded = (labels >= 0).sum(axis=1)  # slots are filled from the left
-        infos = {}
-        for agent in self.agents:
-            i = self._index[agent]
-            infos[agent] = {"available": available[i], "feasible_matrix": feasible[i], "estimated_mix": mixes[i],
-                            **shared, "uploaded_true_labels": labels[i], "uploaded_predicted_labels": predicted[i],
-                            "n_uploaded": int(n_uploaded[i])}
-        return infos
+        return [{"available": available[i], "feasible_matrix": feasible[i], "estimated_mix": mixes[i], **shared,
+                 "uploaded_true_labels": labels[i], "uploaded_predicted_labels": predicted[i],
+                 "n_uploaded": int(n_uploaded[i])} for i in range(self.n_robots)]
 
     # ------------------------------------------------------------------------------ global / privileged
     def state(self) -> np.ndarray:
@@ -205,21 +180,24 @@ class DataGamesParallelEnv(FleetParallelEnv):
         return list(self._history)
 
     # --------------------------------------------------------------------------------------- render
-    def render(self):
-        if self.render_mode is None:
-            import gymnasium
-            gymnasium.logger.warn("render() called without a render_mode; pass render_mode='ansi', 'rgb_array' or 'human'")
-            return None
+    def render(self, mode: str):
         text = render_lib.ansi_table(self)
-        if self.render_mode == "ansi":
+        if mode == "ansi":
             return text
-        if self.render_mode == "rgb_array":
+        if mode == "rgb_array":
             return render_lib.bar_chart_rgb(self)
         render_lib.show_human(self, text)
         return None
 
     def close(self) -> None:
         render_lib.close(self)
+
+
+class DataGamesParallelEnv(FleetParallelEnv):
+    """The cloud game as a PettingZoo parallel environment: the one face over :class:`DataGamesScenario`.
+    ``DataGamesParallelEnv(config=None, render_mode=None, dataset=None, max_cycles=None, **overrides)``."""
+
+    scenario_class = DataGamesScenario
 
 
 def parallel_env(config: str | dict | EnvConfig | None = None, **kwargs) -> DataGamesParallelEnv:

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,6 +96,7 @@ from ..config import (
 from ..core import World, derive_version
 from ..data.datasets import Dataset
 from ..faces.base import FleetParallelEnv
+from .base import Scenario, Transition
 from ..data.streams import draw_class_mixes, draw_initial_cloud, drift_mixes
 from ..perception import ModelVersion, limited_torch_threads, uncertainty
 from ..data.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
@@ -166,15 +166,6 @@ def load_dual_config(config: str | Path | dict | DualConfig | None = None, **ove
 # ------------------------------------------------------------------------------------------------- world
 
 
-def _image_shape(dataset: Dataset) -> tuple[int, int, int] | None:
-    """How the privacy filter sees a sample: images as they are, square vectors (digits 8x8) as 1-channel
-    images, anything else not at all (no private patches possible)."""
-    if dataset.is_image:
-        return dataset.feature_shape  # type: ignore[return-value]
-    side = math.isqrt(dataset.feature_shape[0])
-    return (1, side, side) if side * side == dataset.feature_shape[0] else None
-
-
 class DualWorld(World):
     """The shared :class:`~datagames_env.core.World` (dataset, split, pool tables, perception cache) plus what DUAL
     adds: the private patches and the interned blurred copies, which the perception cache also scores."""
@@ -186,7 +177,7 @@ class DualWorld(World):
     def _model_rows(self, cfg: DualConfig) -> tuple[np.ndarray, np.ndarray]:
         """Stamp private patches on a share of the pool, intern the blurred copies as extra rows."""
         dcfg, pcfg = cfg.dataset, cfg.privacy
-        self.image_shape = _image_shape(self.dataset)
+        self.image_shape = self.dataset.image_shape
         n = self.dataset.n_samples
         self.private = np.zeros(n, dtype=bool)
         self.regions = np.zeros((n, 4), dtype=np.int64)
@@ -243,19 +234,14 @@ def get_dual_world(cfg: DualConfig) -> DualWorld:
 # ---------------------------------------------------------------------------------------------------- env
 
 
-class DualParallelEnv(FleetParallelEnv):
-    """DUAL as a PettingZoo parallel environment (see the module docstring)."""
+class DualScenario(Scenario):
+    """DUAL: two-stage upload + labeling (see the module docstring)."""
 
     metadata = METADATA
 
-    def __init__(self, config: str | Path | dict | DualConfig | None = None, render_mode: str | None = None,
-                 max_cycles: int | None = None, **overrides: Any) -> None:
-        if max_cycles is not None:
-            overrides["rounds"] = max_cycles
-        if render_mode is not None and render_mode not in METADATA["render_modes"]:
-            raise ValueError(f"render_mode must be one of {METADATA['render_modes']} or None, got {render_mode!r}")
+    def __init__(self, config: str | Path | dict | DualConfig | None = None, **overrides: Any) -> None:
         self.config = cfg = load_dual_config(config, **overrides)
-        self.render_mode = render_mode
+        self.n_robots = cfg.n_robots
         self.world = get_dual_world(cfg)
         self.n_classes = c = self.world.n_classes
         self.class_names = self.world.dataset.class_names
@@ -278,7 +264,8 @@ class DualParallelEnv(FleetParallelEnv):
         per_sample_low[self.sample_layout["embedding"]] = -1.0
         low[layout["samples"]] = np.tile(per_sample_low, self.n_samples)
         self._low, self._high = low, np.ones(self.obs_dim, dtype=np.float32)
-        self._init_fleet(cfg.n_robots, self._low, self._high, self.n_samples)
+        self.observation_low, self.observation_high = self._low, self._high
+        self.action_width = self.n_samples
         self.state_space = spaces.Box(np.tile(self._low, cfg.n_robots), np.tile(self._high, cfg.n_robots),
                                       dtype=np.float32)
         self.filter = PrivacyFilter.from_config(cfg.privacy)
@@ -288,7 +275,6 @@ class DualParallelEnv(FleetParallelEnv):
         if cfg.world_seed is not None:
             self._world_initial_rows = self._draw_initial_cloud(
                 np.random.default_rng(np.random.SeedSequence([cfg.world_seed, 1])))
-        self._needs_reset = True
         self.history: list[dict] = []
 
     # ---------------------------------------------------------------------------------------- spaces
@@ -299,9 +285,9 @@ class DualParallelEnv(FleetParallelEnv):
         return draw_initial_cloud(rng, cfg.initial_cloud_size, cfg.initial_cloud_alpha, None, w.public_members,
                                   w.pool, no_member_error="config key 'privacy.private_fraction'")
 
-    def reset(self, seed: int | None = None, options: dict | None = None):
+    def reset(self, seed: int) -> tuple[np.ndarray, list[dict]]:
         cfg = self.config
-        self.seed = self._next_episode_seed(seed)
+        self.seed = seed
         self.rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, 0])))
         self.states = kernels.seed_states([self.seed])
         self.mixes = draw_class_mixes(cfg.stream, cfg.n_robots, self.n_classes, self.rng)
@@ -319,9 +305,7 @@ class DualParallelEnv(FleetParallelEnv):
                          "test_accuracy": self.test_accuracy, "labels_used": 0,
                          "cloud_labeled": int(n0), "cloud_unlabeled": 0}]
         self._observe_round()
-        self.agents = list(self.possible_agents)
-        self._needs_reset = False
-        return self._observations(), self._infos(None)
+        return self._observation_matrix(), self._infos(None)
 
     # --------------------------------------------------------------------------------------- model / views
     def _labeled_rows(self) -> np.ndarray:
@@ -387,9 +371,9 @@ class DualParallelEnv(FleetParallelEnv):
             self.labeled_coverage = max_similarity(ground, labeled_emb, **self._similarity_kwargs()).reshape(n, obs)
 
     # ------------------------------------------------------------------------------------------- step
-    def step(self, actions: dict):
+    def step(self, actions: np.ndarray) -> Transition:
         cfg, w = self.config, self.world
-        scores = self._action_matrix(actions, "a score per observed sample")
+        scores = actions
         # ---- stage 1: each robot's top n_cache, through the privacy filter, up to the cloud
         chosen = np.argsort(-scores, axis=1, kind="stable")[:, :cfg.n_cache]
         # one filter pass over every robot's picks; flat (robot, slot) order, robot-major
@@ -476,21 +460,12 @@ class DualParallelEnv(FleetParallelEnv):
                               "labeled_from_robot": int((labeled_robot == i).sum()),
                               **{f"privacy_{k}": v for k, v in per_robot_privacy[i].items()},
                               **{f"privacy_total_{k}": v for k, v in privacy_total.items()}})
-        if last_round:
-            self._needs_reset = True
-        else:
+        if not last_round:
             if cfg.stream.drift > 0:
                 self.mixes = drift_mixes(self.mixes, cfg.stream, self.rng)
             self._observe_round()
-        agents = list(self.agents)
-        obs = self._observations()
-        infos = self._infos(step_record, per_robot)
-        rewards = {a: reward for a in agents}
-        terminations = {a: last_round for a in agents}
-        truncations = {a: False for a in agents}
-        if last_round:
-            self.agents = []
-        return obs, rewards, terminations, truncations, infos
+        return Transition(self._observation_matrix(), np.full(cfg.n_robots, reward), last_round,
+                          self._infos(step_record, per_robot))
 
     def _label(self, candidates: np.ndarray) -> tuple[np.ndarray, float]:
         """Stage 2: ledger positions of the candidates to label, and the facility-location value (mean coverage
@@ -534,11 +509,7 @@ class DualParallelEnv(FleetParallelEnv):
         out[:, lay["samples"]] = samples.reshape(n, -1)
         return np.clip(out, self._low, self._high)  # unit-norm embeddings can exceed 1 by a float32 ulp
 
-    def _observations(self) -> dict[str, np.ndarray]:
-        matrix = self._observation_matrix()
-        return {a: matrix[self._index[a]] for a in self.agents}
-
-    def _infos(self, record: dict | None, per_robot: list[dict] | None = None) -> dict[str, dict]:
+    def _infos(self, record: dict | None, per_robot: list[dict] | None = None) -> list[dict]:
         feasible = np.empty((1, self.config.n_robots, self.n_classes, self.n_classes))
         kernels.feasible_matrices(self._confusion, np.zeros((1, self.config.n_robots), np.int64),
                                   self.estimated_mixes[None], feasible)
@@ -559,13 +530,10 @@ class DualParallelEnv(FleetParallelEnv):
                        "labeled_from_robot": 0, **{f"privacy_{k}": 0 for k in PRIVACY_COUNTS},
                        **{f"privacy_total_{k}": 0 for k in PRIVACY_COUNTS}}
             per_robot = [nothing] * self.config.n_robots
-        infos = {}
-        for agent in self.agents:
-            i = self._index[agent]
-            infos[agent] = {"available": self.histograms[i].copy(), "feasible_matrix": feasible[0, i],
-                            "estimated_mix": self.estimated_mixes[i].copy(), **shared,
-                            **{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in per_robot[i].items()}}
-        return infos
+        return [{"available": self.histograms[i].copy(), "feasible_matrix": feasible[0, i],
+                 "estimated_mix": self.estimated_mixes[i].copy(), **shared,
+                 **{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in per_robot[i].items()}}
+                for i in range(self.config.n_robots)]
 
     def state(self) -> np.ndarray:
         """Global state: every robot's observation, concatenated (it holds all robots' samples)."""
@@ -595,23 +563,23 @@ class DualParallelEnv(FleetParallelEnv):
         out["features"] = self.world.features[out["row"]]
         return out
 
-    def render(self):
-        if self.render_mode is None:
-            import gymnasium
-            gymnasium.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'human'")
-            return None
+    def render(self, mode: str):
         rec = self.history[-1] if self.history else {}
         text = (f"round {self.round_index}/{self.config.rounds}  labeled {rec.get('cloud_labeled', 0)}  "
                 f"unlabeled {rec.get('cloud_unlabeled', 0)}  labels used {self.labels_used}  "
                 f"val acc {rec.get('validation_accuracy', float('nan')):.3f}  "
                 f"test acc {rec.get('test_accuracy', float('nan')):.3f}")
-        if self.render_mode == "human":
+        if mode == "human":
             print(text)
             return None
         return text
 
-    def close(self) -> None:
-        pass
+
+class DualParallelEnv(FleetParallelEnv):
+    """DUAL as a PettingZoo parallel environment: the one face over :class:`DualScenario`.
+    ``DualParallelEnv(config=None, render_mode=None, max_cycles=None, **overrides)``."""
+
+    scenario_class = DualScenario
 
 
 def parallel_env(config: str | Path | dict | DualConfig | None = None, **overrides: Any) -> DualParallelEnv:

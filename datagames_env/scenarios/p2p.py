@@ -58,7 +58,8 @@ was retrained after this round). With ``feedback_memory > 0`` also ``feedback_me
 ``(feedback_memory, E + C)``: the last ``m = feedback_memory_size`` samples it sent in the first ``m`` rows,
 re-embedded by its *current* model, as the paper's sender that keeps its shared images; zeros below) and
 ``feedback_memory_utilities`` (float32 ``(feedback_memory,)``, what each earned): the training set of a GU model.
-A robot's retrainings in one episode start from the same initialisation seed, so its embedding space drifts as little as the data allows.
+A robot's retrainings in one episode start from the same initialisation seed, so its embedding space drifts as little as the data allows;
+with ``perception.warm_start`` they fine-tune its current model for ``perception.retrain_steps`` steps instead.
 
 Everything a step needs from a model is computed once per (model version, round) in one batched pass per robot;
 only the shared samples go through the receivers' detectors, one batched pass per receiver. Oracle policies read
@@ -68,7 +69,7 @@ left each robot in the last step (for the privacy tests).
 
 from __future__ import annotations
 
-import os
+import functools
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +79,12 @@ import numpy as np
 from pettingzoo.utils.conversions import parallel_to_aec
 from pydantic import Field, field_validator, model_validator
 
-from ..config import CONFIG_DIR, ConfigError, PerceptionConfig, _Strict, load_typed_config
+from ..config import ConfigError, PerceptionConfig, _Strict, load_typed_config
 from ..data.datasets import Dataset, DatasetError, load_dataset
 from ..data.domains import corrupt
+from ..data.streams import draw_domain_stream
 from ..faces.base import FleetParallelEnv
+from .base import Scenario, Transition
 from ..perception.ood import NoveltyDetector
 from ..perception import Classifier, limited_torch_threads, train_classifiers
 from ..perception import entropy as perception_entropy
@@ -149,6 +152,14 @@ class OODConfig(_Strict):
                                self.dropout, self.uncertainty, self.ensemble_size)
 
 
+class P2PPerceptionConfig(PerceptionConfig):
+    """The robots' local models: :class:`~datagames_env.config.PerceptionConfig` plus how a retraining runs."""
+
+    warm_start: bool = Field(False, description="a retraining continues from the robot's current weights (a "
+                                                "fine-tuning) instead of a fresh initialisation")
+    retrain_steps: int | None = Field(None, ge=1, description="Adam steps of a retraining; null = train_steps")
+
+
 class P2PConfig(_Strict):
     """Every knob of the p2p scenario; see docs/p2p.md for the table."""
 
@@ -162,7 +173,7 @@ class P2PConfig(_Strict):
     share_fraction: float = Field(0.1, gt=0.0, le=1.0, description="cache and share this top share of each round")
     topology: TopologyConfig = TopologyConfig()
     ood: OODConfig = OODConfig()
-    perception: PerceptionConfig = PerceptionConfig(retrain_every=1)
+    perception: P2PPerceptionConfig = P2PPerceptionConfig(retrain_every=1)
     receiver_keeps: Literal["novel", "all"] = Field("novel", description="which received samples a robot labels")
     feedback_memory: int = Field(
         1000, ge=0, description="a sender keeps its last this many shared samples with their utilities (GU data)")
@@ -230,30 +241,10 @@ def load_p2p_config(config: str | Path | dict | P2PConfig | None = None, **overr
 # ---------------------------------------------------------------------------------------------------------- world
 
 
-def _resolve_data_dir(data_dir: str | None) -> str | None:
-    """Relative folders are tried against the working directory, then against the project root (so the shipped
-    configs' ``../shared/datasets`` works from anywhere)."""
-    if data_dir is None or os.path.isabs(data_dir) or Path(data_dir).is_dir():
-        return data_dir
-    candidate = CONFIG_DIR.parent / data_dir
-    return str(candidate) if candidate.is_dir() else data_dir
-
-
-_DATASET_CACHE: dict[tuple[str, str | None], Dataset] = {}
-
-
+@functools.lru_cache(maxsize=8)
 def _load_images(name: str, data_dir: str | None) -> Dataset:
-    key = (name, data_dir)
-    if key not in _DATASET_CACHE:
-        dataset = load_dataset(name, data_dir=data_dir)
-        features = dataset.features
-        if features.ndim == 2:  # vectors of a square image (digits: 64 = 8x8) become 1-channel images
-            side = round(np.sqrt(features.shape[1]))
-            if side * side != features.shape[1]:
-                raise DatasetError(f"dataset {name!r}: vectors of length {features.shape[1]} are not square images")
-            features = features.reshape(len(features), 1, side, side)
-        _DATASET_CACHE[key] = Dataset(dataset.name, np.ascontiguousarray(features), dataset.labels, dataset.class_names)
-    return _DATASET_CACHE[key]
+    """A domain's dataset as images (square vectors, e.g. digits, become 1-channel images), loaded once."""
+    return load_dataset(name, data_dir=data_dir).as_images()
 
 
 @dataclass
@@ -274,7 +265,7 @@ class P2PWorld:
 
 
 def build_world(cfg: P2PConfig) -> P2PWorld:
-    data_dir = _resolve_data_dir(cfg.data_dir)
+    data_dir = cfg.data_dir
     resolved: list[DomainConfig] = []
     sources: list[str] = []
     datasets: list[Dataset] = []
@@ -380,19 +371,14 @@ class _Robot:
 # ------------------------------------------------------------------------------------------------------------ env
 
 
-class P2PParallelEnv(FleetParallelEnv):
-    """Peer-to-peer GU sharing as a PettingZoo parallel environment (see the module docstring)."""
+class P2PScenario(Scenario):
+    """Peer-to-peer GU sharing (see the module docstring)."""
 
     metadata = METADATA
 
-    def __init__(self, config: str | dict | P2PConfig | None = None, max_cycles: int | None = None,
-                 render_mode: str | None = None, **overrides: Any) -> None:
-        if max_cycles is not None:
-            overrides["rounds"] = max_cycles
-        if render_mode is not None and render_mode not in METADATA["render_modes"]:
-            raise ValueError(f"render_mode must be one of {METADATA['render_modes']} or None, got {render_mode!r}")
-        self.render_mode = render_mode
+    def __init__(self, config: str | dict | P2PConfig | None = None, **overrides: Any) -> None:
         self.config = cfg = load_p2p_config(config, **overrides)
+        self.n_robots = cfg.n_robots
         self.world = build_world(cfg)
         self.detector = cfg.ood.detector_object()
         self.filter = PrivacyFilter.from_config(cfg.privacy)
@@ -419,8 +405,8 @@ class P2PParallelEnv(FleetParallelEnv):
         per_sample_low = np.zeros((self.n_samples, self.sample_feature_dim), dtype=np.float32)
         per_sample_low[:, :self.embedding_dim] = -1.0
         low[layout["samples"]] = per_sample_low.ravel()
-        high = np.ones(self.obs_dim, dtype=np.float32)
-        self._init_fleet(cfg.n_robots, low, high, self.n_samples)
+        self.observation_low, self.observation_high = low, np.ones(self.obs_dim, dtype=np.float32)
+        self.action_width = self.n_samples
         self._initial_cache: dict[tuple[int, int], tuple[list, list, list, set, np.ndarray, LocalModel]] = {}
         self._robots: list[_Robot] = []
         self.neighbors: list[list[int]] = []
@@ -431,13 +417,16 @@ class P2PParallelEnv(FleetParallelEnv):
     # --------------------------------------------------------------------------------------------- spaces
     @property
     def obs_layout(self) -> dict[str, slice]:
-        return dict(self._layout)
+        return self._layout
 
     # ---------------------------------------------------------------------------------------------- models
-    def _train(self, sets: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]]) -> list[LocalModel]:
+    def _train(self, sets: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]],
+                previous: list[LocalModel] | None = None) -> list[LocalModel]:
         """Local models for several robots at once from (features, labels, seed, calibration ids) each: every
         classifier of every robot (one, or the ensemble's members) trains in ONE batched model
-        (:func:`~datagames_env.perception.train_classifiers`), then each robot calibrates its OoD threshold."""
+        (:func:`~datagames_env.perception.train_classifiers`), then each robot calibrates its OoD threshold.
+        ``previous`` (a retraining with ``perception.warm_start``): each robot's current model, whose members the
+        new ones continue from for ``perception.retrain_steps`` steps."""
         if not sets:
             return []
         cfg = self.config
@@ -447,8 +436,13 @@ class P2PParallelEnv(FleetParallelEnv):
         features = [f for f, _, _, _ in sets for _ in range(n_members)]
         labels = [y for _, y, _, _ in sets for _ in range(n_members)]
         dropout = cfg.ood.dropout if self.detector.detector == "mc_dropout" else 0.0
+        init = steps = None
+        if previous is not None:
+            init = [model.classifiers[k] for model in previous for k in range(n_members)]
+            steps = cfg.perception.retrain_steps
         with limited_torch_threads(cfg.max_threads):
-            classifiers = train_classifiers(features, labels, self.n_classes, cfg.perception, seeds, dropout=dropout)
+            classifiers = train_classifiers(features, labels, self.n_classes, cfg.perception, seeds, dropout=dropout,
+                                            init=init, steps=steps)
             self.n_trainings += len(classifiers)
             models = []
             for r, (_, _, seed, calibration) in enumerate(sets):
@@ -492,35 +486,16 @@ class P2PParallelEnv(FleetParallelEnv):
         return [entries[(seed, i)] for i in range(cfg.n_robots)]
 
     def _stream(self, i: int, rng: np.random.Generator, exclude: set[int]) -> np.ndarray:
-        """World ids robot i observes, (rounds, obs_per_round): exact per-round domain quotas (largest remainder),
-        each domain consumed along a seeded permutation (wrapping only when the pool is exhausted)."""
+        """World ids robot i observes, (rounds, obs_per_round) (:func:`~datagames_env.data.streams.draw_domain_stream`)."""
         cfg = self.config
-        shares = np.array([cfg.robots[i].stream.get(name, 0.0) for name in self.domain_names], dtype=np.float64)
-        shares /= shares.sum()
-        raw = shares * cfg.obs_per_round
-        quotas = np.floor(raw).astype(int)
-        quotas[np.argsort(-(raw - quotas), kind="stable")[: cfg.obs_per_round - quotas.sum()]] += 1
-        stream = np.empty((cfg.rounds, cfg.obs_per_round), dtype=np.int64)
-        per_domain = []
-        for d in range(self.n_domains):
-            if quotas[d] == 0:
-                per_domain.append(np.zeros((cfg.rounds, 0), dtype=np.int64))
-                continue
-            pool = self.world.pool_by_domain[d]
-            pool = pool[~np.isin(pool, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))]
-            if len(pool) == 0:
-                raise ConfigError(f"robots.{i}.stream (robot_{i}): domain '{self.domain_names[d]}' has no samples left "
-                                  "after its initial labeled set")
-            need = cfg.rounds * quotas[d]
-            order = np.concatenate([rng.permutation(pool) for _ in range(-(-need // len(pool)))])[:need]
-            per_domain.append(order.reshape(cfg.rounds, quotas[d]))
-        for r in range(cfg.rounds):
-            stream[r] = rng.permutation(np.concatenate([p[r] for p in per_domain]))
-        return stream
+        shares = [cfg.robots[i].stream.get(name, 0.0) for name in self.domain_names]
+        return draw_domain_stream(shares, self.world.pool_by_domain, cfg.rounds, cfg.obs_per_round, rng,
+                                  np.fromiter(exclude, dtype=np.int64, count=len(exclude)),
+                                  f"robots.{i}.stream (robot_{i})", self.domain_names)
 
     # ------------------------------------------------------------------------------------------------ loop
-    def reset(self, seed: int | None = None, options: dict | None = None):
-        self._episode_seed = self._next_episode_seed(seed)
+    def reset(self, seed: int) -> tuple[np.ndarray, list[dict]]:
+        self._episode_seed = seed
         cfg = self.config
         rng = np.random.default_rng([self._episode_seed, 1])
         n = cfg.n_robots
@@ -546,10 +521,8 @@ class P2PParallelEnv(FleetParallelEnv):
         self.round_index = 0
         self._last_feedback = np.zeros(n)
         self.last_transmissions = []
-        self.agents = list(self.possible_agents)
         self._predict_round()
-        obs = self._observations()
-        return obs, self._infos(None)
+        return self.observations(), self._infos(None)
 
     def _cells(self, robot: _Robot) -> np.ndarray:
         labels = np.concatenate(robot.labeled_labels)
@@ -570,36 +543,34 @@ class P2PParallelEnv(FleetParallelEnv):
                 self._round_probs.append(probs[:n_obs])
                 self._round_embeddings.append(embeddings[:n_obs])
                 self._memory_features.append(np.concatenate([embeddings[n_obs:], probs[n_obs:]], axis=1))
+        self._round_probs, self._round_embeddings = np.stack(self._round_probs), np.stack(self._round_embeddings)
 
-    def _observations(self) -> dict[str, np.ndarray]:
-        cfg = self.config
-        out = {}
+    def observations(self) -> np.ndarray:
+        """(N, obs_dim) float32: every robot's observation (layout in the module docstring)."""
+        cfg, lay = self.config, self._layout
+        n = cfg.n_robots
+        out = np.zeros((n, self.obs_dim), dtype=np.float32)
+        totals = np.maximum(self._cell_counts.sum(axis=(1, 2)), 1)[:, None]
+        out[:, lay["domain_hist"]] = self._cell_counts.sum(axis=2) / totals
+        out[:, lay["class_hist"]] = self._cell_counts.sum(axis=1) / totals
+        probs = self._round_probs  # (N, obs, C)
+        top = probs.max(axis=2)
         log_c = np.log(self.n_classes) if self.n_classes > 1 else 1.0
-        for agent in self.agents:
-            i = self._index[agent]
-            obs = np.zeros(self.obs_dim, dtype=np.float32)
-            cells = self._cell_counts[i]
-            total = max(cells.sum(), 1)
-            obs[self._layout["domain_hist"]] = cells.sum(axis=1) / total
-            obs[self._layout["class_hist"]] = cells.sum(axis=0) / total
-            probs = self._round_probs[i]
-            top = probs.max(axis=1)
-            entropy = perception_entropy(probs) / log_c
-            obs[self._layout["confidence"]] = (top.mean(), top.std(), entropy.mean())
-            obs[self._layout["last_feedback"]] = self._last_feedback[i]
-            obs[self._layout["rounds_left"]] = (cfg.rounds - self.round_index) / cfg.rounds
-            obs[self._layout["samples"]] = np.concatenate([self._round_embeddings[i], probs], axis=1).ravel()
-            out[agent] = np.clip(obs, self._observation_spaces[agent].low, 1.0)
-        return out
+        entropy = perception_entropy(probs) / log_c
+        out[:, lay["confidence"]] = np.stack([top.mean(axis=1), top.std(axis=1), entropy.mean(axis=1)], axis=1)
+        out[:, lay["last_feedback"]] = self._last_feedback[:, None]
+        out[:, lay["rounds_left"]] = (cfg.rounds - self.round_index) / cfg.rounds
+        out[:, lay["samples"]] = np.concatenate([self._round_embeddings, probs], axis=2).reshape(n, -1)
+        return np.clip(out, self.observation_low, 1.0)
 
     def _potential_distance(self) -> float:
         deficit = np.clip(self.config.potential_cell_target - self._cell_counts, 0, None).astype(np.float64)
         return float(np.sqrt((deficit ** 2).sum(axis=(1, 2))).sum())
 
-    def step(self, actions: dict):
+    def step(self, actions: np.ndarray) -> Transition:
         cfg, world = self.config, self.world
         n, k = cfg.n_robots, self.n_share
-        scores = self._action_matrix(actions, "a score per observed sample")
+        scores = actions
         slots = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # top k; ties go to the lower position
         potential_before = self._potential_distance()
 
@@ -688,9 +659,10 @@ class P2PParallelEnv(FleetParallelEnv):
         self.round_index += 1
         every = cfg.perception.retrain_every
         due = [i for i, robot in enumerate(self._robots) if every and self.round_index % every == 0 and robot.stale]
+        previous = [self._robots[i].model for i in due] if cfg.perception.warm_start else None
         models = self._train([(np.concatenate(self._robots[i].labeled_features),
                                np.concatenate(self._robots[i].labeled_labels), _seed_of(self._episode_seed, i, 13),
-                               self._robots[i].calibration_ids) for i in due])
+                               self._robots[i].calibration_ids) for i in due], previous)
         for i, model in zip(due, models):
             robot = self._robots[i]
             robot.n_trainings += 1
@@ -700,19 +672,12 @@ class P2PParallelEnv(FleetParallelEnv):
             round_stats[i]["trained"] = i in due
 
         if cfg.reward == "feedback":
-            rewards = {a: float(self._last_feedback[self._index[a]]) for a in self.agents}
+            rewards = self._last_feedback.copy()
         else:
-            shared = (potential_before - self._potential_distance()) / (n * k)
-            rewards = {a: float(shared) for a in self.agents}
+            rewards = np.full(n, (potential_before - self._potential_distance()) / (n * k))
         done = self.round_index >= cfg.rounds
         self._predict_round()  # after the last round only for the infos' feedback memory
-        obs = self._observations()
-        infos = self._infos(round_stats)
-        terminations = {a: done for a in self.agents}
-        truncations = {a: False for a in self.agents}
-        if done:
-            self.agents = []
-        return obs, rewards, terminations, truncations, infos
+        return Transition(self.observations(), rewards, done, self._infos(round_stats))
 
     def _round_stats_at_reset(self) -> list[dict]:
         """The per-round info keys before any round was played (fixed schema: the same keys at reset)."""
@@ -722,14 +687,12 @@ class P2PParallelEnv(FleetParallelEnv):
                  "n_private_cached": 0, "n_blurred": 0, "n_dropped": 0, "n_passed_private": 0,
                  "round_rare_share": 0.0, "trained": False} for _ in range(self.config.n_robots)]
 
-    def _infos(self, round_stats: list[dict] | None) -> dict[str, dict]:
+    def _infos(self, round_stats: list[dict] | None) -> list[dict]:
         # fixed schema (TorchRL, seed_test): the same keys at reset and every step, numbers and arrays only
         round_stats = round_stats if round_stats is not None else self._round_stats_at_reset()
         n, memory = self.config.n_robots, self.config.feedback_memory
-        infos = {}
-        for agent in self.agents:
-            i = self._index[agent]
-            robot = self._robots[i]
+        infos = []
+        for i, robot in enumerate(self._robots):
             totals = dict(robot.totals)
             neighbor_mask = np.zeros(n, dtype=bool)
             neighbor_mask[self.neighbors[i]] = True
@@ -747,7 +710,7 @@ class P2PParallelEnv(FleetParallelEnv):
                 utilities[:size] = robot.memory_utilities
                 info.update(feedback_memory_features=features, feedback_memory_utilities=utilities,
                             feedback_memory_size=size)
-            infos[agent] = info
+            infos.append(info)
         return infos
 
     # ------------------------------------------------------------------------------------ privileged / misc
@@ -765,13 +728,9 @@ class P2PParallelEnv(FleetParallelEnv):
         """Global state: every robot's labeled (domain, class) counts / potential_cell_target, clipped to [0, 1]."""
         return np.clip(self._cell_counts / self.config.potential_cell_target, 0, 1).ravel().astype(np.float32)
 
-    def render(self) -> str | None:
+    def render(self, mode: str) -> str | None:
         """``ansi``: a text table (per robot: labeled set, per-domain accuracy, rare share cached); ``human``
         prints it."""
-        if self.render_mode is None:
-            import gymnasium
-            gymnasium.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'human'")
-            return None
         width = max(8, *(len(d) for d in self.domain_names))
         lines = [f"datagames_p2p_v0  round {self.round_index}/{self.config.rounds}",
                  f"{'robot':<8}  {'labeled':>7}  " + "  ".join(f"{d:>{width}}" for d in self.domain_names)
@@ -782,13 +741,17 @@ class P2PParallelEnv(FleetParallelEnv):
             lines.append(f"{'robot_' + str(i):<8}  {int(self._cell_counts[i].sum()):>7}  "
                          + "  ".join(f"{a:>{width}.3f}" for a in robot.model.domain_accuracy) + f"  {rare:>11.3f}")
         text = "\n".join(lines)
-        if self.render_mode == "human":
+        if mode == "human":
             print(text)
             return None
         return text
 
-    def close(self) -> None:
-        pass
+
+class P2PParallelEnv(FleetParallelEnv):
+    """Peer-to-peer GU sharing as a PettingZoo parallel environment: the one face over :class:`P2PScenario`.
+    ``P2PParallelEnv(config=None, render_mode=None, max_cycles=None, **overrides)``."""
+
+    scenario_class = P2PScenario
 
 
 def parallel_env(config: str | dict | P2PConfig | None = None, **overrides: Any) -> P2PParallelEnv:

@@ -15,13 +15,18 @@ class Reporter:
     world (domain names, robots), an env built from the config (no model is trained for that)."""
 
     scenario = "base"
-    default_config = "default"
     default_policy = "random"
     default_policies = "random"
     default_seeds = 3
     data_dir_key = "dataset.data_dir"   # the config key --data-dir sets
     reuse_env = False                   # one env for every episode in a process (its initial models train once)
     files: tuple[str, ...] = ()         # what write_files writes besides results.json
+
+    @property
+    def default_config(self) -> str:
+        from ...scenarios import SCENARIOS
+
+        return SCENARIOS[self.scenario].default_config
 
     def context(self, env) -> Any:
         return env.config

@@ -118,7 +118,6 @@ def _plot(out: Path, records: list[dict], policies: list[str], cfg: EnvConfig) -
 
 class DataGamesReporter(Reporter):
     scenario = "datagames"
-    default_config = "default"
     default_policy = "random"
     default_policies = "uniform,random,greedy,interactive,oracle"
     default_seeds = 10

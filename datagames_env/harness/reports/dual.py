@@ -105,7 +105,6 @@ def _upload_part(name: str, labeler: str) -> str:
 
 class DualReporter(Reporter):
     scenario = "dual"
-    default_config = "dual_default"
     default_policy = "submodular-independent"
     default_policies = ("random/random,entropy,margin,submodular-independent,submodular-interactive,"
                         "submodular-centralized,greedy,interactive,oracle")

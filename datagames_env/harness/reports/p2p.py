@@ -183,7 +183,6 @@ def _plot(out: Path, episodes: list[dict], names: list[str], env) -> None:
 
 class P2PReporter(Reporter):
     scenario = "p2p"
-    default_config = "p2p_default"
     default_policy = "gu"
     default_policies = "random,oracle,gu"
     default_seeds = 3
