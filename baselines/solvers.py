@@ -205,6 +205,30 @@ def _validate(P, cloud, target, n_cache, available):
     return feasible_matrices, cloud_counts, target_counts, budget, caps
 
 
+def _needed_budget(feasible_matrices, cloud_counts, target_counts, budget, caps,
+                   interactive: bool = False) -> tuple[float, np.ndarray]:
+    """L2: the budget and caps cut to what an optimal action can use (exact), so huge ``n_cache`` keeps the
+    problem well scaled (Wolfe returned all zeros from 1e15, cvxpy was worse than doing nothing at 1e8).
+
+    Why exact: a = 0 is feasible, so an optimal contribution x (Oracle's fleet, one Greedy robot's) has
+    ||x - d|| <= ||d||, ||x|| <= 2||d||, and robot i's c_i = P_i a_i <= x componentwise (contributions are
+    non-negative). Interactive starts at Greedy (loss <= (2N + 1)||d||) and its loss never rises, so every
+    iterate and best response has ||c_i|| <= ||sum_k c_k|| <= (2N + 2)||d||. With m the smallest mass of an
+    available column, 1'a_i <= 1'c_i / m <= sqrt(C) ||c_i|| / m. Every optimum (Oracle, each Greedy robot,
+    each best response) lies inside the cut, so cutting changes no optimum."""
+    n_robots, n_classes = caps.shape
+    masses = feasible_matrices.sum(axis=1)
+    available = masses >= EMPTY_COLUMN
+    if not available.any():
+        return budget, caps
+    factor = 2 * n_robots + 2 if interactive else 2
+    need = np.sqrt(n_classes) * factor * float(np.linalg.norm(target_counts - cloud_counts))
+    need = need / masses[available].min() * 1.01 + 1.0  # the margin: round-off in the bound itself
+    if need >= budget:
+        return budget, caps
+    return need, np.minimum(caps, need)
+
+
 def _scan_message(code: int, i: int, j: int, value: float) -> str:
     name = {1: "cloud", 2: "target", 3: "P", 4: "available"}[code // 10]
     if code % 10 == 1:
@@ -833,6 +857,8 @@ def solve_oracle(P, cloud, target, n_cache, available=None, loss: str = "l2", ba
     loss = loss.lower()
     if budget == 0:
         return np.zeros_like(caps)
+    if loss == "l2":
+        budget, caps = _needed_budget(feasible_matrices, cloud_counts, target_counts, budget, caps)
     if backend == "native":  # all caps zero: Wolfe stops at its start a = 0 (gap 0)
         actions, status, iterations = _oracle_native(feasible_matrices, caps, budget, target_counts, cloud_counts,
                                                      _max_iter(caps.shape[1]))
@@ -856,6 +882,8 @@ def solve_greedy(P, cloud, target, n_cache, available=None, loss: str = "l2", ba
     cloud / target counts."""
     feasible_matrices, cloud_counts, target_counts, budget, caps = _validate(P, cloud, target, n_cache, available)
     backend = _pick_backend(backend, loss)
+    if loss.lower() == "l2":
+        budget, caps = _needed_budget(feasible_matrices, cloud_counts, target_counts, budget, caps)
     return _greedy(feasible_matrices, cloud_counts, target_counts, budget, caps, loss.lower(), backend, solver)
 
 
@@ -892,6 +920,8 @@ def solve_interactive(P, cloud, target, n_cache, available=None, tol: float = 1e
     if isinstance(max_sweeps, bool) or not float(max_sweeps).is_integer() or max_sweeps < 1:
         raise ValueError(f"max_sweeps must be an integer >= 1, got {max_sweeps!r}")
     max_sweeps = int(max_sweeps)
+    if loss == "l2" and budget > 0:
+        budget, caps = _needed_budget(feasible_matrices, cloud_counts, target_counts, budget, caps, interactive=True)
     n_robots, n_classes = caps.shape
     move_tol = tol * max(1.0, float(np.linalg.norm(target_counts)))
     actions = _greedy(feasible_matrices, cloud_counts, target_counts, budget, caps, loss, backend, solver)

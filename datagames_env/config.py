@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 # a wheel ships the YAMLs as package data (datagames_env/configs, see setup.py); a source tree has them at the root
 _PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -25,7 +25,31 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    """Base of every config block. ``allow_inf_nan=False``: every float, also inside lists and dicts, must be
+    finite (NaN / inf would surface as NaN rewards or diverged models far from the key). A bool is refused where a
+    number is expected (pydantic would read ``True`` as 1). Seeds (``seed``, ``*_seed``) are non-negative:
+    numpy's seeding refuses negative ones with an error that does not name the key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = str(cls.model_fields[info.field_name].annotation)
+        if "bool" not in annotation and _has_bool(value, "dict[" in annotation):
+            raise ValueError("a boolean is not a number here")
+        if info.field_name.endswith("seed") and isinstance(value, int) and value < 0:
+            raise ValueError("a seed must be a non-negative integer")
+        return value
+
+
+def _has_bool(value: Any, in_dict: bool) -> bool:
+    """A bool in a number field, a list of numbers or (``in_dict``: a dict[str, number] field) a dict's values."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_has_bool(v, False) for v in value if isinstance(v, (bool, list, tuple)))
+    return in_dict and isinstance(value, dict) and any(isinstance(v, bool) for v in value.values())
 
 
 class DatasetConfig(_Strict):

@@ -224,6 +224,11 @@ def from_arrays(
     max_label = int(label_array.max())
 
     if class_names is None:
+        if max_label >= n_samples:  # checked first: np.arange(max_label + 1) of a label 2**40 does not fit in memory
+            raise DatasetError(
+                f"{name}: labels go up to {max_label} but there are {n_samples} samples, so classes 0..{max_label} "
+                f"cannot all occur; pass class_names to declare the classes, or relabel to 0..K-1"
+            )
         missing = np.setdiff1d(np.arange(max_label + 1), label_array)
         if missing.size:
             raise DatasetError(
@@ -465,51 +470,75 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+MAX_IDX_BYTES = 1 << 31  # 2 GiB: 40x the largest official IDX file (MNIST train images, 47 MB)
+
+
+def read_idx(path: str | os.PathLike[str], max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Read an IDX file (the MNIST family's format), gzip-compressed or plain, into a native-endian array.
 
     Checks the magic number (two zero bytes, a known type code, 1..255 dimensions) and that the payload holds
     exactly the bytes the header announces; a truncated or padded file raises :class:`DatasetError` naming it.
+    The header is checked before the payload is read, and gzip is decompressed as a stream: a small file that
+    inflates to gigabytes is refused after the header (payload over ``max_bytes``) or one byte past the payload.
     """
     file_path = Path(path)
     try:
-        raw = file_path.read_bytes()
+        with open(file_path, "rb") as raw_file:
+            gzipped = raw_file.read(2) == _GZIP_MAGIC  # by content, not by the name: renamed files still work
+            raw_file.seek(0)
+            stream = gzip.GzipFile(fileobj=raw_file) if gzipped else raw_file
+            return _read_idx_stream(stream, file_path, max_bytes)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise DatasetError(f"IDX file {file_path} is a corrupt or truncated gzip stream: {error}") from error
     except OSError as error:
         raise DatasetError(f"cannot read IDX file {file_path}: {error}") from error
-    if raw[:2] == _GZIP_MAGIC:  # detect by content, not by the name, so renamed files still work
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as error:
-            raise DatasetError(f"IDX file {file_path} is a corrupt or truncated gzip stream: {error}") from error
 
-    if len(raw) < 4:
-        raise DatasetError(f"IDX file {file_path} is too short ({len(raw)} bytes) to hold the 4-byte magic number")
-    zero_a, zero_b, type_code, n_dims = raw[0], raw[1], raw[2], raw[3]
+
+def _read_exactly(stream: IO[bytes], n: int) -> bytes:
+    parts, left = [], n
+    while left > 0:
+        part = stream.read(min(left, 1 << 24))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _read_idx_stream(stream: IO[bytes], file_path: Path, max_bytes: int) -> np.ndarray:
+    magic = _read_exactly(stream, 4)
+    if len(magic) < 4:
+        raise DatasetError(f"IDX file {file_path} is too short ({len(magic)} bytes) to hold the 4-byte magic number")
+    zero_a, zero_b, type_code, n_dims = magic
     if zero_a != 0 or zero_b != 0:
         raise DatasetError(
-            f"IDX file {file_path} has a wrong magic number 0x{raw[:4].hex()}: the first two bytes must be zero"
+            f"IDX file {file_path} has a wrong magic number 0x{magic.hex()}: the first two bytes must be zero"
         )
     if type_code not in _IDX_DTYPES:
         raise DatasetError(
-            f"IDX file {file_path} has unknown type code 0x{type_code:02x} in magic number 0x{raw[:4].hex()} "
+            f"IDX file {file_path} has unknown type code 0x{type_code:02x} in magic number 0x{magic.hex()} "
             f"(known: {', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)})"
         )
     if n_dims == 0:
-        raise DatasetError(f"IDX file {file_path} declares 0 dimensions in magic number 0x{raw[:4].hex()}")
-    header_size = 4 + 4 * n_dims
-    if len(raw) < header_size:
-        raise DatasetError(f"IDX file {file_path} is truncated inside its header ({len(raw)} of {header_size} bytes)")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=n_dims, offset=4))
+        raise DatasetError(f"IDX file {file_path} declares 0 dimensions in magic number 0x{magic.hex()}")
+    dims = _read_exactly(stream, 4 * n_dims)
+    if len(dims) < 4 * n_dims:
+        raise DatasetError(f"IDX file {file_path} is truncated inside its header "
+                           f"({4 + len(dims)} of {4 + 4 * n_dims} bytes)")
+    shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4"))
     dtype = np.dtype(_IDX_DTYPES[type_code])
-    expected_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    payload_bytes = len(raw) - header_size
-    if payload_bytes != expected_bytes:
-        problem = "truncated" if payload_bytes < expected_bytes else "longer than its header says"
-        raise DatasetError(
-            f"IDX file {file_path} is {problem}: shape {shape} of {dtype.name} needs {expected_bytes} payload bytes, "
-            f"found {payload_bytes}"
-        )
-    values = np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape)
+    expected_bytes = math.prod(shape) * dtype.itemsize  # python ints: no overflow
+    if expected_bytes > max_bytes:
+        raise DatasetError(f"IDX file {file_path}: its header announces shape {shape} of {dtype.name}, "
+                           f"{expected_bytes} bytes, more than the limit of {max_bytes} (read_idx max_bytes)")
+    payload = _read_exactly(stream, expected_bytes)
+    if len(payload) < expected_bytes:
+        raise DatasetError(f"IDX file {file_path} is truncated: shape {shape} of {dtype.name} needs {expected_bytes} "
+                           f"payload bytes, found {len(payload)}")
+    if stream.read(1):
+        raise DatasetError(f"IDX file {file_path} is longer than its header says: shape {shape} of {dtype.name} "
+                           f"needs {expected_bytes} payload bytes, and more follow")
+    values = np.frombuffer(payload, dtype=dtype).reshape(shape)
     return values.astype(dtype.newbyteorder("="))  # copy: native byte order and a writeable array
 
 

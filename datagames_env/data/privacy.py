@@ -8,10 +8,27 @@ in ``p2p``, an upload in ``dual``) goes through :meth:`PrivacyFilter.apply`:
 mode       effect on a private-flagged sample
 =========  ===========================================================================================
 ``blur``   the private region is replaced by a Gaussian blur of itself (sigma ``blur_sigma`` pixels);
-           the sample leaves, marked ``blurred``
+           the sample leaves, marked ``blurred``, only if the blur really changed the region (below);
+           otherwise it is dropped and counted as dropped
 ``drop``   the sample does not leave the robot
 ``pass``   no filtering (the baseline that shows what the filter costs); counted as ``passed_private``
 =========  ===========================================================================================
+
+What ``blur`` guarantees, and its limits:
+
+* Config: ``blur_sigma`` must be at least :meth:`PrivacyConfig.minimum_blur_sigma` of ``patch_size``: the sigma at
+  which a unit-contrast ``patch_size`` square on a flat background keeps at most half its contrast
+  (``MAX_PATCH_RESIDUAL``). Smaller values are a :class:`~datagames_env.config.ConfigError` naming the key (at
+  sigma <= 0.13 a blur returns its input bit for bit). A synthetic patch may not fill the image: a uniform image
+  has nothing to blur.
+* Per sample (:meth:`PrivacyFilter.apply`): a private sample leaves blurred only if its region is a non-empty
+  box inside the image and the filtered region differs from the original by at least ``min_change`` (mean
+  absolute change per region value; features are on a [0, 1] scale). Anything else (an empty, inverted or
+  out-of-bounds box, a flat region the blur cannot change) is dropped, counted in ``n_dropped``, and its row of
+  ``features`` is zeroed. ``n_blurred`` counts only samples that really changed.
+* Limits: a blur hides fine detail (text, a face at this resolution), not the coarse colour or brightness of the
+  region; a large, low-contrast region may pass the margin while staying recognisable. ``drop`` is the mode that
+  provably sends nothing private.
 
 :func:`stamp_private_patches` marks a random fraction of a dataset private and stamps a bright synthetic patch
 (a "licence plate") into its region, so tests and demos can check that nothing private leaks.
@@ -19,34 +36,69 @@ mode       effect on a private-flagged sample
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 from scipy.ndimage import gaussian_filter
 
+from ..config import ConfigError, _Strict
+
 FilterMode = Literal["blur", "drop", "pass"]
+MAX_PATCH_RESIDUAL = 0.5  # a blurred unit patch keeps at most this much of its contrast
+MIN_CHANGE = 0.05  # default margin: mean absolute change per value of a blurred region
 
 
-class PrivacyConfig(BaseModel):
+class PrivacyConfig(_Strict):
     """Config block ``privacy`` of the scenarios that move samples between robots or to the cloud."""
-
-    model_config = ConfigDict(extra="forbid")
 
     mode: FilterMode = "blur"
     blur_sigma: float = Field(3.0, gt=0.0, description="Gaussian blur width in pixels (mode 'blur')")
+    min_change: float = Field(MIN_CHANGE, gt=0.0, le=1.0,
+                              description="a blurred region must change by this much (mean |difference|), else the "
+                                          "sample is dropped")
     private_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of samples stamped private (synthetic)")
     patch_size: int = Field(3, ge=1, description="side of the synthetic private patch, pixels")
+
+    @model_validator(mode="after")
+    def _blur_hides_the_patch(self) -> PrivacyConfig:
+        needed = self.minimum_blur_sigma(self.patch_size)
+        if self.mode == "blur" and self.blur_sigma < needed:
+            raise ValueError(f"privacy.blur_sigma {self.blur_sigma:g} cannot hide a {self.patch_size}-pixel patch "
+                             f"(it keeps more than {MAX_PATCH_RESIDUAL:.0%} of its contrast); use privacy.blur_sigma "
+                             f">= {needed:.3g} or privacy.mode 'drop'")
+        return self
+
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def minimum_blur_sigma(patch_size: int) -> float:
+        """The smallest sigma (to 1e-3) at which the filter leaves at most ``MAX_PATCH_RESIDUAL`` of a unit patch
+        of side ``patch_size`` on a zero background: measured with the filter itself, not a formula."""
+        def residual(sigma: float) -> float:
+            pad = math.ceil(4 * sigma) + 1
+            image = np.zeros((1, patch_size + 2 * pad, patch_size + 2 * pad))
+            image[:, pad:pad + patch_size, pad:pad + patch_size] = 1.0
+            return float(_gaussian(image, sigma).max())
+
+        low, high = 1e-3, 2.0 * patch_size
+        while high - low > 1e-3:
+            mid = (low + high) / 2
+            low, high = (low, mid) if residual(mid) <= MAX_PATCH_RESIDUAL else (mid, high)
+        return high
 
 
 @dataclass(frozen=True)
 class FilterResult:
-    """What left: ``features`` of the kept samples (blurred where private), ``kept`` a mask over the input."""
+    """What left. ``kept`` is a mask over the input; ``features`` holds the kept samples only in mode ``drop``,
+    and one row per input sample otherwise (mode ``blur``: blurred where private, zeros where dropped); ``sent``
+    is the kept samples in input order in every mode."""
 
     features: np.ndarray
     kept: np.ndarray
-    blurred: np.ndarray  # over the input: private samples that left blurred
+    blurred: np.ndarray  # over the input: private samples that left blurred (their region really changed)
     n_private: int
     n_dropped: int
     n_blurred: int
@@ -56,21 +108,34 @@ class FilterResult:
     def n_filtered(self) -> int:
         return self.n_dropped + self.n_blurred
 
+    @property
+    def dropped(self) -> np.ndarray:
+        """Mask over the input: samples that did not leave."""
+        return ~self.kept
+
+    @property
+    def sent(self) -> np.ndarray:
+        """The features that leave, kept samples in input order (the same in every mode)."""
+        return self.features if len(self.features) == self.kept.sum() else self.features[self.kept]
+
 
 class PrivacyFilter:
     """Applies one filter mode to samples about to leave a robot (see the module docstring)."""
 
-    def __init__(self, mode: FilterMode = "blur", blur_sigma: float = 3.0) -> None:
+    def __init__(self, mode: FilterMode = "blur", blur_sigma: float = 3.0, min_change: float = MIN_CHANGE) -> None:
         if mode not in ("blur", "drop", "pass"):
             raise ValueError(f"privacy.mode: '{mode}' is not one of ['blur', 'drop', 'pass']")
-        if not blur_sigma > 0:
-            raise ValueError(f"privacy.blur_sigma must be > 0, got {blur_sigma}")
+        if not (blur_sigma > 0 and math.isfinite(blur_sigma)):
+            raise ValueError(f"privacy.blur_sigma must be a finite number > 0, got {blur_sigma}")
+        if not 0 < min_change <= 1:
+            raise ValueError(f"privacy.min_change must be in (0, 1], got {min_change}")
         self.mode = mode
         self.blur_sigma = float(blur_sigma)
+        self.min_change = float(min_change)
 
     @classmethod
     def from_config(cls, cfg: PrivacyConfig) -> PrivacyFilter:
-        return cls(cfg.mode, cfg.blur_sigma)
+        return cls(cfg.mode, cfg.blur_sigma, cfg.min_change)
 
     def apply(self, features: np.ndarray, private: np.ndarray, regions: np.ndarray | None = None) -> FilterResult:
         """Filter a batch: ``features`` (n, channels, H, W) images or (n, d) vectors, ``private`` (n,) bool,
@@ -95,19 +160,39 @@ class PrivacyFilter:
             kept = ~private
             return FilterResult(features[kept], kept, none, n_private, n_private, 0, 0)
         out = features.copy()
+        blurred = np.zeros(n, dtype=bool)
         for i in np.flatnonzero(private):
-            out[i] = self._blur_one(out[i], None if regions is None else regions[i])
-        return FilterResult(out, np.ones(n, dtype=bool), private.copy(), n_private, 0, n_private, 0)
+            sample = self._blur_one(features[i], None if regions is None else regions[i])
+            if sample is None:  # not provably hidden: nothing of it leaves
+                out[i] = 0
+            else:
+                out[i], blurred[i] = sample, True
+        kept = ~private | blurred
+        n_blurred = int(blurred.sum())
+        return FilterResult(out, kept, blurred, n_private, n_private - n_blurred, n_blurred, 0)
 
-    def _blur_one(self, sample: np.ndarray, region: np.ndarray | None) -> np.ndarray:
+    def _blur_one(self, sample: np.ndarray, region: np.ndarray | None) -> np.ndarray | None:
+        """The blurred sample, or None when its region is not a box inside the image or the blur changed it by
+        less than ``min_change``."""
         if sample.ndim == 1:
-            return np.full_like(sample, sample.mean())
-        top, left, bottom, right = (0, 0, sample.shape[-2], sample.shape[-1]) if region is None else region
+            out = np.full_like(sample, sample.mean())
+            changed = np.abs(out.astype(np.float64) - sample).mean()
+            return out if changed >= self.min_change else None
+        height, width = sample.shape[-2:]
+        top, left, bottom, right = (0, 0, height, width) if region is None else (int(v) for v in region)
+        if not (0 <= top < bottom <= height and 0 <= left < right <= width):
+            return None
         # Blur the whole image and paste back the region, so edges of the box see real neighbours.
-        blurred = gaussian_filter(sample, sigma=(0,) * (sample.ndim - 2) + (self.blur_sigma, self.blur_sigma))
-        sample = sample.copy()
-        sample[..., top:bottom, left:right] = blurred[..., top:bottom, left:right]
-        return sample
+        blurred = _gaussian(sample, self.blur_sigma)
+        out = sample.copy()
+        out[..., top:bottom, left:right] = blurred[..., top:bottom, left:right]
+        changed = np.abs(out[..., top:bottom, left:right].astype(np.float64) - sample[..., top:bottom, left:right])
+        return out if changed.mean() >= self.min_change else None
+
+
+def _gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Blur the last two (spatial) axes only."""
+    return gaussian_filter(image, sigma=(0,) * (image.ndim - 2) + (sigma, sigma))
 
 
 def stamp_private_patches(features: np.ndarray, fraction: float, rng: np.random.Generator,
@@ -122,8 +207,9 @@ def stamp_private_patches(features: np.ndarray, fraction: float, rng: np.random.
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"privacy.private_fraction must be in [0, 1], got {fraction}")
     n, _, height, width = features.shape
-    if patch_size > min(height, width):
-        raise ValueError(f"privacy.patch_size {patch_size} exceeds the image size {height}x{width}")
+    if patch_size >= min(height, width):  # a patch that fills the image is uniform: no blur changes it
+        raise ConfigError(f"privacy.patch_size {patch_size} must be smaller than the image side "
+                          f"({height}x{width}): a patch that fills the image cannot be blurred")
     private = rng.random(n) < fraction
     regions = np.zeros((n, 4), dtype=np.int64)
     out = features.copy()

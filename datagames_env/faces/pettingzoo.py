@@ -13,7 +13,8 @@ Arguments              ``config`` (a name in ``configs/``, a YAML path, a dict o
 =====================  ============================================================================
 
 ``env(...)`` is the AEC face (robots act one after another; the round resolves when the last has acted), a
-``pettingzoo.utils.conversions.parallel_to_aec`` view of the parallel env. The PettingZoo registry ids
+:class:`~datagames_env.faces.aec.FleetAECEnv` view of the parallel env (``parallel_to_aec`` that checks each
+action at its own agent's turn). The PettingZoo registry ids
 ``datagames/DataGames-v0``, ``datagames/P2P-v0`` and ``datagames/Dual-v0`` name both faces of each scenario.
 """
 
@@ -22,9 +23,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from pettingzoo.utils.conversions import parallel_to_aec
+from pettingzoo.utils.wrappers import OrderEnforcingWrapper
 
 from ..scenarios import SCENARIOS, scenario_of
+from .aec import FleetAECEnv
 
 __all__ = ["REGISTRY_IDS", "aec_of", "env", "parallel_env"]
 
@@ -41,7 +43,7 @@ def parallel_env(config: Any = None, **kwargs: Any):
 
 def aec_of(parallel) -> Any:
     """The AEC face of a parallel env (robots act in turn; the round resolves when the last has acted)."""
-    return parallel_to_aec(parallel)
+    return OrderEnforcingWrapper(FleetAECEnv(parallel))
 
 
 def env(config: Any = None, **kwargs: Any):

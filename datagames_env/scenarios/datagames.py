@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import numpy as np
 from gymnasium import spaces
-from pettingzoo.utils.conversions import parallel_to_aec
 
 from ..faces import render as render_lib
 from ..config import EnvConfig, load_config
@@ -206,7 +205,9 @@ def parallel_env(config: str | dict | EnvConfig | None = None, **kwargs) -> Data
 
 
 def raw_env(config: str | dict | EnvConfig | None = None, **kwargs):
-    return parallel_to_aec(DataGamesParallelEnv(config, **kwargs))
+    from ..faces.pettingzoo import aec_of  # each action checked at its own turn (faces/aec.py)
+
+    return aec_of(DataGamesParallelEnv(config, **kwargs))
 
 
 def env(config: str | dict | EnvConfig | None = None, **kwargs):

@@ -72,7 +72,6 @@ from typing import Any, Literal
 
 import numpy as np
 from gymnasium import spaces
-from pettingzoo.utils.conversions import parallel_to_aec
 from pydantic import Field, field_validator, model_validator
 
 from ..selection.submodular import (
@@ -388,7 +387,7 @@ class DualScenario(Scenario):
         if blurred.any():
             rows[blurred] = w.blurred_row[rows[blurred]]
             # what reaches the cloud is the filter's output: check the interned copy is exactly that
-            out = result.features[np.flatnonzero(blurred)].reshape((int(blurred.sum()), -1))
+            out = result.sent[np.flatnonzero(blurred)].reshape((int(blurred.sum()), -1))
             same = (out == w.features[rows[blurred]].reshape((len(out), -1))).all(axis=1)
             if not same.all():
                 raise RuntimeError(f"robot_{robot_of_row[blurred][~same][0]}: privacy filter output differs from "
@@ -398,8 +397,12 @@ class DualScenario(Scenario):
         kept_positions = [chosen[i][kept[i]] for i in range(cfg.n_robots)]  # the objective's per-robot input
         uploaded_ids = np.split(flat_ids[result.kept], splits)
         private_per_robot = private.reshape(cfg.n_robots, cfg.n_cache).sum(axis=1)
-        mode_counts = {k: private_per_robot if self.filter.mode == mode else np.zeros(cfg.n_robots, dtype=np.int64)
-                       for k, mode in (("dropped", "drop"), ("blurred", "blur"), ("passed_private", "pass"))}
+        # what the filter really did per sample (a blur that could not hide the region is a drop), not the mode
+        by_robot = (cfg.n_robots, cfg.n_cache)
+        passed = private & result.kept & ~result.blurred if self.filter.mode == "pass" else np.zeros_like(private)
+        mode_counts = {"dropped": (private & ~result.kept).reshape(by_robot).sum(axis=1),
+                       "blurred": result.blurred.reshape(by_robot).sum(axis=1),
+                       "passed_private": passed.reshape(by_robot).sum(axis=1)}
         per_robot_privacy = [{"private": int(private_per_robot[i]), **{k: int(v[i]) for k, v in mode_counts.items()}}
                              for i in range(cfg.n_robots)]
         kwargs = self._similarity_kwargs()
@@ -586,4 +589,6 @@ def parallel_env(config: str | Path | dict | DualConfig | None = None, **overrid
 
 def env(config: str | Path | dict | DualConfig | None = None, **overrides: Any):
     """AEC face: robots act one after another within a round; the round resolves when the last has acted."""
-    return parallel_to_aec(DualParallelEnv(config, **overrides))
+    from ..faces.pettingzoo import aec_of  # each action checked at its own turn (faces/aec.py)
+
+    return aec_of(DualParallelEnv(config, **overrides))

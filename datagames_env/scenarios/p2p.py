@@ -76,7 +76,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pettingzoo.utils.conversions import parallel_to_aec
 from pydantic import Field, field_validator, model_validator
 
 from ..config import ConfigError, PerceptionConfig, _Strict, load_typed_config
@@ -584,12 +583,14 @@ class P2PScenario(Scenario):
         kept = result.kept.reshape(n, k)
         blurred = result.blurred.reshape(n, k)
         outgoing = np.empty_like(world.features[flat_ids])  # the filter's output of each kept (robot, slot)
-        outgoing[result.kept] = result.features if self.filter.mode == "drop" else result.features[result.kept]
+        outgoing[result.kept] = result.sent
         n_receivers = self._adjacency.sum(axis=1)
         sent_mask = kept & (n_receivers > 0)[:, None]
         n_private = private.sum(axis=1)
-        privacy_counts = {name: n_private if self.filter.mode == mode else np.zeros(n, dtype=np.int64)
-                          for name, mode in (("n_dropped", "drop"), ("n_blurred", "blur"), ("n_passed_private", "pass"))}
+        # what the filter really did per sample (a blur that could not hide the region is a drop), not the mode
+        passed = private & kept & ~blurred if self.filter.mode == "pass" else np.zeros_like(private)
+        privacy_counts = {"n_dropped": (private & ~kept).sum(axis=1), "n_blurred": blurred.sum(axis=1),
+                          "n_passed_private": passed.sum(axis=1)}
         transmissions = []
         for i in range(n):  # the record of what left each robot (privacy tests), no array work
             rows = slice(i * k, (i + 1) * k)
@@ -756,6 +757,8 @@ def parallel_env(config: str | dict | P2PConfig | None = None, **overrides: Any)
 
 def env(config: str | dict | P2PConfig | None = None, **overrides: Any):
     """AEC face: robots act one after another within a round; the round resolves when the last has acted."""
-    return parallel_to_aec(P2PParallelEnv(config, **overrides))
+    from ..faces.pettingzoo import aec_of  # each action checked at its own turn (faces/aec.py)
+
+    return aec_of(P2PParallelEnv(config, **overrides))
 
 
