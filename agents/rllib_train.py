@@ -70,25 +70,21 @@ class TrainSettings:
 
 
 def env_layout(par_env) -> dict:
-    """What the modules need to read a scenario's flat observation: the ``model_config`` of the module."""
-    layout = dict(getattr(par_env, "obs_layout", {}) or {})
-    if "samples" in layout:
-        context_dim = int(getattr(par_env, "context_dim", layout["samples"].start))
-        n_samples = int(getattr(par_env, "n_samples", 0) or par_env.action_space(par_env.possible_agents[0]).shape[0])
-        width = layout["samples"].stop - layout["samples"].start
-        sample_dim = int(getattr(par_env, "sample_feature_dim", 0) or width // n_samples)
+    """What the modules need to read a scenario's flat observation (its declared ``obs_layout`` and
+    ``sample_layout``, :mod:`datagames_env.scenarios.base`): the ``model_config`` of the module."""
+    layout = par_env.obs_layout
+    samples = par_env.scenario.sample_layout
+    if samples is not None:
+        context_dim, n_samples, sample_dim = samples.context_dim, samples.n_samples, samples.sample_dim
         if context_dim + n_samples * sample_dim != layout["samples"].stop:
             raise ValueError(f"observation layout: context {context_dim} + {n_samples} x {sample_dim} does not end at "
                              f"{layout['samples'].stop}")
-        layout_out = {"kind": "samples", "context_dim": context_dim, "n_samples": n_samples, "sample_dim": sample_dim}
-        select_k = getattr(par_env, "n_share", None) or getattr(getattr(par_env, "config", None), "n_cache", None)
-        if select_k:
-            layout_out["select_k"] = int(select_k)
-        core = getattr(par_env, "core", None)
-        if core is not None and hasattr(core, "embedding_dim"):  # datagames: scale features to O(1)
+        layout_out = {"kind": "samples", "context_dim": context_dim, "n_samples": n_samples, "sample_dim": sample_dim,
+                      "select_k": samples.select_k}
+        if samples.rescale:  # unit-norm embeddings and per-class distributions: scale features to O(1)
             from .modules import DISTRIBUTION_BLOCKS
 
-            c, e = core.n_classes, core.embedding_dim
+            c, e = par_env.n_classes, samples.embedding_dim
             context_scale = np.ones(context_dim)
             for name in DISTRIBUTION_BLOCKS:
                 if name in layout:  # the message blocks exist only with learned communication
@@ -118,7 +114,7 @@ def module_spec(par_env, settings: TrainSettings):
         model = "mlp" if layout["kind"] == "flat" else "scoring"
     if settings.critic not in ("local", "central"):
         raise ValueError(f"--critic: '{settings.critic}' is not one of local, central")
-    if settings.critic == "central" and (model != "scoring" or getattr(par_env, "state_space", None) is None):
+    if settings.critic == "central" and (model != "scoring" or not hasattr(par_env, "state_space")):
         raise ValueError("--critic central needs the scoring modules (--model scoring) and a scenario with a global "
                          f"state (state_space); got model {model}, scenario {type(par_env).__name__}")
     if model == "mlp":
