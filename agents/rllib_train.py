@@ -71,9 +71,9 @@ class TrainSettings:
 
 def env_layout(par_env) -> dict:
     """What the modules need to read a scenario's flat observation (its declared ``obs_layout`` and
-    ``sample_layout``, :mod:`datagames_env.scenarios.base`): the ``model_config`` of the module."""
+    ``sample_spec``, :mod:`datagames_env.scenarios.base`): the ``model_config`` of the module."""
     layout = par_env.obs_layout
-    samples = par_env.scenario.sample_layout
+    samples = par_env.scenario.sample_spec
     if samples is not None:
         context_dim, n_samples, sample_dim = samples.context_dim, samples.n_samples, samples.sample_dim
         if context_dim + n_samples * sample_dim != layout["samples"].stop:

@@ -17,7 +17,7 @@ Member                 Contract
 ``observation_high``
 ``action_width``       A: every robot's action is ``Box(0, 1, (A,), float32)``
 ``action_meaning``     what one action row means (for error messages)
-``sample_layout``      :class:`SampleLayout` when the observation ends in per-sample features and the action
+``sample_spec``        :class:`SampleSpec` when the observation ends in per-sample features and the action
                        scores those samples (selection), else None: the contract learned policies read
 ``checks_finite``      whether the face rejects NaN / inf actions (False: the scenario names the robot itself)
 ``reset(seed)``        -> ``(observations (N, obs_dim) float32, infos: list of N dicts)``
@@ -39,11 +39,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["SampleLayout", "Scenario", "Transition"]
+__all__ = ["SampleSpec", "Scenario", "Transition"]
 
 
 @dataclass(frozen=True)
-class SampleLayout:
+class SampleSpec:
     """The per-sample part of a selection scenario's observation: ``obs = [context | n_samples x sample_dim]``, each
     sample's features starting with its ``embedding_dim`` embedding; the action scores the samples and the top
     ``select_k`` are taken. ``rescale``: the features are unit-norm embeddings and distributions over classes that a
@@ -73,7 +73,7 @@ class Scenario(abc.ABC):
     metadata: ClassVar[dict[str, Any]]
     action_meaning: ClassVar[str] = "a score per observed sample"
     checks_finite: ClassVar[bool] = True
-    sample_layout: SampleLayout | None = None
+    sample_spec: SampleSpec | None = None
 
     config: Any
     n_robots: int

@@ -54,7 +54,7 @@ from ..config import EnvConfig, load_config
 from ..core import BatchedCore, World
 from ..data.datasets import Dataset
 from ..faces.base import FleetParallelEnv
-from .base import SampleLayout, Scenario, Transition
+from .base import SampleSpec, Scenario, Transition
 from .cloud_game import CloudGameObjective
 
 METADATA = {"name": "datagames_v0", "render_modes": ["human", "ansi", "rgb_array"], "is_parallelizable": True,
@@ -101,7 +101,7 @@ class DataGamesScenario(Scenario):
         n, c = self.config.n_robots, self.core.n_classes
         if self.config.action_mode == "selection":
             core = self.core
-            self.sample_layout = SampleLayout(core.context_dim, self.config.obs_per_round, core.sample_feature_dim,
+            self.sample_spec = SampleSpec(core.context_dim, self.config.obs_per_round, core.sample_feature_dim,
                                               core.embedding_dim, self.config.n_cache, rescale=True)
         self.state_space = spaces.Box(-1.0, 1.0, (3 * c + 1 + 3 * n * c,), dtype=np.float32)
         self._target_counts = self.core.target_counts.copy()

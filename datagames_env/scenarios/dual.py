@@ -95,7 +95,7 @@ from ..config import (
 from ..core import World, derive_version
 from ..data.datasets import Dataset
 from ..faces.base import FleetParallelEnv
-from .base import SampleLayout, Scenario, Transition
+from .base import SampleSpec, Scenario, Transition
 from ..data.streams import draw_class_mixes, draw_initial_cloud, drift_mixes
 from ..perception import ModelVersion, limited_torch_threads, uncertainty
 from ..data.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
@@ -264,7 +264,7 @@ class DualScenario(Scenario):
         low[layout["samples"]] = np.tile(per_sample_low, self.n_samples)
         self._low, self._high = low, np.ones(self.obs_dim, dtype=np.float32)
         self.observation_low, self.observation_high = self._low, self._high
-        self.sample_layout = SampleLayout(self.context_dim, self.n_samples, self.sample_feature_dim, e, cfg.n_cache)
+        self.sample_spec = SampleSpec(self.context_dim, self.n_samples, self.sample_feature_dim, e, cfg.n_cache)
         self.action_width = self.n_samples
         self.state_space = spaces.Box(np.tile(self._low, cfg.n_robots), np.tile(self._high, cfg.n_robots),
                                       dtype=np.float32)

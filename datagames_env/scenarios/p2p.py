@@ -83,7 +83,7 @@ from ..data.datasets import Dataset, DatasetError, load_dataset
 from ..data.domains import corrupt
 from ..data.streams import draw_domain_stream
 from ..faces.base import FleetParallelEnv
-from .base import SampleLayout, Scenario, Transition
+from .base import SampleSpec, Scenario, Transition
 from ..perception.ood import NoveltyDetector
 from ..perception import Classifier, limited_torch_threads, train_classifiers
 from ..perception import entropy as perception_entropy
@@ -406,7 +406,7 @@ class P2PScenario(Scenario):
         per_sample_low[:, :self.embedding_dim] = -1.0
         low[layout["samples"]] = per_sample_low.ravel()
         self.observation_low, self.observation_high = low, np.ones(self.obs_dim, dtype=np.float32)
-        self.sample_layout = SampleLayout(self.context_dim, self.n_samples, self.sample_feature_dim,
+        self.sample_spec = SampleSpec(self.context_dim, self.n_samples, self.sample_feature_dim,
                                           self.embedding_dim, self.n_share)
         self.action_width = self.n_samples
         self._initial_cache: dict[tuple[int, int], tuple[list, list, list, set, np.ndarray, LocalModel]] = {}
