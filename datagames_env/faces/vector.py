@@ -24,6 +24,7 @@ from gymnasium import spaces
 
 from ..config import EnvConfig, load_config
 from ..core import BatchedCore
+from ..scenarios.base import SNAPSHOT_VERSION, Snapshot, config_digest
 from ..scenarios.cloud_game import CloudGameObjective
 from ..scenarios.datagames import action_width, observation_bounds
 
@@ -82,6 +83,25 @@ class DataGamesVectorEnv:
             final = result.final_test_accuracy if result is not None else None
             infos["final_test_accuracy"] = final if final is not None else np.full(self.num_envs, -1.0)
         return infos
+
+    def snapshot(self) -> Snapshot:
+        """Every env's state, small and picklable (no dataset, no models: they are rebuilt from the config)."""
+        face = {"num_envs": self.num_envs, "seed_rng": self._seed_rng.bit_generator.state}
+        return Snapshot(SNAPSHOT_VERSION, self.metadata["name"] + ":vector", config_digest(self.config), face,
+                        self.core.snapshot_state())
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Continue bit-exactly from ``snapshot`` (same config and ``num_envs``)."""
+        if not isinstance(snapshot, Snapshot):
+            raise TypeError(f"restore() needs a Snapshot from snapshot(), got {type(snapshot).__name__}")
+        snapshot.check(self.metadata["name"] + ":vector", config_digest(self.config))
+        if snapshot.face["num_envs"] != self.num_envs:
+            from ..scenarios.base import SnapshotError
+            raise SnapshotError(f"snapshot of {snapshot.face['num_envs']} environments cannot be restored into a "
+                                f"vector env of {self.num_envs}")
+        self.core.restore_state(snapshot.state)
+        self._seed_rng = np.random.default_rng()
+        self._seed_rng.bit_generator.state = snapshot.face["seed_rng"]
 
     def estimated_feasible_matrices(self) -> np.ndarray:
         return self.core.estimated_feasible_matrices()
