@@ -214,6 +214,11 @@ def test_the_vector_env_snapshot_continues_bit_exactly():
         _same(venv.step(actions[r]), fresh.step(actions[r]), f"round {r}")
     with pytest.raises(SnapshotError, match="3 environments"):
         vector_env(2, None, **DATAGAMES).restore(snapshot)
+    active = np.ones((3, 3), dtype=bool)
+    active[1, 2] = False  # robot_2 of env 1 left: it uploads nothing, every other robot does
+    venv.reset(seed=4)
+    uploaded = venv.step(actions[0] * 0 + 1, active)[4]["uploaded_labels"]
+    assert (uploaded[1, 2] == -1).all() and (uploaded[active] >= 0).any(axis=-1).all()
 
 
 def test_the_default_digits_snapshot_is_small():

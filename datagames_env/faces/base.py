@@ -2,7 +2,8 @@
 :class:`~datagames_env.scenarios.base.Scenario`.
 
 =====================  ============================================================================
-Agents                 ``robot_0 ... robot_{N-1}``; ``agents`` is every robot during an episode, empty after it
+Agents                 ``robot_0 ... robot_{N-1}``; ``agents`` is every robot during an episode (less those that
+                       left, below), empty after it
 Spaces                 one ``Box`` object per agent, returned by every call (PettingZoo compares them):
                        the scenario's observation bounds, actions ``Box(0, 1, (A,), float32)``
 Seeding                ``reset(seed)`` restarts a seed sequence, so later ``reset()`` calls without a seed are

@@ -9,6 +9,10 @@ Rewards                ``(B, N)`` float32, identical across the robots of an env
 terminations           ``(B, N)`` True after ``rounds`` steps (the task ends); ``truncations`` always False
 Reset                  ``reset(seed)`` with an int (env b gets ``seed + b``) or one seed per env; all
                        envs terminate together, so there is no auto-reset: call ``reset`` again
+Robots leaving         ``step(actions, active)``: ``active`` bool ``(B, N)``; an inactive robot uploads nothing
+                       (its row of ``actions`` is ignored), as in the parallel face
+Snapshots              ``snapshot()`` / ``restore(snapshot)``: every env's state, small and picklable, bit-exact
+                       on a vector env of the same config and ``num_envs``
 =====================  ============================================================================
 
 ``infos`` holds arrays, the same keys at reset and every step: ``available`` (B, N, C), ``cloud_counts`` (B, C),
@@ -64,8 +68,9 @@ class DataGamesVectorEnv:
         self.core.reset(seeds)
         return self.core.observations(), self._infos()
 
-    def step(self, actions: np.ndarray):
-        result = self.core.step(actions)
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None):
+        """``active`` (bool ``(B, N)``, None = all): robots that left upload nothing (docs/reliability.md)."""
+        result = self.core.step(actions, active)
         shape = (self.num_envs, self.n_robots)
         rewards = result.rewards.astype(np.float32)
         terminations = np.full(shape, result.terminated)

@@ -598,7 +598,7 @@ class P2PScenario(Scenario):
         return {"episode_seed": self._episode_seed, "neighbors": [list(x) for x in self.neighbors],
                 "adjacency": self._adjacency.copy(), "cell_counts": self._cell_counts.copy(),
                 "totals": self._totals.copy(), "round_index": self.round_index,
-                "last_feedback": self._last_feedback.copy(), "last_transmissions": self.last_transmissions,
+                "last_feedback": self._last_feedback.copy(), "last_transmissions": list(self.last_transmissions),
                 "n_trainings": self.n_trainings, "robots": robots}
 
     def restore_state(self, state: dict) -> None:
@@ -622,7 +622,7 @@ class P2PScenario(Scenario):
         self._cell_counts, self._totals = state["cell_counts"].copy(), state["totals"].copy()
         self.round_index = state["round_index"]
         self._last_feedback = state["last_feedback"].copy()
-        self.last_transmissions = state["last_transmissions"]
+        self.last_transmissions = list(state["last_transmissions"])
         self.n_trainings = state["n_trainings"]
         self._predict_round()
 
