@@ -167,7 +167,7 @@ def test_a_robot_removed_from_agents_uploads_nothing_and_the_others_go_on(kind, 
     assert env.agents == env.possible_agents
 
 
-def test_robots_may_leave_agents_but_not_join_it():
+def test_a_name_in_agents_that_is_not_a_robot_is_an_error():
     env = _make("datagames")
     env.reset(seed=0)
     actions = _actions(env, 0)

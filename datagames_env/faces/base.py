@@ -16,8 +16,8 @@ Robots leaving         a robot removed from ``agents`` during an episode (``env.
                        told it is inactive: it uploads / shares / receives nothing (cloud game: no upload; dual:
                        no upload; p2p: no cache, no send, no receive, no retraining). Its stream still draws, so
                        the others' episode goes on draw for draw as if it were idle. Removing every robot ends
-                       stepping (``step`` needs an active robot); only removal is supported (adding an unknown
-                       name is an error)
+                       stepping (``step`` needs an active robot); a robot put back into ``agents`` acts again
+                       from the next step; a name that is not a robot is an error
 Episode end            the scenario's last round terminates every robot (never a truncation); ``agents`` empties
 Snapshots              ``snapshot()``: a small picklable :class:`~datagames_env.scenarios.base.Snapshot` (no
                        dataset, no model the config rebuilds); ``restore(snapshot)`` on an env of the same config
