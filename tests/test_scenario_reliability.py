@@ -15,8 +15,6 @@ from datagames_env.scenarios import dual as dual_module
 from datagames_env.scenarios import p2p as p2p_module
 from datagames_env.scenarios.base import SnapshotError
 
-pytestmark = pytest.mark.xdist_group("scenario_reliability")  # shares the module's small worlds
-
 DATAGAMES = {"n_robots": 3, "rounds": 4, "obs_per_round": 20, "n_cache": 3}
 DUAL = {"n_robots": 3, "rounds": 4, "obs_per_round": 20, "n_cache": 3, "label_budget": 4,
         "initial_cloud_size": 30, "perception.train_steps": 30}
