@@ -374,14 +374,15 @@ class DualScenario(Scenario):
     def _begin_step(self) -> dict:
         saved = dict(vars(self))
         saved["states"] = self.states.copy()  # the stream kernel advances it in place
-        saved["history"] = list(self.history)
+        saved["_history_length"] = len(self.history)  # a step appends one record
         saved["_rng_state"] = self.rng.bit_generator.state
         return saved
 
     def _rollback_step(self, saved: dict) -> None:
-        rng_state = saved.pop("_rng_state")
+        rng_state, history_length = saved.pop("_rng_state"), saved.pop("_history_length")
         super()._rollback_step(saved)
         self.rng.bit_generator.state = rng_state
+        del self.history[history_length:]
 
     # what a step changes; the model is rebuilt from _version_rows (cached per config, else retrained: the cloud
     # model's training is deterministic in its rows and seed), probabilities / embeddings looked up in it
