@@ -204,10 +204,10 @@ class BatchedCore:
         sample = train_ids[boot.integers(0, len(train_ids), len(train_ids))] if len(train_ids) else train_ids
         return self.world.perception.version_for(sample, pcfg.seed + 1 + robot)
 
-    def _assign_models(self, envs: range | list[int]) -> None:
+    def _assign_models(self, envs: range | list[int], rounds: int | None = None) -> None:
         n_models = self.n_robots if self.cfg.perception.per_robot else 1
         for b in envs:
-            ids = self.cloud_ids(b)
+            ids = self.cloud_ids(b, rounds)
             rows = [self._versions.row(self._model_for(ids, m)) for m in range(n_models)]
             self.robot_version[b] = rows if n_models > 1 else rows[0]
         self._versions.build()
@@ -237,6 +237,7 @@ class BatchedCore:
         self._versions.reset()
         self.robot_version = np.zeros((b_n, n), dtype=np.int64)
         self._assign_models(range(b_n))
+        self.models_round = 0  # the round whose cloud the current models were trained on (snapshots rebuild them)
         self.pooled_histograms = np.zeros((b_n, n, c), dtype=np.int64)
         self.distance = self.objective.distance(self.cloud_counts)
         self.initial_distance = self.distance.copy()
@@ -311,7 +312,7 @@ class BatchedCore:
 
     # Everything a step changes. The arrays a step writes in place are copied by _begin; the rest it only
     # rebinds, so keeping the old references is enough to put them back.
-    _STEP_STATE = ("round_index", "_needs_reset", "cloud_counts", "distance", "mixes", "histograms",
+    _STEP_STATE = ("round_index", "_needs_reset", "models_round", "cloud_counts", "distance", "mixes", "histograms",
                    "pooled_histograms", "estimated_mixes", "stream_positions", "ledger_ids", "ledger_labels",
                    "ledger_predicted")
 
@@ -339,25 +340,32 @@ class BatchedCore:
         vars(self._versions).clear()
         vars(self._versions).update(saved["versions"], _derived=derived)
 
-    def step(self, actions: np.ndarray) -> StepResult:
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> StepResult:
         """One round for every env. Atomic: if anything raises (a rejected action, a failing retraining, a
-        scenario objective), the core is left exactly as it was, RNG states included."""
+        scenario objective), the core is left exactly as it was, RNG states included. ``active`` (bool (B, N),
+        None = all): a robot that is not active uploads nothing (its stream still draws, so the others' do not
+        shift)."""
         actions = self.validate_actions(actions)
+        active = None if active is None else np.broadcast_to(np.asarray(active, dtype=bool),
+                                                             (self.num_envs, self.n_robots))
         saved = self._begin()
         try:
-            return self._step(actions)
+            return self._step(actions, active)
         except BaseException:
             self._rollback(saved)
             raise
 
-    def _step(self, actions: np.ndarray) -> StepResult:
+    def _step(self, actions: np.ndarray, active: np.ndarray | None = None) -> StepResult:
         cfg, v = self.cfg, self._versions
         b_n, n, k = self.num_envs, self.n_robots, cfg.n_cache
         if cfg.action_mode == "allocation":
             ids = np.empty((b_n, n, k), dtype=np.int64)
             labels = np.empty_like(ids)
             predicted = np.empty_like(ids)
-            kernels.draw_uploads(self.states, self.upload_counts(actions), self.mixes, self.robot_version,
+            counts = self.upload_counts(actions)
+            if active is not None:
+                counts *= active[:, :, None]
+            kernels.draw_uploads(self.states, counts, self.mixes, self.robot_version,
                                  v.conditionals, v.cell_start, v.cell_members, ids, labels, predicted)
             ids = np.where(ids >= 0, self.world.pool[np.maximum(ids, 0)], -1)
         else:
@@ -367,6 +375,8 @@ class BatchedCore:
             ids = self.world.pool[positions]
             labels = self.world.pool_labels[positions]
             predicted = v.pool_predictions[self.robot_version[:, :, None], positions]
+            if active is not None:
+                ids, labels, predicted = (np.where(active[:, :, None], x, -1) for x in (ids, labels, predicted))
         r = self.round_index
         self._grow_ledger(r + 1)
         self.ledger_ids[:, r], self.ledger_labels[:, r], self.ledger_predicted[:, r] = ids, labels, predicted
@@ -388,6 +398,7 @@ class BatchedCore:
             if pcfg.retrain_every and self.round_index % pcfg.retrain_every == 0:
                 self._versions.reset()
                 self._assign_models(range(b_n))
+                self.models_round = self.round_index
                 self.pooled_histograms = np.zeros_like(self.pooled_histograms)  # a new confusion matrix
             if cfg.stream.drift > 0:
                 self._drift_mixes()
@@ -427,9 +438,10 @@ class BatchedCore:
         kernels.feasible_matrices(conditionals, self.robot_version, mixes, out)
         return out
 
-    def cloud_ids(self, b: int) -> np.ndarray:
-        """Dataset indices of env b's cloud set (initial cloud + uploads so far; a multiset)."""
-        uploaded = self.ledger_ids[b].ravel()
+    def cloud_ids(self, b: int, rounds: int | None = None) -> np.ndarray:
+        """Dataset indices of env b's cloud set (initial cloud + uploads so far, or of the first ``rounds``
+        rounds; a multiset)."""
+        uploaded = self.ledger_ids[b, :rounds].ravel()
         return np.concatenate([self.initial_ids[b], uploaded[uploaded >= 0]])
 
     def ledger(self, b: int = 0) -> dict[str, np.ndarray]:
@@ -439,6 +451,47 @@ class BatchedCore:
         return {"sample_id": self.ledger_ids[b][keep], "robot": robots[keep], "round": rounds[keep],
                 "true_label": self.ledger_labels[b][keep], "predicted_label": self.ledger_predicted[b][keep]}
 
+    # ------------------------------------------------------------------------------------------- snapshots
+    # Everything a step or reset sets, as plain arrays; the model table is rebuilt from the cloud of round
+    # models_round (model versions are a deterministic function of their training ids and seed, cached per world).
+    _SNAPSHOT_STATE = ("seeds", "states", "round_index", "_needs_reset", "models_round", "mixes", "initial_ids",
+                       "cloud_counts", "distance", "initial_distance", "histograms", "pooled_histograms",
+                       "estimated_mixes", "stream_positions", "robot_version")
+
+    def snapshot_state(self) -> dict:
+        if not hasattr(self, "states"):
+            raise RuntimeError("snapshot() before reset(): nothing to snapshot")
+        state = {name: _copied(getattr(self, name)) for name in self._SNAPSHOT_STATE if hasattr(self, name)}
+        r = self.round_index  # only the rows played: the ledger's spare capacity is not state
+        state.update(rng_states=[rng.bit_generator.state for rng in self.rngs],
+                     ledger=[getattr(self, name)[:, :r].copy()
+                             for name in ("ledger_ids", "ledger_labels", "ledger_predicted")])
+        return state
+
+    def restore_state(self, state: dict) -> None:
+        for name in self._SNAPSHOT_STATE:
+            if name in state:
+                setattr(self, name, _copied(state[name]))
+        if len(self.seeds) != self.num_envs:
+            raise ValueError(f"snapshot of {len(self.seeds)} environments cannot be restored into {self.num_envs}")
+        self.rngs = []
+        for rng_state in state["rng_states"]:
+            self.rngs.append(np.random.Generator(np.random.PCG64()))
+            self.rngs[-1].bit_generator.state = rng_state
+        self.ledger_ids, self.ledger_labels, self.ledger_predicted = (x.copy() for x in state["ledger"])
+        robot_version = self.robot_version
+        self._versions.reset()
+        self.robot_version = np.zeros_like(robot_version)
+        self._assign_models(range(self.num_envs), self.models_round)
+        if not np.array_equal(self.robot_version, robot_version):
+            raise ValueError("snapshot: the rebuilt model table does not match the recorded one")
+
     def model_versions(self) -> list[ModelVersion]:
         return list(self._versions.versions)
 
+
+
+def _copied(value):
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    return list(value) if isinstance(value, list) else value

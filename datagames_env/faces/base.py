@@ -2,14 +2,26 @@
 :class:`~datagames_env.scenarios.base.Scenario`.
 
 =====================  ============================================================================
-Agents                 ``robot_0 ... robot_{N-1}``; ``agents`` is every robot during an episode, empty after it
+Agents                 ``robot_0 ... robot_{N-1}``; ``agents`` is every robot during an episode (less those that
+                       left, below), empty after it
 Spaces                 one ``Box`` object per agent, returned by every call (PettingZoo compares them):
                        the scenario's observation bounds, actions ``Box(0, 1, (A,), float32)``
 Seeding                ``reset(seed)`` restarts a seed sequence, so later ``reset()`` calls without a seed are
                        reproducible too; a negative seed is an error
 Actions                a dict with one array per active robot; a missing / unknown robot, a wrong shape or NaN /
                        inf raise ``ValueError`` naming the robot, before any state changes
+Robots leaving         a robot removed from ``agents`` during an episode (``env.agents.remove("robot_1")``) has
+                       left until the next ``reset()``: it sends no action, gets no observation / reward /
+                       termination / info entry, and acts with the neutral action (zeros) while the scenario is
+                       told it is inactive: it uploads / shares / receives nothing (cloud game: no upload; dual:
+                       no upload; p2p: no cache, no send, no receive, no retraining). Its stream still draws, so
+                       the others' episode goes on draw for draw as if it were idle. Removing every robot ends
+                       stepping (``step`` needs an active robot); a robot put back into ``agents`` acts again
+                       from the next step; a name that is not a robot is an error
 Episode end            the scenario's last round terminates every robot (never a truncation); ``agents`` empties
+Snapshots              ``snapshot()``: a small picklable :class:`~datagames_env.scenarios.base.Snapshot` (no
+                       dataset, no model the config rebuilds); ``restore(snapshot)`` on an env of the same config
+                       continues bit-exactly; another scenario, config or snapshot version is a ``SnapshotError``
 Read-outs              ``obs_layout``, ``state()``, ``privileged_view()``; anything else the scenario offers
                        (``env.core``, ``env.ledger()``, ``env.cloud()``, ...) is reached through the face
 =====================  ============================================================================
@@ -26,7 +38,7 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from ..scenarios.base import Scenario
+from ..scenarios.base import SNAPSHOT_VERSION, Scenario, Snapshot, config_digest
 
 __all__ = ["FleetParallelEnv"]
 
@@ -90,7 +102,9 @@ class FleetParallelEnv(ParallelEnv):
         return self._per_agent(observations), self._per_agent(infos)
 
     def step(self, actions: dict):
-        transition = self.scenario.step(self._action_matrix(actions))
+        matrix = self._action_matrix(actions)
+        active = np.array([a in self.agents for a in self.possible_agents])
+        transition = self.scenario.step(matrix, None if active.all() else active)
         agents = list(self.agents)
         observations = self._per_agent(transition.observations)
         infos = self._per_agent(transition.infos)
@@ -121,6 +135,9 @@ class FleetParallelEnv(ParallelEnv):
         """``(n_robots, action_width)`` float64, row i robot i's action; every check names the robot at fault."""
         if not self.agents:
             raise RuntimeError("step() called before reset() or after the episode ended: call reset()")
+        strangers = [a for a in self.agents if a not in self._index]
+        if strangers:
+            raise ValueError(f"agents holds unknown names {strangers}: robots may leave agents, not join it")
         unknown = [a for a in actions if a not in self._index or a not in self.agents]
         if unknown:
             raise ValueError(f"actions for unknown or inactive agents {unknown}; active agents are {self.agents}")
@@ -128,7 +145,7 @@ class FleetParallelEnv(ParallelEnv):
         if missing:
             raise ValueError(f"missing actions for {missing}: every robot acts every round")
         width = self.scenario.action_width
-        matrix = np.empty((len(self.possible_agents), width))
+        matrix = np.zeros((len(self.possible_agents), width))  # robots that left: the neutral action
         for agent in self.agents:  # a dict of arrays in, one matrix out
             row = np.asarray(actions[agent], dtype=np.float64)
             if row.shape != (width,):
@@ -138,6 +155,23 @@ class FleetParallelEnv(ParallelEnv):
                 raise ValueError(f"{agent}: action contains NaN or inf: {row}")
             matrix[self._index[agent]] = row
         return matrix
+
+    # -------------------------------------------------------------------------------------------- snapshots
+    def snapshot(self) -> Snapshot:
+        """The episode's state as a small picklable object (see the module docstring)."""
+        face = {"agents": list(self.agents), "seed_rng": self._next_seed_rng.bit_generator.state}
+        return Snapshot(SNAPSHOT_VERSION, self.metadata["name"], config_digest(self.config), face,
+                        self.scenario.snapshot_state())
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Continue from ``snapshot`` (taken by an env of the same scenario and config)."""
+        if not isinstance(snapshot, Snapshot):
+            raise TypeError(f"restore() needs a Snapshot from env.snapshot(), got {type(snapshot).__name__}")
+        snapshot.check(self.metadata["name"], config_digest(self.config))
+        self.scenario.restore_state(snapshot.state)
+        self.agents = list(snapshot.face["agents"])
+        self._next_seed_rng = np.random.default_rng()
+        self._next_seed_rng.bit_generator.state = snapshot.face["seed_rng"]
 
     # -------------------------------------------------------------------------------------- global / render
     def state(self) -> np.ndarray:

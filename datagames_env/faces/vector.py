@@ -9,6 +9,10 @@ Rewards                ``(B, N)`` float32, identical across the robots of an env
 terminations           ``(B, N)`` True after ``rounds`` steps (the task ends); ``truncations`` always False
 Reset                  ``reset(seed)`` with an int (env b gets ``seed + b``) or one seed per env; all
                        envs terminate together, so there is no auto-reset: call ``reset`` again
+Robots leaving         ``step(actions, active)``: ``active`` bool ``(B, N)``; an inactive robot uploads nothing
+                       (its row of ``actions`` is ignored), as in the parallel face
+Snapshots              ``snapshot()`` / ``restore(snapshot)``: every env's state, small and picklable, bit-exact
+                       on a vector env of the same config and ``num_envs``
 =====================  ============================================================================
 
 ``infos`` holds arrays, the same keys at reset and every step: ``available`` (B, N, C), ``cloud_counts`` (B, C),
@@ -24,6 +28,7 @@ from gymnasium import spaces
 
 from ..config import EnvConfig, load_config
 from ..core import BatchedCore
+from ..scenarios.base import SNAPSHOT_VERSION, Snapshot, config_digest
 from ..scenarios.cloud_game import CloudGameObjective
 from ..scenarios.datagames import action_width, observation_bounds
 
@@ -63,8 +68,9 @@ class DataGamesVectorEnv:
         self.core.reset(seeds)
         return self.core.observations(), self._infos()
 
-    def step(self, actions: np.ndarray):
-        result = self.core.step(actions)
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None):
+        """``active`` (bool ``(B, N)``, None = all): robots that left upload nothing (docs/reliability.md)."""
+        result = self.core.step(actions, active)
         shape = (self.num_envs, self.n_robots)
         rewards = result.rewards.astype(np.float32)
         terminations = np.full(shape, result.terminated)
@@ -82,6 +88,25 @@ class DataGamesVectorEnv:
             final = result.final_test_accuracy if result is not None else None
             infos["final_test_accuracy"] = final if final is not None else np.full(self.num_envs, -1.0)
         return infos
+
+    def snapshot(self) -> Snapshot:
+        """Every env's state, small and picklable (no dataset, no models: they are rebuilt from the config)."""
+        face = {"num_envs": self.num_envs, "seed_rng": self._seed_rng.bit_generator.state}
+        return Snapshot(SNAPSHOT_VERSION, self.metadata["name"] + ":vector", config_digest(self.config), face,
+                        self.core.snapshot_state())
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Continue bit-exactly from ``snapshot`` (same config and ``num_envs``)."""
+        if not isinstance(snapshot, Snapshot):
+            raise TypeError(f"restore() needs a Snapshot from snapshot(), got {type(snapshot).__name__}")
+        snapshot.check(self.metadata["name"] + ":vector", config_digest(self.config))
+        if snapshot.face["num_envs"] != self.num_envs:
+            from ..scenarios.base import SnapshotError
+            raise SnapshotError(f"snapshot of {snapshot.face['num_envs']} environments cannot be restored into a "
+                                f"vector env of {self.num_envs}")
+        self.core.restore_state(snapshot.state)
+        self._seed_rng = np.random.default_rng()
+        self._seed_rng.bit_generator.state = snapshot.face["seed_rng"]
 
     def estimated_feasible_matrices(self) -> np.ndarray:
         return self.core.estimated_feasible_matrices()

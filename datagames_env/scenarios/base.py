@@ -21,7 +21,13 @@ Member                 Contract
                        scores those samples (selection), else None: the contract learned policies read
 ``checks_finite``      whether the face rejects NaN / inf actions (False: the scenario names the robot itself)
 ``reset(seed)``        -> ``(observations (N, obs_dim) float32, infos: list of N dicts)``
-``step(actions)``      ``(N, A)`` float64 -> :class:`Transition`; raises before changing any state on bad input
+``step(actions,        ``(N, A)`` float64 -> :class:`Transition`; raises before changing any state on bad input,
+active)``              and is atomic (:func:`atomic_step`). ``active`` (bool ``(N,)``, None = all): robots that
+                       left ``agents``; an inactive robot's row is the neutral action (zeros) and it must have no
+                       effect on the others (it uploads / shares / receives nothing), though its stream still
+                       draws so the others' draws do not shift
+``snapshot_state()``   a small picklable dict of what a step changes (no dataset, no model that the config
+``restore_state(s)``   rebuilds); restoring it on a scenario of the same config continues bit-exactly
 ``state()``            the global state (privileged where it says so), flat float32
 ``privileged_view()``  oracle-only truth, a dict of arrays
 ``render(mode)``       ``ansi`` text, ``rgb_array`` image; ``human``: shows it and returns None, or returns
@@ -34,12 +40,18 @@ Infos have a fixed schema: the same keys at reset and at every step, numbers and
 from __future__ import annotations
 
 import abc
+import functools
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["SampleSpec", "Scenario", "Transition"]
+__all__ = ["SNAPSHOT_VERSION", "SampleSpec", "Scenario", "Snapshot", "SnapshotError", "Transition", "active_mask",
+           "atomic_step", "config_digest"]
+
+SNAPSHOT_VERSION = 1  # bump when the content of any scenario's snapshot_state() changes
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,58 @@ class Transition:
     infos: list[dict]         # N dicts, fixed schema
 
 
+class SnapshotError(ValueError):
+    """A snapshot that does not fit the env it is restored into (other scenario, config or version)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What ``env.snapshot()`` returns: plain data (numpy arrays, numbers, dicts), picklable, versioned."""
+
+    version: int
+    scenario: str        # metadata["name"]
+    config_digest: str   # sha256 of the config: restore refuses a snapshot of another config
+    face: dict           # the face's own state (agents, seed sequence)
+    state: Any           # the scenario's (or core's) snapshot_state()
+
+    def check(self, scenario: str, digest: str) -> None:
+        if self.version != SNAPSHOT_VERSION:
+            raise SnapshotError(f"snapshot version {self.version} cannot be restored by this library (version "
+                                f"{SNAPSHOT_VERSION})")
+        if self.scenario != scenario:
+            raise SnapshotError(f"snapshot of scenario '{self.scenario}' cannot be restored into '{scenario}'")
+        if self.config_digest != digest:
+            raise SnapshotError("snapshot was taken with another config (config digest "
+                                f"{self.config_digest[:12]} != {digest[:12]}): build the env from the same config")
+
+
+def config_digest(config: Any) -> str:
+    return hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def active_mask(active: np.ndarray | None, n: int) -> np.ndarray:
+    """The robots still in ``agents`` as bool ``(n,)`` (None: every robot)."""
+    return np.ones(n, dtype=bool) if active is None else np.asarray(active, dtype=bool).reshape(n)
+
+
+def atomic_step(step):
+    """Make ``step`` atomic: if anything inside raises, the scenario is put back exactly as it was.
+
+    A step rebinds most attributes (keeping the old references is enough); the few it changes in place are
+    copied by the scenario's ``_begin_step`` and put back by ``_rollback_step``."""
+
+    @functools.wraps(step)
+    def wrapper(self, actions, active=None):
+        saved = self._begin_step()
+        try:
+            return step(self, actions, active)
+        except BaseException:
+            self._rollback_step(saved)
+            raise
+
+    return wrapper
+
+
 class Scenario(abc.ABC):
     """Base of the scenarios (see the module docstring)."""
 
@@ -87,8 +151,23 @@ class Scenario(abc.ABC):
         """Start an episode from ``seed``: the robots' first observations and infos."""
 
     @abc.abstractmethod
-    def step(self, actions: np.ndarray) -> Transition:
-        """Play one round with the robots' ``(N, A)`` actions."""
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> Transition:
+        """Play one round with the robots' ``(N, A)`` actions; ``active`` masks the robots that left."""
+
+    def _begin_step(self) -> dict:
+        """What :func:`atomic_step` needs to undo a step: a shallow copy of the attributes (override to copy
+        what the step changes in place)."""
+        return dict(vars(self))
+
+    def _rollback_step(self, saved: dict) -> None:
+        vars(self).clear()
+        vars(self).update(saved)
+
+    def snapshot_state(self) -> dict:
+        raise NotImplementedError(f"{type(self).__name__} does not support snapshots")
+
+    def restore_state(self, state: dict) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support snapshots")
 
     @abc.abstractmethod
     def state(self) -> np.ndarray:

@@ -126,10 +126,20 @@ class DataGamesScenario(Scenario):
         self._history = [float(self.core.distance[0])]
         return self.core.observations()[0], self._infos()
 
-    def step(self, actions: np.ndarray) -> Transition:
-        result = self.core.step(actions[None])  # validates values; raises before changing state
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> Transition:
+        # the core validates values and is atomic; what follows only reads it
+        result = self.core.step(actions[None], None if active is None else np.asarray(active, dtype=bool)[None])
+        transition = Transition(self.core.observations()[0], result.rewards[0], result.terminated,
+                                self._infos(result))
         self._history.append(float(result.distance[0]))
-        return Transition(self.core.observations()[0], result.rewards[0], result.terminated, self._infos(result))
+        return transition
+
+    def snapshot_state(self) -> dict:
+        return {"core": self.core.snapshot_state(), "history": list(self._history)}
+
+    def restore_state(self, state: dict) -> None:
+        self.core.restore_state(state["core"])
+        self._history = list(state["history"])
 
     def _infos(self, result=None) -> list[dict]:
         # one fresh array per quantity per step; robots get row views of it (never mutated afterwards).

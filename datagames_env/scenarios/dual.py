@@ -95,7 +95,7 @@ from ..config import (
 from ..core import World, derive_version
 from ..data.datasets import Dataset
 from ..faces.base import FleetParallelEnv
-from .base import SampleSpec, Scenario, Transition
+from .base import SampleSpec, Scenario, Transition, active_mask, atomic_step
 from ..data.streams import draw_class_mixes, draw_initial_cloud, drift_mixes
 from ..perception import ModelVersion, limited_torch_threads, uncertainty
 from ..data.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
@@ -311,10 +311,10 @@ class DualScenario(Scenario):
     def _labeled_rows(self) -> np.ndarray:
         return self._cloud["row"][self._cloud["labeled"]]
 
-    def _set_model(self) -> None:
-        """(Re)train the cloud model on the labeled set; the robots download it."""
+    def _set_model(self, rows: np.ndarray | None = None) -> None:
+        """(Re)train the cloud model on the labeled set (or on ``rows``: a restore); the robots download it."""
         w, pcfg = self.world, self.config.perception
-        self._version_rows = self._labeled_rows().copy()
+        self._version_rows = self._labeled_rows().copy() if rows is None else np.asarray(rows, dtype=np.int64)
         self.version: ModelVersion = w.perception.version_for(self._version_rows, pcfg.seed)
         self.classifier = w.perception.classifier_for(self._version_rows, pcfg.seed)
         self.test_accuracy = float(w.perception.test_accuracy(self._version_rows, pcfg.seed))
@@ -371,7 +371,47 @@ class DualScenario(Scenario):
             self.labeled_coverage = max_similarity(ground, labeled_emb, **self._similarity_kwargs()).reshape(n, obs)
 
     # ------------------------------------------------------------------------------------------- step
-    def step(self, actions: np.ndarray) -> Transition:
+    # ---------------------------------------------------------------------------------- atomic / snapshot
+    def _begin_step(self) -> dict:
+        saved = dict(vars(self))
+        saved["states"] = self.states.copy()  # the stream kernel advances it in place
+        saved["_history_length"] = len(self.history)  # a step appends one record
+        saved["_rng_state"] = self.rng.bit_generator.state
+        return saved
+
+    def _rollback_step(self, saved: dict) -> None:
+        rng_state, history_length = saved.pop("_rng_state"), saved.pop("_history_length")
+        super()._rollback_step(saved)
+        self.rng.bit_generator.state = rng_state
+        del self.history[history_length:]
+
+    # what a step changes; the model is rebuilt from _version_rows (cached per config, else retrained: the cloud
+    # model's training is deterministic in its rows and seed), probabilities / embeddings looked up in it
+    _SNAPSHOT_FIELDS = ("seed", "states", "mixes", "round_index", "labels_used", "_version_rows", "stream_positions",
+                        "histograms", "estimated_mixes", "coverage", "labeled_coverage")
+
+    def snapshot_state(self) -> dict:
+        if not hasattr(self, "_cloud"):
+            raise RuntimeError("snapshot() before reset(): nothing to snapshot")
+        state = {name: _copied(getattr(self, name)) for name in self._SNAPSHOT_FIELDS}
+        state.update(rng=self.rng.bit_generator.state, cloud={k: v.copy() for k, v in self._cloud.items()},
+                     history=[dict(r) for r in self.history])
+        return state
+
+    def restore_state(self, state: dict) -> None:
+        for name in self._SNAPSHOT_FIELDS:
+            setattr(self, name, _copied(state[name]))
+        self.rng = np.random.Generator(np.random.PCG64())
+        self.rng.bit_generator.state = state["rng"]
+        self._cloud = {k: v.copy() for k, v in state["cloud"].items()}
+        self.history = [dict(r) for r in state["history"]]
+        self._set_model(self._version_rows)
+        self.stream_probs = self.version.pool_probs[self.stream_positions]
+        self.stream_embeddings = self.version.pool_embeddings[self.stream_positions]
+
+    # ------------------------------------------------------------------------------------------- step
+    @atomic_step
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> Transition:
         cfg, w = self.config, self.world
         scores = actions
         # ---- stage 1: each robot's top n_cache, through the privacy filter, up to the cloud
@@ -379,16 +419,18 @@ class DualScenario(Scenario):
         # one filter pass over every robot's picks; flat (robot, slot) order, robot-major
         sample_ids = w.pool[np.take_along_axis(self.stream_positions, chosen, axis=1)]
         flat_ids = sample_ids.ravel()
-        private = w.private[flat_ids]
+        sending = np.repeat(active_mask(active, cfg.n_robots), cfg.n_cache)  # a robot that left uploads nothing
+        private = w.private[flat_ids] & sending
         result = self.filter.apply(w.as_images(w.robot_features[flat_ids]), private, w.regions[flat_ids])
-        kept = result.kept.reshape(cfg.n_robots, cfg.n_cache)
-        rows = flat_ids[result.kept].copy()
-        blurred = result.blurred[result.kept]
+        kept_flat = result.kept & sending
+        kept = kept_flat.reshape(cfg.n_robots, cfg.n_cache)
+        rows = flat_ids[kept_flat].copy()
+        blurred = result.blurred[kept_flat]
         robot_of_row = np.repeat(np.arange(cfg.n_robots), kept.sum(axis=1))
         if blurred.any():
             rows[blurred] = w.blurred_row[rows[blurred]]
             # what reaches the cloud is the filter's output: check the interned copy is exactly that
-            out = result.sent[np.flatnonzero(blurred)].reshape((int(blurred.sum()), -1))
+            out = result.sent[np.flatnonzero(result.blurred[result.kept])].reshape((int(blurred.sum()), -1))
             same = (out == w.features[rows[blurred]].reshape((len(out), -1))).all(axis=1)
             if not same.all():
                 raise RuntimeError(f"robot_{robot_of_row[blurred][~same][0]}: privacy filter output differs from "
@@ -396,11 +438,11 @@ class DualScenario(Scenario):
         splits = np.cumsum(kept.sum(axis=1))[:-1]
         new_rows = np.split(rows, splits)
         kept_positions = [chosen[i][kept[i]] for i in range(cfg.n_robots)]  # the objective's per-robot input
-        uploaded_ids = np.split(flat_ids[result.kept], splits)
+        uploaded_ids = np.split(flat_ids[kept_flat], splits)
         private_per_robot = private.reshape(cfg.n_robots, cfg.n_cache).sum(axis=1)
         # what the filter really did per sample (a blur that could not hide the region is a drop), not the mode
         by_robot = (cfg.n_robots, cfg.n_cache)
-        passed = private & result.kept & ~result.blurred if self.filter.mode == "pass" else np.zeros_like(private)
+        passed = private & kept_flat & ~result.blurred if self.filter.mode == "pass" else np.zeros_like(private)
         mode_counts = {"dropped": (private & ~result.kept).reshape(by_robot).sum(axis=1),
                        "blurred": result.blurred.reshape(by_robot).sum(axis=1),
                        "passed_private": passed.reshape(by_robot).sum(axis=1)}
@@ -417,7 +459,7 @@ class DualScenario(Scenario):
             "robot": np.concatenate([cloud["robot"], robot_of_row]),
             "round": np.concatenate([cloud["round"], np.full(n_new, self.round_index)]),
             "labeled_round": np.concatenate([cloud["labeled_round"], np.full(n_new, -1)]),
-            "private": np.concatenate([cloud["private"], private[result.kept]]),
+            "private": np.concatenate([cloud["private"], private[kept_flat]]),
             "blurred": np.concatenate([cloud["blurred"], blurred]),
         }
         # ---- stage 2: the cloud labels under the global budget
@@ -574,6 +616,10 @@ class DualScenario(Scenario):
                 f"val acc {rec.get('validation_accuracy', float('nan')):.3f}  "
                 f"test acc {rec.get('test_accuracy', float('nan')):.3f}")
         return text  # the face prints it in human mode
+
+
+def _copied(value: Any) -> Any:
+    return value.copy() if isinstance(value, np.ndarray) else value
 
 
 class DualParallelEnv(FleetParallelEnv):

@@ -83,9 +83,9 @@ from ..data.datasets import Dataset, DatasetError, load_dataset
 from ..data.domains import corrupt
 from ..data.streams import draw_domain_stream
 from ..faces.base import FleetParallelEnv
-from .base import SampleSpec, Scenario, Transition
+from .base import SampleSpec, Scenario, Transition, active_mask, atomic_step
 from ..perception.ood import NoveltyDetector
-from ..perception import Classifier, limited_torch_threads, train_classifiers
+from ..perception import Classifier, build_model, limited_torch_threads, train_classifiers
 from ..perception import entropy as perception_entropy
 from ..data.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
@@ -570,23 +570,85 @@ class P2PScenario(Scenario):
         deficit = np.clip(self.config.potential_cell_target - self._cell_counts, 0, None).astype(np.float64)
         return float(np.sqrt((deficit ** 2).sum(axis=(1, 2))).sum())
 
-    def step(self, actions: np.ndarray) -> Transition:
+    # ---------------------------------------------------------------------------------- atomic / snapshot
+    def _begin_step(self) -> dict:
+        saved = dict(vars(self))
+        saved["_cell_counts"], saved["_totals"] = self._cell_counts.copy(), self._totals.copy()  # += in place
+        saved["_robot_vars"] = [_robot_vars(robot) for robot in self._robots]  # labeled sets grow in place
+        return saved
+
+    def _rollback_step(self, saved: dict) -> None:
+        robot_vars = saved.pop("_robot_vars")
+        super()._rollback_step(saved)
+        for robot, values in zip(self._robots, robot_vars):
+            vars(robot).update(values)
+
+    def snapshot_state(self) -> dict:
+        """What a step changes, plus every robot's model *weights*: a p2p model is a chain of (warm-started)
+        retrainings on received, privacy-filtered samples, so its weights are stored rather than replayed.
+        Round predictions are recomputed from the models."""
+        if not self._robots:
+            raise RuntimeError("snapshot() before reset(): nothing to snapshot")
+        robots = []
+        for robot in self._robots:
+            values = _robot_vars(robot)
+            values["labeled_ids"] = np.array(sorted(values["labeled_ids"]), dtype=np.int64)
+            model = values.pop("model")
+            values["model"] = {"classifiers": [_classifier_state(c) for c in model.classifiers],
+                               "threshold": model.threshold, "domain_accuracy": model.domain_accuracy.copy()}
+            robots.append(values)
+        return {"episode_seed": self._episode_seed, "neighbors": [list(x) for x in self.neighbors],
+                "adjacency": self._adjacency.copy(), "cell_counts": self._cell_counts.copy(),
+                "totals": self._totals.copy(), "round_index": self.round_index,
+                "last_feedback": self._last_feedback.copy(), "last_transmissions": list(self.last_transmissions),
+                "n_trainings": self.n_trainings, "robots": robots}
+
+    def restore_state(self, state: dict) -> None:
+        shape = self.world.features.shape[1:]
+        robots = []
+        for values in state["robots"]:
+            values = dict(values)
+            model = values.pop("model")
+            classifiers = [_classifier_from_state(c, shape, self.n_classes, self.config.perception)
+                           for c in model["classifiers"]]
+            values.update(labeled_features=list(values["labeled_features"]),
+                          labeled_labels=list(values["labeled_labels"]),
+                          labeled_domains=list(values["labeled_domains"]),
+                          labeled_ids=set(values["labeled_ids"].tolist()),
+                          model=LocalModel(classifiers, model["threshold"], model["domain_accuracy"].copy()))
+            robots.append(_Robot(**values))
+        self._robots = robots
+        self._episode_seed = state["episode_seed"]
+        self.neighbors = [list(x) for x in state["neighbors"]]
+        self._adjacency = state["adjacency"].copy()
+        self._cell_counts, self._totals = state["cell_counts"].copy(), state["totals"].copy()
+        self.round_index = state["round_index"]
+        self._last_feedback = state["last_feedback"].copy()
+        self.last_transmissions = list(state["last_transmissions"])
+        self.n_trainings = state["n_trainings"]
+        self._predict_round()
+
+    @atomic_step
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> Transition:
         cfg, world = self.config, self.world
         n, k = cfg.n_robots, self.n_share
+        active = active_mask(active, n)
         scores = actions
         slots = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # top k; ties go to the lower position
         potential_before = self._potential_distance()
+        # a robot that left caches, sends and receives nothing this round
+        adjacency = self._adjacency & active[:, None] & active[None, :]
 
         # 1. cache -> privacy filter -> send: one filter pass over every robot's cache, (robot, slot) arrays after
         cached_ids = np.take_along_axis(self._round_ids, slots, axis=1)
         flat_ids = cached_ids.ravel()
-        private = world.private[flat_ids].reshape(n, k)
+        private = world.private[flat_ids].reshape(n, k) & active[:, None]
         result = self.filter.apply(world.features[flat_ids], private.ravel(), world.regions[flat_ids])
-        kept = result.kept.reshape(n, k)
+        kept = result.kept.reshape(n, k) & active[:, None]
         blurred = result.blurred.reshape(n, k)
         outgoing = np.empty_like(world.features[flat_ids])  # the filter's output of each kept (robot, slot)
         outgoing[result.kept] = result.sent
-        n_receivers = self._adjacency.sum(axis=1)
+        n_receivers = adjacency.sum(axis=1)
         sent_mask = kept & (n_receivers > 0)[:, None]
         n_private = private.sum(axis=1)
         # what the filter really did per sample (a blur that could not hide the region is a drop), not the mode
@@ -606,7 +668,7 @@ class P2PScenario(Scenario):
         n_received = np.zeros(n, dtype=np.int64)
         keep_plan = []
         for j in range(n):
-            rows = np.flatnonzero((self._adjacency[:, j, None] & kept).ravel())  # senders in order, kept slots
+            rows = np.flatnonzero((adjacency[:, j, None] & kept).ravel())  # senders in order, kept slots
             if not len(rows):
                 continue
             features, ids = outgoing[rows], flat_ids[rows]
@@ -636,10 +698,10 @@ class P2PScenario(Scenario):
                 n_kept[j] = int(take.sum())
         # 4. utilities back to the senders: the fraction of its receivers that found each sent sample novel
         utilities = np.where(kept, votes.reshape(n, k) / np.maximum(n_receivers, 1)[:, None], 0.0).astype(np.float32)
-        rare_cached = self._rare[world.domains[cached_ids]].sum(axis=1)
-        rare_seen = self._rare[world.domains[self._round_ids]].sum(axis=1)
+        rare_cached = self._rare[world.domains[cached_ids]].sum(axis=1) * active
+        rare_seen = self._rare[world.domains[self._round_ids]].sum(axis=1) * active
         self._totals += np.stack([privacy_counts["n_blurred"], privacy_counts["n_dropped"],
-                                  privacy_counts["n_passed_private"], np.full(n, k), rare_cached, rare_seen], axis=1)
+                                  privacy_counts["n_passed_private"], k * active, rare_cached, rare_seen], axis=1)
         round_stats = []
         for i in range(n):  # per-robot info records, no array work
             round_stats.append({"cached_slots": slots[i].copy(), "sent_mask": sent_mask[i].copy(),
@@ -648,6 +710,8 @@ class P2PScenario(Scenario):
                                 "n_private_cached": int(n_private[i]),
                                 **{name: int(counts[i]) for name, counts in privacy_counts.items()},
                                 "round_rare_share": int(rare_cached[i]) / k})
+            if not active[i]:
+                round_stats[i]["cached_slots"][:] = -1
         self._last_feedback = utilities.mean(axis=1).astype(np.float64)
         self.last_transmissions = transmissions
         if cfg.feedback_memory:  # the sender keeps its own (unfiltered) shared samples and what they earned
@@ -659,7 +723,8 @@ class P2PScenario(Scenario):
         # 5. retrain on the schedule
         self.round_index += 1
         every = cfg.perception.retrain_every
-        due = [i for i, robot in enumerate(self._robots) if every and self.round_index % every == 0 and robot.stale]
+        due = [i for i, robot in enumerate(self._robots)
+               if every and self.round_index % every == 0 and robot.stale and active[i]]
         previous = [self._robots[i].model for i in due] if cfg.perception.warm_start else None
         models = self._train([(np.concatenate(self._robots[i].labeled_features),
                                np.concatenate(self._robots[i].labeled_labels), _seed_of(self._episode_seed, i, 13),
@@ -743,6 +808,31 @@ class P2PScenario(Scenario):
                          + "  ".join(f"{a:>{width}.3f}" for a in robot.model.domain_accuracy) + f"  {rare:>11.3f}")
         text = "\n".join(lines)
         return text  # the face prints it in human mode
+
+
+def _robot_vars(robot: _Robot) -> dict:
+    """A robot's fields with the containers a step grows in place copied (the arrays in them are never written)."""
+    values = dict(vars(robot))
+    for name in ("labeled_features", "labeled_labels", "labeled_domains"):
+        values[name] = list(values[name])
+    values["labeled_ids"] = set(values["labeled_ids"])
+    return values
+
+
+def _classifier_state(classifier: Classifier) -> dict:
+    return {"weights": {k: v.detach().numpy().copy() for k, v in classifier.model.state_dict().items()},
+            "input_mean": classifier.input_mean.numpy().copy(), "input_scale": classifier.input_scale.numpy().copy(),
+            "train_size": classifier.train_size, "trained": classifier.trained}
+
+
+def _classifier_from_state(state: dict, input_shape: tuple, n_classes: int, cfg: PerceptionConfig) -> Classifier:
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten: leave the global RNG alone
+        model = build_model(input_shape, n_classes, cfg)
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state["weights"].items()})
+    return Classifier(model, n_classes, torch.from_numpy(state["input_mean"].copy()),
+                      torch.from_numpy(state["input_scale"].copy()), state["train_size"], state["trained"])
 
 
 class P2PParallelEnv(FleetParallelEnv):
