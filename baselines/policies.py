@@ -99,7 +99,7 @@ class InteractivePolicy(_SolverPolicy):
 
     def _solve(self, observations, infos, agents):
         feasible, cloud, target, available = self._problem(infos, agents)
-        faults = getattr(self.env.scenario, "faults", None)
+        faults = getattr(getattr(self.env, "scenario", None), "faults", None)
         if faults is not None and (faults.message_loss or faults.liars or faults.robust != "mean"):
             return self._solve_over_faulty_channel(feasible, cloud, target, available, agents, faults)
         result = solve_interactive(feasible, cloud, target, self.n_cache, available=available, tol=self.tol,

@@ -130,3 +130,10 @@ def test_interactive_over_a_faulty_channel():
     np.testing.assert_allclose(bound_contributions(np.array([[3.0, 6.0, -1.0]]), 3.0), [[1.0, 2.0, 0.0]])
     lossy = solve_interactive_faulty(P, cloud, target, n_cache, rng=np.random.default_rng(1), message_loss=0.5)
     assert np.isfinite(lossy.loss) and lossy.messages > 0
+
+
+def test_the_vector_env_refuses_dropout_rather_than_ignoring_it():
+    from datagames_env.faces.vector import vector_env
+
+    with pytest.raises(ConfigError, match="faults.dropout"):
+        vector_env(2, None, **{"faults.dropout": 0.1, "n_robots": 2, "rounds": 2, "obs_per_round": 10})

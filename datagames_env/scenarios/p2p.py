@@ -24,6 +24,9 @@ Reward                 ``reward: feedback``: per robot, the mean utility its ``n
                        ``T = potential_cell_target`` (the cloud game's potential, per robot)
 Episode end            after ``rounds`` steps every robot is terminated (the task's horizon; never truncated);
                        ``agents`` becomes empty
+Faults                 ``faults`` (off by default; docs/reliability.md): dropout / rejoin (the face),
+                       ``message_loss`` per (sender, sample, receiver) transmission, liars vote the opposite of
+                       their detector, ``robust`` votes by mean / median / trimmed mean (:func:`aggregate_votes`)
 Arguments              ``config`` (a name in ``configs/``, a YAML path, a dict or a :class:`P2PConfig`),
                        ``max_cycles`` (PettingZoo's name for ``rounds``), ``render_mode`` (``ansi``, ``human``),
                        and any config key as a keyword (dotted

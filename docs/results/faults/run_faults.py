@@ -33,7 +33,8 @@ from datagames_env.scenarios import p2p as p2p_module  # noqa: E402
 from datagames_env.scenarios.p2p import load_p2p_config  # noqa: E402
 
 LEVELS = [0.0, 0.1, 0.3]
-SEEDS = [0, 1, 2]
+SEEDS = [0, 1, 2]            # p2p (a few seconds per episode)
+CLOUD_SEEDS = list(range(10))  # cloud game (milliseconds per episode once the kernels are compiled)
 CLOUD = {"n_robots": 10, "rounds": 5, "obs_per_round": 100, "n_cache": 5}
 CLOUD_POLICIES = [("greedy", "greedy", {}), ("interactive", "interactive", {}),
                   ("interactive+bounded", "interactive", {"faults.robust": "median"}), ("uniform", "uniform", {})]
@@ -60,10 +61,11 @@ def cloud_table() -> dict:
             for level in LEVELS:
                 overrides = {**CLOUD, **fault_overrides(kind, level), **extra}
                 distances = []
-                for seed in SEEDS:
+                for seed in CLOUD_SEEDS:
                     env = datagames_module.parallel_env(None, **overrides)
                     distances.append(run_episode(env, make_policy(policy, env), seed)["final_distance"])
                 out[f"{kind}|{label}|{level}"] = float(np.mean(distances))
+                out[f"{kind}|{label}|{level}|sd"] = float(np.std(distances))
                 print(f"cloud {kind:13s} {label:20s} {level:.1f}  distance {out[f'{kind}|{label}|{level}']:.3f}",
                       flush=True)
     return out
@@ -98,9 +100,10 @@ def p2p_table() -> dict:
                 row = {"rare_share": float(np.mean([r["rare_share"] for r in runs])),
                        "accuracy": float(np.mean([r["accuracy"].mean() for r in runs]))}
                 if kind.startswith("liars") and level > 0:  # the liars' accuracy against their own clean run
-                    row["liar_accuracy_change"] = float(np.mean([
-                        (r["accuracy"][r["liars"]] - clean[policy, seed]["accuracy"][r["liars"]]).mean()
-                        for r, seed in zip(runs, SEEDS)]))
+                    changes = [(r["accuracy"][r["liars"]] - clean[policy, seed]["accuracy"][r["liars"]]).mean()
+                               for r, seed in zip(runs, SEEDS)]
+                    row["liar_accuracy_change"] = float(np.mean(changes))
+                    row["liar_accuracy_change_sd"] = float(np.std(changes))
                     row["honest_accuracy_change"] = float(np.mean([
                         (r["accuracy"][~r["liars"]] - clean[policy, seed]["accuracy"][~r["liars"]]).mean()
                         for r, seed in zip(runs, SEEDS)]))
@@ -113,16 +116,17 @@ def tables_markdown(results: dict) -> str:
     """The measured tables (mean over seeds), as in faults.md."""
     levels = results["levels"]
     head = " | ".join(f"{int(100 * x)}%" for x in levels)
-    lines = ["### Cloud game: final distance (lower is better)", "",
+    lines = ["### Cloud game: final distance, mean ± sd over seeds (lower is better)", "",
              f"| fault | policy | {head} |", "|---|---|" + "---:|" * len(levels)]
     for key in results["cloud"]:
-        kind, label, level = key.split("|")
-        if float(level) == levels[0]:
-            values = [results["cloud"][f"{kind}|{label}|{x}"] for x in levels]
-            lines.append(f"| {kind} | {label} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+        kind, label, level, *sd = key.split("|")
+        if float(level) == levels[0] and not sd:
+            cells = [f"{results['cloud'][f'{kind}|{label}|{x}']:.2f} ± {results['cloud'][f'{kind}|{label}|{x}|sd']:.2f}"
+                     for x in levels]
+            lines.append(f"| {kind} | {label} | " + " | ".join(cells) + " |")
     lines += ["", "### p2p: rare share cached / mean accuracy (liars: change of the liars' own accuracy, and of "
               "the honest robots', against the same seeds without faults)", "",
-              f"| fault | policy | {head} | liars' accuracy change (10% / 30%) | honest robots' change (10% / 30%) |",
+              f"| fault | policy | {head} | liars' accuracy change, mean ± sd over seeds (10% / 30%) | honest robots' change (10% / 30%) |",
               "|---|---|" + "---:|" * len(levels) + "---:|---:|"]
     for key, row in results["p2p"].items():
         kind, policy, level = key.split("|")
@@ -130,7 +134,8 @@ def tables_markdown(results: dict) -> str:
             continue
         rows = [results["p2p"][f"{kind}|{policy}|{x}"] for x in levels]
         cells = [f"{r['rare_share']:.3f} / {r['accuracy']:.3f}" for r in rows]
-        liar = " / ".join(f"{r['liar_accuracy_change']:+.3f}" for r in rows if "liar_accuracy_change" in r) or "-"
+        liar = " / ".join(f"{r['liar_accuracy_change']:+.3f} ± {r['liar_accuracy_change_sd']:.3f}"
+                          for r in rows if "liar_accuracy_change" in r) or "-"
         honest = " / ".join(f"{r['honest_accuracy_change']:+.3f}" for r in rows if "honest_accuracy_change" in r) or "-"
         lines.append(f"| {kind} | {policy} | " + " | ".join(cells) + f" | {liar} | {honest} |")
     return "\n".join(lines) + "\n"
@@ -141,7 +146,7 @@ def main() -> None:
         print(tables_markdown(json.loads(Path(__file__).with_name("faults.json").read_text())))
         return
     started = time.perf_counter()
-    results = {"levels": LEVELS, "seeds": SEEDS, "cloud": cloud_table(), "p2p": p2p_table()}
+    results = {"levels": LEVELS, "seeds": SEEDS, "cloud_seeds": CLOUD_SEEDS, "cloud": cloud_table(), "p2p": p2p_table()}
     results["wall_s"] = time.perf_counter() - started
     path = Path(__file__).with_name("faults.json")
     path.write_text(json.dumps(results, indent=1))
