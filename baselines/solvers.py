@@ -85,6 +85,7 @@ __all__ = [
     "lower_bound",
     "solve_greedy",
     "solve_interactive",
+    "solve_interactive_faulty",
     "solve_oracle",
 ]
 
@@ -940,6 +941,70 @@ def solve_interactive(P, cloud, target, n_cache, available=None, tol: float = 1e
     contributions = np.einsum("nyj,nj->ny", feasible_matrices, actions)
     return InteractiveResult(actions=actions, sweeps=int(sweeps), messages=int(messages), history=history,
                              converged=bool(converged), broadcast=broadcast, contributions=contributions)
+
+
+def bound_contributions(messages: np.ndarray, n_cache: float) -> np.ndarray:
+    """A receiver's bound on contribution messages (the robust option of Interactive): what a robot can really add
+    is non-negative and sums to at most ``n_cache`` (each column of P_k sums to 1 and ``sum a_k <= n_cache``), so
+    a message is clipped at 0 and scaled down to that sum."""
+    bounded = np.clip(messages, 0.0, None)
+    total = bounded.sum(axis=-1, keepdims=True)
+    return np.where(total > n_cache, bounded * (n_cache / np.maximum(total, 1e-300)), bounded)
+
+
+def solve_interactive_faulty(P, cloud, target, n_cache, available=None, *, rng: np.random.Generator,
+                             message_loss: float = 0.0, liars=None, lie_scale: float = 1.0, bounded: bool = False,
+                             tol: float = 1e-6, max_sweeps: int = 30, loss: str = "l2") -> InteractiveResult:
+    """Algorithm 1 over an unreliable channel (the ``faults`` block, issue 12).
+
+    Greedy start, then each robot in turn best-responds (Problem 2 against ``cloud`` plus what it *believes* the
+    others contribute) and sends its new contribution ``P_i a_i`` to each other robot. Every message is lost with
+    probability ``message_loss`` (independently per receiver; the receiver keeps the last value it had from that
+    sender, 0 before any); a liar (``liars[i]``) sends ``lie_scale * P_i a_i`` instead of the truth (its upload is
+    still its own best response); ``bounded``: receivers clip every message with :func:`bound_contributions`.
+    Stops when no robot's true contribution moved by more than ``tol * max(1, ||target||)`` in a sweep. Messages:
+    ``N (N - 1)`` for the first broadcast, ``N - 1`` per best response (lost ones included)."""
+    feasible_matrices, cloud_counts, target_counts, _, caps = _validate(P, cloud, target, n_cache, available)
+    n_robots = len(feasible_matrices)
+    liars = np.zeros(n_robots, dtype=bool) if liars is None else np.asarray(liars, dtype=bool)
+    factor = np.where(liars, lie_scale, 1.0)
+    actions = solve_greedy(feasible_matrices, cloud_counts, target_counts, n_cache, available=caps, loss=loss)
+    contributions = np.einsum("nyj,nj->ny", feasible_matrices, actions)
+    believed = np.zeros((n_robots, n_robots, contributions.shape[1]))  # [receiver, sender]: last value received
+
+    def send(sender: int) -> None:
+        message = factor[sender] * contributions[sender]
+        if bounded:
+            message = bound_contributions(message, n_cache)
+        arrives = rng.random(n_robots) >= message_loss
+        arrives[sender] = False
+        believed[arrives, sender] = message
+
+    for i in range(n_robots):
+        send(i)
+    messages = n_robots * (n_robots - 1)
+    history = [_loss_of_counts(cloud_counts + contributions.sum(axis=0), target_counts, loss)]
+    move_tol = tol * max(1.0, float(np.linalg.norm(target_counts)))
+    sweeps, converged = 0, False
+    for _ in range(max_sweeps):
+        sweeps += 1
+        moved = 0.0
+        for i in range(n_robots):
+            others = believed[i].sum(axis=0) - believed[i, i]
+            a_i = solve_greedy(feasible_matrices[i:i + 1], cloud_counts + others, target_counts, n_cache,
+                               available=caps[i:i + 1], loss=loss)[0]
+            new = feasible_matrices[i] @ a_i
+            moved = max(moved, float(np.abs(new - contributions[i]).max()))
+            actions[i], contributions[i] = a_i, new
+            send(i)
+            messages += n_robots - 1
+        history.append(_loss_of_counts(cloud_counts + contributions.sum(axis=0), target_counts, loss))
+        if moved <= move_tol:
+            converged = True
+            break
+    return InteractiveResult(actions=actions, sweeps=sweeps, messages=int(messages),
+                             history=np.asarray(history, dtype=np.float64), converged=converged, broadcast="all",
+                             contributions=contributions)
 
 
 def _interactive_cvxpy(feasible_matrices, cloud_counts, target_counts, budget, caps, loss, actions, max_sweeps,

@@ -130,6 +130,31 @@ class TargetConfig(_Strict):
         return self
 
 
+class FaultsConfig(_Strict):
+    """Faults injected into an episode (issue 12), off by default: every probability 0 and ``liars`` 0 leave the
+    episode bit-identical to one without the block. Fault draws come from their own generators, derived from the
+    episode seed and ``seed`` (``scenarios.base.fault_rng``), never from the scenario's own RNGs."""
+
+    dropout: float = Field(0.0, ge=0.0, le=1.0, description="per round, probability that an active robot drops out "
+                                                           "(it terminates and leaves agents)")
+    rejoin: float = Field(0.0, ge=0.0, le=1.0, description="per round, probability that a dropped robot comes back")
+    message_loss: float = Field(0.0, ge=0.0, le=1.0, description="probability that one message / transmission is "
+                                                                "lost (p2p shared samples; Interactive messages)")
+    liars: float = Field(0.0, ge=0.0, le=1.0, description="fraction of robots that lie (which ones: drawn from the "
+                                                         "episode seed)")
+    lie_scale: float = Field(3.0, ge=0.0, description="Interactive: a liar sends lie_scale x its contribution")
+    robust: Literal["mean", "median", "trimmed"] = Field(
+        "mean", description="p2p: aggregation of the receivers' votes; Interactive: median / trimmed = bounded "
+                            "messages (a contribution is clipped to what the robot could upload, n_cache samples)")
+    seed: int = Field(0, description="offset of the fault generators")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the block changes anything: a fault, or a non-default ``robust`` (the median of votes is not
+        their mean even without faults). ``rejoin`` alone does nothing (no robot drops)."""
+        return bool(self.dropout or self.message_loss or self.liars or self.robust != "mean")
+
+
 class EnvConfig(_Strict):
     """Every knob of the environment. See README 'Configuration' for the table."""
 
@@ -161,6 +186,8 @@ class EnvConfig(_Strict):
         0, description="seeds initial cloud and first model; null = drawn from each reset seed (slower: a model per episode)"
     )
     final_accuracy: bool = Field(False, description="train the cloud model on the final cloud set, report test accuracy")
+    faults: FaultsConfig = Field(FaultsConfig(), description="injected faults (dropout, message loss, liars); off "
+                                                             "by default")
 
     @field_validator("dataset", mode="before")
     @classmethod

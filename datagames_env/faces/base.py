@@ -18,6 +18,16 @@ Robots leaving         a robot removed from ``agents`` during an episode (``env.
                        the others' episode goes on draw for draw as if it were idle. Removing every robot ends
                        stepping (``step`` needs an active robot); a robot put back into ``agents`` acts again
                        from the next step; a name that is not a robot is an error
+Faults                 the config's ``faults`` block (off by default). ``dropout`` / ``rejoin``: after every
+                       step that is not the episode's last, each robot draws once from the episode's fault
+                       generator; an active robot drops with probability ``dropout``: it is in that step's dicts
+                       (it played the round) with termination True, and leaves ``agents``; from the next step it is
+                       an inactive robot as above. A robot that dropped earlier rejoins with probability ``rejoin``
+                       per round: it reappears in that step's dicts (observation of the next round, reward 0.0,
+                       termination / truncation False, its info) and is back in ``agents``, so it acts from the
+                       next step. Every robot is back at the next ``reset()``. When every robot has dropped,
+                       ``agents`` is empty and stepping ends (nobody is left to act). ``liars`` are drawn once per
+                       episode (``env.liars``, bool per robot); the scenario or the policy's protocol uses them
 Episode end            the scenario's last round terminates every robot (never a truncation); ``agents`` empties
 Snapshots              ``snapshot()``: a small picklable :class:`~datagames_env.scenarios.base.Snapshot` (no
                        dataset, no model the config rebuilds); ``restore(snapshot)`` on an env of the same config
@@ -75,6 +85,7 @@ class FleetParallelEnv(ParallelEnv):
         if hasattr(scenario, "state_space"):
             self.state_space = scenario.state_space
         self._next_seed_rng = np.random.default_rng()
+        self._dropped: set[str] = set()  # robots that dropped out as a fault (they may rejoin)
 
     def __getattr__(self, name: str) -> Any:
         # scenario read-outs (env.core, env.ledger(), env.cloud(), ...); only called for names the face lacks
@@ -95,8 +106,11 @@ class FleetParallelEnv(ParallelEnv):
 
     # -------------------------------------------------------------------------------------------------- loop
     def reset(self, seed: int | None = None, options: dict | None = None):
-        observations, infos = self.scenario.reset(self._next_episode_seed(seed))
+        episode_seed = self._next_episode_seed(seed)
+        observations, infos = self.scenario.reset(episode_seed)
+        self.scenario.start_faults(episode_seed)
         self.agents = list(self.possible_agents)
+        self._dropped = set()
         if self.render_mode == "human":
             self.render()
         return self._per_agent(observations), self._per_agent(infos)
@@ -106,16 +120,32 @@ class FleetParallelEnv(ParallelEnv):
         active = np.array([a in self.agents for a in self.possible_agents])
         transition = self.scenario.step(matrix, None if active.all() else active)
         agents = list(self.agents)
-        observations = self._per_agent(transition.observations)
-        infos = self._per_agent(transition.infos)
-        rewards = {a: float(transition.rewards[self._index[a]]) for a in agents}
-        terminations = {a: bool(transition.terminated) for a in agents}
-        truncations = {a: False for a in agents}
+        dropping, rejoining = self._fault_dropouts(transition.terminated)
+        shown = [a for a in self.possible_agents if a in agents or a in rejoining]
+        observations = {a: transition.observations[self._index[a]] for a in shown}
+        infos = {a: transition.infos[self._index[a]] for a in shown}
+        rewards = {a: float(transition.rewards[self._index[a]]) if a in agents else 0.0 for a in shown}
+        terminations = {a: bool(transition.terminated) or a in dropping for a in shown}
+        truncations = {a: False for a in shown}
         if transition.terminated:
             self.agents = []
+        elif dropping or rejoining:
+            self._dropped = (self._dropped | set(dropping)) - set(rejoining)
+            self.agents = [a for a in self.possible_agents if (a in agents and a not in dropping) or a in rejoining]
         if self.render_mode == "human":
             self.render()
         return observations, rewards, terminations, truncations, infos
+
+    def _fault_dropouts(self, terminated: bool) -> tuple[list[str], list[str]]:
+        """Who drops out and who rejoins after this step (module docstring): one uniform draw per robot per
+        round from the scenario's ``agents`` fault generator, so a robot's draws do not depend on the others."""
+        faults = self.scenario.faults
+        if terminated or faults is None or not faults.dropout:
+            return [], []
+        draws = self.scenario.fault_rngs["agents"].random(len(self.possible_agents))
+        dropping = [a for a, u in zip(self.possible_agents, draws) if a in self.agents and u < faults.dropout]
+        rejoining = [a for a, u in zip(self.possible_agents, draws) if a in self._dropped and u < faults.rejoin]
+        return dropping, rejoining
 
     def _per_agent(self, rows) -> dict[str, Any]:
         return {a: rows[self._index[a]] for a in self.agents}
@@ -160,6 +190,8 @@ class FleetParallelEnv(ParallelEnv):
     def snapshot(self) -> Snapshot:
         """The episode's state as a small picklable object (see the module docstring)."""
         face = {"agents": list(self.agents), "seed_rng": self._next_seed_rng.bit_generator.state}
+        if self.scenario.fault_rngs is not None:
+            face["faults"] = {"scenario": self.scenario.fault_state(), "dropped": sorted(self._dropped)}
         return Snapshot(SNAPSHOT_VERSION, self.metadata["name"], config_digest(self.config), face,
                         self.scenario.snapshot_state())
 
@@ -170,6 +202,9 @@ class FleetParallelEnv(ParallelEnv):
         snapshot.check(self.metadata["name"], config_digest(self.config))
         self.scenario.restore_state(snapshot.state)
         self.agents = list(snapshot.face["agents"])
+        faults = snapshot.face.get("faults")
+        self.scenario.restore_fault_state(faults["scenario"] if faults else None)
+        self._dropped = set(faults["dropped"]) if faults else set()
         self._next_seed_rng = np.random.default_rng()
         self._next_seed_rng.bit_generator.state = snapshot.face["seed_rng"]
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from gymnasium import spaces
 
-from ..config import EnvConfig, load_config
+from ..config import ConfigError, EnvConfig, load_config
 from ..core import BatchedCore
 from ..scenarios.base import SNAPSHOT_VERSION, Snapshot, config_digest
 from ..scenarios.cloud_game import CloudGameObjective
@@ -38,6 +38,10 @@ class DataGamesVectorEnv:
 
     def __init__(self, num_envs: int = 1, config: str | dict | EnvConfig | None = None, **overrides) -> None:
         self.config = load_config(config, **overrides)
+        if self.config.faults.dropout:  # dropout lives in the parallel face; refused rather than ignored here
+            raise ConfigError("config key 'faults.dropout': robot dropout is not supported by the vector env (use "
+                              "parallel_env); the protocol faults of Interactive need env.liars / fault_rngs of a "
+                              "parallel env too")
         self.core = BatchedCore(self.config, CloudGameObjective, num_envs=num_envs)
         self.num_envs = num_envs
         self.n_robots = self.config.n_robots

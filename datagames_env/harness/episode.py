@@ -29,6 +29,9 @@ def run_episode(env, policy, seed: int, on_round=None, name: str | None = None) 
     rounds = [rep.initial_round(env, infos)]
     decide_total, messages = 0.0, 0
     while env.agents:
+        if len(observations) != len(env.agents):  # robots that dropped out (faults) are in the dicts, not agents
+            observations = {a: observations[a] for a in env.agents}
+            infos = {a: infos[a] for a in env.agents}
         t = time.perf_counter()
         actions = policy.act(observations, infos)
         decide = time.perf_counter() - t

@@ -30,6 +30,8 @@ active)``              and is atomic (:func:`atomic_step`). ``active`` (bool ``(
 ``restore_state(s)``   rebuilds); restoring it on a scenario of the same config continues bit-exactly
 ``state()``            the global state (privileged where it says so), flat float32
 ``privileged_view()``  oracle-only truth, a dict of arrays
+``start_faults(seed)`` (base class) the ``faults`` block's generators and liars for the episode of ``seed``; the
+                       face calls it after ``reset``. ``fault_rngs`` is None when the block is off
 ``render(mode)``       ``ansi`` text, ``rgb_array`` image; ``human``: shows it and returns None, or returns
                        text that the face prints
 =====================  ============================================================================
@@ -48,7 +50,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["SNAPSHOT_VERSION", "SampleSpec", "Scenario", "Snapshot", "SnapshotError", "Transition", "active_mask",
+__all__ = ["FAULT_STREAMS", "SNAPSHOT_VERSION", "SampleSpec", "fault_rng", "Scenario", "Snapshot", "SnapshotError", "Transition", "active_mask",
            "atomic_step", "config_digest"]
 
 SNAPSHOT_VERSION = 1  # bump when the content of any scenario's snapshot_state() changes
@@ -105,7 +107,20 @@ class Snapshot:
 
 
 def config_digest(config: Any) -> str:
-    return hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True, default=str).encode()).hexdigest()
+    data = config.model_dump(mode="json")
+    faults = getattr(config, "faults", None)
+    if faults is not None and faults == type(faults)():  # the default block: the digest of a config without it
+        data.pop("faults")
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+FAULT_STREAMS = {"agents": 1, "messages": 2, "protocol": 3, "liars": 4}  # one generator per kind of fault draw
+
+
+def fault_rng(seed: int, faults: Any, stream: str) -> np.random.Generator:
+    """The generator of one kind of fault draw in the episode of ``seed``: derived from the episode seed, the
+    block's ``seed`` offset and the kind, and from nothing else, so the scenario's own draws never shift."""
+    return np.random.default_rng([int(seed), int(faults.seed), 0xFA017, FAULT_STREAMS[stream]])
 
 
 def active_mask(active: np.ndarray | None, n: int) -> np.ndarray:
@@ -122,10 +137,14 @@ def atomic_step(step):
     @functools.wraps(step)
     def wrapper(self, actions, active=None):
         saved = self._begin_step()
+        rngs = getattr(self, "fault_rngs", None) or {}
+        fault_states = {name: rng.bit_generator.state for name, rng in rngs.items()}
         try:
             return step(self, actions, active)
         except BaseException:
             self._rollback_step(saved)
+            for name, state in fault_states.items():  # generators advance in place
+                rngs[name].bit_generator.state = state
             raise
 
     return wrapper
@@ -153,6 +172,44 @@ class Scenario(abc.ABC):
     @abc.abstractmethod
     def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> Transition:
         """Play one round with the robots' ``(N, A)`` actions; ``active`` masks the robots that left."""
+
+    fault_rngs: dict[str, np.random.Generator] | None = None
+    liars: np.ndarray | None = None
+
+    @property
+    def faults(self) -> Any:
+        """The config's ``faults`` block when it changes anything, else None."""
+        faults = getattr(self.config, "faults", None)
+        return faults if faults is not None and faults.enabled else None
+
+    def start_faults(self, seed: int) -> None:
+        """The episode's fault generators (one per kind, :func:`fault_rng`) and its liars: ``round(liars * N)``
+        robots drawn from the episode seed. Nothing is drawn when the block is off."""
+        faults = self.faults
+        if faults is None:
+            self.fault_rngs, self.liars = None, np.zeros(self.n_robots, dtype=bool)
+            return
+        self.fault_rngs = {name: fault_rng(seed, faults, name) for name in ("agents", "messages", "protocol")}
+        liars = np.zeros(self.n_robots, dtype=bool)
+        liars[fault_rng(seed, faults, "liars").permutation(self.n_robots)[:round(faults.liars * self.n_robots)]] = True
+        self.liars = liars
+
+    def fault_state(self) -> dict | None:
+        if self.fault_rngs is None:
+            return None
+        return {"rngs": {name: rng.bit_generator.state for name, rng in self.fault_rngs.items()},
+                "liars": self.liars.copy()}
+
+    def restore_fault_state(self, state: dict | None) -> None:
+        if state is None:
+            self.fault_rngs, self.liars = None, np.zeros(self.n_robots, dtype=bool)
+            return
+        self.fault_rngs = {}
+        for name, rng_state in state["rngs"].items():
+            rng = np.random.default_rng()
+            rng.bit_generator.state = rng_state
+            self.fault_rngs[name] = rng
+        self.liars = np.asarray(state["liars"], dtype=bool).copy()
 
     def _begin_step(self) -> dict:
         """What :func:`atomic_step` needs to undo a step: a shallow copy of the attributes (override to copy

@@ -86,6 +86,7 @@ from ..core import kernels
 from ..config import (
     ConfigError,
     DatasetConfig,
+    FaultsConfig,
     PerceptionConfig,
     StreamConfig,
     _Strict,
@@ -140,6 +141,8 @@ class DualConfig(_Strict):
     max_block_bytes: int = Field(DEFAULT_MAX_BLOCK_BYTES, ge=1024, description="memory bound of similarity blocks")
     reward: Literal["accuracy", "coverage"] = "accuracy"
     privacy: PrivacyConfig = PrivacyConfig()
+    faults: FaultsConfig = Field(FaultsConfig(), description="injected faults (dropout, message loss, liars); "
+                                                             "off by default")
     world_seed: int | None = Field(
         0, description="seeds the initial cloud (and so the first model), shared by all episodes; null = per reset")
 

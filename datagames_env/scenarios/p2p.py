@@ -24,6 +24,9 @@ Reward                 ``reward: feedback``: per robot, the mean utility its ``n
                        ``T = potential_cell_target`` (the cloud game's potential, per robot)
 Episode end            after ``rounds`` steps every robot is terminated (the task's horizon; never truncated);
                        ``agents`` becomes empty
+Faults                 ``faults`` (off by default; docs/reliability.md): dropout / rejoin (the face),
+                       ``message_loss`` per (sender, sample, receiver) transmission, liars vote the opposite of
+                       their detector, ``robust`` votes by mean / median / trimmed mean (:func:`aggregate_votes`)
 Arguments              ``config`` (a name in ``configs/``, a YAML path, a dict or a :class:`P2PConfig`),
                        ``max_cycles`` (PettingZoo's name for ``rounds``), ``render_mode`` (``ansi``, ``human``),
                        and any config key as a keyword (dotted
@@ -78,7 +81,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from ..config import ConfigError, PerceptionConfig, _Strict, load_typed_config
+from ..config import ConfigError, FaultsConfig, PerceptionConfig, _Strict, load_typed_config
 from ..data.datasets import Dataset, DatasetError, load_dataset
 from ..data.domains import corrupt
 from ..data.streams import draw_domain_stream
@@ -183,6 +186,8 @@ class P2PConfig(_Strict):
     reward: Literal["feedback", "potential"] = "feedback"
     potential_cell_target: int = Field(20, ge=1, description="T: labeled samples wanted per (domain, class) cell")
     privacy: PrivacyConfig = PrivacyConfig()
+    faults: FaultsConfig = Field(FaultsConfig(), description="injected faults (dropout, message loss, liars); "
+                                                             "off by default")
     test_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="per domain, held out for per-domain accuracy")
     split_seed: int = Field(0, description="domain splits, corruptions, private stamps")
     world_seed: int | None = Field(
@@ -667,8 +672,15 @@ class P2PScenario(Scenario):
         n_kept = np.zeros(n, dtype=np.int64)
         n_received = np.zeros(n, dtype=np.int64)
         keep_plan = []
+        faults = self.faults
+        if faults is not None:  # (sender, slot, receiver): what arrives; every vote that came back, NaN if none
+            delivered = adjacency[:, None, :] & kept[:, :, None]
+            if faults.message_loss:
+                delivered &= self.fault_rngs["messages"].random(delivered.shape) >= faults.message_loss
+            vote_table = np.full((n * k, n), np.nan)
         for j in range(n):
-            rows = np.flatnonzero((adjacency[:, j, None] & kept).ravel())  # senders in order, kept slots
+            arrived = (adjacency[:, j, None] & kept) if faults is None else delivered[:, :, j]
+            rows = np.flatnonzero(arrived.ravel())  # senders in order, kept slots
             if not len(rows):
                 continue
             features, ids = outgoing[rows], flat_ids[rows]
@@ -678,6 +690,8 @@ class P2PScenario(Scenario):
                                             self._robots[j].model.threshold, seed=mc_seed)
             n_received[j] = len(ids)
             votes[rows] += novel
+            if faults is not None:  # a liar votes the opposite of what its detector found (it keeps the truth)
+                vote_table[rows, j] = (1.0 - novel) if self.liars[j] else novel
             keep = novel if cfg.receiver_keeps == "novel" else np.ones(len(ids), dtype=bool)
             keep_plan.append((j, features[keep], ids[keep]))
         # 3. receivers label what they keep (ground truth from their trusted annotator), dedupe by sample
@@ -697,7 +711,11 @@ class P2PScenario(Scenario):
                 robot.stale = True
                 n_kept[j] = int(take.sum())
         # 4. utilities back to the senders: the fraction of its receivers that found each sent sample novel
-        utilities = np.where(kept, votes.reshape(n, k) / np.maximum(n_receivers, 1)[:, None], 0.0).astype(np.float32)
+        if faults is None:
+            utilities = np.where(kept, votes.reshape(n, k) / np.maximum(n_receivers, 1)[:, None], 0.0)
+        else:
+            utilities = np.where(kept, aggregate_votes(vote_table, faults.robust).reshape(n, k), 0.0)
+        utilities = utilities.astype(np.float32)
         rare_cached = self._rare[world.domains[cached_ids]].sum(axis=1) * active
         rare_seen = self._rare[world.domains[self._round_ids]].sum(axis=1) * active
         self._totals += np.stack([privacy_counts["n_blurred"], privacy_counts["n_dropped"],
@@ -808,6 +826,24 @@ class P2PScenario(Scenario):
                          + "  ".join(f"{a:>{width}.3f}" for a in robot.model.domain_accuracy) + f"  {rare:>11.3f}")
         text = "\n".join(lines)
         return text  # the face prints it in human mode
+
+
+def aggregate_votes(vote_table: np.ndarray, robust: str = "mean") -> np.ndarray:
+    """One utility per row of ``vote_table`` (rows: shared samples; columns: receivers; NaN: no vote, the sample
+    never arrived there). ``mean``: the fraction that voted novel; ``median``: the median vote; ``trimmed``: the
+    mean after dropping the ``max(1, floor(0.2 m))`` highest and lowest of ``m >= 3`` votes (all of them when
+    ``m < 3``). A sample without any vote has utility 0."""
+    table = np.sort(vote_table, axis=1)  # NaN last
+    m = np.isfinite(table).sum(axis=1)
+    if robust == "median":
+        out = np.zeros(len(table))
+        has = m > 0
+        out[has] = np.nanmedian(table[has], axis=1)
+        return out
+    trim = np.where(m >= 3, np.maximum(1, (0.2 * m).astype(np.int64)), 0) if robust == "trimmed" else np.zeros_like(m)
+    position = np.arange(table.shape[1])[None, :]
+    use = (position >= trim[:, None]) & (position < (m - trim)[:, None])
+    return np.where(use, np.nan_to_num(table), 0.0).sum(axis=1) / np.maximum(use.sum(axis=1), 1)
 
 
 def _robot_vars(robot: _Robot) -> dict:

@@ -221,7 +221,8 @@ class P2PReporter(Reporter):
 
     def finish(self, env, episode, infos):
         rounds = episode["rounds"]
-        return {"return": {a: float(sum(r["robots"][a]["reward"] for r in rounds[1:])) for a in env.possible_agents}}
+        return {"return": {a: float(sum(r["robots"][a]["reward"] for r in rounds[1:] if a in r["robots"]))  # dropped: absent
+                           for a in env.possible_agents}}
 
     def payload_extras(self, env):
         return {"domain_sources": dict(zip(env.domain_names, env.world.domain_sources)),
