@@ -100,7 +100,8 @@ class InteractivePolicy(_SolverPolicy):
     def _solve(self, observations, infos, agents):
         feasible, cloud, target, available = self._problem(infos, agents)
         faults = getattr(getattr(self.env, "scenario", None), "faults", None)
-        if faults is not None and (faults.message_loss or faults.liars or faults.robust != "mean"):
+        if faults is not None and (faults.message_loss or faults.message_delay or faults.liars
+                                   or faults.robust != "mean"):
             return self._solve_over_faulty_channel(feasible, cloud, target, available, agents, faults)
         result = solve_interactive(feasible, cloud, target, self.n_cache, available=available, tol=self.tol,
                                    loss=self.loss, broadcast=self.broadcast)
@@ -117,7 +118,8 @@ class InteractivePolicy(_SolverPolicy):
         index = [self.env.possible_agents.index(a) for a in agents]
         result = solve_interactive_faulty(feasible, cloud, target, self.n_cache, available=available,
                                           rng=self.env.scenario.fault_rngs["protocol"],
-                                          message_loss=faults.message_loss, liars=self.env.liars[index],
+                                          message_loss=faults.message_loss, message_delay=faults.message_delay,
+                                          delay_sweeps=faults.delay_sweeps, liars=self.env.liars[index],
                                           lie_scale=faults.lie_scale, bounded=faults.robust != "mean",
                                           tol=self.tol, loss=self.loss)
         self.last_stats = {"messages": int(result.messages), "sweeps": int(result.sweeps),

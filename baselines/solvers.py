@@ -953,16 +953,19 @@ def bound_contributions(messages: np.ndarray, n_cache: float) -> np.ndarray:
 
 
 def solve_interactive_faulty(P, cloud, target, n_cache, available=None, *, rng: np.random.Generator,
-                             message_loss: float = 0.0, liars=None, lie_scale: float = 1.0, bounded: bool = False,
+                             message_loss: float = 0.0, message_delay: float = 0.0, delay_sweeps: int = 1,
+                             liars=None, lie_scale: float = 1.0, bounded: bool = False,
                              tol: float = 1e-6, max_sweeps: int = 30, loss: str = "l2") -> InteractiveResult:
     """Algorithm 1 over an unreliable channel (the ``faults`` block, issue 12).
 
     Greedy start, then each robot in turn best-responds (Problem 2 against ``cloud`` plus what it *believes* the
     others contribute) and sends its new contribution ``P_i a_i`` to each other robot. Every message is lost with
     probability ``message_loss`` (independently per receiver; the receiver keeps the last value it had from that
-    sender, 0 before any); a liar (``liars[i]``) sends ``lie_scale * P_i a_i`` instead of the truth (its upload is
+    sender, 0 before any); a message that is not lost arrives ``delay_sweeps`` sweeps late with probability
+    ``message_delay`` (until then the receiver acts on what it had); a liar (``liars[i]``) sends ``lie_scale * P_i a_i`` instead of the truth (its upload is
     still its own best response); ``bounded``: receivers clip every message with :func:`bound_contributions`.
-    Stops when no robot's true contribution moved by more than ``tol * max(1, ||target||)`` in a sweep. Messages:
+    Stops when no robot's true contribution moved by more than ``tol * max(1, ||target||)`` in a sweep and no
+    message is still in flight. Messages:
     ``N (N - 1)`` for the first broadcast, ``N - 1`` per best response (lost ones included)."""
     feasible_matrices, cloud_counts, target_counts, _, caps = _validate(P, cloud, target, n_cache, available)
     n_robots = len(feasible_matrices)
@@ -971,6 +974,8 @@ def solve_interactive_faulty(P, cloud, target, n_cache, available=None, *, rng: 
     actions = solve_greedy(feasible_matrices, cloud_counts, target_counts, n_cache, available=caps, loss=loss)
     contributions = np.einsum("nyj,nj->ny", feasible_matrices, actions)
     believed = np.zeros((n_robots, n_robots, contributions.shape[1]))  # [receiver, sender]: last value received
+    in_flight: list[tuple[int, np.ndarray, int, np.ndarray]] = []  # (arrival sweep, receivers, sender, message)
+    sweep = 0
 
     def send(sender: int) -> None:
         message = factor[sender] * contributions[sender]
@@ -978,7 +983,19 @@ def solve_interactive_faulty(P, cloud, target, n_cache, available=None, *, rng: 
             message = bound_contributions(message, n_cache)
         arrives = rng.random(n_robots) >= message_loss
         arrives[sender] = False
+        if message_delay:  # drawn only when delays are on: loss-only runs keep their draws
+            late = arrives & (rng.random(n_robots) < message_delay)
+            if late.any():
+                in_flight.append((sweep + delay_sweeps, late, sender, message))
+            arrives &= ~late
         believed[arrives, sender] = message
+
+    def deliver() -> None:
+        # in sending order, so a newer message from the same sender overwrites an older one
+        for item in [m for m in in_flight if m[0] <= sweep]:
+            _, receivers, sender, message = item
+            believed[receivers, sender] = message
+            in_flight.remove(item)
 
     for i in range(n_robots):
         send(i)
@@ -988,6 +1005,8 @@ def solve_interactive_faulty(P, cloud, target, n_cache, available=None, *, rng: 
     sweeps, converged = 0, False
     for _ in range(max_sweeps):
         sweeps += 1
+        sweep = sweeps
+        deliver()
         moved = 0.0
         for i in range(n_robots):
             others = believed[i].sum(axis=0) - believed[i, i]
@@ -999,7 +1018,7 @@ def solve_interactive_faulty(P, cloud, target, n_cache, available=None, *, rng: 
             send(i)
             messages += n_robots - 1
         history.append(_loss_of_counts(cloud_counts + contributions.sum(axis=0), target_counts, loss))
-        if moved <= move_tol:
+        if moved <= move_tol and not in_flight:
             converged = True
             break
     return InteractiveResult(actions=actions, sweeps=sweeps, messages=int(messages),

@@ -140,6 +140,9 @@ class FaultsConfig(_Strict):
     rejoin: float = Field(0.0, ge=0.0, le=1.0, description="per round, probability that a dropped robot comes back")
     message_loss: float = Field(0.0, ge=0.0, le=1.0, description="probability that one message / transmission is "
                                                                 "lost (p2p shared samples; Interactive messages)")
+    message_delay: float = Field(0.0, ge=0.0, le=1.0, description="Interactive: probability that one message arrives "
+                                                                 "delay_sweeps sweeps late instead of at once")
+    delay_sweeps: int = Field(1, ge=1, description="how many sweeps a delayed Interactive message is late")
     liars: float = Field(0.0, ge=0.0, le=1.0, description="fraction of robots that lie (which ones: drawn from the "
                                                          "episode seed)")
     lie_scale: float = Field(3.0, ge=0.0, description="Interactive: a liar sends lie_scale x its contribution")
@@ -152,7 +155,7 @@ class FaultsConfig(_Strict):
     def enabled(self) -> bool:
         """Whether the block changes anything: a fault, or a non-default ``robust`` (the median of votes is not
         their mean even without faults). ``rejoin`` alone does nothing (no robot drops)."""
-        return bool(self.dropout or self.message_loss or self.liars or self.robust != "mean")
+        return bool(self.dropout or self.message_loss or self.message_delay or self.liars or self.robust != "mean")
 
 
 class EnvConfig(_Strict):

@@ -130,6 +130,15 @@ def test_interactive_over_a_faulty_channel():
     np.testing.assert_allclose(bound_contributions(np.array([[3.0, 6.0, -1.0]]), 3.0), [[1.0, 2.0, 0.0]])
     lossy = solve_interactive_faulty(P, cloud, target, n_cache, rng=np.random.default_rng(1), message_loss=0.5)
     assert np.isfinite(lossy.loss) and lossy.messages > 0
+    # every message a sweep late: the robots best-respond to the previous sweep all at once (Jacobi, not
+    # Gauss-Seidel), and simultaneous best responses cycle here instead of converging
+    late = solve_interactive_faulty(P, cloud, target, n_cache, rng=np.random.default_rng(1), message_delay=1.0)
+    assert not late.converged and late.loss > clean.loss + 1e-3
+    assert np.allclose(late.history[-4:-2], late.history[-2:])  # a two-sweep cycle
+    # some messages late: stale beliefs cost sweeps, the protocol still ends at the optimum
+    some = solve_interactive_faulty(P, cloud, target, n_cache, rng=np.random.default_rng(1), message_delay=0.3)
+    assert some.converged and some.sweeps > perfect.sweeps
+    assert abs(some.loss - clean.loss) <= 1e-4 * max(1.0, clean.loss)
 
 
 def test_the_vector_env_refuses_dropout_rather_than_ignoring_it():

@@ -10,7 +10,8 @@ cached, and mean test accuracy (robots x domains), for random, gu and oracle; fo
 accuracy minus the same robots' accuracy in the fault-free run of the same seed (does lying hurt the liar?).
 
 Fault kinds and what "x percent faulty" means: ``dropout`` = per-round dropout probability x (rejoin 0.5);
-``message_loss`` = each message / transmission lost with probability x; ``liars`` = round(x N) robots lie (cloud
+``message_loss`` = each message / transmission lost with probability x; ``message_delay`` (cloud game only) = each
+Interactive message arrives one sweep late with probability x; ``liars`` = round(x N) robots lie (cloud
 game: contributions x3; p2p: opposite votes), with and without the robust option.
 """
 
@@ -48,15 +49,20 @@ def fault_overrides(kind: str, level: float) -> dict:
         return {"faults.dropout": level, "faults.rejoin": 0.5}
     if kind == "message_loss":
         return {"faults.message_loss": level}
+    if kind == "message_delay":  # Interactive only: that share of the messages arrives one sweep late
+        return {"faults.message_delay": level}
     if kind.startswith("liars"):
         robust = kind.partition("+")[2] or "mean"
         return {"faults.liars": level, "faults.lie_scale": 3.0, "faults.robust": robust}
     raise ValueError(kind)
 
 
-def cloud_table() -> dict:
+CLOUD_KINDS = ["dropout", "message_loss", "message_delay", "liars"]
+
+
+def cloud_table(kinds=CLOUD_KINDS) -> dict:
     out = {}
-    for kind in ["dropout", "message_loss", "liars"]:
+    for kind in kinds:
         for label, policy, extra in CLOUD_POLICIES:
             for level in LEVELS:
                 overrides = {**CLOUD, **fault_overrides(kind, level), **extra}
