@@ -117,11 +117,12 @@ class FleetParallelEnv(ParallelEnv):
 
     def step(self, actions: dict):
         matrix = self._action_matrix(actions)
-        active = np.array([a in self.agents for a in self.possible_agents])
+        present = set(self.agents)  # membership tests on a set: O(N) per step, not O(N^2), at fleet sizes
+        active = np.array([a in present for a in self.possible_agents])
         transition = self.scenario.step(matrix, None if active.all() else active)
         agents = list(self.agents)
         dropping, rejoining = self._fault_dropouts(transition.terminated)
-        shown = [a for a in self.possible_agents if a in agents or a in rejoining]
+        shown = [a for a in self.possible_agents if a in present or a in rejoining]
         observations = {a: transition.observations[self._index[a]] for a in shown}
         infos = {a: transition.infos[self._index[a]] for a in shown}
         rewards = {a: float(transition.rewards[self._index[a]]) if a in agents else 0.0 for a in shown}
@@ -168,7 +169,8 @@ class FleetParallelEnv(ParallelEnv):
         strangers = [a for a in self.agents if a not in self._index]
         if strangers:
             raise ValueError(f"agents holds unknown names {strangers}: robots may leave agents, not join it")
-        unknown = [a for a in actions if a not in self._index or a not in self.agents]
+        present = set(self.agents)
+        unknown = [a for a in actions if a not in self._index or a not in present]
         if unknown:
             raise ValueError(f"actions for unknown or inactive agents {unknown}; active agents are {self.agents}")
         missing = [a for a in self.agents if a not in actions]
