@@ -22,7 +22,7 @@ import numpy as np
 from datagames_env.core import allocation_counts
 from datagames_env.policy import _Base
 
-from .solvers import solve_greedy, solve_interactive, solve_interactive_faulty, solve_oracle
+from .solvers import Channel, solve_greedy, solve_interactive, solve_oracle
 
 
 class _SolverPolicy(_Base):
@@ -99,32 +99,29 @@ class InteractivePolicy(_SolverPolicy):
 
     def _solve(self, observations, infos, agents):
         feasible, cloud, target, available = self._problem(infos, agents)
-        faults = getattr(getattr(self.env, "scenario", None), "faults", None)
-        if faults is not None and (faults.message_loss or faults.message_delay or faults.liars
-                                   or faults.robust != "mean"):
-            return self._solve_over_faulty_channel(feasible, cloud, target, available, agents, faults)
+        channel = self._channel(agents)
+        # the faulty channel carries the all-to-all messages (docs/reliability.md): interactive-sum counts those
+        broadcast = self.broadcast if channel is None else "all"
         result = solve_interactive(feasible, cloud, target, self.n_cache, available=available, tol=self.tol,
-                                   loss=self.loss, broadcast=self.broadcast)
+                                   loss=self.loss, broadcast=broadcast, channel=channel)
         self.last_stats = {"messages": int(result.messages), "sweeps": int(result.sweeps),
                            "converged": bool(result.converged)}
         return result.actions
 
-
-    def _solve_over_faulty_channel(self, feasible, cloud, target, available, agents, faults):
-        """The protocol's messages cross the env config's faulty channel (``faults``): losses drawn from the
-        episode's ``protocol`` fault generator, liars from the episode (``env.liars``); ``robust`` median /
-        trimmed = receivers bound every message (:func:`baselines.solvers.bound_contributions`). The robots'
-        own decisions read nothing more than before: the channel is the environment's."""
+    def _channel(self, agents) -> Channel | None:
+        """The env config's faulty channel (``faults``), or None: losses and delays drawn from the episode's
+        ``protocol`` fault generator, liars from the episode (``env.liars``); ``robust`` median / trimmed =
+        receivers bound every message (:func:`baselines.solvers.bound_contributions`). The robots' own decisions
+        read nothing more than before: the channel is the environment's. The solver is the same either way, so a
+        fault that never fires changes nothing."""
+        faults = getattr(getattr(self.env, "scenario", None), "faults", None)
+        if faults is None or not (faults.message_loss or faults.message_delay or faults.liars
+                                  or faults.robust != "mean"):
+            return None
         index = [self.env.possible_agents.index(a) for a in agents]
-        result = solve_interactive_faulty(feasible, cloud, target, self.n_cache, available=available,
-                                          rng=self.env.scenario.fault_rngs["protocol"],
-                                          message_loss=faults.message_loss, message_delay=faults.message_delay,
-                                          delay_sweeps=faults.delay_sweeps, liars=self.env.liars[index],
-                                          lie_scale=faults.lie_scale, bounded=faults.robust != "mean",
-                                          tol=self.tol, loss=self.loss)
-        self.last_stats = {"messages": int(result.messages), "sweeps": int(result.sweeps),
-                           "converged": bool(result.converged)}
-        return result.actions
+        return Channel(rng=self.env.scenario.fault_rngs["protocol"], message_loss=faults.message_loss,
+                       message_delay=faults.message_delay, delay_sweeps=faults.delay_sweeps,
+                       liars=self.env.liars[index], lie_scale=faults.lie_scale, bounded=faults.robust != "mean")
 
 
 class InteractiveSumPolicy(InteractivePolicy):

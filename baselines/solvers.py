@@ -61,6 +61,10 @@ inf-norm (that detecting sweep is counted), or after ``max_sweeps``. Messages ar
   writes its Greedy contribution once (N messages); in every sweep each robot reads s (1 message) and writes
   its update (1 message): ``N + 2 N * sweeps``. Robot i recovers the others' sum as ``s - P_i a_i``. The
   iterates are identical to ``"all"``; only the count differs.
+* ``channel`` (:class:`Channel`, the ``faults`` block): the same solver over an unreliable channel (lost,
+  delayed, lying or bounded messages; ``broadcast="all"`` only). Robots act on the messages they received, and the
+  stopping rule also waits for messages in flight. Same Greedy start, caps, sweep cap and tolerance as the perfect
+  channel, and the same arithmetic: a channel whose faults never fire gives the perfect channel's plans.
 
 Measured behaviour (benchmarks/bench_solvers.py, tests/test_solvers.py). Theorem 3 of the paper (one sweep
 suffices when ``1'(target - cloud) > N n_cache``) does not hold exactly: after one sweep the loss is typically
@@ -80,6 +84,7 @@ import numpy as np
 from numba import njit
 
 __all__ = [
+    "Channel",
     "InteractiveResult",
     "loss_value",
     "lower_bound",
@@ -100,6 +105,11 @@ _CACHE = True  # numba caches compiled code in __pycache__: a fresh process skip
 # round-off is reached first.
 _GAP_TOL = 1e-14
 _BARY_TOL = 1e-13  # barycentric weights at or below this leave the corral
+# Interactive's defaults, one set for the perfect and the faulty channel (a fault that never fires changes nothing)
+TOL = 1e-6
+MAX_SWEEPS = 100
+# bounded messages: an honest contribution sums to n_cache up to round-off and must pass the bound unchanged
+_BOUND_SLACK = 1e-9
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -693,39 +703,63 @@ def _contribution(PT, actions, i, out):
 
 
 @njit(cache=_CACHE)
-def _interactive_native(P, PT, caps, budget, d, actions, max_sweeps, move_tol, max_iter):
-    """Algorithm 1 from the given (Greedy) actions, in place. Returns (sweeps, converged, history)."""
+def _bound_message(message, n_cache):
+    """:func:`bound_contributions` for one message, in place."""
+    total = 0.0
+    for y in range(message.shape[0]):
+        message[y] = max(message[y], 0.0)
+        total += message[y]
+    if total > n_cache * (1.0 + _BOUND_SLACK):
+        for y in range(message.shape[0]):
+            message[y] *= n_cache / total
+
+
+@njit(cache=_CACHE)
+def _sweep_native(P, PT, caps, budget, d, actions, contributions, total, max_iter, ws, d_i, new,
+                  believed, arrive, factor, bounded, n_cache, sent):
+    """One sweep of Algorithm 1 in place (robots i = 1..N best-respond in turn); returns (moved, loss).
+
+    The channel: ``believed`` (N, N, C) [receiver, sender] is what each robot last received; empty (0, 0, 0) for
+    the perfect channel. Robot i acts on the true others' sum plus what its beliefs get wrong, a sum of exact
+    zeros when every message arrived as sent: a channel whose faults never fire computes the same numbers as the
+    perfect one. After its best response robot i sends ``factor[i] * P_i a_i`` (bounded: clipped) into
+    ``sent[i]``; it reaches the receivers r with ``arrive[i, r]`` now (the caller queues late ones)."""
     n_robots, n_classes = caps.shape
-    contributions = np.zeros((n_robots, n_classes))
+    faulty = believed.shape[0] > 0
+    moved = 0.0
     for i in range(n_robots):
-        _contribution(PT, actions, i, contributions[i])
-    history = np.zeros(max_sweeps + 1)
-    total = contributions.sum(axis=0)
-    history[0] = np.sqrt(((total - d) ** 2).sum())
-    ws = _workspace(1, n_classes)
-    d_i = np.zeros(n_classes)
-    new = np.zeros(n_classes)
-    sweeps = 0
-    converged = False
-    for _ in range(max_sweeps):
-        moved = 0.0
-        for i in range(n_robots):
-            for y in range(n_classes):  # what is left for robot i given the others' shared contributions
-                d_i[y] = d[y] - (total[y] - contributions[i, y])
-            _min_norm_point(P[i:i + 1], PT[i:i + 1], caps[i:i + 1], budget, d_i, max_iter, ws, actions[i:i + 1])
-            _contribution(PT, actions, i, new)
+        for y in range(n_classes):  # what is left for robot i given the others' shared contributions
+            others = total[y] - contributions[i, y]
+            if faulty:
+                for k in range(n_robots):
+                    if k != i:
+                        others += believed[i, k, y] - contributions[k, y]
+            d_i[y] = d[y] - others
+        _min_norm_point(P[i:i + 1], PT[i:i + 1], caps[i:i + 1], budget, d_i, max_iter, ws, actions[i:i + 1])
+        _contribution(PT, actions, i, new)
+        for y in range(n_classes):
+            delta = abs(new[y] - contributions[i, y])
+            moved = max(moved, delta)
+            total[y] += new[y] - contributions[i, y]
+            contributions[i, y] = new[y]
+        if faulty:
             for y in range(n_classes):
-                delta = abs(new[y] - contributions[i, y])
-                moved = max(moved, delta)
-                total[y] += new[y] - contributions[i, y]
-                contributions[i, y] = new[y]
-        total = contributions.sum(axis=0)  # no drift from the running updates
-        sweeps += 1
-        history[sweeps] = np.sqrt(((total - d) ** 2).sum())
-        if moved <= move_tol:
-            converged = True
-            break
-    return sweeps, converged, history[:sweeps + 1]
+                sent[i, y] = factor[i] * new[y]
+            if bounded:
+                _bound_message(sent[i], n_cache)
+            for r in range(n_robots):
+                if arrive[i, r]:
+                    for y in range(n_classes):
+                        believed[r, i, y] = sent[i, y]
+    for y in range(n_classes):  # no drift from the running updates
+        s = 0.0
+        for i in range(n_robots):
+            s += contributions[i, y]
+        total[y] = s
+    loss = 0.0
+    for y in range(n_classes):
+        loss += (total[y] - d[y]) ** 2
+    return moved, np.sqrt(loss)
 
 
 def _max_iter(n_classes: int) -> int:
@@ -900,9 +934,110 @@ def _greedy(feasible_matrices, cloud_counts, target_counts, budget, caps, loss, 
     return _greedy_cvxpy(feasible_matrices, cloud_counts, target_counts, budget, caps, loss, solver)
 
 
-def solve_interactive(P, cloud, target, n_cache, available=None, tol: float = 1e-6, max_sweeps: int = 100,
+@dataclass
+class Channel:
+    """The channel that Interactive's messages cross (the ``faults`` block, issue 12). ``solve_interactive`` with
+    ``channel=None`` runs over a perfect channel; with a Channel it is the same solver (same Greedy start, caps,
+    sweeps, tolerance and stopping rule) whose robots act on the messages they received:
+
+    * every message is lost with probability ``message_loss``, independently per receiver (the receiver keeps the
+      last value it had from that sender, 0 before any);
+    * a message that is not lost arrives ``delay_sweeps`` sweeps late with probability ``message_delay`` (in
+      sending order; until then the receiver acts on what it had);
+    * a liar (``liars[i]``) sends ``lie_scale * P_i a_i`` instead of the truth (its upload is still its own best
+      response);
+    * ``bounded``: receivers clip every message with :func:`bound_contributions`.
+
+    Draws come from ``rng`` (loss draws only when ``message_loss`` > 0, delay draws only when ``message_delay`` >
+    0). A channel whose faults never fire gives the perfect channel's plans (tests/test_hardening_faults.py)."""
+
+    rng: np.random.Generator
+    message_loss: float = 0.0
+    message_delay: float = 0.0
+    delay_sweeps: int = 1
+    liars: np.ndarray | None = None
+    lie_scale: float = 1.0
+    bounded: bool = False
+
+
+def _check_probability(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+class _Wire:
+    """A channel's state during one solve: what each robot believes [receiver, sender], and messages in flight."""
+
+    def __init__(self, channel: Channel, n_robots: int, n_classes: int, n_cache: float) -> None:
+        if not isinstance(channel, Channel):
+            raise ValueError(f"channel must be a baselines.solvers.Channel or None, got {type(channel).__name__}")
+        if not isinstance(channel.rng, np.random.Generator):
+            raise ValueError(f"channel.rng must be a numpy Generator, got {type(channel.rng).__name__}")
+        self.rng = channel.rng
+        self.message_loss = _check_probability(channel.message_loss, "message_loss")
+        self.message_delay = _check_probability(channel.message_delay, "message_delay")
+        delay = channel.delay_sweeps
+        if isinstance(delay, bool) or not float(delay).is_integer() or delay < 1:
+            raise ValueError(f"delay_sweeps must be an integer >= 1, got {delay!r}")
+        self.delay_sweeps = int(delay)
+        liars = np.zeros(n_robots, dtype=bool) if channel.liars is None else np.asarray(channel.liars, dtype=bool)
+        if liars.shape != (n_robots,):
+            raise ValueError(f"liars must have shape (n_robots,) = ({n_robots},), got {liars.shape}")
+        if not np.isfinite(channel.lie_scale):
+            raise ValueError(f"lie_scale must be finite, got {channel.lie_scale!r}")
+        self.factor = np.where(liars, float(channel.lie_scale), 1.0)
+        self.bounded = bool(channel.bounded)
+        self.n_cache = n_cache
+        self.believed = np.zeros((n_robots, n_robots, n_classes))
+        self.sent = np.zeros((n_robots, n_classes))  # this sweep's messages, by sender
+        self.late: np.ndarray | None = None  # this sweep's late messages [sender, receiver]
+        self.in_flight: list[tuple[int, np.ndarray, np.ndarray]] = []  # (arrival sweep, late, sent)
+
+    def message(self, i: int, contribution: np.ndarray) -> np.ndarray:
+        self.sent[i] = self.factor[i] * contribution
+        if self.bounded:
+            self.sent[i] = bound_contributions(self.sent[i], self.n_cache)
+        return self.sent[i]
+
+    def draw(self) -> np.ndarray:
+        """Which of a sweep's messages [sender, receiver] arrive at once; the late ones go to ``self.late``."""
+        n_robots = len(self.factor)
+        arrive = ~np.eye(n_robots, dtype=bool)
+        if self.message_loss:
+            arrive &= self.rng.random((n_robots, n_robots)) >= self.message_loss
+        self.late = None
+        if self.message_delay:
+            self.late = arrive & (self.rng.random((n_robots, n_robots)) < self.message_delay)
+            arrive &= ~self.late
+        return arrive
+
+    def post(self, sweep: int) -> None:
+        if self.late is not None and self.late.any():
+            self.in_flight.append((sweep + self.delay_sweeps, self.late, self.sent.copy()))
+
+    def deliver(self, sweep: int) -> None:
+        # in sending order (arrival sweeps never decrease): a newer message from a sender overwrites an older one
+        while self.in_flight and self.in_flight[0][0] <= sweep:
+            _, late, sent = self.in_flight.pop(0)
+            senders, receivers = np.nonzero(late)
+            self.believed[receivers, senders] = sent[senders]
+
+    def broadcast(self, contributions: np.ndarray) -> None:
+        """Algorithm 1, line 6: every robot sends its Greedy contribution to every other (sweep 0)."""
+        for i in range(len(contributions)):
+            self.message(i, contributions[i])
+        senders, receivers = np.nonzero(self.draw())
+        self.believed[receivers, senders] = self.sent[senders]
+        self.post(0)
+
+
+_PERFECT = (np.zeros((0, 0, 0)), np.zeros((0, 0), dtype=np.bool_), np.zeros(0), np.zeros((0, 0)))
+
+
+def solve_interactive(P, cloud, target, n_cache, available=None, tol: float = TOL, max_sweeps: int = MAX_SWEEPS,
                       loss: str = "l2", backend: str = "auto", broadcast: str = "all",
-                      solver: str | None = None) -> InteractiveResult:
+                      solver: str | None = None, channel: Channel | None = None) -> InteractiveResult:
     """Algorithm 1 (Problem 3): Greedy start, then sweeps of best responses until no robot's contribution moves.
 
     In a sweep robot i = 1..N solves ``min_{a_i in S_i} L(cloud + sum_{k != i} P_k a_k + P_i a_i)`` exactly,
@@ -911,6 +1046,10 @@ def solve_interactive(P, cloud, target, n_cache, available=None, tol: float = 1e
     after ``max_sweeps``. The loss is a convex potential of this game and every best response is exact, so the
     loss never increases and the fixed point is the Oracle optimum (Theorems 1-2). Message counts: module
     docstring (``broadcast="all"``: N(N-1) per share round; ``"sum"``: 2N per sweep via a shared sum).
+
+    ``channel``: an unreliable channel (:class:`Channel`); the robots then best-respond to what they *believe*
+    the others contribute, the stopping rule also waits until no message is in flight, and messages are the
+    per-receiver ones of ``broadcast="all"`` (lost ones included). None: the perfect channel.
     """
     feasible_matrices, cloud_counts, target_counts, budget, caps = _validate(P, cloud, target, n_cache, available)
     backend = _pick_backend(backend, loss)
@@ -920,127 +1059,90 @@ def solve_interactive(P, cloud, target, n_cache, available=None, tol: float = 1e
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
     if isinstance(max_sweeps, bool) or not float(max_sweeps).is_integer() or max_sweeps < 1:
         raise ValueError(f"max_sweeps must be an integer >= 1, got {max_sweeps!r}")
+    if channel is not None and broadcast != "all":
+        raise ValueError(f"a channel carries the per-receiver messages of broadcast='all', got broadcast={broadcast!r}")
     max_sweeps = int(max_sweeps)
+    n_robots, n_classes = caps.shape
+    wire = None if channel is None else _Wire(channel, n_robots, n_classes, budget)
     if loss == "l2" and budget > 0:
         budget, caps = _needed_budget(feasible_matrices, cloud_counts, target_counts, budget, caps, interactive=True)
-    n_robots, n_classes = caps.shape
     move_tol = tol * max(1.0, float(np.linalg.norm(target_counts)))
     actions = _greedy(feasible_matrices, cloud_counts, target_counts, budget, caps, loss, backend, solver)
     if backend == "native":
-        sweeps, converged, history = _interactive_native(feasible_matrices, _columns(feasible_matrices), caps,
-                                                         budget, target_counts - cloud_counts, actions,
-                                                         max_sweeps, move_tol, _max_iter(n_classes))
-        history = np.asarray(history, dtype=np.float64)
+        sweep, contributions, start_loss = _native_sweeps(feasible_matrices, cloud_counts, target_counts, budget,
+                                                          caps, actions, wire)
     else:
-        sweeps, converged, history = _interactive_cvxpy(feasible_matrices, cloud_counts, target_counts, budget,
-                                                        caps, loss, actions, max_sweeps, move_tol, solver)
+        sweep, contributions, start_loss = _cvxpy_sweeps(feasible_matrices, cloud_counts, target_counts, budget,
+                                                         caps, loss, actions, wire, solver)
+    if wire is not None:
+        wire.broadcast(contributions)
+    history = [start_loss]
+    sweeps, converged = 0, False
+    for sweeps in range(1, max_sweeps + 1):
+        arrive = _PERFECT[1]
+        if wire is not None:
+            wire.deliver(sweeps)
+            arrive = wire.draw()
+        moved, sweep_loss = sweep(arrive)
+        if wire is not None:
+            wire.post(sweeps)
+        history.append(sweep_loss)
+        if moved <= move_tol and (wire is None or not wire.in_flight):
+            converged = True
+            break
     if broadcast == "all":
         messages = n_robots * (n_robots - 1) * (1 + sweeps)
     else:
         messages = n_robots + 2 * n_robots * sweeps
     contributions = np.einsum("nyj,nj->ny", feasible_matrices, actions)
-    return InteractiveResult(actions=actions, sweeps=int(sweeps), messages=int(messages), history=history,
-                             converged=bool(converged), broadcast=broadcast, contributions=contributions)
+    return InteractiveResult(actions=actions, sweeps=int(sweeps), messages=int(messages),
+                             history=np.asarray(history, dtype=np.float64), converged=bool(converged),
+                             broadcast=broadcast, contributions=contributions)
 
 
-def bound_contributions(messages: np.ndarray, n_cache: float) -> np.ndarray:
-    """A receiver's bound on contribution messages (the robust option of Interactive): what a robot can really add
-    is non-negative and sums to at most ``n_cache`` (each column of P_k sums to 1 and ``sum a_k <= n_cache``), so
-    a message is clipped at 0 and scaled down to that sum."""
-    bounded = np.clip(messages, 0.0, None)
-    total = bounded.sum(axis=-1, keepdims=True)
-    return np.where(total > n_cache, bounded * (n_cache / np.maximum(total, 1e-300)), bounded)
-
-
-def solve_interactive_faulty(P, cloud, target, n_cache, available=None, *, rng: np.random.Generator,
-                             message_loss: float = 0.0, message_delay: float = 0.0, delay_sweeps: int = 1,
-                             liars=None, lie_scale: float = 1.0, bounded: bool = False,
-                             tol: float = 1e-6, max_sweeps: int = 30, loss: str = "l2") -> InteractiveResult:
-    """Algorithm 1 over an unreliable channel (the ``faults`` block, issue 12).
-
-    Greedy start, then each robot in turn best-responds (Problem 2 against ``cloud`` plus what it *believes* the
-    others contribute) and sends its new contribution ``P_i a_i`` to each other robot. Every message is lost with
-    probability ``message_loss`` (independently per receiver; the receiver keeps the last value it had from that
-    sender, 0 before any); a message that is not lost arrives ``delay_sweeps`` sweeps late with probability
-    ``message_delay`` (until then the receiver acts on what it had); a liar (``liars[i]``) sends ``lie_scale * P_i a_i`` instead of the truth (its upload is
-    still its own best response); ``bounded``: receivers clip every message with :func:`bound_contributions`.
-    Stops when no robot's true contribution moved by more than ``tol * max(1, ||target||)`` in a sweep and no
-    message is still in flight. Messages:
-    ``N (N - 1)`` for the first broadcast, ``N - 1`` per best response (lost ones included)."""
-    feasible_matrices, cloud_counts, target_counts, _, caps = _validate(P, cloud, target, n_cache, available)
-    n_robots = len(feasible_matrices)
-    liars = np.zeros(n_robots, dtype=bool) if liars is None else np.asarray(liars, dtype=bool)
-    factor = np.where(liars, lie_scale, 1.0)
-    actions = solve_greedy(feasible_matrices, cloud_counts, target_counts, n_cache, available=caps, loss=loss)
-    contributions = np.einsum("nyj,nj->ny", feasible_matrices, actions)
-    believed = np.zeros((n_robots, n_robots, contributions.shape[1]))  # [receiver, sender]: last value received
-    in_flight: list[tuple[int, np.ndarray, int, np.ndarray]] = []  # (arrival sweep, receivers, sender, message)
-    sweep = 0
-
-    def send(sender: int) -> None:
-        message = factor[sender] * contributions[sender]
-        if bounded:
-            message = bound_contributions(message, n_cache)
-        arrives = rng.random(n_robots) >= message_loss
-        arrives[sender] = False
-        if message_delay:  # drawn only when delays are on: loss-only runs keep their draws
-            late = arrives & (rng.random(n_robots) < message_delay)
-            if late.any():
-                in_flight.append((sweep + delay_sweeps, late, sender, message))
-            arrives &= ~late
-        believed[arrives, sender] = message
-
-    def deliver() -> None:
-        # in sending order, so a newer message from the same sender overwrites an older one
-        for item in [m for m in in_flight if m[0] <= sweep]:
-            _, receivers, sender, message = item
-            believed[receivers, sender] = message
-            in_flight.remove(item)
-
+def _native_sweeps(feasible_matrices, cloud_counts, target_counts, budget, caps, actions, wire):
+    """(sweep(arrive) -> (moved, loss), contributions, start loss) of the compiled backend; state in place."""
+    n_robots, n_classes = caps.shape
+    PT = _columns(feasible_matrices)
+    d = target_counts - cloud_counts
+    contributions = np.zeros((n_robots, n_classes))
     for i in range(n_robots):
-        send(i)
-    messages = n_robots * (n_robots - 1)
-    history = [_loss_of_counts(cloud_counts + contributions.sum(axis=0), target_counts, loss)]
-    move_tol = tol * max(1.0, float(np.linalg.norm(target_counts)))
-    sweeps, converged = 0, False
-    for _ in range(max_sweeps):
-        sweeps += 1
-        sweep = sweeps
-        deliver()
-        moved = 0.0
-        for i in range(n_robots):
-            others = believed[i].sum(axis=0) - believed[i, i]
-            a_i = solve_greedy(feasible_matrices[i:i + 1], cloud_counts + others, target_counts, n_cache,
-                               available=caps[i:i + 1], loss=loss)[0]
-            new = feasible_matrices[i] @ a_i
-            moved = max(moved, float(np.abs(new - contributions[i]).max()))
-            actions[i], contributions[i] = a_i, new
-            send(i)
-            messages += n_robots - 1
-        history.append(_loss_of_counts(cloud_counts + contributions.sum(axis=0), target_counts, loss))
-        if moved <= move_tol and not in_flight:
-            converged = True
-            break
-    return InteractiveResult(actions=actions, sweeps=sweeps, messages=int(messages),
-                             history=np.asarray(history, dtype=np.float64), converged=converged, broadcast="all",
-                             contributions=contributions)
+        _contribution(PT, actions, i, contributions[i])
+    total = contributions.sum(axis=0)
+    ws, d_i, new = _workspace(1, n_classes), np.zeros(n_classes), np.zeros(n_classes)
+    max_iter = _max_iter(n_classes)
+    believed, _, factor, sent = _PERFECT if wire is None else (wire.believed, None, wire.factor, wire.sent)
+    bounded = wire is not None and wire.bounded
+    n_cache = 0.0 if wire is None else wire.n_cache
+
+    def sweep(arrive):
+        moved, loss = _sweep_native(feasible_matrices, PT, caps, budget, d, actions, contributions, total, max_iter,
+                                    ws, d_i, new, believed, arrive, factor, bounded, n_cache, sent)
+        return float(moved), float(loss)
+
+    return sweep, contributions, float(np.sqrt(((total - d) ** 2).sum()))
 
 
-def _interactive_cvxpy(feasible_matrices, cloud_counts, target_counts, budget, caps, loss, actions, max_sweeps,
-                       move_tol, solver):
+def _cvxpy_sweeps(feasible_matrices, cloud_counts, target_counts, budget, caps, loss, actions, wire, solver):
+    """The reference backend's sweep, the same rules as :func:`_sweep_native` (channel included)."""
     n_robots, n_classes = caps.shape
     best_response = _BestResponseCvxpy(n_classes, target_counts, budget, loss,
                                        _scale(cloud_counts, target_counts, budget), solver)
     contributions = np.einsum("nyj,nj->ny", feasible_matrices, actions)
-    total = contributions.sum(axis=0)
-    history = [_loss_of_counts(cloud_counts + total, target_counts, loss)]
-    sweeps, converged = 0, False
-    for _ in range(max_sweeps):
+    state = {"total": contributions.sum(axis=0)}
+
+    def sweep(arrive):
+        total = state["total"]
         moved = 0.0
         for i in range(n_robots):
             others = total - contributions[i]
+            believed_others = others
+            if wire is not None:  # the truth plus what robot i's beliefs get wrong (exact zeros when nothing did)
+                wrong = wire.believed[i] - contributions
+                wrong[i] = 0.0
+                believed_others = others + wrong.sum(axis=0)
             if caps[i].any() and budget > 0:
-                a_i = best_response(feasible_matrices[i], cloud_counts + others, caps[i])
+                a_i = best_response(feasible_matrices[i], cloud_counts + believed_others, caps[i])
                 single = a_i[None].copy()
                 _clip_feasible(single, caps[i:i + 1], budget)
                 actions[i] = single[0]
@@ -1048,10 +1150,35 @@ def _interactive_cvxpy(feasible_matrices, cloud_counts, target_counts, budget, c
             moved = max(moved, float(np.abs(new - contributions[i]).max()))
             contributions[i] = new
             total = others + new
-        total = contributions.sum(axis=0)
-        sweeps += 1
-        history.append(_loss_of_counts(cloud_counts + total, target_counts, loss))
-        if moved <= move_tol:
-            converged = True
-            break
-    return sweeps, converged, np.asarray(history)
+            if wire is not None:
+                receivers = np.flatnonzero(arrive[i])
+                wire.believed[receivers, i] = wire.message(i, new)
+        state["total"] = total = contributions.sum(axis=0)
+        return moved, _loss_of_counts(cloud_counts + total, target_counts, loss)
+
+    return sweep, contributions, _loss_of_counts(cloud_counts + state["total"], target_counts, loss)
+
+
+def bound_contributions(messages: np.ndarray, n_cache: float) -> np.ndarray:
+    """A receiver's bound on contribution messages (the robust option of Interactive): what a robot can really add
+    is non-negative and sums to at most ``n_cache`` (each column of P_k sums to 1 and ``sum a_k <= n_cache``), so
+    a message is clipped at 0 and scaled down to that sum. An honest message, over ``n_cache`` by round-off at most
+    (relative ``_BOUND_SLACK``), passes unchanged."""
+    bounded = np.clip(messages, 0.0, None)
+    total = bounded.sum(axis=-1, keepdims=True)
+    return np.where(total > n_cache * (1.0 + _BOUND_SLACK), bounded * (n_cache / np.maximum(total, 1e-300)), bounded)
+
+
+def solve_interactive_faulty(P, cloud, target, n_cache, available=None, *, rng: np.random.Generator,
+                             message_loss: float = 0.0, message_delay: float = 0.0, delay_sweeps: int = 1,
+                             liars=None, lie_scale: float = 1.0, bounded: bool = False,
+                             tol: float = TOL, max_sweeps: int = MAX_SWEEPS, loss: str = "l2",
+                             backend: str = "auto", solver: str | None = None) -> InteractiveResult:
+    """Algorithm 1 over an unreliable channel (the ``faults`` block, issue 12): :func:`solve_interactive` with
+    ``channel=Channel(rng, message_loss, ...)`` (semantics: :class:`Channel`). The same solver, defaults and
+    stopping rule as the perfect channel, which also waits for messages in flight. Messages: ``N (N - 1)`` for
+    the first broadcast, ``N - 1`` per best response (lost ones included)."""
+    channel = Channel(rng=rng, message_loss=message_loss, message_delay=message_delay, delay_sweeps=delay_sweeps,
+                      liars=liars, lie_scale=lie_scale, bounded=bounded)
+    return solve_interactive(P, cloud, target, n_cache, available=available, tol=tol, max_sweeps=max_sweeps,
+                             loss=loss, backend=backend, solver=solver, channel=channel)

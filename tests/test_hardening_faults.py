@@ -12,7 +12,7 @@ import pytest
 from datagames_env.policy import make_policy
 from datagames_env.scenarios import datagames as datagames_module
 
-from baselines.solvers import solve_interactive, solve_interactive_faulty
+from baselines.solvers import Channel, solve_interactive, solve_interactive_faulty
 
 NEVER = 1e-12  # a fault probability that never fires in these runs
 TOL = 1e-9
@@ -95,3 +95,32 @@ def test_the_solver_over_a_never_firing_channel_is_the_fault_free_solver(channel
         assert faulty.messages == clean.messages
         np.testing.assert_allclose(faulty.history, clean.history, rtol=TOL, atol=TOL)
         np.testing.assert_allclose(faulty.actions, clean.actions, rtol=0, atol=TOL)
+
+
+def test_the_reference_backend_takes_the_same_channel():
+    """cvxpy (the KL backend) runs the same sweep rules: a never-firing channel changes nothing, a lossy one
+    changes the beliefs the robots act on."""
+    P, cloud, target, n_cache, available = _instance(0, n=4, c=3)
+    clean = solve_interactive(P, cloud, target, n_cache, available=available, backend="cvxpy", max_sweeps=5)
+    never = solve_interactive_faulty(P, cloud, target, n_cache, available=available, backend="cvxpy", max_sweeps=5,
+                                     rng=np.random.default_rng(0), message_loss=NEVER, message_delay=NEVER)
+    assert (never.sweeps, never.converged) == (clean.sweeps, clean.converged)
+    np.testing.assert_allclose(never.actions, clean.actions, rtol=0, atol=TOL)
+    liars = np.array([True, False, False, False])
+    native = solve_interactive_faulty(P, cloud, target, n_cache, available=available, max_sweeps=5,
+                                      rng=np.random.default_rng(0), liars=liars, lie_scale=3.0)
+    reference = solve_interactive_faulty(P, cloud, target, n_cache, available=available, backend="cvxpy",
+                                         max_sweeps=5, rng=np.random.default_rng(0), liars=liars, lie_scale=3.0)
+    assert native.loss == pytest.approx(reference.loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("bad, match", [({"message_loss": 1.5}, "message_loss"),
+                                        ({"message_delay": -0.1}, "message_delay"),
+                                        ({"delay_sweeps": 0}, "delay_sweeps"), ({"liars": [True]}, "liars"),
+                                        ({"rng": 3}, "rng"), ({"lie_scale": np.nan}, "lie_scale")])
+def test_a_bad_channel_is_refused_by_name(bad, match):
+    P, cloud, target, n_cache, available = _instance(0, n=4, c=3)
+    with pytest.raises(ValueError, match=match):
+        solve_interactive_faulty(P, cloud, target, n_cache, **{"rng": np.random.default_rng(0), **bad})
+    with pytest.raises(ValueError, match="broadcast"):
+        solve_interactive(P, cloud, target, n_cache, broadcast="sum", channel=Channel(rng=np.random.default_rng(0)))
