@@ -198,14 +198,18 @@ class DualWorld(World):
             features[self.pool] = stamped.reshape((len(self.pool), *self.dataset.feature_shape))
             self.private[self.pool], self.regions[self.pool] = private, regions
         self.robot_features = features  # what the robots see (private patches included)
-        # Interned blurred copies: row n + k is the blurred version of the k-th private pool sample.
+        # Interned blurred copies: row n + k is the blurred version of the k-th private pool sample that the
+        # filter blurs (one whose blur changes too little is dropped at every upload: no copy).
         private_ids = np.flatnonzero(self.private)
         self.blurred_row = np.full(n, -1, dtype=np.int64)
         extra = np.zeros((0, *self.dataset.feature_shape), dtype=np.float32)
         if len(private_ids):
-            blur = PrivacyFilter("blur", pcfg.blur_sigma).apply(
+            # the configured filter (its min_change too): a copy exists exactly when an upload leaves blurred
+            blur = PrivacyFilter("blur", pcfg.blur_sigma, pcfg.min_change).apply(
                 self.as_images(features[private_ids]), np.ones(len(private_ids), bool), self.regions[private_ids])
-            extra = blur.features.reshape((len(private_ids), *self.dataset.feature_shape)).astype(np.float32)
+            private_ids = private_ids[blur.blurred]
+            extra = blur.features[blur.blurred].reshape((len(private_ids), *self.dataset.feature_shape))
+            extra = extra.astype(np.float32)
             self.blurred_row[private_ids] = n + np.arange(len(private_ids))
         self.features = np.concatenate([features, extra]) if len(extra) else features
         self.labels = np.concatenate([self.dataset.labels, self.dataset.labels[private_ids]])
