@@ -6,12 +6,14 @@ Prints figures, asserts nothing.
     .venv/bin/python benchmarks/bench_dual_long.py --save-dir /tmp/snaps      # also pickle env.snapshot() there
     .venv/bin/python benchmarks/bench_dual_long.py --load /tmp/snaps/round_800.pkl   # time from a snapshot
 
-``--load`` times ``--window`` steps from a snapshot taken by ``--save-dir`` (same config), so a slow code path can
-be timed at round 800 without playing the 800 slow rounds first.
+``--load`` times ``--window`` steps from a snapshot taken by ``--save-dir`` (pass the same ``--at`` and
+``--window``: they set ``rounds``, part of the config), so a slow code path can be timed at round 800 without
+playing the 800 slow rounds first.
 
 The model is fixed (``perception.retrain_every: 0``) so that the figures show the scenario's own work, not
 training; random scores stand in for a policy. Each figure is the median step time (wall and this process's CPU,
-torch on one thread) over ``--window`` steps starting at that round, with the number of label candidates (unlabeled uploads) and distinct rows among them.
+torch on one thread) over ``--window`` steps starting at that round, with the number of label candidates
+(unlabeled uploads) and distinct rows among them.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def main() -> None:
                 unlabeled = ~ledger["labeled"]
                 step_ms = 1e3 * float(np.median([times[k] for k in range(at, at + args.window)]))
                 cpu_ms = 1e3 * float(np.median([cpu[k] for k in range(at, at + args.window)]))
-                print(f"round {at:5d}: {step_ms:8.1f} ms/step (cpu {cpu_ms:8.1f} ms)  label candidates {int(unlabeled.sum()):6d}  "
+                print(f"round {at:5d}: {step_ms:8.1f} ms/step (cpu {cpu_ms:8.1f} ms)  "
+                      f"label candidates {int(unlabeled.sum()):6d}  "
                       f"distinct rows {len(np.unique(ledger['row'][unlabeled])):5d}  cloud {len(unlabeled):6d}",
                       flush=True)
 

@@ -189,3 +189,21 @@ def test_stage_two_matches_the_per_entry_reference(labeler, budget):
         slow, slow_value = _slow_label(scenario, candidates)
     np.testing.assert_array_equal(fast, slow)
     assert fast_value == pytest.approx(slow_value, rel=1e-9)
+
+
+def test_weighted_ground_equals_the_repeated_ground():
+    """A ground point of weight w is w copies of it: same greedy picks and objective (to rounding); bad weights
+    are refused naming the shape."""
+    rng = np.random.default_rng(4)
+    points = rng.normal(size=(40, 8)).astype(np.float32)
+    copies = rng.integers(1, 5, size=40)
+    repeated = np.repeat(points, copies, axis=0)
+    cov0 = 0.3 * rng.random(40)
+    weighted = FacilityLocation(points, None, cov0, weights=copies.astype(float))
+    plain = FacilityLocation(repeated, points, np.repeat(cov0, copies))
+    a, b = lazy_greedy(weighted, 7), lazy_greedy(plain, 7)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    assert a.value == pytest.approx(b.value, rel=1e-12) and a.gain == pytest.approx(b.gain, rel=1e-12)
+    np.testing.assert_allclose(a.gains, b.gains, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"weights must be \(40,\)"):
+        FacilityLocation(points, weights=np.ones(39))

@@ -185,7 +185,8 @@ def _nearest_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Selection:
     """Result of one greedy run: picks in order, each pick's marginal gain, the final coverage vector, the
-    objective ``f(S) = coverage.sum()`` (weighted if the ground is), its gain over the empty selection, and how many gains were evaluated."""
+    objective ``f(S) = coverage.sum()`` (weighted if the ground is), its gain over the empty selection, and how
+    many gains were evaluated."""
 
     indices: np.ndarray
     gains: np.ndarray
