@@ -198,14 +198,18 @@ class DualWorld(World):
             features[self.pool] = stamped.reshape((len(self.pool), *self.dataset.feature_shape))
             self.private[self.pool], self.regions[self.pool] = private, regions
         self.robot_features = features  # what the robots see (private patches included)
-        # Interned blurred copies: row n + k is the blurred version of the k-th private pool sample.
+        # Interned blurred copies: row n + k is the blurred version of the k-th private pool sample that the
+        # filter blurs (one whose blur changes too little is dropped at every upload: no copy).
         private_ids = np.flatnonzero(self.private)
         self.blurred_row = np.full(n, -1, dtype=np.int64)
         extra = np.zeros((0, *self.dataset.feature_shape), dtype=np.float32)
         if len(private_ids):
-            blur = PrivacyFilter("blur", pcfg.blur_sigma).apply(
+            # the configured filter (its min_change too): a copy exists exactly when an upload leaves blurred
+            blur = PrivacyFilter("blur", pcfg.blur_sigma, pcfg.min_change).apply(
                 self.as_images(features[private_ids]), np.ones(len(private_ids), bool), self.regions[private_ids])
-            extra = blur.features.reshape((len(private_ids), *self.dataset.feature_shape)).astype(np.float32)
+            private_ids = private_ids[blur.blurred]
+            extra = blur.features[blur.blurred].reshape((len(private_ids), *self.dataset.feature_shape))
+            extra = extra.astype(np.float32)
             self.blurred_row[private_ids] = n + np.arange(len(private_ids))
         self.features = np.concatenate([features, extra]) if len(extra) else features
         self.labels = np.concatenate([self.dataset.labels, self.dataset.labels[private_ids]])
@@ -345,6 +349,12 @@ class DualScenario(Scenario):
             probs[k], emb[k] = self._row_view_cache[int(rows[k])]
         return probs, emb
 
+    def _distinct(self, rows: np.ndarray) -> np.ndarray:
+        """The distinct feature rows among ``rows``, ascending (a mask over the world's rows: no sort)."""
+        present = np.zeros(len(self.world.features), dtype=bool)
+        present[rows] = True
+        return np.flatnonzero(present)
+
     def _similarity_kwargs(self) -> dict:
         cfg = self.config
         return {"kernel": cfg.kernel, "scale": cfg.kernel_scale, "max_block_bytes": cfg.max_block_bytes}
@@ -367,8 +377,9 @@ class DualScenario(Scenario):
                                self._pinv_confusion_t, 0, 50, self.estimated_mixes)
         self.estimated_mixes = self.estimated_mixes[0]
         ground = self.stream_embeddings.reshape(n * obs, -1)
-        _, cloud_emb = self._cloud_view(self._cloud["row"])
-        _, labeled_emb = self._cloud_view(self._labeled_rows())
+        # distinct rows: the ledger repeats rows uploaded in several rounds, the max over them is the same
+        _, cloud_emb = self._cloud_view(self._distinct(self._cloud["row"]))
+        _, labeled_emb = self._cloud_view(self._distinct(self._labeled_rows()))
         with limited_torch_threads(1):
             self.coverage = max_similarity(ground, cloud_emb, **self._similarity_kwargs()).reshape(n, obs)
             self.labeled_coverage = max_similarity(ground, labeled_emb, **self._similarity_kwargs()).reshape(n, obs)
@@ -518,26 +529,49 @@ class DualScenario(Scenario):
 
     def _label(self, candidates: np.ndarray) -> tuple[np.ndarray, float]:
         """Stage 2: ledger positions of the candidates to label, and the facility-location value (mean coverage
-        of the candidates by the labeled set after labeling)."""
+        of the candidates by the labeled set after labeling).
+
+        With ``label_pool: all`` the candidates repeat rows (a sample uploaded in many rounds), and their number
+        grows with the round while the distinct rows are bounded by the pool: the similarity work runs on the
+        distinct rows, each a ground point weighted by its copies, ordered by first upload. That is the
+        objective of one ground point per ledger entry, with the same picks: a copy of a picked or labeled row
+        gains exactly 0, so per-entry greedy labels copies only once no row gains, in ledger order."""
         cfg = self.config
         budget = min(cfg.label_budget, len(candidates))
         if len(candidates) == 0:
             return candidates, 0.0  # nothing to cover (a number, not NaN: it goes into the infos)
-        probs, emb = self._cloud_view(self._cloud["row"][candidates])
-        _, labeled_emb = self._cloud_view(self._labeled_rows())
+        # distinct rows in order of first upload (ties between rows go to the earliest ledger entry); no sort of
+        # the ledger: scatters over the world's rows
+        entry_rows = self._cloud["row"][candidates]
+        first_of_row = np.full(len(self.world.features), len(candidates))
+        np.minimum.at(first_of_row, entry_rows, np.arange(len(candidates)))
+        first = np.sort(first_of_row[first_of_row < len(candidates)])
+        rows = entry_rows[first]
+        slot = np.empty(len(self.world.features), np.int64)
+        slot[rows] = np.arange(len(rows))
+        inverse = slot[entry_rows]  # candidate -> its distinct row
+        copies = np.bincount(inverse, minlength=len(rows)).astype(np.float64)
+        probs, emb = self._cloud_view(rows)
+        _, labeled_emb = self._cloud_view(self._distinct(self._labeled_rows()))
         kwargs = self._similarity_kwargs()
         with limited_torch_threads(1):
             covered = max_similarity(emb, labeled_emb, **kwargs)
             if cfg.labeler == "submodular":
-                fl = FacilityLocation(emb, None, covered, cfg.kernel, cfg.kernel_scale, cfg.max_block_bytes)
-                result = lazy_greedy(fl, budget)
-                return candidates[result.indices], float(result.value / len(candidates))
+                fl = FacilityLocation(emb, None, covered, cfg.kernel, cfg.kernel_scale, cfg.max_block_bytes,
+                                      weights=copies)
+                result = lazy_greedy(fl, min(budget, len(rows)))
+                picks = first[result.indices[result.gains > 0]]  # gains only shrink: the positive ones lead
+                if len(picks) < budget:  # nothing gains any more: the remaining entries in ledger order
+                    rest = np.setdiff1d(np.arange(len(candidates)), picks)
+                    picks = np.concatenate([picks, rest[:budget - len(picks)]])
+                return candidates[picks], float(result.value / len(candidates))
             if cfg.labeler == "random":
                 picks = np.sort(self.rng.choice(len(candidates), size=budget, replace=False))
             else:
-                picks = np.argsort(-uncertainty(probs, cfg.labeler), kind="stable")[:budget]
-            after = np.maximum(covered, max_similarity(emb, emb[picks], **kwargs)) if budget else covered
-        return candidates[picks], float(after.mean())
+                picks = np.argsort(-uncertainty(probs[inverse], cfg.labeler), kind="stable")[:budget]
+            picked = np.unique(inverse[picks])
+            after = np.maximum(covered, max_similarity(emb, emb[picked], **kwargs)) if budget else covered
+        return candidates[picks], float((after * copies).sum() / len(candidates))
 
     # -------------------------------------------------------------------------------------- read-outs
     def _observation_matrix(self) -> np.ndarray:

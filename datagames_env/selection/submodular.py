@@ -185,7 +185,8 @@ def _nearest_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Selection:
     """Result of one greedy run: picks in order, each pick's marginal gain, the final coverage vector, the
-    objective ``f(S) = coverage.sum()``, its gain over the empty selection, and how many gains were evaluated."""
+    objective ``f(S) = coverage.sum()`` (weighted if the ground is), its gain over the empty selection, and how
+    many gains were evaluated."""
 
     indices: np.ndarray
     gains: np.ndarray
@@ -200,12 +201,15 @@ class FacilityLocation:
 
     ``ground`` ``(n_ground, E)`` and ``candidates`` ``(n_candidates, E)`` embeddings (the same array for the usual
     "select from what you see"); ``initial_coverage`` ``(n_ground,)``: best similarity of each ground point to the
-    cloud set (default 0: nothing covered, and negative cosine similarities never count).
+    cloud set (default 0: nothing covered, and negative cosine similarities never count). ``weights``
+    ``(n_ground,)``, optional: ground point g counts ``weights[g]`` times, ``f(S) = sum_g w_g max(...)`` (a ground
+    multiset stored once per distinct point: the same objective at the cost of the distinct points).
     """
 
     def __init__(self, ground: np.ndarray | torch.Tensor, candidates: np.ndarray | torch.Tensor | None = None,
                  initial_coverage: np.ndarray | None = None, kernel: Kernel = "inverse_distance",
-                 scale: float = DEFAULT_SCALE, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES) -> None:
+                 scale: float = DEFAULT_SCALE, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
+                 weights: np.ndarray | None = None) -> None:
         _check_kernel(kernel, scale)
         self.ground = _as_tensor(ground, "ground")
         self.candidates = self.ground if candidates is None else _as_tensor(candidates, "candidates")
@@ -222,6 +226,13 @@ class FacilityLocation:
             if not np.isfinite(cov).all():
                 raise ValueError("initial_coverage contains NaN or inf")
             self.initial_coverage = cov.copy()
+        self.weights = None
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)
+            if w.shape != (n_ground,) or not np.isfinite(w).all() or (w < 0).any():
+                raise ValueError(f"weights must be ({n_ground},) finite numbers >= 0 (one per ground row), got shape "
+                                 f"{w.shape}")
+            self.weights = w
         self.kernel = kernel
         self.scale = float(scale)
         self.block_rows = block_rows_for(n_ground, max_block_bytes)
@@ -248,6 +259,8 @@ class FacilityLocation:
             work = self.candidate_similarities(chunk).astype(np.float64)
             work -= coverage
             np.maximum(work, 0.0, out=work)
+            if self.weights is not None:
+                work *= self.weights
             out[start:start + len(chunk)] = work.sum(axis=1)
             del work  # free before the next block is allocated: peak stays one block
         self.evaluations += len(idx)
@@ -265,7 +278,11 @@ class FacilityLocation:
         for start in range(0, len(selected), self.block_rows):
             block = self.candidate_similarities(selected[start:start + self.block_rows]).astype(np.float64)
             np.maximum(coverage, block.max(axis=0), out=coverage)
-        return float(coverage.sum())
+        return self.total(coverage)
+
+    def total(self, coverage: np.ndarray) -> float:
+        """f for a coverage vector: its (weighted) sum."""
+        return float(coverage.sum() if self.weights is None else (coverage * self.weights).sum())
 
 
 def _caps(n_candidates: int, groups: np.ndarray | None, caps: np.ndarray | int | None
@@ -294,9 +311,9 @@ def _check_k(k: int) -> int:
 
 def _result(fl: FacilityLocation, picks: list[int], gains: list[float], coverage: np.ndarray,
             evaluations: int) -> Selection:
-    value = float(coverage.sum())
+    value = fl.total(coverage)
     return Selection(np.asarray(picks, dtype=np.int64), np.asarray(gains, dtype=np.float64), coverage, value,
-                     value - float(fl.initial_coverage.sum()), evaluations)
+                     value - fl.total(fl.initial_coverage), evaluations)
 
 
 def greedy(fl: FacilityLocation, k: int, groups: np.ndarray | None = None, caps: np.ndarray | int | None = None
