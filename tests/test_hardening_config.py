@@ -200,11 +200,11 @@ def test_p2p_rounds_that_need_gigabytes_of_streams_fail_at_config_time():
 
 def test_memory_limit_applies_to_p2p_streams(monkeypatch):
     cfg = _p2p(rounds=200)
-    needed = cfg.n_robots * 200 * cfg.obs_per_round * 8
-    monkeypatch.setenv("DATAGAMES_MAX_BYTES", str(needed - 1))
+    streams = cfg.n_robots * 200 * cfg.obs_per_round * 8  # int64 ids, and the observations come on top
+    monkeypatch.setenv("DATAGAMES_MAX_BYTES", str(streams))
     with pytest.raises(ConfigError, match="rounds"):
         _p2p(rounds=200)
-    monkeypatch.setenv("DATAGAMES_MAX_BYTES", str(needed))
+    monkeypatch.setenv("DATAGAMES_MAX_BYTES", str(2 * streams))
     assert _p2p(rounds=200).rounds == 200
 
 
