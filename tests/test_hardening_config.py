@@ -159,7 +159,7 @@ def test_binary_yaml_names_the_file(tmp_path):
 def _npy_header(shape: tuple, dtype: str) -> bytes:
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
-    return np.lib.format.magic(1, 0) + buffer.getvalue()
+    return buffer.getvalue()  # magic, length and header
 
 
 def test_npz_declaring_gigabytes_is_refused_before_loading(tmp_path):
@@ -167,9 +167,9 @@ def test_npz_declaring_gigabytes_is_refused_before_loading(tmp_path):
     with zipfile.ZipFile(path, "w") as archive:  # headers only: the payload the header announces is absent
         archive.writestr("features.npy", _npy_header((3 << 28, 3), "<f4"))  # 9 GiB declared
         archive.writestr("labels.npy", _npy_header((3 << 28,), "<i8"))
-    with pytest.raises(DatasetError, match="features") as info:
+    with pytest.raises(DatasetError, match=r"'features' declares shape \(805306368, 3\)") as info:
         load_npz(path)
-    assert "bytes" in str(info.value) and str(path) in str(info.value)
+    assert "limit" in str(info.value) and str(path) in str(info.value)
 
 
 def test_compressed_npz_over_the_limit_is_refused(tmp_path):
