@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import kernels
-from ..config import ConfigError, EnvConfig
+from ..config import ConfigError, EnvConfig, check_memory
 from ..data.streams import draw_class_mixes, draw_initial_cloud, drift_mixes
 from ..perception import ModelVersion
 from .world import World, get_world
@@ -162,6 +162,7 @@ class BatchedCore:
             start += cfg.obs_per_round * self.sample_feature_dim
         self.obs_layout = layout
         self.obs_dim = start
+        self._check_memory()
         self._versions = _VersionTable(self.world)
         self.round_index = 0
         self._needs_reset = True
@@ -184,6 +185,27 @@ class BatchedCore:
             if bad or len(set(s.rare_classes)) >= c:
                 raise ConfigError(f"config key 'stream.rare_classes' must be distinct classes in 0..{c - 1} "
                                   f"leaving at least one common class, got {s.rare_classes}")
+
+    def _check_memory(self) -> None:
+        """Pre-flight: refuse sizes whose arrays would not fit, before any of them exists (10**7 robots ran 86 s
+        to a MemoryError). Per env and robot a step holds about eight (C,) float64 / int64 arrays (mixes,
+        histograms, estimates, actions, uploads), the (C, C) feasible matrix of its infos, its float32
+        observation, in selection mode its stream positions and their predictions (int64 each), and about 1 KiB
+        of Python objects in the faces. The initial cloud holds 3 int64 ids and a feature row per sample (its
+        model trains on them), once per env when ``world_seed`` is null."""
+        cfg, c, b_n = self.cfg, self.n_classes, self.num_envs
+        per_robot = 8 * 8 * c + 8 * c * c + 4 * self.obs_dim + 1024
+        keys: tuple[str, ...] = ("n_robots",)
+        if cfg.action_mode == "selection":
+            per_robot += 2 * 8 * cfg.obs_per_round
+            keys = ("n_robots", "obs_per_round")
+        envs = f" x {b_n} envs" if b_n > 1 else ""
+        check_memory(keys, f"the step arrays of {cfg.n_robots} robots{envs} ({per_robot:,} bytes per robot)",
+                     b_n * cfg.n_robots * per_robot)
+        clouds = 1 if cfg.world_seed is not None else b_n
+        row_bytes = 3 * 8 + self.world.dataset.features[0].nbytes
+        check_memory(("initial_cloud_size",), f"an initial cloud of {cfg.initial_cloud_size} samples"
+                     + (f" x {clouds} envs" if clouds > 1 else ""), clouds * cfg.initial_cloud_size * row_bytes)
 
     # --------------------------------------------------------------------------------- episode set-up
     def _draw_initial_cloud(self, rng: np.random.Generator) -> np.ndarray:

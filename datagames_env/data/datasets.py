@@ -34,6 +34,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -207,6 +208,8 @@ def from_arrays(
     n_samples = feature_array.shape[0]
     if n_samples == 0:
         raise DatasetError(f"{name}: features has no samples (shape {feature_array.shape})")
+    if 0 in feature_array.shape[1:]:
+        raise DatasetError(f"{name}: features has samples of shape {feature_array.shape[1:]}, which hold no value")
     if feature_array.ndim == 3:
         feature_array = feature_array[:, None, :, :]
 
@@ -471,12 +474,14 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 MAX_IDX_BYTES = 1 << 31  # 2 GiB: 40x the largest official IDX file (MNIST train images, 47 MB)
+MAX_NPZ_BYTES = MAX_IDX_BYTES  # what loading an .npz may take: its arrays plus the float32 copy of the features
+_IDX_MAX_DIMS = 32  # numpy 1.x's limit (numpy 2 allows 64)
 
 
 def read_idx(path: str | os.PathLike[str], max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Read an IDX file (the MNIST family's format), gzip-compressed or plain, into a native-endian array.
 
-    Checks the magic number (two zero bytes, a known type code, 1..255 dimensions) and that the payload holds
+    Checks the magic number (two zero bytes, a known type code, 1..32 dimensions) and that the payload holds
     exactly the bytes the header announces; a truncated or padded file raises :class:`DatasetError` naming it.
     The header is checked before the payload is read, and gzip is decompressed as a stream: a small file that
     inflates to gigabytes is refused after the header (payload over ``max_bytes``) or one byte past the payload.
@@ -521,6 +526,9 @@ def _read_idx_stream(stream: IO[bytes], file_path: Path, max_bytes: int) -> np.n
         )
     if n_dims == 0:
         raise DatasetError(f"IDX file {file_path} declares 0 dimensions in magic number 0x{magic.hex()}")
+    if n_dims > _IDX_MAX_DIMS:
+        raise DatasetError(f"IDX file {file_path} declares {n_dims} dimensions in magic number 0x{magic.hex()}; "
+                           f"numpy arrays hold at most {_IDX_MAX_DIMS} (the MNIST family uses 1 and 3)")
     dims = _read_exactly(stream, 4 * n_dims)
     if len(dims) < 4 * n_dims:
         raise DatasetError(f"IDX file {file_path} is truncated inside its header "
@@ -597,30 +605,64 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
-def load_npz(path: str | os.PathLike[str]) -> Dataset:
+def load_npz(path: str | os.PathLike[str], max_bytes: int = MAX_NPZ_BYTES) -> Dataset:
     """Load a dataset saved with ``np.savez``: ``features`` (or ``x``), ``labels`` (or ``y``), optional ``class_names``.
 
-    Pickled object arrays are refused (``allow_pickle=False``): store class names as a string array.
+    The ``.npy`` headers inside the zip are read first: object arrays (pickles) are refused, and so is a file whose
+    arrays, with the float32 copy of the features, would take more than ``max_bytes`` (a compressed file of
+    kilobytes can declare gigabytes). Store class names as a string array.
     """
     file_path = Path(path)
     if not file_path.is_file():
         raise DatasetError(f"npz file {file_path} does not exist")
     try:
-        with np.load(file_path, allow_pickle=False) as archive:
-            keys = set(archive.files)
-            feature_key = next((k for k in ("features", "x") if k in keys), None)
-            label_key = next((k for k in ("labels", "y") if k in keys), None)
+        with zipfile.ZipFile(file_path) as archive:
+            members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+            feature_key = next((k for k in ("features", "x") if k in members), None)
+            label_key = next((k for k in ("labels", "y") if k in members), None)
             if feature_key is None or label_key is None:
                 missing = "features (or x)" if feature_key is None else "labels (or y)"
-                raise DatasetError(f"npz file {file_path} has no array {missing}; keys found: {sorted(keys)}")
+                raise DatasetError(f"npz file {file_path} has no array {missing}; keys found: {sorted(members)}")
+            keys = [feature_key, label_key, *(["class_names"] if "class_names" in members else [])]
+            headers = {key: _npy_header(archive, members[key], file_path, key) for key in keys}
+        needed = 0
+        for key, (shape, dtype) in headers.items():
+            size = math.prod(shape)  # python ints: no overflow
+            needed += size * dtype.itemsize + (4 * size if key == feature_key else 0)
+            if needed > max_bytes:
+                raise DatasetError(
+                    f"npz file {file_path}: array '{key}' declares shape {shape} of {dtype}; loading "
+                    f"{', '.join(list(headers)[:list(headers).index(key) + 1])} needs {needed:,} bytes (features "
+                    f"also as float32), more than the limit of {max_bytes:,} bytes (load_npz max_bytes)")
+        with np.load(file_path, allow_pickle=False) as archive:
             features = archive[feature_key]
             labels = archive[label_key]
-            class_names = archive["class_names"] if "class_names" in keys else None
+            class_names = archive["class_names"] if "class_names" in headers else None
     except DatasetError:
         raise
-    except (OSError, ValueError, EOFError, KeyError, zlib.error) as error:
+    except (OSError, ValueError, EOFError, KeyError, RuntimeError, NotImplementedError, zlib.error,
+            zipfile.BadZipFile) as error:
         raise DatasetError(f"cannot read npz file {file_path}: {error}") from error
     return from_arrays(features, labels, class_names=class_names, name=file_path.stem)
+
+
+def _npy_header(archive: zipfile.ZipFile, member: str, file_path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype a ``.npy`` member of an npz declares, read without its payload."""
+    with archive.open(member) as stream:
+        try:
+            version = np.lib.format.read_magic(stream)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+            else:
+                raise ValueError(f"npy format version {version} (1.0 or 2.0 expected for numeric arrays)")
+        except ValueError as error:
+            raise DatasetError(f"npz file {file_path}: '{key}' ({member}) is not a readable .npy array: {error}") from None
+    if dtype.hasobject:
+        raise DatasetError(f"npz file {file_path}: array '{key}' holds Python objects (dtype {dtype}), which only "
+                           "a pickle can load; refused (store class names as a string array)")
+    return tuple(int(d) for d in shape), dtype
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -697,6 +739,8 @@ def _load_idx_dataset(key: str, folder: Path) -> Dataset:
         labels = read_idx(labels_path)
         if images.dtype != np.uint8 or images.ndim != 3:
             raise DatasetError(f"{images_path}: expected uint8 images of shape (n, height, width), got {_describe(images)}")
+        if 0 in images.shape[1:]:
+            raise DatasetError(f"{images_path}: images of size {images.shape[1:]} (height, width) hold no pixel")
         if labels.dtype != np.uint8 or labels.ndim != 1:
             raise DatasetError(f"{labels_path}: expected uint8 labels of shape (n,), got {_describe(labels)}")
         if len(images) != len(labels):

@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import ConfigError, EnvConfig, resolve_config_path
+from ..config import ConfigError, EnvConfig, read_config_file, resolve_config_path
 
 
 @dataclass(frozen=True)
@@ -54,11 +52,7 @@ def scenario_of(config: Any = None, **overrides: Any) -> str:
     elif isinstance(config, dict):
         name = config.get("scenario", "datagames")
     elif isinstance(config, (str, Path)):
-        path = resolve_config_path(config)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        data = read_config_file(resolve_config_path(config)) or {}
         name = data.get("scenario", "datagames") if isinstance(data, dict) else "datagames"
     elif isinstance(config, EnvConfig):
         name = "datagames"

@@ -84,12 +84,14 @@ from ..selection.submodular import (
 
 from ..core import kernels
 from ..config import (
+    MAX_COUNT,
     ConfigError,
     DatasetConfig,
     FaultsConfig,
     PerceptionConfig,
     StreamConfig,
     _Strict,
+    check_memory,
     check_stream_against_fleet,
     load_typed_config,
 )
@@ -124,7 +126,7 @@ class DualConfig(_Strict):
     dataset: DatasetConfig = DatasetConfig()
     n_robots: int = Field(6, ge=1)
     rounds: int = Field(5, ge=1)
-    obs_per_round: int = Field(60, ge=1, description="samples each robot sees per round")
+    obs_per_round: int = Field(60, ge=1, le=MAX_COUNT, description="samples each robot sees per round")
     n_cache: int = Field(6, ge=1, description="uploads per robot per round (stage 1)")
     label_budget: int = Field(12, ge=0, description="labels per round for the whole fleet (stage 2)")
     labeler: Literal["submodular", "random", "entropy", "margin"] = Field(
@@ -137,7 +139,8 @@ class DualConfig(_Strict):
     perception: DualPerceptionConfig = DualPerceptionConfig()
     kernel: Literal["inverse_distance", "cosine"] = Field(
         "inverse_distance", description="facility-location kernel: 1/(1 + kernel_scale * distance) or cosine")
-    kernel_scale: float = Field(0.01, gt=0.0, description="inverse_distance: the 0.01 of Fleet-AL's kernel")
+    kernel_scale: float = Field(0.01, gt=0.0, le=1e6, description="inverse_distance: the 0.01 of Fleet-AL's kernel; "
+                                "beyond 1e6 distinct samples are all dissimilar (and float32 distances overflow)")
     max_block_bytes: int = Field(DEFAULT_MAX_BLOCK_BYTES, ge=1024, description="memory bound of similarity blocks")
     reward: Literal["accuracy", "coverage"] = "accuracy"
     privacy: PrivacyConfig = PrivacyConfig()
@@ -156,6 +159,13 @@ class DualConfig(_Strict):
         if self.n_cache > self.obs_per_round:
             raise ValueError(f"n_cache ({self.n_cache}) cannot exceed obs_per_round ({self.obs_per_round})")
         check_stream_against_fleet(self.stream, self.n_robots)
+        # lower bounds (at least 2 classes, 1 feature): observations and the state space's two bounds hold
+        # obs_per_round x (embedding + classes + 1) float32 per robot; the initial cloud's ids and features
+        per_robot = 3 * 4 * self.obs_per_round * (self.perception.embedding_dim + 3)
+        check_memory(("n_robots", "obs_per_round"), f"the observations of {self.n_robots} robots x "
+                     f"{self.obs_per_round} samples", self.n_robots * per_robot)
+        check_memory(("initial_cloud_size",), f"an initial cloud of {self.initial_cloud_size} samples",
+                     self.initial_cloud_size * (3 * 8 + 4))
         return self
 
 

@@ -81,7 +81,16 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from ..config import ConfigError, FaultsConfig, PerceptionConfig, _Strict, load_typed_config
+from ..config import (
+    MAX_COUNT,
+    ConfigError,
+    FaultsConfig,
+    PerceptionConfig,
+    _Strict,
+    check_memory,
+    check_weights,
+    load_typed_config,
+)
 from ..data.datasets import Dataset, DatasetError, load_dataset
 from ..data.domains import corrupt
 from ..data.streams import draw_domain_stream
@@ -125,6 +134,7 @@ class RobotConfig(_Strict):
     def _positive_shares(cls, value: dict[str, float]) -> dict[str, float]:
         if not value or any(v < 0 for v in value.values()) or sum(value.values()) <= 0:
             raise ValueError(f"must map domains to non-negative shares with a positive sum, got {value}")
+        check_weights(list(value.values()), "shares")
         return value
 
     @field_validator("initial_labeled")
@@ -175,7 +185,7 @@ class P2PConfig(_Strict):
     rare_domains: list[str] = Field(default_factory=list, description="domains whose cached share is reported")
     robots: list[RobotConfig] = Field(min_length=2)
     rounds: int = Field(8, ge=1)
-    obs_per_round: int = Field(100, ge=1)
+    obs_per_round: int = Field(100, ge=1, le=MAX_COUNT)
     share_fraction: float = Field(0.1, gt=0.0, le=1.0, description="cache and share this top share of each round")
     topology: TopologyConfig = TopologyConfig()
     ood: OODConfig = OODConfig()
@@ -226,6 +236,12 @@ class P2PConfig(_Strict):
                 unknown = [d for d in mapping if d not in names]
                 if unknown:
                     raise ValueError(f"robots.{i}.{key} (robot_{i}): unknown domains {unknown}; domains: {names}")
+        # reset draws every robot's whole stream, (rounds, obs_per_round) int64 ids each; a round's observations
+        # add obs_per_round x (embedding + classes) float32 per robot
+        n, obs = self.n_robots, self.obs_per_round
+        check_memory(("rounds", "obs_per_round", "robots"), f"the streams of {n} robots ({self.rounds} rounds x "
+                     f"{obs} samples, drawn at reset) and a round's observations",
+                     n * obs * (8 * self.rounds + 4 * (self.perception.embedding_dim + 2)))
         return self
 
     @property
