@@ -271,3 +271,43 @@ def test_restore_says_snapshots_are_pickles():
 
     for method in (FleetParallelEnv.restore, vector_env(1, None, **DATAGAMES).restore):
         assert "pickle" in method.__doc__ and "untrusted" in method.__doc__
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_episode_goes_on_while_every_robot_is_offline(kind):
+    """With every robot offline nobody acts (an empty action dict), and the episode still runs to its end."""
+    env = _make(kind, **{"faults.dropout": 1.0, "faults.rejoin": 0.0})
+    _, infos = env.reset(seed=0)
+    r = 0
+    while env.agents:
+        actions = {a: x for a, x in _actions(env, r).items() if infos[a]["online"]}
+        assert (not actions) == (r > 0)
+        observations, rewards, _, _, infos = env.step(actions)
+        assert all(np.isfinite(v) for v in rewards.values())
+        assert not any(info["online"] for info in infos.values()) or not env.agents
+        r += 1
+    assert r == env.config.rounds
+
+
+def test_the_harness_hands_a_policy_only_the_online_robots():
+    from datagames_env.harness.episode import run_episode
+    from datagames_env.policy import make_policy
+
+    env = _make("datagames", **DROPOUT)
+    inner = make_policy("greedy", env)
+    seen = []
+
+    class Spy:
+        name = "spy"
+
+        def reset(self, seed):
+            inner.reset(seed)
+
+        def act(self, observations, infos):
+            assert set(observations) == set(infos) and all(info["online"] for info in infos.values())
+            seen.append(len(observations))
+            return inner.act(observations, infos)
+
+    episode = run_episode(env, Spy(), seed=0)
+    assert len(episode["rounds"]) == env.config.rounds + 1
+    assert min(seen) < env.config.n_robots  # some round had a robot offline
