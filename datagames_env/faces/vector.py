@@ -31,8 +31,8 @@ from gymnasium import spaces
 
 from ..config import ConfigError, EnvConfig, load_config
 from ..core import BatchedCore
-from ..scenarios.base import (SNAPSHOT_VERSION, Snapshot, SnapshotError, check_snapshot_int, check_snapshot_rng,
-                              config_digest, content_digest, snapshot_entry)
+from ..scenarios.base import (SNAPSHOT_VERSION, Snapshot, SnapshotError, check_snapshot_rng, config_digest,
+                              content_digest, snapshot_entry)
 from ..scenarios.cloud_game import CloudGameObjective
 from ..scenarios.datagames import action_width, check_core_state, observation_bounds
 
@@ -119,7 +119,6 @@ class DataGamesVectorEnv:
         if num_envs != self.num_envs:
             raise SnapshotError(f"snapshot of {num_envs} environments cannot be restored into a vector env of "
                                 f"{self.num_envs}")
-        check_snapshot_int(num_envs, "face.num_envs", 1, self.num_envs)
         check_snapshot_rng(snapshot_entry(snapshot.face, "seed_rng", "face.seed_rng"), "face.seed_rng")
         check_core_state(self.core, snapshot.state, "state")
         try:
