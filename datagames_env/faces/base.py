@@ -8,8 +8,9 @@ Spaces                 one ``Box`` object per agent, returned by every call (Pet
                        the scenario's observation bounds, actions ``Box(0, 1, (A,), float32)``
 Seeding                ``reset(seed)`` restarts a seed sequence, so later ``reset()`` calls without a seed are
                        reproducible too; a negative seed is an error
-Actions                a dict with one array per active robot; a missing / unknown robot, a wrong shape or NaN /
-                       inf raise ``ValueError`` naming the robot, before any state changes
+Actions                a dict with one array per active robot; a missing / unknown robot, something that is not a
+                       numeric array, a wrong shape or NaN / inf raise ``ValueError`` naming the robot, before any
+                       state changes
 Robots leaving         a robot removed from ``agents`` during an episode (``env.agents.remove("robot_1")``) has
                        left until the next ``reset()``: it sends no action, gets no observation / reward /
                        termination / info entry, and acts with the neutral action (zeros) while the scenario is
@@ -18,20 +19,25 @@ Robots leaving         a robot removed from ``agents`` during an episode (``env.
                        the others' episode goes on draw for draw as if it were idle. Removing every robot ends
                        stepping (``step`` needs an active robot); a robot put back into ``agents`` acts again
                        from the next step; a name that is not a robot is an error
-Faults                 the config's ``faults`` block (off by default). ``dropout`` / ``rejoin``: after every
-                       step that is not the episode's last, each robot draws once from the episode's fault
-                       generator; an active robot drops with probability ``dropout``: it is in that step's dicts
-                       (it played the round) with termination True, and leaves ``agents``; from the next step it is
-                       an inactive robot as above. A robot that dropped earlier rejoins with probability ``rejoin``
-                       per round: it reappears in that step's dicts (observation of the next round, reward 0.0,
-                       termination / truncation False, its info) and is back in ``agents``, so it acts from the
-                       next step. Every robot is back at the next ``reset()``. When every robot has dropped,
-                       ``agents`` is empty and stepping ends (nobody is left to act). ``liars`` are drawn once per
-                       episode (``env.liars``, bool per robot); the scenario or the policy's protocol uses them
+Faults                 the config's ``faults`` block (off by default). ``dropout`` / ``rejoin``: robots go
+                       *offline* and come back, and ``agents`` stays the whole fleet (PettingZoo's API tests forbid
+                       reviving an agent that terminated). After every step that is not the episode's last, each
+                       robot draws once from the episode's fault generator: an online robot goes offline with
+                       probability ``dropout``, an offline one comes back with probability ``rejoin``. Every info
+                       then carries ``online`` (bool: whether the robot's next action counts; True at reset). An
+                       offline robot stays in every dict (observation, the scenario's reward row, termination only
+                       at the episode's end), and its action is ignored (it may be left out): the scenario is told
+                       it is inactive, as for a robot that left. Every robot is online again at ``reset()``.
+                       ``liars`` are drawn once per episode (``env.liars``, bool per robot); the scenario or the
+                       policy's protocol uses them
 Episode end            the scenario's last round terminates every robot (never a truncation); ``agents`` empties
 Snapshots              ``snapshot()``: a small picklable :class:`~datagames_env.scenarios.base.Snapshot` (no
                        dataset, no model the config rebuilds); ``restore(snapshot)`` on an env of the same config
-                       continues bit-exactly; another scenario, config or snapshot version is a ``SnapshotError``
+                       and data continues bit-exactly. Another scenario, config, data content or snapshot version,
+                       or a field that does not fit (shape, range, robot name) is a ``SnapshotError`` naming it,
+                       raised before anything changes. Snapshots are pickles: never load one from an untrusted source
+Info arrays            every robot's info holds its own writable arrays (a shared or read-only array of the
+                       scenario is copied), so writing into an info changes nothing else
 Read-outs              ``obs_layout``, ``state()``, ``privileged_view()``; anything else the scenario offers
                        (``env.core``, ``env.ledger()``, ``env.cloud()``, ...) is reached through the face
 =====================  ============================================================================
@@ -48,7 +54,8 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from ..scenarios.base import SNAPSHOT_VERSION, Scenario, Snapshot, config_digest
+from ..scenarios.base import (SNAPSHOT_VERSION, Scenario, Snapshot, SnapshotError, check_snapshot_rng,
+                              snapshot_entry)
 
 __all__ = ["FleetParallelEnv"]
 
@@ -85,7 +92,9 @@ class FleetParallelEnv(ParallelEnv):
         if hasattr(scenario, "state_space"):
             self.state_space = scenario.state_space
         self._next_seed_rng = np.random.default_rng()
-        self._dropped: set[str] = set()  # robots that dropped out as a fault (they may rejoin)
+        self._offline: set[str] = set()  # robots offline as a fault (dropout); they stay in agents
+        faults = scenario.faults
+        self._reports_online = faults is not None and faults.dropout > 0  # infos carry "online"
 
     def __getattr__(self, name: str) -> Any:
         # scenario read-outs (env.core, env.ledger(), env.cloud(), ...); only called for names the face lacks
@@ -110,46 +119,60 @@ class FleetParallelEnv(ParallelEnv):
         observations, infos = self.scenario.reset(episode_seed)
         self.scenario.start_faults(episode_seed)
         self.agents = list(self.possible_agents)
-        self._dropped = set()
+        self._offline = set()
         if self.render_mode == "human":
             self.render()
-        return self._per_agent(observations), self._per_agent(infos)
+        return self._per_agent(observations), self._own_infos(infos, self.agents)
 
     def step(self, actions: dict):
         matrix = self._action_matrix(actions)
-        present = set(self.agents)  # membership tests on a set: O(N) per step, not O(N^2), at fleet sizes
-        active = np.array([a in present for a in self.possible_agents])
-        transition = self.scenario.step(matrix, None if active.all() else active)
         agents = list(self.agents)
-        dropping, rejoining = self._fault_dropouts(transition.terminated)
-        shown = [a for a in self.possible_agents if a in present or a in rejoining]
-        observations = {a: transition.observations[self._index[a]] for a in shown}
-        infos = {a: transition.infos[self._index[a]] for a in shown}
-        rewards = {a: float(transition.rewards[self._index[a]]) if a in agents else 0.0 for a in shown}
-        terminations = {a: bool(transition.terminated) or a in dropping for a in shown}
-        truncations = {a: False for a in shown}
+        present = set(agents)  # membership tests on a set: O(N) per step, not O(N^2), at fleet sizes
+        active = np.array([a in present and a not in self._offline for a in self.possible_agents])
+        transition = self.scenario.step(matrix, None if active.all() else active)
+        going, returning = self._fault_dropouts(transition.terminated, active)
+        self._offline = (self._offline | set(going)) - set(returning)
+        observations = {a: transition.observations[self._index[a]] for a in agents}
+        infos = self._own_infos(transition.infos, agents)
+        rewards = {a: float(transition.rewards[self._index[a]]) for a in agents}
+        terminations = {a: bool(transition.terminated) for a in agents}
+        truncations = {a: False for a in agents}
         if transition.terminated:
             self.agents = []
-        elif dropping or rejoining:
-            self._dropped = (self._dropped | set(dropping)) - set(rejoining)
-            self.agents = [a for a in self.possible_agents if (a in agents and a not in dropping) or a in rejoining]
         if self.render_mode == "human":
             self.render()
         return observations, rewards, terminations, truncations, infos
 
-    def _fault_dropouts(self, terminated: bool) -> tuple[list[str], list[str]]:
-        """Who drops out and who rejoins after this step (module docstring): one uniform draw per robot per
+    def _fault_dropouts(self, terminated: bool, active: np.ndarray) -> tuple[list[str], list[str]]:
+        """Who goes offline and who comes back after this step (module docstring): one uniform draw per robot per
         round from the scenario's ``agents`` fault generator, so a robot's draws do not depend on the others."""
         faults = self.scenario.faults
         if terminated or faults is None or not faults.dropout:
             return [], []
         draws = self.scenario.fault_rngs["agents"].random(len(self.possible_agents))
-        dropping = [a for a, u in zip(self.possible_agents, draws) if a in self.agents and u < faults.dropout]
-        rejoining = [a for a, u in zip(self.possible_agents, draws) if a in self._dropped and u < faults.rejoin]
-        return dropping, rejoining
+        going = [a for a, on, u in zip(self.possible_agents, active, draws) if on and u < faults.dropout]
+        returning = [a for a, u in zip(self.possible_agents, draws) if a in self._offline and u < faults.rejoin]
+        return going, returning
 
     def _per_agent(self, rows) -> dict[str, Any]:
         return {a: rows[self._index[a]] for a in self.agents}
+
+    def _own_infos(self, rows: list[dict], agents: list[str]) -> dict[str, dict]:
+        """Each robot's info as a fresh dict with arrays of its own: an array that is read-only or already handed
+        to another robot is copied (TorchRL warns about read-only arrays; a write must not reach another robot)."""
+        seen: set[int] = set()
+        infos = {}
+        for a in agents:
+            info = dict(rows[self._index[a]])
+            for key, value in info.items():
+                if isinstance(value, np.ndarray):
+                    if not value.flags.writeable or id(value) in seen:
+                        info[key] = value = value.copy()
+                    seen.add(id(value))
+            if self._reports_online:
+                info["online"] = a not in self._offline
+            infos[a] = info
+        return infos
 
     def _next_episode_seed(self, seed: int | None) -> int:
         """The seed of the episode ``reset(seed)`` starts: ``seed``, or the next of the sequence the last seeded
@@ -169,23 +192,32 @@ class FleetParallelEnv(ParallelEnv):
         strangers = [a for a in self.agents if a not in self._index]
         if strangers:
             raise ValueError(f"agents holds unknown names {strangers}: robots may leave agents, not join it")
+        if not isinstance(actions, dict):
+            raise ValueError(f"actions must be a dict of one action per robot, got {type(actions).__name__}")
         present = set(self.agents)
         unknown = [a for a in actions if a not in self._index or a not in present]
         if unknown:
             raise ValueError(f"actions for unknown or inactive agents {unknown}; active agents are {self.agents}")
-        missing = [a for a in self.agents if a not in actions]
+        missing = [a for a in self.agents if a not in actions and a not in self._offline]
         if missing:
             raise ValueError(f"missing actions for {missing}: every robot acts every round")
         width = self.scenario.action_width
         matrix = np.zeros((len(self.possible_agents), width))  # robots that left: the neutral action
         for agent in self.agents:  # a dict of arrays in, one matrix out
-            row = np.asarray(actions[agent], dtype=np.float64)
+            if agent not in actions:  # an offline robot may leave its action out
+                continue
+            try:
+                row = np.asarray(actions[agent], dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{agent}: action must be a numeric array of shape ({width},) "
+                                 f"({self.scenario.action_meaning}), got {actions[agent]!r:.80}") from exc
             if row.shape != (width,):
                 raise ValueError(f"{agent}: action must have shape ({width},) ({self.scenario.action_meaning}), "
                                  f"got {row.shape}")
             if self.scenario.checks_finite and not np.isfinite(row).all():
                 raise ValueError(f"{agent}: action contains NaN or inf: {row}")
-            matrix[self._index[agent]] = row
+            if agent not in self._offline:  # an offline robot's action is checked, then ignored
+                matrix[self._index[agent]] = row
         return matrix
 
     # -------------------------------------------------------------------------------------------- snapshots
@@ -193,20 +225,55 @@ class FleetParallelEnv(ParallelEnv):
         """The episode's state as a small picklable object (see the module docstring)."""
         face = {"agents": list(self.agents), "seed_rng": self._next_seed_rng.bit_generator.state}
         if self.scenario.fault_rngs is not None:
-            face["faults"] = {"scenario": self.scenario.fault_state(), "dropped": sorted(self._dropped)}
-        return Snapshot(SNAPSHOT_VERSION, self.metadata["name"], config_digest(self.config), face,
+            face["faults"] = {"scenario": self.scenario.fault_state(), "offline": sorted(self._offline)}
+        return Snapshot(SNAPSHOT_VERSION, self.metadata["name"], self.scenario.snapshot_digest(), face,
                         self.scenario.snapshot_state())
 
     def restore(self, snapshot: Snapshot) -> None:
-        """Continue from ``snapshot`` (taken by an env of the same scenario and config)."""
+        """Continue from ``snapshot`` (taken by an env of the same scenario, config and data).
+
+        Every field is checked before anything changes: a snapshot that does not fit is a ``SnapshotError`` naming
+        the field, and the env stays as it was. A snapshot is plain data, but a pickled one (and an ``sb3:`` /
+        ``rllib:`` checkpoint) is a pickle: unpickling a file from an untrusted source runs its code. Load only
+        snapshots you made."""
         if not isinstance(snapshot, Snapshot):
             raise TypeError(f"restore() needs a Snapshot from env.snapshot(), got {type(snapshot).__name__}")
-        snapshot.check(self.metadata["name"], config_digest(self.config))
+        snapshot.check(self.metadata["name"], self.scenario.snapshot_digest())
+        self._check_face(snapshot.face)
+        self.scenario.check_snapshot_state(snapshot.state)
+        try:
+            before = self.snapshot()
+        except RuntimeError:  # never reset: nothing to put back
+            before = None
+        try:
+            self._apply(snapshot)
+        except Exception as exc:  # a fault the checks could not see (a model that does not rebuild): undo
+            if before is not None:
+                self._apply(before)
+            raise SnapshotError(f"snapshot could not be restored ({type(exc).__name__}: {exc}); the env is as it "
+                                "was") from exc
+
+    def _check_face(self, face: Any) -> None:
+        agents = snapshot_entry(face, "agents", "face.agents")
+        if (not isinstance(agents, list) or not all(isinstance(a, str) and a in self._index for a in agents)
+                or len(set(agents)) != len(agents)):
+            raise SnapshotError(f"snapshot field 'face.agents' must list distinct robots of {self.possible_agents}, "
+                                f"got {agents!r:.200}")
+        check_snapshot_rng(snapshot_entry(face, "seed_rng", "face.seed_rng"), "face.seed_rng")
+        faults = face.get("faults")
+        self.scenario.check_fault_state(None if faults is None else snapshot_entry(faults, "scenario", "face.faults"),
+                                        "face.faults.scenario")
+        if faults is not None:
+            offline = snapshot_entry(faults, "offline", "face.faults.offline")
+            if not isinstance(offline, list) or not all(isinstance(a, str) and a in self._index for a in offline):
+                raise SnapshotError(f"snapshot field 'face.faults.offline' must list robots, got {offline!r:.200}")
+
+    def _apply(self, snapshot: Snapshot) -> None:
         self.scenario.restore_state(snapshot.state)
-        self.agents = list(snapshot.face["agents"])
         faults = snapshot.face.get("faults")
         self.scenario.restore_fault_state(faults["scenario"] if faults else None)
-        self._dropped = set(faults["dropped"]) if faults else set()
+        self.agents = list(snapshot.face["agents"])
+        self._offline = set(faults["offline"]) if faults else set()
         self._next_seed_rng = np.random.default_rng()
         self._next_seed_rng.bit_generator.state = snapshot.face["seed_rng"]
 

@@ -9,10 +9,13 @@ Rewards                ``(B, N)`` float32, identical across the robots of an env
 terminations           ``(B, N)`` True after ``rounds`` steps (the task ends); ``truncations`` always False
 Reset                  ``reset(seed)`` with an int (env b gets ``seed + b``) or one seed per env; all
                        envs terminate together, so there is no auto-reset: call ``reset`` again
-Robots leaving         ``step(actions, active)``: ``active`` bool ``(B, N)``; an inactive robot uploads nothing
-                       (its row of ``actions`` is ignored), as in the parallel face
+Robots leaving         ``step(actions, active)``: ``active`` bool ``(B, N)`` (another shape is a ``ValueError``
+                       naming the expected one); an inactive robot uploads nothing (its row of ``actions`` is
+                       ignored), as in the parallel face
 Snapshots              ``snapshot()`` / ``restore(snapshot)``: every env's state, small and picklable, bit-exact
-                       on a vector env of the same config and ``num_envs``
+                       on a vector env of the same config, data and ``num_envs``; checked field by field before
+                       anything changes (``SnapshotError`` naming the field). A pickled snapshot is a pickle: never
+                       load one from an untrusted source
 =====================  ============================================================================
 
 ``infos`` holds arrays, the same keys at reset and every step: ``available`` (B, N, C), ``cloud_counts`` (B, C),
@@ -28,9 +31,10 @@ from gymnasium import spaces
 
 from ..config import ConfigError, EnvConfig, load_config
 from ..core import BatchedCore
-from ..scenarios.base import SNAPSHOT_VERSION, Snapshot, config_digest
+from ..scenarios.base import (SNAPSHOT_VERSION, Snapshot, SnapshotError, check_snapshot_rng, config_digest,
+                              content_digest, snapshot_entry)
 from ..scenarios.cloud_game import CloudGameObjective
-from ..scenarios.datagames import action_width, observation_bounds
+from ..scenarios.datagames import action_width, check_core_state, observation_bounds
 
 
 class DataGamesVectorEnv:
@@ -74,6 +78,9 @@ class DataGamesVectorEnv:
 
     def step(self, actions: np.ndarray, active: np.ndarray | None = None):
         """``active`` (bool ``(B, N)``, None = all): robots that left upload nothing (docs/reliability.md)."""
+        if active is not None and np.shape(active) != (self.num_envs, self.n_robots):
+            raise ValueError(f"active must be a bool mask of shape (num_envs, n_robots) = "
+                             f"{(self.num_envs, self.n_robots)}, got shape {np.shape(active)}")
         result = self.core.step(actions, active)
         shape = (self.num_envs, self.n_robots)
         rewards = result.rewards.astype(np.float32)
@@ -96,21 +103,41 @@ class DataGamesVectorEnv:
     def snapshot(self) -> Snapshot:
         """Every env's state, small and picklable (no dataset, no models: they are rebuilt from the config)."""
         face = {"num_envs": self.num_envs, "seed_rng": self._seed_rng.bit_generator.state}
-        return Snapshot(SNAPSHOT_VERSION, self.metadata["name"] + ":vector", config_digest(self.config), face,
+        return Snapshot(SNAPSHOT_VERSION, self.metadata["name"] + ":vector", self._digest(), face,
                         self.core.snapshot_state())
 
     def restore(self, snapshot: Snapshot) -> None:
-        """Continue bit-exactly from ``snapshot`` (same config and ``num_envs``)."""
+        """Continue bit-exactly from ``snapshot`` (same config, data and ``num_envs``).
+
+        Every field is checked before anything changes (``SnapshotError`` naming it; the env stays as it was). A
+        pickled snapshot is a pickle: unpickling a file from an untrusted source runs its code. Load only
+        snapshots you made."""
         if not isinstance(snapshot, Snapshot):
             raise TypeError(f"restore() needs a Snapshot from snapshot(), got {type(snapshot).__name__}")
-        snapshot.check(self.metadata["name"] + ":vector", config_digest(self.config))
-        if snapshot.face["num_envs"] != self.num_envs:
-            from ..scenarios.base import SnapshotError
-            raise SnapshotError(f"snapshot of {snapshot.face['num_envs']} environments cannot be restored into a "
-                                f"vector env of {self.num_envs}")
-        self.core.restore_state(snapshot.state)
+        snapshot.check(self.metadata["name"] + ":vector", self._digest())
+        num_envs = snapshot_entry(snapshot.face, "num_envs", "face.num_envs")
+        if num_envs != self.num_envs:
+            raise SnapshotError(f"snapshot of {num_envs} environments cannot be restored into a vector env of "
+                                f"{self.num_envs}")
+        check_snapshot_rng(snapshot_entry(snapshot.face, "seed_rng", "face.seed_rng"), "face.seed_rng")
+        check_core_state(self.core, snapshot.state, "state")
+        try:
+            before = self.core.snapshot_state()
+        except RuntimeError:  # never reset: nothing to put back
+            before = None
+        try:
+            self.core.restore_state(snapshot.state)
+        except Exception as exc:  # a fault the checks could not see: undo
+            if before is not None:
+                self.core.restore_state(before)
+            raise SnapshotError(f"snapshot could not be restored ({type(exc).__name__}: {exc}); the env is as it "
+                                "was") from exc
         self._seed_rng = np.random.default_rng()
         self._seed_rng.bit_generator.state = snapshot.face["seed_rng"]
+
+    def _digest(self) -> str:
+        dataset = self.core.world.dataset
+        return config_digest(self.config, content_digest(dataset, [dataset.features, dataset.labels]))
 
     def estimated_feasible_matrices(self) -> np.ndarray:
         return self.core.estimated_feasible_matrices()

@@ -29,11 +29,12 @@ def run_episode(env, policy, seed: int, on_round=None, name: str | None = None) 
     rounds = [rep.initial_round(env, infos)]
     decide_total, messages = 0.0, 0
     while env.agents:
-        if len(observations) != len(env.agents):  # robots that dropped out (faults) are in the dicts, not agents
-            observations = {a: observations[a] for a in env.agents}
-            infos = {a: infos[a] for a in env.agents}
+        acting = [a for a in env.agents if infos[a].get("online", True)]  # offline robots (faults) may not act
+        if len(observations) != len(acting):
+            observations = {a: observations[a] for a in acting}
+            infos = {a: infos[a] for a in acting}
         t = time.perf_counter()
-        actions = policy.act(observations, infos)
+        actions = policy.act(observations, infos) if observations else {}  # every robot offline: nobody acts
         decide = time.perf_counter() - t
         decide_total += decide
         observations, rewards, _, _, infos = env.step(actions)

@@ -54,7 +54,8 @@ from ..config import EnvConfig, load_config
 from ..core import BatchedCore, World
 from ..data.datasets import Dataset
 from ..faces.base import FleetParallelEnv
-from .base import SampleSpec, Scenario, Transition
+from .base import (SampleSpec, Scenario, SnapshotError, Transition, check_snapshot_array, check_snapshot_int,
+                   check_snapshot_rng, snapshot_entry)
 from .cloud_game import CloudGameObjective
 
 METADATA = {"name": "datagames_v0", "render_modes": ["human", "ansi", "rgb_array"], "is_parallelizable": True,
@@ -75,6 +76,54 @@ def observation_bounds(core: BatchedCore) -> tuple[np.ndarray, np.ndarray]:
 
 def action_width(core: BatchedCore) -> int:
     return core.n_classes if core.cfg.action_mode == "allocation" else core.cfg.obs_per_round
+
+
+def check_core_state(core: BatchedCore, state: dict, where: str) -> None:
+    """Raise :class:`SnapshotError` naming the field when ``state`` (a ``snapshot_state()`` of a core) does not fit
+    ``core``: keys, shapes, dtypes, index ranges. Called before a restore changes anything."""
+    def entry(key):
+        return snapshot_entry(state, key, f"{where}.{key}")
+
+    cfg = core.cfg
+    b_n, n, c, k = core.num_envs, core.n_robots, core.n_classes, cfg.n_cache
+    n_data, n_pool = core.world.dataset.n_samples, len(core.world.pool)
+    seeds = entry("seeds")
+    if not isinstance(seeds, (list, np.ndarray)) or len(seeds) != b_n:
+        raise SnapshotError(f"snapshot field '{where}.seeds' must hold {b_n} seeds, got {seeds!r:.80}")
+    for b, seed in enumerate(seeds):
+        check_snapshot_int(seed, f"{where}.seeds.{b}", 0, 2**63 - 1)
+    check_snapshot_array(entry("states"), f"{where}.states", (b_n, 4), "i")
+    r = check_snapshot_int(entry("round_index"), f"{where}.round_index", 0, cfg.rounds)
+    needs_reset = entry("_needs_reset")
+    if not isinstance(needs_reset, (bool, np.bool_)) or bool(needs_reset) != (r == cfg.rounds):
+        raise SnapshotError(f"snapshot field '{where}._needs_reset' must be {r == cfg.rounds} at round {r}")
+    check_snapshot_int(entry("models_round"), f"{where}.models_round", 0, r)
+    for key in ("mixes", "estimated_mixes"):
+        check_snapshot_array(entry(key), f"{where}.{key}", (b_n, n, c), "f", 0.0, 1.0)
+    initial = entry("initial_ids")
+    if not isinstance(initial, list) or len(initial) != b_n:
+        raise SnapshotError(f"snapshot field '{where}.initial_ids' must list {b_n} arrays")
+    for b, ids in enumerate(initial):
+        check_snapshot_array(ids, f"{where}.initial_ids.{b}", (None,), "i", 0, n_data - 1)
+    check_snapshot_array(entry("cloud_counts"), f"{where}.cloud_counts", (b_n, c), "f", 0.0)
+    for key in ("distance", "initial_distance"):
+        check_snapshot_array(entry(key), f"{where}.{key}", (b_n,), "f")
+    for key in ("histograms", "pooled_histograms"):
+        check_snapshot_array(entry(key), f"{where}.{key}", (b_n, n, c), "i", 0)
+    if cfg.action_mode == "selection":
+        check_snapshot_array(entry("stream_positions"), f"{where}.stream_positions", (b_n, n, cfg.obs_per_round),
+                             "i", 0, n_pool - 1)
+    check_snapshot_array(entry("robot_version"), f"{where}.robot_version", (b_n, n), "i", 0)
+    rng_states = entry("rng_states")
+    if not isinstance(rng_states, list) or len(rng_states) != b_n:
+        raise SnapshotError(f"snapshot field '{where}.rng_states' must list {b_n} generator states")
+    for b, rng_state in enumerate(rng_states):
+        check_snapshot_rng(rng_state, f"{where}.rng_states.{b}")
+    ledger = entry("ledger")
+    if not isinstance(ledger, list) or len(ledger) != 3:
+        raise SnapshotError(f"snapshot field '{where}.ledger' must hold ids, labels and predictions")
+    for name, rows, high in zip(("ids", "labels", "predicted"), ledger, (n_data - 1, c - 1, c - 1)):
+        check_snapshot_array(rows, f"{where}.ledger.{name}", (b_n, r, n, k), "i", -1, high)
 
 
 class DataGamesScenario(Scenario):
@@ -137,9 +186,23 @@ class DataGamesScenario(Scenario):
     def snapshot_state(self) -> dict:
         return {"core": self.core.snapshot_state(), "history": list(self._history)}
 
+    def check_snapshot_state(self, state: dict) -> None:
+        core = snapshot_entry(state, "core", "state.core")
+        check_core_state(self.core, core, "state.core")
+        history = snapshot_entry(state, "history", "state.history")
+        rounds = core["round_index"] + 1
+        if (not isinstance(history, list) or len(history) != rounds
+                or not all(isinstance(d, float) and np.isfinite(d) for d in history)):
+            raise SnapshotError(f"snapshot field 'state.history' must list {rounds} finite distances (one per round "
+                                f"played, and the start), got {history!r:.120}")
+
     def restore_state(self, state: dict) -> None:
         self.core.restore_state(state["core"])
         self._history = list(state["history"])
+
+    def content_arrays(self):
+        dataset = self.core.world.dataset
+        return dataset, [dataset.features, dataset.labels]
 
     def _infos(self, result=None) -> list[dict]:
         # one fresh array per quantity per step; robots get row views of it (never mutated afterwards).

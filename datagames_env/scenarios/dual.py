@@ -99,13 +99,15 @@ from ..core import World, derive_version
 from ..data.datasets import Dataset
 from ..faces.base import FleetParallelEnv
 from .base import SampleSpec, Scenario, Transition, active_mask, atomic_step
+from .base import SnapshotError, check_snapshot_array, check_snapshot_int, check_snapshot_rng, snapshot_entry
 from ..data.streams import draw_class_mixes, draw_initial_cloud, drift_mixes
 from ..perception import ModelVersion, limited_torch_threads, uncertainty
 from ..data.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
 __all__ = ["DualConfig", "DualParallelEnv", "DualWorld", "env", "load_dual_config", "parallel_env"]
 
-METADATA = {"name": "datagames_dual_v0", "render_modes": ["human", "ansi"], "is_parallelizable": True}
+METADATA = {"name": "datagames_dual_v0", "render_modes": ["human", "ansi"], "is_parallelizable": True,
+            "render_fps": 2}
 LABELERS = ("submodular", "random", "entropy", "margin")
 PRIVACY_COUNTS = ("private", "dropped", "blurred", "passed_private")  # infos: privacy_<k>, privacy_total_<k>
 
@@ -421,6 +423,46 @@ class DualScenario(Scenario):
         state.update(rng=self.rng.bit_generator.state, cloud={k: v.copy() for k, v in self._cloud.items()},
                      history=[dict(r) for r in self.history])
         return state
+
+    def check_snapshot_state(self, state: dict) -> None:
+        def entry(key):
+            return snapshot_entry(state, key, f"state.{key}")
+
+        cfg, w = self.config, self.world
+        n, c, obs, n_rows = cfg.n_robots, self.n_classes, cfg.obs_per_round, len(w.features)
+        check_snapshot_int(entry("seed"), "state.seed", 0, 2**63 - 1)
+        check_snapshot_array(entry("states"), "state.states", (1, 4), "i")
+        r = check_snapshot_int(entry("round_index"), "state.round_index", 0, cfg.rounds)
+        check_snapshot_int(entry("labels_used"), "state.labels_used", 0, 2**62)
+        check_snapshot_array(entry("_version_rows"), "state._version_rows", (None,), "i", 0, n_rows - 1)
+        check_snapshot_array(entry("stream_positions"), "state.stream_positions", (n, obs), "i", 0, len(w.pool) - 1)
+        for key in ("mixes", "estimated_mixes"):
+            check_snapshot_array(entry(key), f"state.{key}", (n, c), "f", 0.0, 1.0)
+        check_snapshot_array(entry("histograms"), "state.histograms", (n, c), "i", 0, obs)
+        for key in ("coverage", "labeled_coverage"):
+            check_snapshot_array(entry(key), f"state.{key}", (n, obs), "f")
+        check_snapshot_rng(entry("rng"), "state.rng")
+        cloud = entry("cloud")
+        if not isinstance(cloud, dict) or set(cloud) != set(self._cloud_kinds()):
+            raise SnapshotError(f"snapshot field 'state.cloud' must hold {sorted(self._cloud_kinds())}")
+        size = None
+        for key, kind in self._cloud_kinds().items():
+            low, high = {"row": (0, n_rows - 1), "robot": (-1, n - 1), "round": (-1, r),
+                         "labeled_round": (-1, r)}.get(key, (None, None))
+            array = check_snapshot_array(cloud[key], f"state.cloud.{key}", (size,), kind, low, high)
+            size = len(array)
+        history = entry("history")
+        if not isinstance(history, list) or len(history) != r + 1 or not all(isinstance(x, dict) for x in history):
+            raise SnapshotError(f"snapshot field 'state.history' must list {r + 1} round records")
+
+    @staticmethod
+    def _cloud_kinds() -> dict[str, str]:
+        return {"row": "i", "labeled": "b", "robot": "i", "round": "i", "labeled_round": "i", "private": "b",
+                "blurred": "b"}
+
+    def content_arrays(self):
+        dataset = self.world.dataset
+        return dataset, [dataset.features, dataset.labels]
 
     def restore_state(self, state: dict) -> None:
         for name in self._SNAPSHOT_FIELDS:

@@ -96,6 +96,7 @@ from ..data.domains import corrupt
 from ..data.streams import draw_domain_stream
 from ..faces.base import FleetParallelEnv
 from .base import SampleSpec, Scenario, Transition, active_mask, atomic_step
+from .base import SnapshotError, check_snapshot_array, check_snapshot_int, snapshot_entry
 from ..perception.ood import NoveltyDetector
 from ..perception import Classifier, build_model, limited_torch_threads, train_classifiers
 from ..perception import entropy as perception_entropy
@@ -107,7 +108,8 @@ __all__ = ["P2PConfig", "P2PParallelEnv", "env", "load_p2p_config", "parallel_en
 TOTALS = ("total_blurred", "total_dropped", "total_passed_private", "total_cached", "total_rare_cached",
           "total_rare_seen")
 
-METADATA = {"name": "datagames_p2p_v0", "render_modes": ["human", "ansi"], "is_parallelizable": True}
+METADATA = {"name": "datagames_p2p_v0", "render_modes": ["human", "ansi"], "is_parallelizable": True,
+            "render_fps": 2}
 
 # --------------------------------------------------------------------------------------------------------- config
 
@@ -623,6 +625,56 @@ class P2PScenario(Scenario):
                 "totals": self._totals.copy(), "round_index": self.round_index,
                 "last_feedback": self._last_feedback.copy(), "last_transmissions": list(self.last_transmissions),
                 "n_trainings": self.n_trainings, "robots": robots}
+
+    def check_snapshot_state(self, state: dict) -> None:
+        def entry(key, holder=state, where="state"):
+            return snapshot_entry(holder, key, f"{where}.{key}")
+
+        cfg = self.config
+        n, d, c, n_world = cfg.n_robots, self.n_domains, self.n_classes, len(self.world.features)
+        check_snapshot_int(entry("episode_seed"), "state.episode_seed", 0, 2**63 - 1)
+        r = check_snapshot_int(entry("round_index"), "state.round_index", 0, cfg.rounds)
+        neighbors = entry("neighbors")
+        if (not isinstance(neighbors, list) or len(neighbors) != n
+                or not all(isinstance(p, list) and all(isinstance(j, int) and 0 <= j < n and j != i for j in p)
+                           for i, p in enumerate(neighbors))):
+            raise SnapshotError(f"snapshot field 'state.neighbors' must list {n} lists of other robots' indices")
+        check_snapshot_array(entry("adjacency"), "state.adjacency", (n, n), "b")
+        check_snapshot_array(entry("cell_counts"), "state.cell_counts", (n, d, c), "i", 0)
+        check_snapshot_array(entry("totals"), "state.totals", (n, len(TOTALS)), "i", 0)
+        check_snapshot_array(entry("last_feedback"), "state.last_feedback", (n,), "f", 0.0, 1.0)
+        if not isinstance(entry("last_transmissions"), list):
+            raise SnapshotError("snapshot field 'state.last_transmissions' must be a list")
+        check_snapshot_int(entry("n_trainings"), "state.n_trainings", 0, 2**62)
+        robots = entry("robots")
+        if not isinstance(robots, list) or len(robots) != n:
+            raise SnapshotError(f"snapshot field 'state.robots' must hold {n} robots")
+        fields = {f for f in _Robot.__dataclass_fields__}
+        for i, robot in enumerate(robots):
+            where = f"state.robots.{i}"
+            if not isinstance(robot, dict) or set(robot) != fields:
+                raise SnapshotError(f"snapshot field '{where}' must hold the robot fields {sorted(fields)}")
+            check_snapshot_array(robot["stream"], f"{where}.stream", (cfg.rounds, cfg.obs_per_round), "i", 0,
+                                 n_world - 1)
+            check_snapshot_array(robot["labeled_ids"], f"{where}.labeled_ids", (None,), "i", 0, n_world - 1)
+            check_snapshot_array(robot["calibration_ids"], f"{where}.calibration_ids", (None,), "i", 0, n_world - 1)
+            memory = check_snapshot_array(robot["memory_ids"], f"{where}.memory_ids", (None,), "i", 0, n_world - 1)
+            check_snapshot_array(robot["memory_utilities"], f"{where}.memory_utilities", (len(memory),), "f")
+            parts = [robot[k] for k in ("labeled_features", "labeled_labels", "labeled_domains")]
+            if not all(isinstance(p, list) and len(p) == len(parts[0]) for p in parts):
+                raise SnapshotError(f"snapshot field '{where}.labeled_*' must be lists of one length")
+            for k, (features, labels, domains) in enumerate(zip(*parts)):
+                m = len(check_snapshot_array(labels, f"{where}.labeled_labels.{k}", (None,), "i", 0, c - 1))
+                check_snapshot_array(features, f"{where}.labeled_features.{k}", (m, *self.world.features.shape[1:]))
+                check_snapshot_array(domains, f"{where}.labeled_domains.{k}", (m,), "i", 0, d - 1)
+            model = robot["model"]
+            entry("classifiers", model, f"{where}.model")
+            check_snapshot_array(entry("domain_accuracy", model, f"{where}.model"), f"{where}.model.domain_accuracy",
+                                 (d,), "f", 0.0, 1.0)
+
+    def content_arrays(self):
+        w = self.world
+        return w, [w.features, w.labels, w.domains, *w.test_features, *w.test_labels]
 
     def restore_state(self, state: dict) -> None:
         shape = self.world.features.shape[1:]
