@@ -161,12 +161,14 @@ def outside_legend(fig, fontsize: float = 8):
 
 
 def policy_colors(labels: list[str]) -> dict[str, str]:
-    """One color per policy, by its place in the evaluation's list: the same in every figure of a folder."""
+    """One color per policy, by its place in the evaluation's list: the same in every figure of a folder. Greys
+    are left out: black and grey mark references (targets, bounds, baselines)."""
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
 
-    cmap = colormaps["tab10" if len(labels) <= 10 else "tab20"]
-    return {label: to_hex(cmap(k % cmap.N)) for k, label in enumerate(labels)}
+    palette = [c for c in (*colormaps["tab10"].colors, *colormaps["tab20"].colors[1::2])
+               if len({round(v, 2) for v in c[:3]}) > 1]
+    return {label: to_hex(palette[k % len(palette)]) for k, label in enumerate(labels)}
 
 
 def figure_info(fig, **extra) -> dict:
