@@ -21,6 +21,8 @@ import re
 import sys
 from pathlib import Path
 
+from .quiet import quiet_third_party
+
 # entry points of the trainers: agents/ is a layer above this package, loaded only when training
 TRAINERS = {"settings": "agents.rllib_train:TrainSettings", "ppo": "agents.rllib_train:train",
             "sb3-ppo": "agents.sb3_train:train_sb3", "benchmarl-mappo": "agents.benchmarl_train:train_mappo",
@@ -226,8 +228,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     seeds = list(range(args.first_seed, args.first_seed + (args.seeds or rep.default_seeds)))
     out = Path(args.out) if args.out else Path("results") / Path(str(args.config)).stem
     notice_if_compiling(console)
-    payload = evaluate(args.config, policies, seeds, out, workers=args.workers, ray_address=args.ray_address,
-                       progress=not args.no_progress, baseline=args.baseline, **overrides)
+    with quiet_third_party():
+        payload = evaluate(args.config, policies, seeds, out, workers=args.workers, ray_address=args.ray_address,
+                           progress=not args.no_progress, baseline=args.baseline, **overrides)
     _print_summary(console, out / "summary.md")
     console.print(f"results in {out}/: results.json {' '.join(rep.files)} ({payload['elapsed_s']:.0f} s)")
     return 0
@@ -287,13 +290,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         imitation_epochs=args.imitation_epochs, message_sweeps=args.message_sweeps,
         imitation_dagger_rounds=args.imitation_dagger_rounds,
         env_runner_resources=dict(args.env_runner_resource))
-    result = train(settings, log=console.print)
-    last = result["history"][-1] if result["history"] else {}
-    console.print(f"trained {len(result['history'])} iterations, {last.get('agent_steps', 0):,} agent steps in "
-                  f"{result['elapsed_s']:.0f} s; checkpoint {result['checkpoint']}")
+    with quiet_third_party():
+        result = train(settings, log=console.print)
+    console.print(f"{training_counts(result)}; {result['elapsed_s']:.0f} s; checkpoint {result['checkpoint']}")
     console.print(f"evaluate: datagames eval --config {args.config} --policies "
                   f"{CHECKPOINT_SPEC[args.algo]}:{result['checkpoint']},...")
     return 0
+
+
+def training_counts(result: dict) -> str:
+    """``this run: 1 iteration, 180 agent steps; in all: 3 iterations, 540 agent steps``: a resumed run's counts
+    and those since its first run, each named (the trainers' ``this_run`` / ``total``)."""
+    def counts(c: dict) -> str:
+        return f"{c['iterations']} iteration{'' if c['iterations'] == 1 else 's'}, {c['agent_steps']:,} agent steps"
+
+    if "total" not in result:  # a Tune sweep: its trials' counts are in the Tune folder
+        return f"trained {len(result['history'])} iterations"
+    return f"this run: {counts(result['this_run'])}; in all: {counts(result['total'])}"
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:
