@@ -78,9 +78,6 @@ def train_sb3(settings: TrainSettings, log=print) -> dict:
         model = PPO.load(str(_load_model_file(Path(settings.resume))), env=env, device="cpu",
                          tensorboard_log=str(run_dir / "tensorboard"))
         log(f"resumed from {settings.resume} at {model.num_timesteps:,} steps")
-    # history rows count from the first run (as RLlib's): iterations and agent steps both cumulative
-    before = {"iterations": resumed_counts(settings.resume)["iterations"] if settings.resume else 0,
-              "agent_steps": int(model.num_timesteps) if settings.resume else 0}
     else:
         model = PPO("MlpPolicy", env, learning_rate=settings.lr, n_steps=n_steps, batch_size=minibatch,
                     n_epochs=settings.num_epochs, gamma=settings.gamma, gae_lambda=settings.lambda_,
@@ -88,6 +85,9 @@ def train_sb3(settings: TrainSettings, log=print) -> dict:
                     tensorboard_log=str(run_dir / "tensorboard"),
                     policy_kwargs={"net_arch": list(settings.hidden),
                                    "log_std_init": settings.initial_log_std})
+    # history rows count from the first run (as RLlib's): iterations and agent steps both cumulative
+    before = {"iterations": resumed_counts(settings.resume)["iterations"] if settings.resume else 0,
+              "agent_steps": int(model.num_timesteps)}
 
     history: list[dict] = []
     started = time.perf_counter()

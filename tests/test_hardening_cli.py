@@ -123,6 +123,8 @@ def test_run_folders_are_injective_over_the_exact_overrides():
     # two checkpoints whose runs share a name: one short label, two folders
     assert run_folder("default", "rllib:run", 0, [], spec="rllib:/a/run/checkpoint") != \
         run_folder("default", "rllib:run", 0, [], spec="rllib:/b/run/checkpoint")
+    # a config stem with '-' could be read as config + label: hashed
+    assert run_folder("a-b", "c", 0, []) != run_folder("a", "b-c", 0, [])
     # readable where the name is exact
     assert run_folder("default", "greedy", 0, ["n_robots=50"]) == "default-greedy-seed0+n_robots=50"
 
@@ -338,3 +340,25 @@ def test_rllib_train_prints_no_third_party_noise_and_resume_reports_run_and_tota
     r_iters, r_steps, a_iters, a_steps = (int(g.replace(",", "")) for g in second.groups())
     assert (r_iters, a_iters) == (1, 3)
     assert 0 < r_steps and a_steps == all_steps + r_steps
+
+
+def test_sb3_resume_counts_iterations_and_agent_steps_from_the_first_run(tmp_path):
+    pytest.importorskip("stable_baselines3")
+    from dataclasses import replace
+
+    from agents.rllib_train import TrainSettings
+    from agents.sb3_train import train_sb3
+    from datagames_env.harness.cli import training_counts
+
+    settings = TrainSettings(config="default", overrides={"n_robots": 3, "rounds": 3, "obs_per_round": 30,
+                                                          "n_cache": 2}, iterations=2, train_batch_size=90,
+                             minibatch_size=45, num_epochs=1, out=str(tmp_path), run_name="a", progress=False,
+                             num_envs_per_env_runner=2)
+    first = train_sb3(settings, log=lambda *a: None)
+    second = train_sb3(replace(settings, iterations=1, resume=first["checkpoint"], run_name="b"), log=lambda *a: None)
+    assert [h["iteration"] for h in second["history"]] == [3]  # cumulative, as RLlib's training_iteration
+    assert second["this_run"]["iterations"] == 1 and second["total"]["iterations"] == 3
+    assert second["total"]["agent_steps"] == first["total"]["agent_steps"] + second["this_run"]["agent_steps"]
+    assert second["history"][-1]["agent_steps"] == second["total"]["agent_steps"]
+    assert training_counts(second).startswith("this run: 1 iteration, ") and "; in all: 3 iterations" in \
+        training_counts(second)

@@ -154,7 +154,9 @@ def run_folder(config: str, label: str, seed: int, set_pairs: list[str], spec: s
     its ``spec``), a hash of the exact config, spec and overrides follows as ``+h<8 hex>`` (no pair lacks '=')."""
     stem = Path(str(config)).stem
     name = f"{stem}-{_slug(label)}-seed{seed}"
-    exact = str(config) == stem and _slug(label) == label and (spec is None or spec == label)
+    # exact: the parts can be read back ('-' splits config from label, '+' starts the overrides)
+    exact = (str(config) == stem and "-" not in stem and _slug(label) == label and "+" not in label
+             and (spec is None or spec == label))
     if set_pairs:
         exact = exact and all(_EXACT.fullmatch(p) for p in set_pairs)
         suffix = "+".join(_slug(p.replace(" ", "")) for p in set_pairs)
