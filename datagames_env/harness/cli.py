@@ -161,7 +161,7 @@ def run_folder(config: str, label: str, seed: int, set_pairs: list[str], spec: s
         exact = exact and all(_EXACT.fullmatch(p) for p in set_pairs)
         suffix = "+".join(_slug(p.replace(" ", "")) for p in set_pairs)
         if len(suffix) > 80:
-            suffix, exact = suffix[:60], False
+            suffix, exact = suffix[:60].rpartition("+")[0] or suffix[:60], False  # whole pairs where possible
         name += "+" + suffix
     if not exact:
         digest = hashlib.sha1(repr((str(config), spec or label, list(set_pairs))).encode()).hexdigest()[:8]

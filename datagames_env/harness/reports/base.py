@@ -148,14 +148,16 @@ def new_figure(nrows: int = 1, ncols: int = 1, **kwargs):
 
 
 def outside_legend(fig, fontsize: float = 8):
-    """One legend for the whole figure, below the plots (constrained layout makes room; the plots keep their
-    width and the title its place)."""
+    """One legend for the whole figure, outside the plots (constrained layout makes room; the plots keep their
+    width and the title its place): below them, or at the right where a figure-wide x label takes the bottom."""
     handles, labels = [], []
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             if label not in labels:
                 handles.append(handle)
                 labels.append(label)
+    if fig.get_supxlabel():
+        return fig.legend(handles, labels, loc="outside right upper", fontsize=fontsize, frameon=False)
     return fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=fontsize,
                       frameon=False)
 

@@ -130,19 +130,21 @@ def _plot(out: Path, records: list[dict], policies: list[str], cfg: EnvConfig, l
 
     fig, ax = new_figure(figsize=(max(5.0, 1.1 * len(policies) + 2.0), 4.2))
     finals = [[r["final_distance"] for r in records if r["policy"] == p] for p in policies]
-    ax.boxplot(finals, positions=np.arange(len(policies)), widths=0.5, showfliers=False,
-               medianprops={"color": "k"}, boxprops={"color": "0.4"}, whiskerprops={"color": "0.4"},
-               capprops={"color": "0.4"})
+    if n_seeds > 1:  # quartiles of one value say nothing
+        ax.boxplot(finals, positions=np.arange(len(policies)), widths=0.5, showfliers=False,
+                   medianprops={"color": "k"}, boxprops={"color": "0.4"}, whiskerprops={"color": "0.4"},
+                   capprops={"color": "0.4"})
     for k, (p, values) in enumerate(zip(policies, finals)):
         jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(1)
         ax.scatter(k + jitter, values, s=14, color=colors[labels[p]], zorder=3, edgecolors="none")
     ax.set_xticks(np.arange(len(policies)), [labels[p] for p in policies], rotation=20, ha="right", fontsize=8)
     ax.set_xlabel("policy")
     ax.set_ylabel(f"final {cfg.loss} distance to the target")
-    fig.suptitle(f"Final distance per policy\n{instance}; {n_seeds} seed{'s' if n_seeds > 1 else ''}, one point "
-                 "per seed, boxes: quartiles", fontsize=10)
+    spread = "seeds, one point per seed, boxes: quartiles" if n_seeds > 1 else "seed"
+    fig.suptitle(f"Final distance per policy\n{instance}; {n_seeds} {spread}", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    figures["final_distance.png"] = save_figure(fig, out / "final_distance.png", 120, boxes=len(policies))
+    figures["final_distance.png"] = save_figure(fig, out / "final_distance.png", 120,
+                                               boxes=len(policies) if n_seeds > 1 else 0)
     return figures
 
 

@@ -123,8 +123,12 @@ def _plot(path: Path, summary: dict, title: str, labels: dict[str, str], baselin
             ax.set_title(labels[spec] + (" (privileged)" if summary[spec]["privileged"] else ""), fontsize=9)
         ax.set_xticks(np.arange(len(summary[specs[0]]["test_accuracy_mean"])))
         ax.grid(alpha=0.3)
-    fig.supxlabel("round (0: the initial cloud)", fontsize=9)
-    fig.supylabel("cloud model test accuracy", fontsize=9)
+    if others == [None]:
+        axes[0][0].set_xlabel("round (0: the initial cloud)", fontsize=9)
+        axes[0][0].set_ylabel("cloud model test accuracy", fontsize=9)
+    else:
+        fig.supxlabel("round (0: the initial cloud)", fontsize=9)
+        fig.supylabel("cloud model test accuracy", fontsize=9)
     compared = f"; black: {labels[baseline]} (baseline)" if others != [None] else ""
     fig.suptitle(f"{title}\n{over_seeds(n_seeds)}{compared}; dashed: privileged", fontsize=10)
     if others == [None]:
