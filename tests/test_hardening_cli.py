@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from datagames_env.harness.cli import main
@@ -254,7 +253,8 @@ def test_cloud_game_figures_have_titles_labels_spread_and_seed_counts(datagames_
     assert f"{n} seeds" in figures["final_counts.png"]["title"] and figures["final_counts.png"]["error_bars"] > 0
     # one point per (policy, seed) and the policy's spread
     final = figures["final_distance.png"]
-    assert final["points"] == len(datagames_payload["episodes"]) and final["boxes"] == len(datagames_payload["policies"])
+    assert final["points"] == len(datagames_payload["episodes"])
+    assert final["boxes"] == len(datagames_payload["policies"])
     assert figures["final_counts.png"]["axes"][0]["xlabel"] == "class"
 
 

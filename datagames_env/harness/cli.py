@@ -347,7 +347,8 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
     ev.add_argument("--policies", default=None, help="comma-separated specs (default: the scenario's baselines); "
                     "NAME, rllib:PATH, rllib-sample:PATH, sb3:PATH, sb3-sample:PATH, benchmarl:PATH, "
                     "benchmarl-sample:PATH, torchrl:PATH, module:factory, dual UPLOAD/LABELER")
-    ev.add_argument("--seeds", type=int_range(1, SEED_MAX), default=None, help="number of seeds (default: 10 datagames, 3 p2p and dual)")
+    ev.add_argument("--seeds", type=int_range(1, SEED_MAX), default=None,
+                    help="number of seeds (default: 10 datagames, 3 p2p and dual)")
     ev.add_argument("--first-seed", type=int_range(0, SEED_MAX), default=0)
     ev.add_argument("--workers", type=int_range(1), default=min(2, os.cpu_count() or 1),
                     help="local processes (default: min(2, cores)); p2p plays in one process (models train once)")
@@ -411,7 +412,8 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
     tr.add_argument("--out", default="runs/train", help="runs folder (default runs/train)")
     tr.add_argument("--name", default=None, help="run name (default <config>-<algo>-<time>)")
     tr.add_argument("--resume", default=None, help="checkpoint folder to resume from")
-    tr.add_argument("--checkpoint-every", type=int_range(0), default=10, help="iterations between checkpoints (0: only at end)")
+    tr.add_argument("--checkpoint-every", type=int_range(0), default=10,
+                    help="iterations between checkpoints (0: only at end)")
     tr.add_argument("--torch-threads", type=int_range(0), default=1,
                     help="torch threads in the driver (default 1: fastest for these small networks; 0 = torch's default)")
     tr.set_defaults(func=cmd_train)

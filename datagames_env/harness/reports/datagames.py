@@ -1,5 +1,6 @@
 """Results of the cloud game (``datagames``): per round the distance to the target, reward, class counts, messages
-and the Lemma-6 lower bound; ``rounds.csv``, ``final.csv``, ``distance.png``, ``final_counts.png``, ``final_distance.png``, ``summary.md``."""
+and the Lemma-6 lower bound; ``rounds.csv``, ``final.csv``, ``distance.png``, ``final_counts.png``,
+``final_distance.png``, ``summary.md``."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def summary_markdown(summary: dict, cfg: EnvConfig, n_seeds: int, elapsed: float
              " rare-class share of uploads |",
              "|---|---|---|---|---|---|---|"]
     for p, s in summary.items():
-        acc = fmt_pm(s["final_accuracy_mean"], s["final_accuracy_std"], ".4f") if s["final_accuracy_mean"] is not None else "n/a"
+        acc = (fmt_pm(s["final_accuracy_mean"], s["final_accuracy_std"], ".4f")
+               if s["final_accuracy_mean"] is not None else "n/a")
         vs_g = f"{s['improvement_vs_greedy_pct']:+.1f}%" if s.get("improvement_vs_greedy_pct") is not None else ""
         vs_o = f"{s['improvement_vs_oracle_pct']:+.1f}%" if s.get("improvement_vs_oracle_pct") is not None else ""
         rare = f"{s['rare_upload_share_mean']:.3f}" if s.get("rare_upload_share_mean") is not None else "n/a"

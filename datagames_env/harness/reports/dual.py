@@ -63,8 +63,8 @@ def summary_markdown(summary: dict, cfg, seeds: list[int], elapsed: float, basel
                      f"{s['wall_s_mean']:.1f} |")
     if baseline in summary:
         base = summary[baseline]["final_test_accuracy_mean"]
-        lines += ["", (f"Final test accuracy relative to `{labels[baseline]}` (the paper's \"gain in accuracy\" is relative "
-                  "in the same way; percentage points in brackets):"), ""]
+        lines += ["", (f"Final test accuracy relative to `{labels[baseline]}` (the paper's \"gain in accuracy\" is "
+                       "relative in the same way; percentage points in brackets):"), ""]
         base_rounds = np.array(summary[baseline]["test_accuracy_mean"])
         for spec, s in summary.items():
             acc = s["final_test_accuracy_mean"]
