@@ -80,7 +80,8 @@ def experiment_config(settings: TrainSettings, n_robots: int, rounds: int, run_d
 
 def _history_callback(n_robots: int, log=None):
     """A BenchMARL callback recording one row per iteration: frames, agent steps, and over the episodes that ended in
-    the batch the mean return (summed over robots, as RLlib's) and final distance. BenchMARL pickles its callbacks
+    the batch the mean return per robot (``episode_return_per_robot``: BenchMARL's own logs are per robot too) and
+    the final distance. BenchMARL pickles its callbacks
     into the experiment's ``config.pkl``: the class is built here (benchmarl is imported lazily) and ``log`` is
     left out of the pickle."""
     from benchmarl.experiment.callback import Callback
@@ -104,12 +105,12 @@ def _history_callback(n_robots: int, log=None):
                 done = batch.get(("next", "done")).squeeze(-1)
                 if done.any():
                     rewards = batch.get(("next", "robots", "episode_reward"))  # RewardSum: per robot, over rounds
-                    row["episode_return"] = float(rewards[done].sum(-2).mean())
+                    row["episode_return_per_robot"] = float(rewards[done].mean())  # over episodes and robots
                     row["final_distance"] = float(batch.get(("next", "distance")).squeeze(-1)[done].mean())
                     if self.log is not None:
-                        self.log(f"iteration {row['iteration']}: return {row['episode_return']:.3f}, final distance "
-                                 f"{row['final_distance']:.2f}, {row['agent_steps']:,} agent steps, "
-                                 f"{row['elapsed_s']:.0f} s")
+                        self.log(f"iteration {row['iteration']}: return per robot "
+                                 f"{row['episode_return_per_robot']:.3f}, final distance {row['final_distance']:.2f}, "
+                                 f"{row['agent_steps']:,} agent steps, {row['elapsed_s']:.0f} s")
                 self.history.append(row)
 
         _HistoryCallback.__qualname__ = "_HistoryCallback"
@@ -166,7 +167,9 @@ def train_benchmarl(settings: TrainSettings, algo: str, log=print) -> dict:
             "task": task.config, "settings": {k: v for k, v in asdict(settings).items() if k != "progress"}}
     (checkpoint / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
-    return {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "history": history, "elapsed_s": elapsed}
+    counts = {"iterations": len(history), "agent_steps": agent_steps}  # no --resume: this run is every run
+    return {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "history": history, "elapsed_s": elapsed,
+            "this_run": counts, "total": dict(counts)}
 
 
 def train_mappo(settings: TrainSettings, log=print) -> dict:

@@ -321,8 +321,25 @@ def slow_training_hints(settings: TrainSettings) -> list[str]:
     return hints
 
 
+def resumed_counts(checkpoint: str | None) -> dict[str, int]:
+    """Iterations and agent steps a checkpoint had trained (its ``datagames_meta.json``; zeros without one)."""
+    meta_path = Path(checkpoint) / META_FILE if checkpoint else None
+    meta = json.loads(meta_path.read_text()) if meta_path is not None and meta_path.is_file() else {}
+    return {"iterations": int(meta.get("iteration", meta.get("iterations", 0)) or 0),
+            "agent_steps": int(meta.get("agent_steps", 0) or 0)}
+
+
+def run_and_total(history: list[dict], before: dict[str, int]) -> dict[str, dict[str, int]]:
+    """What every trainer returns about its counts: ``this_run`` (iterations and agent steps of this call) and
+    ``total`` (since the first run: with ``--resume``, the resumed checkpoint's counts included). History rows
+    are cumulative in both (``iteration``, ``agent_steps``)."""
+    total_steps = history[-1]["agent_steps"] if history else before["agent_steps"]
+    return {"this_run": {"iterations": len(history), "agent_steps": total_steps - before["agent_steps"]},
+            "total": {"iterations": before["iterations"] + len(history), "agent_steps": total_steps}}
+
+
 def train(settings: TrainSettings, log=print) -> dict:
-    """Train PPO; returns ``{"checkpoint", "run_dir", "history", "elapsed_s", ...}``."""
+    """Train PPO; returns ``{"checkpoint", "run_dir", "history", "elapsed_s", "this_run", "total", ...}``."""
     for hint in slow_training_hints(settings):
         log(f"note: {hint}")
     if settings.tune:
@@ -348,6 +365,7 @@ def train(settings: TrainSettings, log=print) -> dict:
             raise ValueError(f"--resume: {resume} is not a checkpoint folder")
         algo.restore_from_path(str(resume.resolve()))
         log(f"resumed from {resume} at iteration {algo.iteration}")
+    before = {"iterations": int(algo.iteration or 0), "agent_steps": resumed_counts(settings.resume)["agent_steps"]}
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from torch.utils.tensorboard import SummaryWriter
@@ -385,7 +403,8 @@ def train(settings: TrainSettings, log=print) -> dict:
         writer.close()
         algo.stop()
     (run_dir / "history.json").write_text(json.dumps(history, indent=2))
-    return {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "history": history, "elapsed_s": elapsed}
+    return {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "history": history, "elapsed_s": elapsed,
+            **run_and_total(history, before)}
 
 
 def tune_sweep(settings: TrainSettings, log=print) -> dict:

@@ -14,8 +14,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .rllib_train import (META_FILE, TrainSettings, auto_num_envs, run_dir_for, set_torch_threads,
-                          slow_training_hints)
+from .rllib_train import (META_FILE, TrainSettings, auto_num_envs, resumed_counts, run_and_total, run_dir_for,
+                          set_torch_threads, slow_training_hints)
 
 MODEL_FILE = "model.zip"
 
@@ -85,6 +85,9 @@ def train_sb3(settings: TrainSettings, log=print) -> dict:
                     tensorboard_log=str(run_dir / "tensorboard"),
                     policy_kwargs={"net_arch": list(settings.hidden),
                                    "log_std_init": settings.initial_log_std})
+    # history rows count from the first run (as RLlib's): iterations and agent steps both cumulative
+    before = {"iterations": resumed_counts(settings.resume)["iterations"] if settings.resume else 0,
+              "agent_steps": int(model.num_timesteps)}
 
     history: list[dict] = []
     started = time.perf_counter()
@@ -94,7 +97,8 @@ def train_sb3(settings: TrainSettings, log=print) -> dict:
             buffer = self.model.ep_info_buffer
             mean_return = float(sum(e["r"] for e in buffer) / len(buffer)) if buffer else float("nan")
             # VecMonitor returns are per row (robot); x N gives the fleet return RLlib reports
-            history.append({"iteration": len(history) + 1, "episode_return_mean": mean_return * venv.n_robots,
+            history.append({"iteration": before["iterations"] + len(history) + 1,
+                            "episode_return_mean": mean_return * venv.n_robots,
                             "agent_steps": int(self.model.num_timesteps),
                             "elapsed_s": time.perf_counter() - started})
             if settings.checkpoint_every and len(history) % settings.checkpoint_every == 0:
@@ -107,8 +111,10 @@ def train_sb3(settings: TrainSettings, log=print) -> dict:
                 reset_num_timesteps=not settings.resume, tb_log_name="ppo")
     model.save(str(checkpoint / MODEL_FILE))
     elapsed = time.perf_counter() - started
-    meta = {"framework": "sb3", "algo": "ppo", "iteration": len(history), "agent_steps": int(model.num_timesteps),
+    meta = {"framework": "sb3", "algo": "ppo", "iteration": before["iterations"] + len(history),
+            "agent_steps": int(model.num_timesteps),
             "train_time_s": elapsed, "settings": {k: v for k, v in asdict(settings).items() if k != "progress"}}
     (checkpoint / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
     (run_dir / "history.json").write_text(json.dumps(history, indent=2))
-    return {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "history": history, "elapsed_s": elapsed}
+    return {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "history": history, "elapsed_s": elapsed,
+            **run_and_total(history, before)}

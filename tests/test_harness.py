@@ -69,7 +69,10 @@ def test_run_folders_name_their_overrides():
 
     plain = run_folder("default", "greedy", 0, [])
     assert plain == "default-greedy-seed0"
-    assert run_folder("configs/default.yaml", "greedy", 0, ["n_robots=50"]) == "default-greedy-seed0+n_robots=50"
+    assert run_folder("default", "greedy", 0, ["n_robots=50"]) == "default-greedy-seed0+n_robots=50"
+    # a config path (two files may share a stem): the readable name and a hash of the exact inputs
+    with_path = run_folder("configs/default.yaml", "greedy", 0, ["n_robots=50"])
+    assert with_path.startswith("default-greedy-seed0+n_robots=50+h")
     long = run_folder("default", "rllib:run/x", 1, [f"stream.mixes.{k}=0.5" for k in range(20)])
     assert len(long) < 120 and long != run_folder("default", "rllib:run/x", 1, ["stream.alpha=1"])
 

@@ -87,7 +87,8 @@ def test_episode_lower_bound_is_below_every_policy():
 
 def test_evaluate_writes_the_results_folder(tmp_path):
     payload = evaluate(None, ["uniform", "greedy", "oracle"], [0, 1], tmp_path, workers=1, progress=False, **SMALL)
-    for name in ["results.json", "rounds.csv", "final.csv", "distance.png", "final_counts.png", "summary.md"]:
+    for name in ["results.json", "rounds.csv", "final.csv", "distance.png", "final_counts.png", "final_distance.png",
+                 "summary.md"]:
         assert (tmp_path / name).stat().st_size > 0, name
     data = json.loads((tmp_path / "results.json").read_text())
     assert {(e["policy"], e["seed"]) for e in data["episodes"]} == {(p, s) for p in ["uniform", "greedy", "oracle"]

@@ -21,6 +21,8 @@ import re
 import sys
 from pathlib import Path
 
+from .quiet import quiet_third_party
+
 # entry points of the trainers: agents/ is a layer above this package, loaded only when training
 TRAINERS = {"settings": "agents.rllib_train:TrainSettings", "ppo": "agents.rllib_train:train",
             "sb3-ppo": "agents.sb3_train:train_sb3", "benchmarl-mappo": "agents.benchmarl_train:train_mappo",
@@ -53,28 +55,76 @@ def make_console(stderr: bool = False):
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
-    """``--set n_robots=50 --set stream.alpha=0.1`` -> overrides (values parsed as YAML scalars)."""
+    """``--set n_robots=50 --set stream.alpha=0.1`` -> overrides (values parsed as YAML scalars); argparse has
+    checked the KEY=VALUE form (``override_pair``)."""
     import yaml
 
     overrides = {}
     for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"--set expects KEY=VALUE, got '{pair}'")
         key, value = pair.split("=", 1)
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
 
 
-def _parse_resources(items: list[str]) -> dict[str, float]:
-    """``["datagames_runner=1"]`` -> ``{"datagames_runner": 1.0}`` (custom Ray resources)."""
-    out = {}
-    for item in items:
-        name, sep, amount = item.partition("=")
+# -- argparse types: a bad value is argparse's error (exit 2, usage, the flag named), before any work starts ----
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding, torch and Ray all take 32-bit seeds
+
+
+def int_range(low: int, high: int | None = None):
+    """An argparse ``type``: an integer in [low, high]."""
+    def parse(text: str) -> int:
         try:
-            out[name.strip()] = float(amount) if sep else 1.0
+            value = int(text)
         except ValueError:
-            raise SystemExit(f"--env-runner-resource: '{item}' is not NAME=AMOUNT") from None
-    return out
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {text}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_range(low: float | None = None, positive: bool = False):
+    """An argparse ``type``: a finite float, ``> 0`` (``positive``) or ``>= low``."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+        if positive and value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low:g}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def override_pair(text: str) -> str:
+    """``--set KEY=VALUE`` (kept as text: the run folder names the exact overrides)."""
+    key, sep, _value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. n_robots=50), got '{text}'")
+    return text
+
+
+def resource_amount(text: str) -> tuple[str, float]:
+    """``--env-runner-resource NAME[=AMOUNT]`` -> ``(name, amount)`` (custom Ray resources; amount 1 if left out)."""
+    name, sep, amount = text.partition("=")
+    if not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=AMOUNT, got '{text}'")
+    try:
+        value = float_range(low=0.0)(amount) if sep else 1.0
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"'{text}': the amount {exc}") from None
+    return name.strip(), value
 
 
 def _setup(args: argparse.Namespace):
@@ -94,15 +144,28 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_")
 
 
-def run_folder(config: str, label: str, seed: int, set_pairs: list[str]) -> str:
+_EXACT = re.compile(r"[A-Za-z0-9._-]+=[A-Za-z0-9._-]+")  # a pair whose slug is itself (no '+': the separator)
+
+
+def run_folder(config: str, label: str, seed: int, set_pairs: list[str], spec: str | None = None) -> str:
     """``default-greedy-seed0``, and with ``--set`` overrides ``default-greedy-seed0+n_robots=3+rounds=2``: a run
-    with overrides never overwrites the plain run's folder."""
-    name = f"{Path(str(config)).stem}-{_slug(label)}-seed{seed}"
+    with overrides never overwrites the plain run's folder. Names are injective: where the readable name loses
+    anything (a character the slug replaces, a long list cut short, a config path, a checkpoint's short label for
+    its ``spec``), a hash of the exact config, spec and overrides follows as ``+h<8 hex>`` (no pair lacks '=')."""
+    stem = Path(str(config)).stem
+    name = f"{stem}-{_slug(label)}-seed{seed}"
+    # exact: the parts can be read back ('-' splits config from label, '+' starts the overrides)
+    exact = (str(config) == stem and "-" not in stem and _slug(label) == label and "+" not in label
+             and (spec is None or spec == label))
     if set_pairs:
+        exact = exact and all(_EXACT.fullmatch(p) for p in set_pairs)
         suffix = "+".join(_slug(p.replace(" ", "")) for p in set_pairs)
         if len(suffix) > 80:
-            suffix = suffix[:60] + "+" + hashlib.sha1(suffix.encode()).hexdigest()[:8]
+            suffix, exact = suffix[:60].rpartition("+")[0] or suffix[:60], False  # whole pairs where possible
         name += "+" + suffix
+    if not exact:
+        digest = hashlib.sha1(repr((str(config), spec or label, list(set_pairs))).encode()).hexdigest()[:8]
+        name += f"+h{digest}"
     return name
 
 
@@ -139,7 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                "seeds": [args.seed], "elapsed_s": episode["wall_s"], "episodes": [episode]}
     payload.update(rep.payload_extras(ctx))
     payload["summary"] = rep.summarise(payload, ctx)
-    out = write_results(Path(args.out) / run_folder(args.config, spec.label, args.seed, args.set), payload, ctx)
+    out = write_results(Path(args.out) / run_folder(args.config, spec.label, args.seed, args.set, spec.text),
+                        payload, ctx)
     returned = episode.get("return")
     prefix = f"return {returned:.4f}; " if isinstance(returned, float) else ""
     console.print(f"{prefix}wrote {out}/: results.json {' '.join(rep.files)}")
@@ -166,8 +230,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     seeds = list(range(args.first_seed, args.first_seed + (args.seeds or rep.default_seeds)))
     out = Path(args.out) if args.out else Path("results") / Path(str(args.config)).stem
     notice_if_compiling(console)
-    payload = evaluate(args.config, policies, seeds, out, workers=args.workers, ray_address=args.ray_address,
-                       progress=not args.no_progress, baseline=args.baseline, **overrides)
+    with quiet_third_party():
+        payload = evaluate(args.config, policies, seeds, out, workers=args.workers, ray_address=args.ray_address,
+                           progress=not args.no_progress, baseline=args.baseline, **overrides)
     _print_summary(console, out / "summary.md")
     console.print(f"results in {out}/: results.json {' '.join(rep.files)} ({payload['elapsed_s']:.0f} s)")
     return 0
@@ -226,14 +291,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         critic=args.critic, imitate=args.imitate, imitation_episodes=args.imitation_episodes,
         imitation_epochs=args.imitation_epochs, message_sweeps=args.message_sweeps,
         imitation_dagger_rounds=args.imitation_dagger_rounds,
-        env_runner_resources=_parse_resources(args.env_runner_resource))
-    result = train(settings, log=console.print)
-    last = result["history"][-1] if result["history"] else {}
-    console.print(f"trained {len(result['history'])} iterations, {last.get('agent_steps', 0):,} agent steps in "
-                  f"{result['elapsed_s']:.0f} s; checkpoint {result['checkpoint']}")
+        env_runner_resources=dict(args.env_runner_resource))
+    with quiet_third_party():
+        result = train(settings, log=console.print)
+    console.print(f"{training_counts(result)}; {result['elapsed_s']:.0f} s; checkpoint {result['checkpoint']}")
     console.print(f"evaluate: datagames eval --config {args.config} --policies "
                   f"{CHECKPOINT_SPEC[args.algo]}:{result['checkpoint']},...")
     return 0
+
+
+def training_counts(result: dict) -> str:
+    """``this run: 1 iteration, 180 agent steps; in all: 3 iterations, 540 agent steps``: a resumed run's counts
+    and those since its first run, each named (the trainers' ``this_run`` / ``total``)."""
+    def counts(c: dict) -> str:
+        return f"{c['iterations']} iteration{'' if c['iterations'] == 1 else 's'}, {c['agent_steps']:,} agent steps"
+
+    if "total" not in result:  # a Tune sweep: its trials' counts are in the Tune folder
+        return f"trained {len(result['history'])} iterations"
+    return f"this run: {counts(result['this_run'])}; in all: {counts(result['total'])}"
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:
@@ -249,7 +324,7 @@ def _common(p: argparse.ArgumentParser, default_config: str | None) -> None:
     """The flags every scenario command shares."""
     p.add_argument("--config", default=default_config or "default",
                    help=f"config name in configs/ or a YAML path, any scenario (default: {default_config or 'default'})")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=override_pair,
                    help="config override, repeatable: --set n_robots=50 --set stream.alpha=0.1")
     p.add_argument("--data-dir", default=None, help="folder with dataset files (else $DATAGAMES_DATA_DIR)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")
@@ -262,7 +337,7 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
     run = sub.add_parser("run", help="play one episode of one policy, print a table, write a results folder")
     _common(run, default_config)
     run.add_argument("--policy", default=None, help="policy spec (default: the scenario's; see datagames_env.policy)")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int_range(0, SEED_MAX), default=0)
     run.add_argument("--out", default="runs", help="parent folder (default runs/; the run's folder names config, "
                                                    "policy, seed and --set overrides)")
     run.set_defaults(func=cmd_run)
@@ -272,9 +347,10 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
     ev.add_argument("--policies", default=None, help="comma-separated specs (default: the scenario's baselines); "
                     "NAME, rllib:PATH, rllib-sample:PATH, sb3:PATH, sb3-sample:PATH, benchmarl:PATH, "
                     "benchmarl-sample:PATH, torchrl:PATH, module:factory, dual UPLOAD/LABELER")
-    ev.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 10 datagames, 3 p2p and dual)")
-    ev.add_argument("--first-seed", type=int, default=0)
-    ev.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+    ev.add_argument("--seeds", type=int_range(1, SEED_MAX), default=None,
+                    help="number of seeds (default: 10 datagames, 3 p2p and dual)")
+    ev.add_argument("--first-seed", type=int_range(0, SEED_MAX), default=0)
+    ev.add_argument("--workers", type=int_range(1), default=min(2, os.cpu_count() or 1),
                     help="local processes (default: min(2, cores)); p2p plays in one process (models train once)")
     ev.add_argument("--ray-address", default=None,
                     help="spread jobs over a Ray cluster ('auto', 'ray://host:10001', or 'local'); "
@@ -295,7 +371,7 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
     tr.add_argument("--algo", default="ppo", choices=list(CHECKPOINT_SPEC), help="ppo: RLlib (new API stack); "
                     "sb3-ppo: Stable-Baselines3 on the (envs x robots) VecEnv; benchmarl-mappo|ippo|masac: BenchMARL "
                     "on the batched TorchRL env (the benchmarl extra; agents/benchmarl_train.py)")
-    tr.add_argument("--iterations", type=int, default=20, help="training iterations (PPO updates)")
+    tr.add_argument("--iterations", type=int_range(1), default=20, help="training iterations (PPO updates)")
     tr.add_argument("--model", default="auto", choices=["auto", "scoring", "mlp"],
                     help="RLlib module: scoring (per-class / per-sample shared network, the GU model) or mlp")
     tr.add_argument("--selection-dist", default="plackett-luce", choices=["plackett-luce", "gaussian"],
@@ -308,44 +384,46 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
                          "state; the actor still reads only its own observation)")
     tr.add_argument("--imitate", default=None, choices=["oracle", "interactive", "interactive-sum", "greedy"],
                     help="warm start: behaviour-clone this analytic policy's upload counts before PPO")
-    tr.add_argument("--imitation-episodes", type=int, default=100, help="expert episodes for --imitate")
-    tr.add_argument("--imitation-epochs", type=int, default=30, help="behaviour-cloning epochs for --imitate")
-    tr.add_argument("--imitation-dagger-rounds", type=int, default=1,
+    tr.add_argument("--imitation-episodes", type=int_range(1), default=100, help="expert episodes for --imitate")
+    tr.add_argument("--imitation-epochs", type=int_range(1), default=30, help="behaviour-cloning epochs for --imitate")
+    tr.add_argument("--imitation-dagger-rounds", type=int_range(0), default=1,
                     help="with --message-sweeps: DAgger rounds on the clone's own announcements")
-    tr.add_argument("--message-sweeps", type=int, default=0, choices=[0, 1, 2, 3],
+    tr.add_argument("--message-sweeps", type=int_range(0, 3), default=0,
                     help="learned communication: K sweeps of intended-contribution messages before acting")
-    tr.add_argument("--num-env-runners", type=int, default=0, help="sampling actors (0: sample in the driver)")
-    tr.add_argument("--num-envs-per-env-runner", type=int, default=0,
+    tr.add_argument("--num-env-runners", type=int_range(0), default=0, help="sampling actors (0: sample in the driver)")
+    tr.add_argument("--num-envs-per-env-runner", type=int_range(0), default=0,
                     help="environments per runner (sb3-ppo: environments of the vector core); 0 (default): the "
                          "most, up to 10, that keep the update's batch as with one")
-    tr.add_argument("--num-learners", type=int, default=0, help="learner actors (0: learn in the driver)")
-    tr.add_argument("--num-gpus-per-learner", type=float, default=0.0, help="GPUs per learner (cluster)")
+    tr.add_argument("--num-learners", type=int_range(0), default=0, help="learner actors (0: learn in the driver)")
+    tr.add_argument("--num-gpus-per-learner", type=float_range(low=0.0), default=0.0, help="GPUs per learner (cluster)")
     tr.add_argument("--ray-address", default=None, help="an existing Ray cluster ('auto', 'ray://host:10001')")
-    tr.add_argument("--env-runner-resource", action="append", default=[], metavar="NAME=AMOUNT",
+    tr.add_argument("--env-runner-resource", action="append", default=[], metavar="NAME=AMOUNT", type=resource_amount,
                     help="custom Ray resource each env runner needs (repeatable): places runners on the nodes "
                          "started with it, e.g. ray start --resources '{\"sampler\": 4}'")
     tr.add_argument("--tune", action="store_true", help="Ray Tune sweep over the learning rate")
-    tr.add_argument("--lr", type=float, default=3e-4)
-    tr.add_argument("--train-batch-size", type=int, default=2000, help="agent steps per iteration")
-    tr.add_argument("--minibatch-size", type=int, default=250)
-    tr.add_argument("--num-epochs", type=int, default=10)
-    tr.add_argument("--entropy-coeff", type=float, default=0.0)
-    tr.add_argument("--initial-log-std", type=float, default=-1.0,
+    tr.add_argument("--lr", type=float_range(positive=True), default=3e-4)
+    tr.add_argument("--train-batch-size", type=int_range(1), default=2000, help="agent steps per iteration")
+    tr.add_argument("--minibatch-size", type=int_range(1), default=250)
+    tr.add_argument("--num-epochs", type=int_range(1), default=10)
+    tr.add_argument("--entropy-coeff", type=float_range(low=0.0), default=0.0)
+    tr.add_argument("--initial-log-std", type=float_range(), default=-1.0,
                     help="initial log std of the Gaussian exploration (scoring modules, SB3)")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int_range(0, SEED_MAX), default=0)
     tr.add_argument("--out", default="runs/train", help="runs folder (default runs/train)")
     tr.add_argument("--name", default=None, help="run name (default <config>-<algo>-<time>)")
     tr.add_argument("--resume", default=None, help="checkpoint folder to resume from")
-    tr.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints (0: only at end)")
-    tr.add_argument("--torch-threads", type=int, default=1,
+    tr.add_argument("--checkpoint-every", type=int_range(0), default=10,
+                    help="iterations between checkpoints (0: only at end)")
+    tr.add_argument("--torch-threads", type=int_range(0), default=1,
                     help="torch threads in the driver (default 1: fastest for these small networks; 0 = torch's default)")
     tr.set_defaults(func=cmd_train)
 
     warm = sub.add_parser("warmup", help="compile the numba kernels now (make install runs it; else the first run "
                                          "spends 1-2 min on it)")
     warm.set_defaults(func=cmd_warmup)
-    for alias, config in scenario_aliases().items():
-        sub.add_parser(alias, add_help=False, help=f"the same commands with --config {config} as the default")
+    if default_config is None:  # `datagames p2p ...` takes the commands, not the aliases again
+        for alias, config in scenario_aliases().items():
+            sub.add_parser(alias, add_help=False, help=f"the same commands with --config {config} as the default")
     return parser
 
 
@@ -356,7 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in aliases:
         default_config, prog = aliases[argv[0]], f"datagames {argv[0]}"
         argv = argv[1:]
-    args = build_parser(default_config, prog).parse_args(argv)
+    parser = build_parser(default_config, prog)
+    args = parser.parse_args(argv)
+    if args.command == "eval" and args.seeds and args.first_seed + args.seeds - 1 > SEED_MAX:
+        parser.error(f"argument --first-seed/--seeds: the last seed {args.first_seed + args.seeds - 1} is above "
+                     f"{SEED_MAX}")
     from ..config import ConfigError
     from ..data.datasets import DatasetError
 

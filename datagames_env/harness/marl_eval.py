@@ -131,3 +131,30 @@ def aggregate(data: dict, metric: str = "final_distance", statistic=iqm, resampl
                           "high": float(np.quantile(draws, 1 - tail)), "mean": float(pooled.mean()),
                           "runs": sum(len(r) for r in by_task.values()), "episodes": int(pooled.size)}
     return out
+
+
+def comparison_figure(distance: dict[str, dict[str, Any]], order: list[str], metric: str = "final L2 distance "
+                      "to the target", lower_is_better: bool = True):
+    """One row per algorithm (``order``, best first): the IQM point and its 95% bootstrap interval (``aggregate``).
+    Constrained layout sizes the margin to the longest name, so the plot keeps its width and nothing is cut."""
+    from .reports.base import new_figure
+
+    width = 4.5 + 0.075 * max((len(a) for a in order), default=10)  # the names' column, then the plot's 4.5 in
+    fig, ax = new_figure(figsize=(width, 0.4 * len(order) + 1.5))
+    for y, a in enumerate(order):
+        d = distance[a]
+        ax.plot([d["low"], d["high"]], [y, y], color="tab:blue", linewidth=6, alpha=0.4, solid_capstyle="butt")
+        ax.plot([d["point"]], [y], "o", color="tab:blue")
+    ax.set_yticks(range(len(order)), order)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)")
+    ax.set_title("IQM over evaluation episodes, 95% stratified bootstrap CI", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def save_comparison(fig, path: str | Path, dpi: int = 120) -> dict:
+    """Write the comparison figure with a tight box (labels never cut); returns its ``figure_info``."""
+    from .reports.base import save_figure
+
+    return save_figure(fig, Path(path), dpi)

@@ -3,7 +3,7 @@ the plots. ``reporter("p2p")``; a new scenario adds its reporter to ``REPORTERS`
 
 from __future__ import annotations
 
-from .base import Reporter, json_default, policy_label
+from .base import Reporter, json_default, policy_label, policy_labels
 
 REPORTERS: dict[str, str] = {"datagames": "datagames:DataGamesReporter", "p2p": "p2p:P2PReporter",
                              "dual": "dual:DualReporter"}
@@ -19,4 +19,4 @@ def reporter(scenario: str) -> Reporter:
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
 
 
-__all__ = ["REPORTERS", "Reporter", "json_default", "policy_label", "reporter"]
+__all__ = ["REPORTERS", "Reporter", "json_default", "policy_label", "policy_labels", "reporter"]

@@ -1,5 +1,6 @@
 """Results of the cloud game (``datagames``): per round the distance to the target, reward, class counts, messages
-and the Lemma-6 lower bound; ``rounds.csv``, ``final.csv``, ``distance.png``, ``final_counts.png``, ``summary.md``."""
+and the Lemma-6 lower bound; ``rounds.csv``, ``final.csv``, ``distance.png``, ``final_counts.png``,
+``final_distance.png``, ``summary.md``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ...config import EnvConfig
-from .base import Reporter, policy_label, pyplot, save_figure
+from .base import (Reporter, band, fmt_pm, mean_sd, new_figure, outside_legend, over_seeds, policy_colors,
+                   save_figure, seeds_note)
 
 
 def episode_lower_bound(cloud0: np.ndarray, target: np.ndarray, budget_per_round: int, rounds: int) -> list[float]:
@@ -25,11 +27,12 @@ def summarise(records: list[dict], policies: list[str]) -> dict:
     summary = {}
     for p in policies:
         mine = [r for r in records if r["policy"] == p]
-        final = np.array([r["final_distance"] for r in mine])
+        final_mean, final_sd = mean_sd(r["final_distance"] for r in mine)
         acc = [r["final_test_accuracy"] for r in mine if r["final_test_accuracy"] is not None]
-        summary[p] = {"final_distance_mean": float(final.mean()), "final_distance_std": float(final.std(ddof=1)) if len(final) > 1 else 0.0,
-                      "final_accuracy_mean": float(np.mean(acc)) if acc else None,
-                      "final_accuracy_std": float(np.std(acc, ddof=1)) if len(acc) > 1 else None,
+        acc_mean, acc_sd = mean_sd(acc)
+        # sample standard deviations over seeds; None (no spread) for one seed
+        summary[p] = {"final_distance_mean": final_mean, "final_distance_std": final_sd,
+                      "final_accuracy_mean": acc_mean if acc else None, "final_accuracy_std": acc_sd,
                       "messages_mean": float(np.mean([r["messages"] for r in mine])),
                       "policy_time_s_mean": float(np.mean([r["policy_time_s"] for r in mine])),
                       "lower_bound": mine[0]["rounds"][-1]["lower_bound"], "n_seeds": len(mine)}
@@ -44,19 +47,20 @@ def summarise(records: list[dict], policies: list[str]) -> dict:
     return summary
 
 
-def summary_markdown(summary: dict, cfg: EnvConfig, n_seeds: int, elapsed: float) -> str:
+def summary_markdown(summary: dict, cfg: EnvConfig, n_seeds: int, elapsed: float, labels: dict[str, str]) -> str:
     lines = [f"# {cfg.dataset.name}: {cfg.n_robots} robots, {cfg.rounds} rounds, {cfg.obs_per_round} obs/round, "
              f"n_cache {cfg.n_cache}, initial cloud {cfg.initial_cloud_size}, target {cfg.target.kind}",
-             "", f"{n_seeds} seeds (mean ± std), {cfg.loss} distance to the target; wall time {elapsed:.0f} s", "",
+             "", f"{seeds_note(n_seeds)}, {cfg.loss} distance to the target; wall time {elapsed:.0f} s", "",
              "| policy | final distance | vs greedy | vs oracle | cloud model test accuracy | messages / episode |"
              " rare-class share of uploads |",
              "|---|---|---|---|---|---|---|"]
     for p, s in summary.items():
-        acc = f"{s['final_accuracy_mean']:.4f} ± {s['final_accuracy_std'] or 0:.4f}" if s["final_accuracy_mean"] is not None else "n/a"
+        acc = (fmt_pm(s["final_accuracy_mean"], s["final_accuracy_std"], ".4f")
+               if s["final_accuracy_mean"] is not None else "n/a")
         vs_g = f"{s['improvement_vs_greedy_pct']:+.1f}%" if s.get("improvement_vs_greedy_pct") is not None else ""
         vs_o = f"{s['improvement_vs_oracle_pct']:+.1f}%" if s.get("improvement_vs_oracle_pct") is not None else ""
         rare = f"{s['rare_upload_share_mean']:.3f}" if s.get("rare_upload_share_mean") is not None else "n/a"
-        lines.append(f"| {policy_label(p)} | {s['final_distance_mean']:.2f} ± {s['final_distance_std']:.2f} | {vs_g} | "
+        lines.append(f"| {labels[p]} | {fmt_pm(s['final_distance_mean'], s['final_distance_std'])} | {vs_g} | "
                      f"{vs_o} | {acc} | {s['messages_mean']:.0f} | {rare} |")
     bound = next(iter(summary.values()))["lower_bound"]
     lines += ["", f"Lower bound on the final distance (any policy; Lemma 6 over the episode): {bound:.2f}.",
@@ -82,38 +86,68 @@ def _write_csv(out: Path, records: list[dict]) -> None:
                         r["messages"], r["policy_time_s"]])
 
 
-def _plot(out: Path, records: list[dict], policies: list[str], cfg: EnvConfig) -> None:
-    plt = pyplot()
+def _plot(out: Path, records: list[dict], policies: list[str], cfg: EnvConfig, labels: dict[str, str]) -> dict:
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colors = policy_colors([labels[p] for p in policies])
+    n_seeds = len({r["seed"] for r in records})
+    instance = f"{cfg.dataset.name}, {cfg.n_robots} robots, n_cache {cfg.n_cache}"
+    figures = {}
+
+    fig, ax = new_figure(figsize=(7.2, 4.2))
     for p in policies:
-        d = np.array([[x["distance"] for x in r["rounds"]] for r in records if r["policy"] == p])
-        mean, std = d.mean(axis=0), d.std(axis=0)
-        x = np.arange(d.shape[1])
-        ax.plot(x, mean, marker="o", ms=3, label=policy_label(p))
-        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+        mean, sd = band([[x["distance"] for x in r["rounds"]] for r in records if r["policy"] == p])
+        x = np.arange(len(mean))
+        ax.plot(x, mean, marker="o", ms=3, color=colors[labels[p]], label=labels[p])
+        if sd is not None:
+            ax.fill_between(x, mean - sd, mean + sd, color=colors[labels[p]], alpha=0.2, lw=0)
     bound = [x["lower_bound"] for x in records[0]["rounds"]]
     if not np.isnan(bound).all():
-        ax.plot(np.arange(len(bound)), bound, "k--", lw=1, label="lower bound")
+        ax.plot(np.arange(len(bound)), bound, "k--", lw=1, label="lower bound (Lemma 6)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
-    ax.set_ylabel(f"{cfg.loss} distance to target")
-    ax.set_title(f"{cfg.dataset.name}: {cfg.n_robots} robots, n_cache {cfg.n_cache} (mean ± std)")
+    ax.set_ylabel(f"{cfg.loss} distance to the target")
+    fig.suptitle(f"Distance to the target per round\n{instance}; {over_seeds(n_seeds)}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, out / "distance.png", 120)
+    outside_legend(fig)
+    figures["distance.png"] = save_figure(fig, out / "distance.png", 120)
 
-    fig, ax = plt.subplots(figsize=(7.2, 4.0))
     names = records[0]["class_names"]
+    fig, ax = new_figure(figsize=(min(16.0, max(8.0, 0.12 * len(names) * (len(policies) + 1) + 3.0)), 4.2))
     x = np.arange(len(names))
-    width = 0.8 / (len(policies) + 1)
-    ax.bar(x - 0.4 + width / 2, records[0]["target_counts"], width=width, color="pink", label="target")
-    for k, p in enumerate(policies, start=1):
-        counts = np.mean([r["rounds"][-1]["cloud_counts"] for r in records if r["policy"] == p], axis=0)
-        ax.bar(x - 0.4 + width * (k + 0.5), counts, width=width, label=policy_label(p))
+    width = 0.8 / len(policies)
+    for k, p in enumerate(policies):
+        mean, sd = band([r["rounds"][-1]["cloud_counts"] for r in records if r["policy"] == p])
+        ax.bar(x - 0.4 + width * (k + 0.5), mean, width=width, color=colors[labels[p]], label=labels[p],
+               yerr=sd, capsize=1.5, error_kw={"lw": 0.8})
+    # the target as a black tick over each class's group of bars
+    ax.hlines(records[0]["target_counts"], x - 0.45, x + 0.45, colors="k", lw=1.5, label="target")
     ax.set_xticks(x, names, fontsize=8)
-    ax.set_ylabel("samples in the cloud (final, mean over seeds)")
-    ax.legend(fontsize=7, ncol=3)
-    save_figure(fig, out / "final_counts.png", 120)
+    ax.set_xlabel("class")
+    ax.set_ylabel("samples in the cloud after the last round")
+    fig.suptitle(f"Final cloud per class (black: the target)\n{instance}; {over_seeds(n_seeds)}", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    outside_legend(fig)
+    figures["final_counts.png"] = save_figure(fig, out / "final_counts.png", 120)
+
+    fig, ax = new_figure(figsize=(max(5.0, 1.1 * len(policies) + 2.0), 4.2))
+    finals = [[r["final_distance"] for r in records if r["policy"] == p] for p in policies]
+    if n_seeds > 1:  # quartiles of one value say nothing
+        ax.boxplot(finals, positions=np.arange(len(policies)), widths=0.5, showfliers=False,
+                   medianprops={"color": "k"}, boxprops={"color": "0.4"}, whiskerprops={"color": "0.4"},
+                   capprops={"color": "0.4"})
+    for k, (p, values) in enumerate(zip(policies, finals)):
+        jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(1)
+        ax.scatter(k + jitter, values, s=14, color=colors[labels[p]], zorder=3, edgecolors="none")
+    ax.set_xticks(np.arange(len(policies)), [labels[p] for p in policies], rotation=20, ha="right", fontsize=8)
+    ax.set_xlabel("policy")
+    ax.set_ylabel(f"final {cfg.loss} distance to the target")
+    spread = "seeds, one point per seed, boxes: quartiles" if n_seeds > 1 else "seed"
+    fig.suptitle(f"Final distance per policy\n{instance}; {n_seeds} {spread}", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    figures["final_distance.png"] = save_figure(fig, out / "final_distance.png", 120,
+                                               boxes=len(policies) if n_seeds > 1 else 0)
+    return figures
 
 
 class DataGamesReporter(Reporter):
@@ -121,7 +155,7 @@ class DataGamesReporter(Reporter):
     default_policy = "random"
     default_policies = "uniform,random,greedy,interactive,oracle"
     default_seeds = 10
-    files = ("rounds.csv", "final.csv", "distance.png", "final_counts.png", "summary.md")
+    files = ("rounds.csv", "final.csv", "distance.png", "final_counts.png", "final_distance.png", "summary.md")
 
     def initial_round(self, env, infos):
         core = env.core
@@ -153,12 +187,14 @@ class DataGamesReporter(Reporter):
         return summarise(payload["episodes"], payload["policies"])
 
     def summary_markdown(self, payload, ctx, baseline=None):
-        return summary_markdown(payload["summary"], ctx, len(payload["seeds"]), payload["elapsed_s"])
+        return summary_markdown(payload["summary"], ctx, len(payload["seeds"]), payload["elapsed_s"],
+                                self.labels(payload["policies"], ctx))
 
     def write_files(self, out, payload, ctx, baseline=None):
         _write_csv(out, payload["episodes"])
-        _plot(out, payload["episodes"], payload["policies"], ctx)
+        figures = _plot(out, payload["episodes"], payload["policies"], ctx, self.labels(payload["policies"], ctx))
         (out / "summary.md").write_text(self.summary_markdown(payload, ctx, baseline))
+        return figures
 
     def run_table(self, episode, ctx):
         from rich.table import Table

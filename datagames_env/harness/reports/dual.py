@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Reporter, pyplot, save_figure
+from .base import (Reporter, fmt_pm, new_figure, outside_legend, over_seeds, policy_colors, policy_labels, save_figure,
+                   seeds_note)
 
 ROUND_FIELDS = ("round", "validation_accuracy", "test_accuracy", "labels_used", "labeled", "uploaded",
                 "cloud_labeled", "cloud_unlabeled", "upload_objective", "upload_objective_gain", "label_objective",
@@ -23,9 +24,12 @@ def summarise(records: list[dict], specs: list[str]) -> dict:
         acc = np.array([[x["test_accuracy"] for x in r["rounds"]] for r in recs])
         privacy = {k: int(sum(sum(x["privacy_total"][k] for x in r["rounds"][1:]) for r in recs)) for k in
                    PRIVACY_FIELDS}
+        spread = len(recs) > 1  # sample standard deviations over seeds; None (no spread) for one seed
         out[spec] = {
-            "test_accuracy_mean": acc.mean(axis=0).tolist(), "test_accuracy_std": acc.std(axis=0).tolist(),
-            "final_test_accuracy_mean": float(acc[:, -1].mean()), "final_test_accuracy_std": float(acc[:, -1].std()),
+            "test_accuracy_mean": acc.mean(axis=0).tolist(),
+            "test_accuracy_std": acc.std(axis=0, ddof=1).tolist() if spread else None,
+            "final_test_accuracy_mean": float(acc[:, -1].mean()),
+            "final_test_accuracy_std": float(acc[:, -1].std(ddof=1)) if spread else None,
             "labels_used_mean": float(np.mean([r["labels_used"] for r in recs])),
             "upload_objective_gain_mean": float(np.mean([r["mean_upload_objective_gain"] for r in recs])),
             "label_objective_mean": float(np.nanmean([x["label_objective"] for r in recs for x in r["rounds"][1:]])),
@@ -35,7 +39,8 @@ def summarise(records: list[dict], specs: list[str]) -> dict:
     return out
 
 
-def summary_markdown(summary: dict, cfg, seeds: list[int], elapsed: float, baseline: str | None) -> str:
+def summary_markdown(summary: dict, cfg, seeds: list[int], elapsed: float, baseline: str | None,
+                     labels: dict[str, str]) -> str:
     rounds = cfg.rounds
     lines = [f"# DUAL evaluation: {cfg.dataset.name}", "",
              (f"{cfg.n_robots} robots, {rounds} rounds, {cfg.obs_per_round} observations per robot per round, "
@@ -43,27 +48,29 @@ def summary_markdown(summary: dict, cfg, seeds: list[int], elapsed: float, basel
              f"{cfg.initial_cloud_size}, stream {cfg.stream.kind} (alpha {cfg.stream.alpha}), kernel {cfg.kernel} "
              f"(scale {cfg.kernel_scale}), privacy {cfg.privacy.mode} (private fraction "
              f"{cfg.privacy.private_fraction}); seeds {seeds[0]}..{seeds[-1]} ({len(seeds)}); {elapsed:.0f} s."), "",
-             "Test accuracy of the cloud model per round (mean ± std over seeds; round 0 = initial cloud):", "",
+             f"Test accuracy of the cloud model per round, {seeds_note(len(seeds))}; round 0 = the initial cloud:",
+             "",
              "| policy (upload/labeler) | " + " | ".join(f"r{r}" for r in range(rounds + 1)) + " | labels used | "
              "upload objective gain | label objective | private: blurred / dropped / passed | s/episode |",
              "|---" * (rounds + 7) + "|"]
     for spec, s in summary.items():
-        accs = " | ".join(f"{m:.3f} ± {sd:.3f}" for m, sd in zip(s["test_accuracy_mean"], s["test_accuracy_std"]))
+        sds = s["test_accuracy_std"] or [None] * len(s["test_accuracy_mean"])
+        accs = " | ".join(fmt_pm(m, sd, ".3f") for m, sd in zip(s["test_accuracy_mean"], sds))
         p = s["privacy_totals"]
-        name = spec + (" (privileged)" if s["privileged"] else "")
+        name = labels[spec] + (" (privileged)" if s["privileged"] else "")
         lines.append(f"| {name} | {accs} | {s['labels_used_mean']:.0f} | {s['upload_objective_gain_mean']:.5f} | "
                      f"{s['label_objective_mean']:.5f} | {p['blurred']} / {p['dropped']} / {p['passed_private']} | "
                      f"{s['wall_s_mean']:.1f} |")
     if baseline in summary:
         base = summary[baseline]["final_test_accuracy_mean"]
-        lines += ["", (f"Final test accuracy relative to `{baseline}` (the paper's \"gain in accuracy\" is relative "
-                  "in the same way; percentage points in brackets):"), ""]
+        lines += ["", (f"Final test accuracy relative to `{labels[baseline]}` (the paper's \"gain in accuracy\" is "
+                       "relative in the same way; percentage points in brackets):"), ""]
         base_rounds = np.array(summary[baseline]["test_accuracy_mean"])
         for spec, s in summary.items():
             acc = s["final_test_accuracy_mean"]
             per_round = (np.array(s["test_accuracy_mean"]) - base_rounds) / base_rounds
             best = int(np.argmax(per_round[1:])) + 1 if len(per_round) > 1 else 0
-            lines.append(f"- `{spec}`: {acc:.3f} ({100 * (acc - base) / base:+.1f}% relative, "
+            lines.append(f"- `{labels[spec]}`: {acc:.3f} ({100 * (acc - base) / base:+.1f}% relative, "
                          f"{100 * (acc - base):+.1f} pp); largest per-round gain {100 * per_round[best]:+.1f}% "
                          f"(round {best})")
     return "\n".join(lines) + "\n"
@@ -80,22 +87,53 @@ def _write_csv(path: Path, records: list[dict]) -> None:
                                  *[totals.get(k, 0) for k in PRIVACY_FIELDS]])
 
 
-def _plot(path: Path, summary: dict, title: str) -> None:
-    plt = pyplot()
+def _plot(path: Path, summary: dict, title: str, labels: dict[str, str], baseline: str, n_seeds: int) -> dict:
+    """Test accuracy per round. Up to four policies share one plot; more get small multiples, one panel per
+    policy against the baseline (grey), so that no panel holds more than two curves. A policy keeps its color."""
+    specs = list(summary)
+    colors = policy_colors([labels[s] for s in specs])
+    others = [s for s in specs if s != baseline] if len(specs) > 4 else [None]
+    ncols = min(3, len(others))
+    nrows = -(-len(others) // ncols)
+    fig, axes = new_figure(nrows, ncols, figsize=(3.4 * ncols + 0.6, 2.5 * nrows + 1.3), sharex=True, sharey=True,
+                           squeeze=False)
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for spec, s in summary.items():
-        mean, std = np.array(s["test_accuracy_mean"]), np.array(s["test_accuracy_std"])
+    def curve(ax, spec: str, color: str, zorder: float) -> None:
+        s = summary[spec]
+        mean = np.array(s["test_accuracy_mean"])
         x = np.arange(len(mean))
-        ax.plot(x, mean, marker="o", label=spec, linestyle="--" if s["privileged"] else "-")
-        ax.fill_between(x, mean - std, mean + std, alpha=0.12)
-    ax.set_xticks(np.arange(len(next(iter(summary.values()))["test_accuracy_mean"])) if summary else [])
-    ax.set_xlabel("round")
-    ax.set_ylabel("cloud model test accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    save_figure(fig, path, 110)
+        ax.plot(x, mean, marker="o", ms=3, color=color, zorder=zorder, label=labels[spec],
+                linestyle="--" if s["privileged"] else "-")
+        if s["test_accuracy_std"] is not None:
+            sd = np.array(s["test_accuracy_std"])
+            ax.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.15, lw=0, zorder=zorder - 1)
+
+    for k, ax in enumerate(axes.flat):
+        if k >= len(others):
+            ax.set_visible(False)
+            axes.flat[k - ncols].xaxis.set_tick_params(labelbottom=True)  # the panel above ends its column
+            continue
+        spec = others[k]
+        if spec is None:  # one plot, every policy
+            for s in specs:
+                curve(ax, s, colors[labels[s]], 3)
+        else:
+            curve(ax, baseline, "k", 2)
+            curve(ax, spec, colors[labels[spec]], 3)
+            ax.set_title(labels[spec] + (" (privileged)" if summary[spec]["privileged"] else ""), fontsize=9)
+        ax.set_xticks(np.arange(len(summary[specs[0]]["test_accuracy_mean"])))
+        ax.grid(alpha=0.3)
+    if others == [None]:
+        axes[0][0].set_xlabel("round (0: the initial cloud)", fontsize=9)
+        axes[0][0].set_ylabel("cloud model test accuracy", fontsize=9)
+    else:
+        fig.supxlabel("round (0: the initial cloud)", fontsize=9)
+        fig.supylabel("cloud model test accuracy", fontsize=9)
+    compared = f"; black: {labels[baseline]} (baseline)" if others != [None] else ""
+    fig.suptitle(f"{title}\n{over_seeds(n_seeds)}{compared}; dashed: privileged", fontsize=10)
+    if others == [None]:
+        outside_legend(fig)
+    return save_figure(fig, path, 110)
 
 
 def _upload_part(name: str, labeler: str) -> str:
@@ -135,20 +173,38 @@ class DualReporter(Reporter):
         specs = payload["policies"]
         return next(s for s in (baseline, "random/random", specs[0]) if s in specs)
 
+    def labels(self, policies, ctx):
+        """``UPLOAD/LABELER`` for every spec: a spec without a labeler names the config's (``entropy`` ->
+        ``entropy/submodular``); checkpoints by their short label (``policy_labels``)."""
+        from ...policy import parse_policy_spec
+
+        short = policy_labels(policies, self.scenario)
+        labels = {}
+        for spec in policies:
+            try:
+                has_labeler = parse_policy_spec(spec, self.scenario).labeler is not None
+            except ValueError:
+                has_labeler = False
+            labels[spec] = short[spec] if has_labeler else f"{short[spec]}/{ctx.labeler}"
+        return labels
+
     def summary_markdown(self, payload, ctx, baseline=None):
         return summary_markdown(payload["summary"], ctx, payload["seeds"], payload["elapsed_s"],
-                                self._baseline(payload, baseline))
+                                self._baseline(payload, baseline), self.labels(payload["policies"], ctx))
 
     def write_files(self, out, payload, ctx, baseline=None):
         _write_csv(out / "rounds.csv", payload["episodes"])
-        _plot(out / "accuracy.png", payload["summary"], f"DUAL on {ctx.dataset.name}: {ctx.n_robots} robots, "
-                                                       f"label budget {ctx.label_budget}/round")
+        figure = _plot(out / "accuracy.png", payload["summary"], f"DUAL on {ctx.dataset.name}: {ctx.n_robots} robots, "
+                       f"label budget {ctx.label_budget}/round", self.labels(payload["policies"], ctx),
+                       self._baseline(payload, baseline), len(payload["seeds"]))
         (out / "summary.md").write_text(self.summary_markdown(payload, ctx, baseline))
+        return {"accuracy.png": figure}
 
     def run_table(self, episode, ctx):
         from rich.table import Table
 
-        table = Table(title=f"{episode['policy']} on {ctx.dataset.name}, seed {episode['seed']}")
+        label = self.labels([episode["policy"]], ctx)[episode["policy"]]
+        table = Table(title=f"{label} on {ctx.dataset.name}, seed {episode['seed']}")
         for column in ("round", "test acc", "val acc", "labels used", "uploaded", "upload obj. gain",
                        "blurred/dropped"):
             table.add_column(column, justify="right")

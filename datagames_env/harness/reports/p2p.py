@@ -10,16 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Reporter, pyplot, save_figure
+from .base import Reporter, band, new_figure, outside_legend, over_seeds, policy_colors, save_figure, seeds_note
 
 PAPER_RARE_SHARE = {"kmnist": 88.18, "fashion_mnist": 88.96}  # the GU paper's toy: % of rare data cached by GU
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation over seeds (NaN left out); the deviation is None for one value."""
     arr = np.array([v for v in values if not (isinstance(v, float) and math.isnan(v))], dtype=np.float64)
     if arr.size == 0:
-        return float("nan"), float("nan")
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+        return float("nan"), None
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else None
 
 
 def _robots_with_rare(env) -> list[str]:
@@ -59,28 +60,31 @@ def summarise(episodes: list[dict], names: list[str], env) -> dict:
     return summary
 
 
-def _fmt(ms: tuple[float, float], pct: bool = False) -> str:
+def _fmt(ms: tuple[float, float | None], pct: bool = False) -> str:
     mean, std = ms
     if math.isnan(mean):
         return "n/a"
-    return f"{100 * mean:.1f} ± {100 * std:.1f}" if pct else f"{mean:.3f} ± {std:.3f}"
+    scale, spec = (100, ".1f") if pct else (1, ".3f")
+    text = f"{scale * mean:{spec}}"
+    return text if std is None or math.isnan(std) else f"{text} ± {scale * std:{spec}}"
 
 
-def summary_markdown(payload: dict, env) -> str:
+def summary_markdown(payload: dict, env, labels: dict[str, str]) -> str:
     cfg = env.config
     summary, names = payload["summary"], payload["policies"]
     sources = ", ".join(f"{d} = {s}" for d, s in payload["domain_sources"].items())
     lines = [(f"# p2p: {cfg.n_robots} robots, {cfg.rounds} rounds, {cfg.obs_per_round} obs/round, share "
              f"{cfg.share_fraction:.0%} ({env.n_share}/round), topology {cfg.topology.kind}, OoD {cfg.ood.detector}, "
              f"reward {cfg.reward}, privacy {cfg.privacy.mode}"), "",
-             (f"Domains: {sources}. Rare: {', '.join(cfg.rare_domains)}. {len(payload['seeds'])} seeds (mean ± std); "
+             (f"Domains: {sources}. Rare: {', '.join(cfg.rare_domains)}. {seeds_note(len(payload['seeds']))}; "
              f"wall time {payload['elapsed_s']:.0f} s."), "",
              "## Final test accuracy (%) per robot and domain", "",
              "| policy | robot | " + " | ".join(env.domain_names) + " |", "|---|---|" + "---|" * env.n_domains]
     for name in names:
         for agent in env.possible_agents:
             acc = summary[name]["robots"][agent]["final_accuracy"]
-            lines.append(f"| {name} | {agent} | " + " | ".join(_fmt(acc[d], True) for d in env.domain_names) + " |")
+            lines.append(f"| {labels[name]} | {agent} | " + " | ".join(_fmt(acc[d], True) for d in env.domain_names)
+                         + " |")
     first = names[0]
     lines += ["", "Round 0 (before any sharing; the same for every policy): " + "; ".join(
         f"{a}: " + ", ".join(f"{d} {100 * summary[first]['robots'][a]['initial_accuracy'][d][0]:.1f}"
@@ -94,7 +98,7 @@ def summary_markdown(payload: dict, env) -> str:
         for d in env.domain_names:
             per_round = [100 * np.mean([np.mean([r["robots"][a]["domain_accuracy"][d] for a in env.possible_agents])
                                         for r in (e["rounds"][k] for e in mine)]) for k in range(cfg.rounds + 1)]
-            lines.append(f"| {name} | {d} | " + " | ".join(f"{v:.1f}" for v in per_round) + " |")
+            lines.append(f"| {labels[name]} | {d} | " + " | ".join(f"{v:.1f}" for v in per_round) + " |")
     lines += ["", "## Rare-domain share among cached samples (%)", "",
               ("Share of the samples a robot cached that came from a rare domain (only robots whose stream holds rare "
                "data; random sharing caches about its stream share): over the whole episode, over rounds 2.. (after "
@@ -107,7 +111,7 @@ def summary_markdown(payload: dict, env) -> str:
         robots = summary[name]["robots"]
         for a in rare_robots:
             r = robots[a]
-            lines.append(f"| {name} | {a} | {_fmt(r['rare_share_cached'], True)} | "
+            lines.append(f"| {labels[name]} | {a} | {_fmt(r['rare_share_cached'], True)} | "
                          f"{_fmt(r['rare_share_after_first_round'], True)} | {_fmt(r['rare_share_last_round'], True)} | "
                          f"{_fmt(r['rare_recall'], True)} |")
     lines += ["", "Paper (GU model, toy): 88.18% of rare KMNIST data and 88.96% of rare FashionMNIST data cached.",
@@ -115,7 +119,7 @@ def summary_markdown(payload: dict, env) -> str:
               "| policy | private cached | blurred | dropped | passed unfiltered |", "|---|---|---|---|---|"]
     for name in names:
         p = summary[name]["privacy_per_episode"]
-        lines.append(f"| {name} | {p['n_private_cached']:.1f} | {p['n_blurred']:.1f} | {p['n_dropped']:.1f} | "
+        lines.append(f"| {labels[name]} | {p['n_private_cached']:.1f} | {p['n_blurred']:.1f} | {p['n_dropped']:.1f} | "
                      f"{p['n_passed_private']:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -136,49 +140,63 @@ def _write_csv(out: Path, episodes: list[dict], env) -> None:
                                     + [x["domain_accuracy"][d] for d in env.domain_names] + [x.get(k, "") for k in keys])
 
 
-def _plot(out: Path, episodes: list[dict], names: list[str], env) -> None:
-    plt = pyplot()
+def _plot(out: Path, episodes: list[dict], names: list[str], env, labels: dict[str, str]) -> dict:
+    from matplotlib.ticker import MaxNLocator
 
+    colors = policy_colors([labels[n] for n in names])
+    n_seeds = len({e["seed"] for e in episodes})
+    cfg = env.config
+    instance = f"{cfg.n_robots} robots, share {cfg.share_fraction:.0%}, OoD {cfg.ood.detector}"
+    figures = {}
     agents, domains = env.possible_agents, env.domain_names
-    fig, axes = plt.subplots(len(agents), len(domains), figsize=(3.2 * len(domains), 2.4 * len(agents)),
-                             sharex=True, sharey=True, squeeze=False)
+    fig, axes = new_figure(len(agents), len(domains), figsize=(2.9 * len(domains) + 1.6, 2.1 * len(agents) + 1.0),
+                           sharex=True, sharey=True, squeeze=False)
     for r, agent in enumerate(agents):
         for c, domain in enumerate(domains):
             ax = axes[r][c]
             for name in names:
-                acc = np.array([[x["robots"][agent]["domain_accuracy"][domain] for x in e["rounds"]]
-                                for e in episodes if e["policy"] == name])
-                mean, std = acc.mean(axis=0), acc.std(axis=0)
-                x = np.arange(acc.shape[1])
-                ax.plot(x, mean, marker="o", ms=2.5, label=name)
-                ax.fill_between(x, mean - std, mean + std, alpha=0.15)
+                mean, sd = band([[x["robots"][agent]["domain_accuracy"][domain] for x in e["rounds"]]
+                                 for e in episodes if e["policy"] == name])
+                x = np.arange(len(mean))
+                ax.plot(x, mean, marker="o", ms=2.5, color=colors[labels[name]],
+                        label=labels[name] if r == c == 0 else "_nolegend_")
+                if sd is not None:
+                    ax.fill_between(x, mean - sd, mean + sd, color=colors[labels[name]], alpha=0.15, lw=0)
             ax.set_ylim(0, 1)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             if r == 0:
                 ax.set_title(f"test on {domain}", fontsize=9)
             if c == 0:
-                ax.set_ylabel(f"{agent}\naccuracy", fontsize=8)
-            if r == len(agents) - 1:
-                ax.set_xlabel("round", fontsize=8)
-    axes[0][0].legend(fontsize=7)
-    save_figure(fig, out / "accuracy.png", 110)
+                ax.set_ylabel(agent, fontsize=9)
+    fig.supxlabel("round", fontsize=9)
+    fig.supylabel("test accuracy of the robot's model", fontsize=9)
+    fig.suptitle(f"p2p: test accuracy per robot (rows) and test domain (columns)\n{instance}; "
+                 f"{over_seeds(n_seeds)}", fontsize=10)
+    outside_legend(fig)
+    figures["accuracy.png"] = save_figure(fig, out / "accuracy.png", 110)
 
     rare_robots = _robots_with_rare(env)
     if rare_robots:
-        fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(rare_robots) * len(names) / 2, 3.6))
+        fig, ax = new_figure(figsize=(2.6 + 0.5 * len(rare_robots) * len(names), 3.8))
         width = 0.8 / len(names)
         x = np.arange(len(rare_robots))
         for k, name in enumerate(names):
-            vals = [[e["rounds"][-1]["robots"][a]["rare_share_cached"] for e in episodes if e["policy"] == name]
-                    for a in rare_robots]
-            ax.bar(x - 0.4 + width * (k + 0.5), [100 * np.mean(v) for v in vals], width=width,
-                   yerr=[100 * np.std(v) for v in vals], capsize=2, label=name)
-        ax.axhline(88.18, color="k", ls="--", lw=1, label="paper GU (88%)")
+            shares = [[100 * e["rounds"][-1]["robots"][a]["rare_share_cached"] for e in episodes
+                       if e["policy"] == name] for a in rare_robots]
+            spread = [band(v)[1] for v in shares]
+            ax.bar(x - 0.4 + width * (k + 0.5), [np.mean(v) for v in shares], width=width, color=colors[labels[name]],
+                   yerr=None if spread[0] is None else [float(v) for v in spread], capsize=2, label=labels[name])
+        ax.axhline(PAPER_RARE_SHARE["kmnist"], color="k", ls="--", lw=1, label="paper, GU model (88%)")
         ax.set_xticks(x, rare_robots)
-        ax.set_ylabel("rare-domain share of cached (%)")
+        ax.set_xlabel("robot (those whose stream holds a rare domain)")
+        ax.set_ylabel("rare-domain share of cached samples (%)")
         ax.set_ylim(0, 105)
-        ax.legend(fontsize=7)
-        save_figure(fig, out / "rare_share.png", 110)
+        fig.suptitle(f"p2p: rare-domain share of what each robot cached\n{instance}; {over_seeds(n_seeds)}",
+                     fontsize=10)
+        outside_legend(fig)
+        figures["rare_share.png"] = save_figure(fig, out / "rare_share.png", 110)
+    return figures
 
 
 class P2PReporter(Reporter):
@@ -232,17 +250,19 @@ class P2PReporter(Reporter):
         return summarise(payload["episodes"], payload["policies"], ctx)
 
     def summary_markdown(self, payload, ctx, baseline=None):
-        return summary_markdown(payload, ctx)
+        return summary_markdown(payload, ctx, self.labels(payload["policies"], ctx))
 
     def write_files(self, out, payload, ctx, baseline=None):
         _write_csv(out, payload["episodes"], ctx)
-        _plot(out, payload["episodes"], payload["policies"], ctx)
+        figures = _plot(out, payload["episodes"], payload["policies"], ctx, self.labels(payload["policies"], ctx))
         (out / "summary.md").write_text(self.summary_markdown(payload, ctx, baseline))
+        return figures
 
     def run_table(self, episode, ctx):
         from rich.table import Table
 
-        table = Table(title=f"{episode['policy']}, seed {episode['seed']}: final test accuracy per robot and domain")
+        label = self.labels([episode["policy"]], ctx)[episode["policy"]]
+        table = Table(title=f"{label}, seed {episode['seed']}: final test accuracy per robot and domain")
         for column in ("robot", *ctx.domain_names, "rare share cached", "return"):
             table.add_column(column, justify="right")
         for agent, x in episode["rounds"][-1]["robots"].items():

@@ -17,7 +17,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # this checkout's package
 
 from datagames_env.harness import marl_eval  # noqa: E402
-from datagames_env.harness.reports.base import pyplot  # noqa: E402
 
 
 def main() -> None:
@@ -40,18 +39,7 @@ def main() -> None:
         lines.append(f"| {a} | {d['runs']} | {d['episodes']} | {d['point']:.2f} [{d['low']:.2f}, {d['high']:.2f}] | "
                      f"{d['mean']:.2f} | {ret} |")
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(order) + 1.2))
-    for y, a in enumerate(order):
-        d = distance[a]
-        ax.plot([d["low"], d["high"]], [y, y], color="tab:blue", linewidth=6, alpha=0.4, solid_capstyle="butt")
-        ax.plot([d["point"]], [y], "o", color="tab:blue")
-    ax.set_yticks(range(len(order)), order)
-    ax.invert_yaxis()
-    ax.set_xlabel("final L2 distance to the target (IQM, 95% stratified bootstrap CI; lower is better)")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "comparison.png", dpi=120)
+    marl_eval.save_comparison(marl_eval.comparison_figure(distance, order), out / "comparison.png")
     print("\n".join(lines))
 
 
