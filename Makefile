@@ -23,11 +23,11 @@ demo: install
 	$(BIN)/datagames eval --config default --seeds 5 --out results/default
 
 docs: install
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # the documentation first (a broken link or page fails the run), the tests last (their summary closes the log)
 test: install
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
 
 bench: install
