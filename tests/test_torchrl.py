@@ -288,3 +288,31 @@ def test_hydra_discovers_the_plugin_in_the_installed_package(tmp_path):
     assert "hydra_plugins.datagames_benchmarl" in plugins, (
         f"hydra does not see the plugin ({plugins}): install with "
         "`pip install -e . --config-settings editable_mode=compat` (make install does)")
+
+
+def test_benchmarl_hydra_overrides_reach_the_config_and_bad_keys_are_named(tmp_path):
+    """Composed as ``benchmarl.run`` composes it: ``+task.overrides.<key>`` (nested keys too) reaches the
+    datagames config the env is built from, and an unknown key is a ConfigError naming it."""
+    repo = Path(__file__).resolve().parents[1]
+    script = """
+import os, benchmarl, benchmarl.hydra_config as hc
+from hydra import compose, initialize_config_dir
+from datagames_env import ConfigError
+base = ["algorithm=mappo", "task=datagames/digits_rare"]
+with initialize_config_dir(config_dir=os.path.join(os.path.dirname(benchmarl.__file__), "conf"), version_base=None):
+    cfg = compose(config_name="config", overrides=base + ["+task.overrides.stream.alpha=0.1", "+task.overrides.n_robots=4"])
+    task = hc.load_task_config_from_hydra(cfg.task, "datagames/digits_rare")
+    print(task.env_config.stream.alpha, task.env_config.n_robots, task.env_config.action_mode)
+    cfg = compose(config_name="config", overrides=base + ["+task.overrides.no_such_key=1"])
+    try:
+        hc.load_task_config_from_hydra(cfg.task, "datagames/digits_rare")
+    except ConfigError as error:
+        print("ConfigError:", error)
+"""
+    env = {**os.environ, "PYTHONPATH": str(repo), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    values, error = proc.stdout.strip().splitlines()[-2:]
+    assert values.split() == ["0.1", "4", "selection"]  # the task YAML's own override stays
+    assert error.startswith("ConfigError:") and "no_such_key" in error

@@ -1,7 +1,7 @@
 """Griffe extension for the API reference: the project's docstrings are reST-flavoured (Sphinx roles such as
 :class:`~pkg.Name`, simple tables framed by ``====`` rules, as Gymnasium's and PettingZoo's environment docstrings
-are); the reference renders Markdown. This rewrites roles to code spans and simple tables to pipe tables when
-griffe loads an object, so the sources keep their style."""
+are); the reference renders Markdown. This rewrites roles to code spans, simple tables to pipe tables and section
+titles to bold lines when griffe loads an object, so the sources keep their style."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import griffe
 
 _ROLE = re.compile(r":(?:py:)?[a-z]+:`(~?)([^`]+)`")
 _RULE = re.compile(r"^\s*=+(\s+=+)+\s*$")
+_UNDERLINE = re.compile(r"^\s*([-=~^])\1{2,}\s*$")
 
 
 def _role(match: re.Match) -> str:
@@ -41,6 +42,24 @@ def _markdown(header: list[str] | None, rows: list[list[str]], indent: str) -> l
     width = len(rows[0]) if rows else len(header or [])
     out = [line(header or [""] * width), indent + "|" + "---|" * width]
     return ["", *out, *[line(r) for r in rows], ""]
+
+
+def rst_sections_to_bold(text: str) -> str:
+    """A reST section title (a line underlined with ``---`` / ``===``) becomes a bold line: headings inside a
+    docstring would otherwise enter the page's table of contents."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        title = lines[i].strip()
+        if (title and i + 1 < len(lines) and _UNDERLINE.match(lines[i + 1])
+                and len(lines[i + 1].strip()) >= len(title) - 2):
+            out.extend([f"**{title}**", ""])
+            i += 2
+        else:
+            out.append(lines[i])
+            i += 1
+    return "\n".join(out)
 
 
 def rst_tables_to_markdown(text: str) -> str:
@@ -78,4 +97,5 @@ def rst_tables_to_markdown(text: str) -> str:
 class RstDocstrings(griffe.Extension):
     def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
         if obj.docstring is not None:
-            obj.docstring.value = rst_tables_to_markdown(_ROLE.sub(_role, obj.docstring.value))
+            text = _ROLE.sub(_role, obj.docstring.value)
+            obj.docstring.value = rst_tables_to_markdown(rst_sections_to_bold(text))
