@@ -136,7 +136,7 @@ def test_the_wheel_ships_the_configs(tmp_path):
     src.mkdir()
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for name in ("configs", "datagames_env", "agents", "baselines"):
+    for name in ("configs", "datagames_env", "agents", "baselines", "hydra_plugins"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                             str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)

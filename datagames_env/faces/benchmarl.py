@@ -8,7 +8,8 @@ BenchMARL algorithm runs on it (``Experiment(task=task, algorithm_config=MappoCo
 Tasks                  ``DEFAULT`` (digits, 10 robots, 10 rounds), ``MNIST_DATAGAMES`` (the paper's MNIST
                        setting with retraining off: needs the MNIST files, ``$DATAGAMES_DATA_DIR``),
                        ``DIGITS_RARE`` (rare specialists, ``action_mode: selection``: a score per sample);
-                       YAML in ``configs/benchmarl/<task>.yaml``: ``config`` (a datagames config) + ``overrides``
+                       YAML in ``configs/benchmarl/task/datagames/<task>.yaml``: ``config`` (a datagames config)
+                       + ``overrides``
 Agents                 one group ``"robots"`` of N agents (``group_map``), parameter sharing by default
 Observation            ``observation_spec``: ``("robots", "observation")`` unbatched ``(N, obs_dim)``;
                        ``state_spec``: ``"state"`` ``(3C + 1 + 3NC,)`` for centralised critics (MAPPO, MASAC)
@@ -25,7 +26,11 @@ per second; ``torchrl.envs.PettingZooWrapper(datagames_env.parallel_env("p2p_def
 wants to try.
 
 BenchMARL reads task YAMLs from its own package (``benchmarl/conf/task``); this enum reads them from ours, so
-``get_from_yaml()`` works without copying files into site-packages.
+``get_from_yaml()`` works without copying files into site-packages. BenchMARL's own hydra CLI works too:
+``python -m benchmarl.run algorithm=mappo task=datagames/default``. Importing this module puts the family into
+BenchMARL's ``task_config_registry`` (:func:`register`), and the hydra search path plugin
+``hydra_plugins.datagames_benchmarl`` (installed with this package) adds :data:`HYDRA_CONFIG_DIR`, which holds
+``task/datagames/<task>.yaml``, to the search path of any hydra app that has imported BenchMARL's registry.
 """
 
 from __future__ import annotations
@@ -40,18 +45,21 @@ from torchrl.data import Composite
 from torchrl.envs import EnvBase
 
 import datagames_env
-from ..config import resolve_config_path
+from ..config import CONFIG_DIR, resolve_config_path
 
 from .torchrl import GROUP, torchrl_env
 
-__all__ = ["DataGamesClass", "DataGamesTask", "make_task", "task_config_path"]
+__all__ = ["DataGamesClass", "DataGamesTask", "HYDRA_CONFIG_DIR", "make_task", "register", "task_config_path"]
 
 TASK_KEYS = ("config", "overrides")
+ENV_NAME = "datagames"
+# a hydra config root: task/datagames/<task>.yaml, the layout of BenchMARL's own benchmarl/conf
+HYDRA_CONFIG_DIR = CONFIG_DIR / "benchmarl"
 
 
 def task_config_path(name: str) -> Path:
-    """``configs/benchmarl/<name>.yaml`` (shipped inside the package)."""
-    return resolve_config_path(f"benchmarl/{name.lower()}")
+    """``configs/benchmarl/task/datagames/<name>.yaml`` (shipped inside the package)."""
+    return resolve_config_path(f"benchmarl/task/{ENV_NAME}/{name.lower()}")
 
 
 def _base(env: EnvBase) -> EnvBase:
@@ -112,7 +120,7 @@ class DataGamesClass(TaskClass):
 
     @staticmethod
     def env_name() -> str:
-        return "datagames"
+        return ENV_NAME
 
     @staticmethod
     def log_info(batch) -> dict[str, float]:
@@ -144,3 +152,15 @@ def make_task(config="default", name: str | None = None, **overrides) -> DataGam
     ``name`` defaults to the config's stem in capitals."""
     name = name or (Path(str(config)).stem.upper() if isinstance(config, (str, Path)) else "CUSTOM")
     return DataGamesClass(name, {"config": config, "overrides": overrides})
+
+
+def register() -> None:
+    """Put every task of the family into BenchMARL's ``task_config_registry`` as ``datagames/<task>``, where
+    BenchMARL's hydra loader (``benchmarl.run``, ``load_experiment_from_hydra``) looks tasks up. Idempotent."""
+    from benchmarl.environments import task_config_registry
+
+    for task in DataGamesTask:
+        task_config_registry[f"{ENV_NAME}/{task.name.lower()}"] = task
+
+
+register()
