@@ -160,6 +160,20 @@ def test_array_learner_batch_has_what_ppo_needs(one_torch_thread):
     runner.stop()
 
 
+def test_vector_runner_with_a_module_per_robot(one_torch_thread):
+    """``--per-robot``: each robot's rows go through its own module, and the learner batch is split by module."""
+    from agents.rllib_vector_runner import ArrayLearnerConnector
+
+    runner, _ = _runner(_settings(per_robot=True, seed=2))
+    episodes = runner.sample()
+    robots = [f"robot_{i}" for i in range(SMALL["n_robots"])]
+    assert list(episodes[0].module_ids) == list(episodes[0].agent_ids) == robots
+    batch = ArrayLearnerConnector(None, gamma=0.99, lambda_=0.95)(rl_module=runner.module, batch={}, episodes=episodes)
+    assert sorted(batch) == robots
+    assert all(batch[r]["obs"].shape[0] == len(episodes) * SMALL["rounds"] for r in robots)
+    runner.stop()
+
+
 @ray_group
 def test_ppo_trains_with_the_vector_runner_and_shares_checkpoints_with_rllibs_runner(local_ray, one_torch_thread,
                                                                                     tmp_path):
