@@ -15,8 +15,8 @@ for RLlib the sampling / learning split is RLlib's own (smoothed) timers.
 ``agents.rllib_train.train`` (the code of ``datagames train --algo ppo``), a short and a longer run, and prints the
 marginal rate (extra agent steps / extra seconds, so start-up does not count), the sampling and the learning time
 per agent step (summed exactly around PPO's sample and learner-update calls, wall and CPU of this thread, not
-RLlib's smoothed timers), and the
-ratio to RLlib's own runner with the project defaults measured in the same invocation.
+RLlib's smoothed timers), and the ratio to RLlib's own runner with the project defaults measured in the same
+invocation.
 """
 
 from __future__ import annotations
