@@ -67,6 +67,7 @@ class TrainSettings:
     message_sweeps: int = 0              # learned communication: K announcement sweeps per round (datagames_env.faces.comm)
     imitation_dagger_rounds: int = 1     # with message sweeps: DAgger rounds on the clone's own announcements
     env_runner_resources: dict = field(default_factory=dict)  # custom Ray resources per env runner: node placement
+    vector_runner: bool = False          # sample vector_env in bulk (agents/rllib_vector_runner.py)
 
 
 def env_layout(par_env) -> dict:
@@ -208,7 +209,8 @@ def build_ppo_config(settings: TrainSettings, module_state_path: str | None = No
     def per_env_agent_steps(n_envs: int) -> int:
         return episode_agent_steps * max(1, math.ceil(settings.train_batch_size / (runners * n_envs * episode_agent_steps)))
 
-    num_envs = settings.num_envs_per_env_runner or auto_num_envs(lambda n: per_env_agent_steps(n) * runners * n)
+    num_envs = settings.num_envs_per_env_runner or auto_num_envs(lambda n: per_env_agent_steps(n) * runners * n,
+                                                                 cap=4096 if settings.vector_runner else 10)
     config = (
         PPOConfig()
         .environment(env_name, env_config=env_config, disable_env_checking=False)
@@ -228,6 +230,10 @@ def build_ppo_config(settings: TrainSettings, module_state_path: str | None = No
         .debugging(seed=settings.seed, log_level="ERROR")
         .reporting(metrics_num_episodes_for_smoothing=20)
     )
+    if settings.vector_runner:  # bulk sampling of vector_env, array learner pipeline (agents/rllib_vector_runner.py)
+        from .rllib_vector_runner import use_vector_runner
+
+        config = use_vector_runner(config)
     return config
 
 

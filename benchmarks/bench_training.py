@@ -8,6 +8,15 @@ Each run trains with the project's defaults (``TrainSettings()``: 2,000 agent st
 first episodes) are left out of the rate. ``--set FIELD=VALUE`` changes one ``TrainSettings`` field (repeatable).
 Rates are per wall second and per CPU second of the process (sampling and learning both run in it by default);
 for RLlib the sampling / learning split is RLlib's own (smoothed) timers.
+
+    python benchmarks/bench_training.py --vector               # RLlib: RLlib's runner vs the vector runner
+
+``--vector`` (agents/rllib_vector_runner.py, docs/rllib_speed.md) trains each variant twice end to end through
+``agents.rllib_train.train`` (the code of ``datagames train --algo ppo``), a short and a longer run, and prints the
+marginal rate (extra agent steps / extra seconds, so start-up does not count), the sampling and the learning time
+per agent step (summed exactly around PPO's sample and learner-update calls, wall and CPU of this thread, not
+RLlib's smoothed timers), and the ratio to RLlib's own runner with the project defaults measured in the same
+invocation.
 """
 
 from __future__ import annotations
@@ -169,6 +178,83 @@ def _print_compare(label: str, args, totals: dict) -> None:
           f"{rates['new'][1] / rates['base'][1]:.2f}x CPU", flush=True)
 
 
+# the variants of --vector: RLlib's runner with the defaults (the 0dbebaf path), the vector runner with the same
+# learner settings, then with throughput-sized updates (larger batches and minibatches, fewer passes over them)
+VECTOR_VARIANTS = {
+    "rllib-runner": [],
+    "vector": ["vector_runner=True"],
+    "vector-32k-e2": ["vector_runner=True", "train_batch_size=32000", "minibatch_size=4000", "num_epochs=2"],
+    "vector-32k-e1": ["vector_runner=True", "train_batch_size=32000", "minibatch_size=4000", "num_epochs=1"],
+}
+
+
+def _timed_train(settings) -> dict:
+    """One end-to-end ``train()``: wall and CPU seconds of the whole call, agent steps, and the seconds inside
+    PPO's sampling call and inside its learner update (both in this process with 0 remote runners / learners)."""
+    import ray
+    import ray.rllib.algorithms.ppo.ppo as ppo_module
+    from ray.rllib.core.learner.learner_group import LearnerGroup
+
+    from agents import rllib_train
+
+    clocks = {"sample": 0.0, "learn": 0.0, "sample_cpu": 0.0, "learn_cpu": 0.0}
+    sample, update = ppo_module.synchronous_parallel_sample, LearnerGroup.update
+
+    def timed(name, call, *a, **k):  # wall and this thread's CPU (local runner and learner run in this thread)
+        start, start_cpu = time.perf_counter(), time.thread_time()
+        try:
+            return call(*a, **k)
+        finally:
+            clocks[name] += time.perf_counter() - start
+            clocks[name + "_cpu"] += time.thread_time() - start_cpu
+
+    def timed_sample(*a, **k):
+        return timed("sample", sample, *a, **k)
+
+    def timed_update(self, *a, **k):
+        return timed("learn", update, self, *a, **k)
+
+    ppo_module.synchronous_parallel_sample, LearnerGroup.update = timed_sample, timed_update
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        result = rllib_train.train(settings, log=lambda *a: None)
+    finally:
+        ppo_module.synchronous_parallel_sample, LearnerGroup.update = sample, update
+        ray.shutdown()
+    return {"steps": result["history"][-1]["agent_steps"], "wall": time.perf_counter() - wall,
+            "cpu": time.process_time() - cpu, **clocks}
+
+
+def bench_vector(args, out: str) -> None:
+    """Marginal agent-steps/s of each ``VECTOR_VARIANTS`` entry between a short and a longer end-to-end run."""
+    import math
+
+    rates = {}
+    for name, fields in VECTOR_VARIANTS.items():
+        if args.variants and name not in args.variants:
+            continue
+        probe = _settings(args, out, fields)
+        short = max(args.short_updates, math.ceil(args.short_steps / probe.train_batch_size))
+        long = max(short + args.extra_updates, math.ceil(args.long_steps / probe.train_batch_size))
+        runs = []
+        for iterations in (short, long):
+            settings = _settings(args, out, fields)
+            settings.iterations = iterations
+            runs.append(_timed_train(settings))
+        d = {k: runs[1][k] - runs[0][k] for k in runs[0]}
+        rates[name] = (d["steps"] / d["wall"], d["steps"] / d["cpu"])
+        print(f"{name:14s} {' '.join(args.set + fields) or '(defaults)'}: {rates[name][0]:,.0f} agent-steps/s wall, "
+              f"{rates[name][1]:,.0f} per CPU-s; per agent step sampling {d['sample'] / d['steps'] * 1e6:,.1f} us wall "
+              f"({d['sample_cpu'] / d['steps'] * 1e6:,.1f} CPU), learning {d['learn'] / d['steps'] * 1e6:,.1f} us wall "
+              f"({d['learn_cpu'] / d['steps'] * 1e6:,.1f} CPU) ({short} vs {long} updates: {d['steps']:,} steps, "
+              f"{d['wall']:.1f} s wall; start-up {runs[0]['wall'] - runs[0]['steps'] * d['wall'] / d['steps']:.1f} s)",
+              flush=True)
+    base = rates.get("rllib-runner")
+    if base:
+        for name, (wall, cpu) in rates.items():
+            print(f"ratio {name} / rllib-runner: {wall / base[0]:.2f}x wall, {cpu / base[1]:.2f}x CPU", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", choices=["ppo", "sb3-ppo", "both"], default="both")
@@ -180,11 +266,20 @@ def main() -> None:
     parser.add_argument("--compare", action="append", default=[], metavar="FIELD=VALUE",
                         help="A/B: the defaults (+ --set) against the same with these fields, updates alternating")
     parser.add_argument("--repeats", type=int, default=4, help="SB3 A/B: runs of each variant, alternating")
+    parser.add_argument("--vector", action="store_true", help="RLlib's runner vs the vector runner (marginal rates)")
+    parser.add_argument("--variants", nargs="*", default=[], help=f"--vector: a subset of {', '.join(VECTOR_VARIANTS)}")
+    parser.add_argument("--short-steps", type=int, default=8000, help="--vector: agent steps of the short run")
+    parser.add_argument("--long-steps", type=int, default=64000, help="--vector: agent steps of the longer run")
+    parser.add_argument("--short-updates", type=int, default=2, help="--vector: at least this many updates (short)")
+    parser.add_argument("--extra-updates", type=int, default=4, help="--vector: at least this many more (longer)")
     args = parser.parse_args()
     if args.warmup >= args.iterations:
         parser.error("--warmup must be below --iterations")
     os.system("uptime")
     with tempfile.TemporaryDirectory() as out:
+        if args.vector:
+            bench_vector(args, out)
+            return
         if args.algo in ("ppo", "both"):
             (compare_rllib if args.compare else bench_rllib)(args, out)
         if args.algo in ("sb3-ppo", "both"):
