@@ -82,13 +82,24 @@ def test_features_built_once_then_loaded_from_disk(digits, split, tmp_path, monk
     assert not second.built and second.key == first.key
     assert np.array_equal(second.features, first.features)
     # the loaded extractor is the same function: it embeds new arrays (e.g. privacy-filtered copies) identically
-    assert np.array_equal(second.extractor.transform(digits.features[:50]), first.extractor.transform(digits.features[:50]))
+    rows = digits.features[:50]
+    assert np.array_equal(second.extractor.transform(rows), first.extractor.transform(rows))
     assert sorted(p.name for p in first.path.parent.iterdir()) == [first.path.name]  # no temporary files left
 
 
+def test_cnn_extractor_round_trips_through_the_cache(digits, tmp_path):
+    images = digits.as_images()
+    cfg = PerceptionConfig(model="auto", train_steps=20, embedding_dim=8)
+    built = cached_features(images.features, images.labels, 10, cfg, np.arange(200), directory=tmp_path)
+    loaded = cached_features(images.features, images.labels, 10, cfg, np.arange(200), directory=tmp_path)
+    assert built.built and not loaded.built
+    assert type(loaded.extractor.classifier.model).__name__ == "ConvNet"
+    assert np.array_equal(loaded.extractor.transform(images.features[:30]), built.features[:30])
+
+
 def test_extractor_is_deterministic(digits, split, tmp_path):
-    a = cached_features(digits.features, digits.labels, digits.n_classes, CFG, split["public"], directory=tmp_path / "a")
-    b = cached_features(digits.features, digits.labels, digits.n_classes, CFG, split["public"], directory=tmp_path / "b")
+    a, b = (cached_features(digits.features, digits.labels, digits.n_classes, CFG, split["public"],
+                            directory=tmp_path / name) for name in ("a", "b"))
     assert a.built and b.built and a.key == b.key
     assert np.array_equal(a.features, b.features)
 
@@ -205,7 +216,8 @@ def brute_force(table, labels, n_classes, ids, valid, queries, prior_means, prio
             lda[b, n] = softmax(-0.5 * dist + log_prior)
             nu = max(dof + cov_prior - d + 1.0, 1.0)
             scale = 1.0 + 1.0 / (counts + mean_prior)
-            student[b, n] = softmax(log_prior - 0.5 * d * np.log(scale) - 0.5 * (nu + d) * np.log1p(dist / (scale * nu)))
+            student[b, n] = softmax(log_prior - 0.5 * d * np.log(scale)
+                                    - 0.5 * (nu + d) * np.log1p(dist / (scale * nu)))
             xa = np.concatenate([x, np.ones((len(x), 1))], axis=1)
             onehot = np.eye(n_classes)[y]
             w = np.linalg.solve(xa.T @ xa + ridge * np.eye(d + 1), xa.T @ onehot)
@@ -240,8 +252,8 @@ def test_batched_heads_equal_a_per_robot_loop(b_envs, n_robots, d, n_classes, n_
     for h in heads.values():
         h.add(ids, valid)
         h.fit()
-    student, lda, rid, maha = brute_force(table, labels, n_classes, ids, valid, table[query_ids], prior_means, prior_cov,
-                                 **kwargs)
+    student, lda, rid, maha = brute_force(table, labels, n_classes, ids, valid, table[query_ids], prior_means,
+                                          prior_cov, **kwargs)
     out_student, out_lda, out_ridge = (heads[h].predict(query_ids) for h in ("student", "lda", "ridge"))
     assert out_lda.probs.shape == (b_envs, n_robots, n_query, n_classes)
     np.testing.assert_allclose(out_student.probs, student, rtol=1e-4, atol=1e-5)
@@ -417,3 +429,22 @@ def test_bad_input_is_named_and_loses_nothing(extracted, digits, split):
         BatchedHeads(extracted.features, digits.labels[:10], 10, 1, 1)
     with pytest.raises(ValueError, match="prior_covariance"):
         BatchedHeads(extracted.features, digits.labels, 10, 1, 1, prior_covariance=-np.eye(CFG.embedding_dim))
+
+
+def test_state_round_trip_restores_every_head(extracted, digits, split):
+    ids, valid = robot_sets(split, digits.labels, [40, 90], seed=8)
+    heads = BatchedHeads.from_extractor(extracted, digits.labels, 1, 2)
+    heads.add(ids[:, :, :30], valid[:, :, :30])
+    heads.fit()
+    saved = heads.state()
+    test_ids = np.broadcast_to(split["test"][:60], (1, 2, 60))
+    before = heads.predict(test_ids)
+    heads.add(ids[:, :, 30:], valid[:, :, 30:])
+    heads.fit()
+    heads.load_state(saved)
+    after = heads.predict(test_ids)
+    assert np.array_equal(after.probs, before.probs) and np.array_equal(after.mahalanobis, before.mahalanobis)
+    broken = dict(saved, counts=saved["counts"][:, :1])
+    with pytest.raises(ValueError, match="counts"):
+        heads.load_state(broken)
+    assert np.array_equal(heads.predict(test_ids).probs, before.probs)  # a rejected state changes nothing

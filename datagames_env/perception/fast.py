@@ -259,7 +259,8 @@ def _store(path: Path, key: str, extractor: FeatureExtractor, pool: np.ndarray) 
               "feature_scale": extractor.feature_scale, "prior_means": extractor.prior_means,
               "prior_covariance": extractor.prior_covariance, "input_mean": clf.input_mean.numpy(),
               "input_scale": clf.input_scale.numpy(), "train_size": np.array(clf.train_size)}
-    arrays.update({f"param.{name}": value.detach().contiguous().numpy() for name, value in clf.model.state_dict().items()})
+    arrays.update({f"param.{name}": value.detach().contiguous().numpy()
+                   for name, value in clf.model.state_dict().items()})
     tmp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -295,7 +296,8 @@ def _load(path: Path, key: str, shape: tuple[int, ...], n_classes: int,
                              f"{array.dtype} {array.shape}")
     with torch.random.fork_rng(devices=[]):  # the weights are overwritten: keep the caller's RNG untouched
         model = build_model(shape[1:], n_classes, cfg)
-    state = {name[len("param."):]: torch.from_numpy(value) for name, value in arrays.items() if name.startswith("param.")}
+    state = {name[len("param."):]: torch.from_numpy(value)
+             for name, value in arrays.items() if name.startswith("param.")}
     model.load_state_dict(state, strict=True)  # RuntimeError on a missing, extra or mis-shaped weight
     classifier = Classifier(model, n_classes, torch.from_numpy(arrays["input_mean"]),
                             torch.from_numpy(arrays["input_scale"]), train_size=int(arrays["train_size"]))
@@ -383,7 +385,8 @@ class BatchedHeads:
                 or not np.allclose(prior_covariance, prior_covariance.T)
                 or np.linalg.eigvalsh(prior_covariance).min() <= 0):
             raise ValueError(f"prior_covariance must be a symmetric positive definite ({d}, {d}) matrix")
-        self.n_envs, self.n_robots, self.n_classes, self.dim, self.n_rows = int(n_envs), int(n_robots), int(n_classes), d, n_rows
+        self.n_envs, self.n_robots, self.n_classes = int(n_envs), int(n_robots), int(n_classes)
+        self.dim, self.n_rows = d, n_rows
         self.head = head
         self.mean_prior, self.cov_prior, self.ridge, self.temperature = (float(mean_prior), float(cov_prior),
                                                                           float(ridge), float(temperature))
@@ -413,11 +416,13 @@ class BatchedHeads:
         """Labeled rows per (env, robot, class), int64 (B, N, C)."""
         return self._counts.numpy().round().astype(np.int64)
 
-    def _checked_ids(self, ids: np.ndarray, valid: np.ndarray | None, name: str = "ids") -> tuple[torch.Tensor, torch.Tensor]:
+    def _checked_ids(self, ids: np.ndarray, valid: np.ndarray | None,
+                     name: str = "ids") -> tuple[torch.Tensor, torch.Tensor]:
         ids = np.asarray(ids)
         if ids.ndim != 3 or ids.shape[:2] != (self.n_envs, self.n_robots) or (ids.size and ids.dtype.kind not in "iu"):
-            raise ValueError(f"{name} must be integer row ids of shape (B, N, m) = ({self.n_envs}, {self.n_robots}, m), "
-                             f"got dtype {ids.dtype} shape {ids.shape}")
+            expected = f"({self.n_envs}, {self.n_robots}, m)"
+            raise ValueError(f"{name} must be integer row ids of shape (B, N, m) = {expected}, got dtype {ids.dtype} "
+                             f"shape {ids.shape}")
         if valid is None:
             valid = np.ones(ids.shape, dtype=bool)
         valid = np.asarray(valid)
@@ -458,9 +463,32 @@ class BatchedHeads:
         self.fit()
 
     # ----------------------------------------------------------------------------------------------- fitting
+    _STATS = ("counts", "sums", "scatter")
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Copies of the running statistics and of those the last fit used (float64 numpy): all a snapshot needs."""
+        current = {name: getattr(self, f"_{name}").numpy().copy() for name in self._STATS}
+        return {**current, **{f"fitted_{name}": value.numpy().copy() for name, value in zip(self._STATS, self._fitted)}}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`state`: statistics and the fit they had (checked first; a bad state changes nothing)."""
+        shapes = {"counts": self._counts.shape, "sums": self._sums.shape, "scatter": self._scatter.shape}
+        loaded = {}
+        for name, shape in shapes.items():
+            for key in (name, f"fitted_{name}"):
+                value = np.asarray(state.get(key))
+                if value.shape != tuple(shape) or value.dtype.kind != "f" or not np.isfinite(value).all():
+                    raise ValueError(f"state[{key!r}] must be finite float {tuple(shape)}, got {value.dtype} "
+                                     f"{value.shape}")
+                loaded[key] = torch.from_numpy(np.array(value, dtype=np.float64))
+        self._counts, self._sums, self._scatter = (loaded[f"fitted_{name}"] for name in self._STATS)
+        self.fit()
+        self._counts, self._sums, self._scatter = (loaded[name] for name in self._STATS)
+
     def fit(self) -> None:
         """Refit every head from its statistics: one batched Cholesky (and one batched solve for ``ridge``)."""
         counts, sums, scatter = self._counts, self._sums, self._scatter
+        self._fitted = (counts.clone(), sums.clone(), scatter.clone())
         n = counts.sum(dim=-1)
         empirical = sums / counts.clamp_min(1.0).unsqueeze(-1)
         within = scatter - empirical.transpose(2, 3) @ sums
@@ -520,8 +548,8 @@ class BatchedHeads:
     def _output(self, x: torch.Tensor) -> HeadOutput:
         """``x`` float32 (B, N, m, d) -> probabilities and Mahalanobis scores."""
         white = x @ self._whiten_t  # (B, N, m, d)
-        distance = torch.baddbmm(self._white_norms.flatten(0, 1), white.flatten(0, 1), self._white_means_t.flatten(0, 1),
-                                 alpha=-2.0).view(x.shape[:3] + (self.n_classes,))
+        distance = torch.baddbmm(self._white_norms.flatten(0, 1), white.flatten(0, 1),
+                                 self._white_means_t.flatten(0, 1), alpha=-2.0).view(x.shape[:3] + (self.n_classes,))
         distance = (distance + white.square().sum(dim=-1, keepdim=True)).clamp_min_(0.0)  # (B, N, m, C)
         if self.head == "student":
             logits = self._offset - self._slope * torch.log1p(distance * self._rate)
