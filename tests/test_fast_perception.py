@@ -4,12 +4,10 @@ per-robot heads on its features (running sufficient statistics, one batched solv
 from __future__ import annotations
 
 import ast
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,7 +36,6 @@ def split(digits):
 
 @pytest.fixture(scope="module")
 def extracted(digits, split, tmp_path_factory) -> FastFeatures:
-    torch.set_num_threads(1)
     return cached_features(digits.features, digits.labels, digits.n_classes, CFG, split["public"],
                            directory=tmp_path_factory.mktemp("cache"))
 
