@@ -4,7 +4,7 @@
 (scikit-learn digits); ``parallel_env(config="p2p_toy")`` / ``"dual_default"`` any other scenario (the config's
 ``scenario`` key decides); ``datagames_env.env()`` the AEC face; ``datagames_env.vector_env(num_envs)`` B
 environments at once; ``datagames_env.torchrl_env(num_envs)`` the same batch as a TorchRL ``EnvBase`` (needs the
-``benchmarl`` extra; imported on first use, so ``import datagames_env`` never imports torchrl). See README.md.
+``benchmarl`` extra; imported on first use, so ``import datagames_env`` never imports torchrl). See README.md and the docs site (``make docs``).
 """
 
 from .config import ConfigError, EnvConfig, load_config

@@ -261,7 +261,7 @@ class FaultsConfig(_Strict):
 
 
 class EnvConfig(_Strict):
-    """Every knob of the environment. See README 'Configuration' for the table."""
+    """Every knob of the environment. See docs/configuration.md for the table."""
 
     scenario: Literal["datagames"] = Field(
         "datagames", description="the cloud potential game; other scenarios (p2p, dual) have configs of their own"

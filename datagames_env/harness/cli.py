@@ -291,7 +291,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         critic=args.critic, imitate=args.imitate, imitation_episodes=args.imitation_episodes,
         imitation_epochs=args.imitation_epochs, message_sweeps=args.message_sweeps,
         imitation_dagger_rounds=args.imitation_dagger_rounds,
-        env_runner_resources=dict(args.env_runner_resource))
+        env_runner_resources=dict(args.env_runner_resource), vector_runner=args.vector_runner)
     with quiet_third_party():
         result = train(settings, log=console.print)
     console.print(f"{training_counts(result)}; {result['elapsed_s']:.0f} s; checkpoint {result['checkpoint']}")
@@ -401,6 +401,9 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
                     help="custom Ray resource each env runner needs (repeatable): places runners on the nodes "
                          "started with it, e.g. ray start --resources '{\"sampler\": 4}'")
     tr.add_argument("--tune", action="store_true", help="Ray Tune sweep over the learning rate")
+    tr.add_argument("--vector-runner", action="store_true",
+                    help="sample through vector_env in bulk and hand PPO arrays (agents/rllib_vector_runner.py; "
+                         "cloud game; throughput preset: --train-batch-size 32000 --minibatch-size 4000 --num-epochs 2)")
     tr.add_argument("--lr", type=float_range(positive=True), default=3e-4)
     tr.add_argument("--train-batch-size", type=int_range(1), default=2000, help="agent steps per iteration")
     tr.add_argument("--minibatch-size", type=int_range(1), default=250)
