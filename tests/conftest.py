@@ -43,3 +43,34 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# the resource that only the second node of `two_node_cluster` holds (env runners are placed by it)
+RUNNER_RESOURCE = "datagames_runner"
+
+
+@pytest.fixture
+def two_node_cluster(monkeypatch):
+    """A head node (driver, learner) and a second node that alone holds the env-runner resource. Both are
+    stopped at the end, and the driver disconnected, so no Ray runtime outlives the test."""
+    import shutil
+    import tempfile
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    # Cluster() writes its address to <ray temp>/ray_current_cluster, where any plain ray.init() on this machine
+    # (another test, another user) would find and join it: keep the cluster's files in a temp dir of its own
+    # (short: Unix socket paths are limited to 107 characters).
+    temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        worker = cluster.add_node(num_cpus=1, resources={RUNNER_RESOURCE: 1})
+        cluster.wait_for_nodes()
+        yield cluster, worker
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -13,37 +13,10 @@ pytest.importorskip("ray.rllib")
 pytest.importorskip("torch")
 
 SMALL = {"n_robots": 3, "rounds": 3, "obs_per_round": 30, "n_cache": 2}
-RUNNER_RESOURCE = "datagames_runner"
+RUNNER_RESOURCE = "datagames_runner"  # the resource of the second node of conftest.two_node_cluster
 
 # One xdist worker for every Ray test (`--dist loadgroup`), as in test_agents.py.
 ray_group = pytest.mark.xdist_group("ray")
-
-
-@pytest.fixture
-def two_node_cluster(monkeypatch):
-    """A head node (driver, learner) and a second node that alone holds the env-runner resource. Both are
-    stopped at the end, and the driver disconnected, so no Ray runtime outlives the test."""
-    import shutil
-    import tempfile
-
-    import ray
-    from ray.cluster_utils import Cluster
-
-    ray.shutdown()
-    # Cluster() writes its address to <ray temp>/ray_current_cluster, where any plain ray.init() on this machine
-    # (another test, another user) would find and join it: keep the cluster's files in a temp dir of its own
-    # (short: Unix socket paths are limited to 107 characters).
-    temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
-    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        worker = cluster.add_node(num_cpus=1, resources={RUNNER_RESOURCE: 1})
-        cluster.wait_for_nodes()
-        yield cluster, worker
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @ray_group

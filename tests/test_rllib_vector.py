@@ -237,29 +237,6 @@ def test_vector_runner_refuses_what_the_vector_env_does_not_have():
     assert config.num_envs_per_env_runner == 40 and config.total_train_batch_size == 360
 
 
-@pytest.fixture
-def two_node_cluster(monkeypatch):
-    """As in test_cluster.py: a head node and a second node that alone holds the env-runner resource."""
-    import shutil
-    import tempfile
-
-    import ray
-    from ray.cluster_utils import Cluster
-
-    ray.shutdown()
-    temp_dir = tempfile.mkdtemp(prefix="rv", dir="/tmp")
-    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        worker = cluster.add_node(num_cpus=1, resources={"datagames_runner": 1})
-        cluster.wait_for_nodes()
-        yield cluster, worker
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
 @ray_group
 def test_vector_runner_runs_on_a_second_ray_node(two_node_cluster, tmp_path):
     from agents.rllib_train import train
