@@ -44,8 +44,7 @@ from benchmarl.utils import _read_yaml_config
 from torchrl.data import Composite
 from torchrl.envs import EnvBase
 
-import datagames_env
-from ..config import CONFIG_DIR, resolve_config_path
+from ..config import CONFIG_DIR, load_config, resolve_config_path
 
 from .torchrl import GROUP, torchrl_env
 
@@ -79,7 +78,7 @@ class DataGamesClass(TaskClass):
         config["overrides"] = dict(config.get("overrides") or {})
         super().__init__(name, config)
         # validate now: a bad key fails when the task is built, not inside a collector
-        self.env_config = datagames_env.load_config(config["config"], **config["overrides"])
+        self.env_config = load_config(config["config"], **config["overrides"])
 
     def get_env_fun(self, num_envs: int, continuous_actions: bool, seed: int | None, device):
         if not continuous_actions:

@@ -45,7 +45,9 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-import datagames_env
+from ..config import load_config
+from .vector import vector_env
+
 
 GROUP = "robots"
 
@@ -84,14 +86,14 @@ class DataGamesTorchRLEnv(EnvBase):
     batch_locked = True
 
     def __init__(self, num_envs: int = 1, config=None, device="cpu", seed: int | None = None, **overrides) -> None:
-        cfg = datagames_env.load_config(config, **overrides)
+        cfg = load_config(config, **overrides)
         if cfg.scenario != "datagames":
             raise ValueError(f"torchrl_env batches the cloud game (scenario 'datagames'); config '{config}' is "
                              f"scenario '{cfg.scenario}': wrap parallel_env with torchrl's PettingZooWrapper")
         super().__init__(device=device, batch_size=torch.Size([num_envs]))
         self.config = cfg
         self.num_envs = num_envs
-        self._main = datagames_env.vector_env(num_envs, cfg)
+        self._main = vector_env(num_envs, cfg)
         self.n_robots = cfg.n_robots
         self.agent_names = list(self._main.possible_agents)
         self.group_map = {GROUP: list(self.agent_names)}
@@ -169,7 +171,7 @@ class DataGamesTorchRLEnv(EnvBase):
             for cohort in self._cohorts:
                 cohort.rows[np.isin(cohort.rows, envs)] = -1
             self._cohorts = [c for c in self._cohorts if (c.rows >= 0).any()]
-            venv = datagames_env.vector_env(len(envs), self.config)
+            venv = vector_env(len(envs), self.config)
             obs, _ = venv.reset(seed=self._seeds(envs))
             cohort = _Cohort(venv, envs)
             self._cohorts.append(cohort)
