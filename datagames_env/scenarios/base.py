@@ -55,7 +55,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["FAULT_STREAMS", "SNAPSHOT_VERSION", "SampleSpec", "fault_rng", "Scenario", "Snapshot", "SnapshotError", "Transition", "active_mask",
+__all__ = ["FAULT_STREAMS", "SNAPSHOT_VERSION", "BatchTransition", "BatchedScenario", "SampleSpec", "fault_rng", "Scenario", "Snapshot", "SnapshotError", "Transition", "active_mask",
            "atomic_step", "check_snapshot_array", "check_snapshot_int", "check_snapshot_rng", "config_digest",
            "content_digest", "snapshot_entry"]
 
@@ -351,3 +351,94 @@ class Scenario(abc.ABC):
 
     def close(self) -> None:
         """Release windows or other resources (none by default)."""
+
+
+# ---------------------------------------------------------------------------------------------- batched protocol
+@dataclass
+class BatchTransition:
+    """What one round of a batched scenario returns for its B envs; ``[b, i]`` is robot i of env b."""
+
+    observations: np.ndarray  # (B, N, obs_dim) float32
+    rewards: np.ndarray       # (B, N) float64
+    terminated: np.ndarray    # (B,) bool: the env's round was its episode's last
+    infos: dict[str, Any]     # fixed schema: ``robot_info_keys`` lead with (B, N), ``env_info_keys`` with (B,)
+
+
+class BatchedScenario(abc.ABC):
+    """A scenario over B environments at once (VMAS's batched ``Scenario``, JaxMARL's ``step_env``): the contract
+    every batched face (``vector_env``, ``torchrl_env``, BenchMARL, the SB3 and RLlib fast paths) is built on.
+
+    =====================  ============================================================================
+    Member                 Contract
+    =====================  ============================================================================
+    ``metadata``,          as :class:`Scenario` (per env: ``obs_layout``, bounds ``(obs_dim,)``, ``action_width``,
+    ``config``, ...        ``action_meaning``, ``sample_spec``, ``checks_finite``)
+    ``num_envs``           B
+    ``n_robots``           N
+    ``state_dim``          width of :meth:`state`
+    ``robot_info_keys``    info entries whose arrays lead with ``(B, N)`` (row ``[b, i]`` is robot i's info value)
+    ``env_info_keys``      info entries whose arrays lead with ``(B,)`` (one value per env, shared by its robots)
+    ``reset(seeds)``       ``seeds`` int ``(B,)`` -> ``(observations (B, N, obs_dim) float32, infos)``; env b
+                           equals the B = 1 scenario reset with ``seeds[b]``, draw for draw
+    ``step(actions,        ``(B, N, A)`` float64 -> :class:`BatchTransition`; envs step in lockstep (one round
+    active)``              counter); ``active`` bool ``(B, N)`` (None = all) as in :class:`Scenario`; raises before
+                           changing any state on bad input (naming env and robot), atomic
+    ``state()``            ``(B, state_dim)`` float32 global state (privileged where it says so)
+    ``privileged_view()``  oracle-only truth, a dict of arrays that lead with ``(B, ...)``
+    snapshots              ``snapshot_state()``, ``check_snapshot_state(s)``, ``restore_state(s)``,
+                           ``content_arrays()`` as in :class:`Scenario`, for all B envs
+    ``render(mode, b)``    env b, as :meth:`Scenario.render`
+    =====================  ============================================================================
+
+    Infos hold numbers and arrays only, never NaN, with the same keys at reset and at every step.
+    """
+
+    metadata: ClassVar[dict[str, Any]]
+    action_meaning: ClassVar[str] = "a score per observed sample"
+    checks_finite: ClassVar[bool] = True
+    sample_spec: SampleSpec | None = None
+    robot_info_keys: tuple[str, ...] = ()
+    env_info_keys: tuple[str, ...] = ()
+
+    config: Any
+    num_envs: int
+    n_robots: int
+    obs_layout: dict[str, slice]
+    observation_low: np.ndarray
+    observation_high: np.ndarray
+    action_width: int
+    state_dim: int
+
+    @abc.abstractmethod
+    def reset(self, seeds: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start one episode per env, env b from ``seeds[b]``."""
+
+    @abc.abstractmethod
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> BatchTransition:
+        """One round of every env with the ``(B, N, A)`` actions; ``active`` ``(B, N)`` masks robots that left."""
+
+    @abc.abstractmethod
+    def state(self) -> np.ndarray:
+        """``(B, state_dim)`` float32."""
+
+    @abc.abstractmethod
+    def privileged_view(self) -> dict[str, Any]:
+        """Oracle-only truth of every env."""
+
+    def snapshot_state(self) -> dict:
+        raise NotImplementedError(f"{type(self).__name__} does not support snapshots")
+
+    def check_snapshot_state(self, state: dict) -> None:
+        """Raise :class:`SnapshotError` naming the field if ``state`` does not fit."""
+
+    def restore_state(self, state: dict) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support snapshots")
+
+    def content_arrays(self) -> tuple[Any, list[np.ndarray]]:
+        return None, []
+
+    def render(self, mode: str, b: int = 0) -> str | np.ndarray | None:
+        raise NotImplementedError(f"{type(self).__name__} does not render")
+
+    def close(self) -> None:
+        """Release resources (none by default)."""
