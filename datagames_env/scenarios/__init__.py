@@ -33,6 +33,9 @@ class ScenarioInfo:
     scenario_class: str
     registry_id: str     # PettingZoo registry id of its parallel and AEC faces
     default_config: str  # the config of ``datagames <scenario> ...`` and of a bare ``parallel_env()`` of it
+    # name of a function in ``module``: (validated config, num_envs) -> a native BatchedScenario, or None when this
+    # config (e.g. its perception tier) has none; None here: the scenario has no native batched implementation
+    batched: str | None = None
 
 
 SCENARIOS: dict[str, ScenarioInfo] = {
@@ -82,3 +85,19 @@ def load_scenario_config(config: Any = None, **overrides: Any):
 def make_parallel_env(config: Any = None, **overrides: Any):
     """``parallel_env`` of the config's scenario (``scenario`` key), with keyword overrides."""
     return scenario_module(scenario_of(config, **overrides)).parallel_env(config, **overrides)
+
+
+def make_batched(config: Any = None, num_envs: int = 1, **overrides: Any):
+    """The :class:`~.base.BatchedScenario` of ``num_envs`` envs of the config's scenario: its native batched
+    implementation when it has one for this config, else B scenarios stepped in a loop (:class:`~.batching.LoopedBatch`)."""
+    from .batching import LoopedBatch
+
+    name = scenario_of(config, **overrides)
+    cfg = load_scenario_config(config, **overrides)
+    info, module = SCENARIOS[name], scenario_module(name)
+    if info.batched is not None:
+        native = getattr(module, info.batched)(cfg, num_envs)
+        if native is not None:
+            return native
+    scenario_class = getattr(module, info.scenario_class)
+    return LoopedBatch(lambda: scenario_class(cfg), num_envs)
