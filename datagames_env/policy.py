@@ -100,8 +100,6 @@ CHECKPOINT_KINDS: dict[str, tuple[str, bool]] = {
     "torchrl": ("agents.torchrl_policy:TorchRLCheckpointPolicy", False),
     "torchrl-sample": ("agents.torchrl_policy:TorchRLCheckpointPolicy", True),
 }
-# scenarios whose specs may name a second stage after '/', and where its names live (read lazily)
-_LABELERS = {"dual": "datagames_env.scenarios.dual:LABELERS"}
 
 
 def register_policy(scenario: str, name: str, entry_point: str | Callable[[Any], Any]) -> None:
@@ -180,13 +178,17 @@ def spec_grammar(scenario: str) -> str:
     names = ", ".join(registered_policies(scenario)) or "(none registered)"
     text = (f"policies of scenario '{scenario}': {names}; or {', '.join(k + ':PATH' for k in CHECKPOINT_KINDS)}, "
             "module:factory")
-    if scenario in _LABELERS:
+    if _labelers(scenario):
         text += f"; optionally followed by /LABELER with LABELER one of {', '.join(_labelers(scenario))}"
     return text
 
 
 def _labelers(scenario: str) -> tuple[str, ...]:
-    return tuple(load_entry_point(_LABELERS[scenario])) if scenario in _LABELERS else ()
+    """Second-stage names a spec of ``scenario`` may give after '/' (its row of the scenario table)."""
+    from .scenarios import SCENARIOS
+
+    info = SCENARIOS.get(scenario)
+    return tuple(load_entry_point(info.labelers)) if info is not None and info.labelers else ()
 
 
 def parse_policy_spec(spec: str, scenario: str) -> PolicySpec:
@@ -195,7 +197,7 @@ def parse_policy_spec(spec: str, scenario: str) -> PolicySpec:
     text = spec.strip()
     head = text.partition(":")[0]
     labeler = None
-    if scenario in _LABELERS and "/" in text:
+    if "/" in text and _labelers(scenario):
         # names hold no '/', paths do: a path's last part is a labeler only if it is a known one
         body, _, tail = text.rpartition("/") if ":" in text else text.partition("/")
         if ":" not in text or tail in _labelers(scenario):
@@ -252,19 +254,12 @@ def make_policy(spec: Any, env, scenario: str | None = None) -> Policy:
 
 
 def _register_builtin() -> None:
-    register_policy("datagames", "random", RandomPolicy)
-    register_policy("datagames", "uniform", UniformPolicy)
-    for name, cls in (("greedy", "GreedyPolicy"), ("interactive", "InteractivePolicy"),
-                      ("interactive-sum", "InteractiveSumPolicy"), ("oracle", "OraclePolicy")):
-        register_policy("datagames", name, f"baselines.policies:{cls}")
-    for name, cls in (("random", "RandomSharePolicy"), ("oracle", "OraclePolicy"), ("gu", "GUPolicy")):
-        register_policy("p2p", name, f"baselines.p2p_policies:{cls}")
-    for name, cls in (("random", "RandomDualPolicy"), ("entropy", "EntropyDualPolicy"), ("margin", "MarginDualPolicy"),
-                      ("submodular-independent", "SubmodularIndependentPolicy"),
-                      ("submodular-interactive", "SubmodularInteractivePolicy"),
-                      ("submodular-centralized", "SubmodularCentralizedPolicy"), ("greedy", "GreedyDualPolicy"),
-                      ("interactive", "InteractiveDualPolicy"), ("oracle", "OracleDualPolicy")):
-        register_policy("dual", name, f"baselines.dual_policies:{cls}")
+    """Every scenario's built-in policies, as its row of the scenario table names them."""
+    from .scenarios import SCENARIOS
+
+    for scenario, info in SCENARIOS.items():
+        for name, target in info.policies:
+            register_policy(scenario, name, target)
 
 
 _register_builtin()

@@ -12,7 +12,8 @@ scenario       scenario class                                 PettingZoo id     
 A config names its scenario with the top-level key ``scenario`` (default ``datagames``). Every scenario's
 ``parallel_env(config, **overrides)`` returns the face :class:`~datagames_env.faces.base.FleetParallelEnv` over it,
 with flat ``Box`` observations (a declared ``obs_layout``) and ``Box`` actions, so the learned policies in
-``agents/`` train on all of them. A new scenario is a :class:`Scenario` subclass plus one row of ``SCENARIOS``.
+``agents/`` train on all of them. A new scenario is a :class:`Scenario` subclass plus one row of ``SCENARIOS``, which names its config loader, default
+config, results writer, built-in policies and (optionally) its native batched implementation.
 """
 
 from __future__ import annotations
@@ -27,23 +28,52 @@ from ..config import ConfigError, EnvConfig, read_config_file, resolve_config_pa
 
 @dataclass(frozen=True)
 class ScenarioInfo:
-    """One row of the scenario table."""
+    """One row of the scenario table: everything the package needs to know about a scenario, by name (entry points
+    are ``"module:attr"`` strings, imported on first use, so the table itself imports nothing)."""
 
-    module: str          # holds the Scenario class, its config loader and parallel_env / env
+    module: str          # holds the Scenario class
     scenario_class: str
+    config_loader: str   # "module:function": (config, **overrides) -> the scenario's validated config object
     registry_id: str     # PettingZoo registry id of its parallel and AEC faces
     default_config: str  # the config of ``datagames <scenario> ...`` and of a bare ``parallel_env()`` of it
+    reporter: str        # "module:Class" of its results writer (datagames_env.harness.reports)
+    policies: tuple[tuple[str, str], ...]  # (name, "module:Class") of its built-in policies, in listing order
+    labelers: str | None = None  # "module:NAMES": second-stage names a policy spec may give after '/'
     # name of a function in ``module``: (validated config, num_envs) -> a native BatchedScenario, or None when this
     # config (e.g. its perception tier) has none; None here: the scenario has no native batched implementation
     batched: str | None = None
 
 
+_REPORTS = "datagames_env.harness.reports"
 SCENARIOS: dict[str, ScenarioInfo] = {
-    "datagames": ScenarioInfo("datagames_env.scenarios.datagames", "DataGamesScenario", "datagames/DataGames-v0",
-                              "default"),
-    "p2p": ScenarioInfo("datagames_env.scenarios.p2p", "P2PScenario", "datagames/P2P-v0", "p2p_default"),
-    "dual": ScenarioInfo("datagames_env.scenarios.dual", "DualScenario", "datagames/Dual-v0", "dual_default"),
+    "datagames": ScenarioInfo(
+        "datagames_env.scenarios.datagames", "DataGamesScenario", "datagames_env.config:load_config",
+        "datagames/DataGames-v0", "default", f"{_REPORTS}.datagames:DataGamesReporter",
+        (("random", "datagames_env.policy:RandomPolicy"), ("uniform", "datagames_env.policy:UniformPolicy"),
+         ("greedy", "baselines.policies:GreedyPolicy"), ("interactive", "baselines.policies:InteractivePolicy"),
+         ("interactive-sum", "baselines.policies:InteractiveSumPolicy"), ("oracle", "baselines.policies:OraclePolicy"))),
+    "p2p": ScenarioInfo(
+        "datagames_env.scenarios.p2p", "P2PScenario", "datagames_env.scenarios.p2p:load_p2p_config",
+        "datagames/P2P-v0", "p2p_default", f"{_REPORTS}.p2p:P2PReporter",
+        (("random", "baselines.p2p_policies:RandomSharePolicy"), ("oracle", "baselines.p2p_policies:OraclePolicy"),
+         ("gu", "baselines.p2p_policies:GUPolicy"))),
+    "dual": ScenarioInfo(
+        "datagames_env.scenarios.dual", "DualScenario", "datagames_env.scenarios.dual:load_dual_config",
+        "datagames/Dual-v0", "dual_default", f"{_REPORTS}.dual:DualReporter",
+        tuple((name, f"baselines.dual_policies:{cls}") for name, cls in (
+            ("random", "RandomDualPolicy"), ("entropy", "EntropyDualPolicy"), ("margin", "MarginDualPolicy"),
+            ("submodular-independent", "SubmodularIndependentPolicy"),
+            ("submodular-interactive", "SubmodularInteractivePolicy"),
+            ("submodular-centralized", "SubmodularCentralizedPolicy"), ("greedy", "GreedyDualPolicy"),
+            ("interactive", "InteractiveDualPolicy"), ("oracle", "OracleDualPolicy"))),
+        labelers="datagames_env.scenarios.dual:LABELERS"),
 }
+
+
+def entry_point(text: str) -> Any:
+    """``"module:attr"`` -> the attribute (imported now)."""
+    module, _, attr = text.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def scenario_of(config: Any = None, **overrides: Any) -> str:
@@ -74,12 +104,7 @@ def scenario_module(name: str):
 
 def load_scenario_config(config: Any = None, **overrides: Any):
     """The validated config object of the config's scenario (``EnvConfig`` for ``datagames``)."""
-    name = scenario_of(config, **overrides)
-    if name == "datagames":
-        from ..config import load_config
-
-        return load_config(config, **overrides)
-    return getattr(scenario_module(name), f"load_{name}_config")(config, **overrides)
+    return entry_point(SCENARIOS[scenario_of(config, **overrides)].config_loader)(config, **overrides)
 
 
 def make_parallel_env(config: Any = None, **overrides: Any):
