@@ -5,8 +5,10 @@ expert on training seeds (``IMITATION_FIRST_SEED`` on, far from the evaluation s
 observation and the integer upload counts per predicted class that the expert's action turns into, and maximises
 the exact multinomial log-probability of those counts under the module's class logits (the distribution PPO then
 samples from). The value head is fitted to the expert's discounted returns-to-go at the same time, so PPO starts
-with a critic that matches the policy it starts from. The module's state is saved and handed to RLlib through
-``RLModuleSpec.load_state_path``, so local and remote learners start from it alike.
+with a critic that matches the policy it starts from. The module's state is saved in the run folder and loaded
+into the built algorithm (:func:`agents.rllib_train.load_module_state`: every learner, then the env runners), not
+through ``RLModuleSpec.load_state_path``: that path would be pickled into every checkpoint, and
+``Algorithm.from_checkpoint`` would follow it on another machine. The checkpoint keeps a copy (``imitation_module``).
 
 The actor still reads only its robot's observation: cloning Oracle teaches it the best decentralised guess of
 what the privileged joint solution would do in its place.
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 IMITATION_FIRST_SEED = 1_000_000  # expert episodes never share seeds with evaluation (0-999)
+IMITATION_MODULE = "imitation_module"  # the clone, in the run folder and copied into its checkpoints
 EXPERTS = ("oracle", "interactive", "interactive-sum", "greedy")
 
 
@@ -150,9 +153,9 @@ def module_announcer(module):
     return announce
 
 
-def warm_start(spec, settings, run_dir: Path, log=print) -> tuple[Any, dict]:
-    """Behaviour-clone ``settings.imitate`` into a fresh module of ``spec``; return the spec with
-    ``load_state_path`` set, and a summary for the run's metadata."""
+def warm_start(spec, settings, run_dir: Path, log=print) -> tuple[Path, dict]:
+    """Behaviour-clone ``settings.imitate`` into a fresh module of ``spec``; save it to ``run_dir/imitation_module``
+    and return that folder and a summary for the run's metadata."""
     started = time.perf_counter()
     first_seed = IMITATION_FIRST_SEED + 10_000 * settings.seed  # each training seed clones its own expert episodes
     log(f"imitation: {settings.imitation_episodes} {settings.imitate} episodes (seeds from {first_seed})")
@@ -174,12 +177,11 @@ def warm_start(spec, settings, run_dir: Path, log=print) -> tuple[Any, dict]:
         data = {k: np.concatenate([data[k], own[k]]) for k in data}
         fit = behaviour_clone(module, data, epochs=max(1, settings.imitation_epochs // (1 + dagger_round)),
                               seed=settings.seed + 1 + dagger_round)
-    path = run_dir / "imitation_module"
+    path = run_dir / IMITATION_MODULE
     module.save_to_path(str(path.resolve()))
-    spec.load_state_path = str(path.resolve())
     summary = {"expert": settings.imitate, "episodes": settings.imitation_episodes, "first_seed": first_seed,
                "robot_steps": len(data["obs"]),
                "collect_s": collect_s, "fit_s": time.perf_counter() - started - collect_s, **fit}
     log(f"imitation: {len(data['obs']):,} robot-steps, multinomial NLL {fit['nll']:.3f}, value MSE "
         f"{fit['value_mse']:.4f} ({summary['collect_s']:.0f} s playing, {summary['fit_s']:.0f} s fitting)")
-    return spec, summary
+    return path, summary

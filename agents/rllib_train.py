@@ -182,9 +182,10 @@ def env_config_of(settings: TrainSettings) -> dict:
             "message_sweeps": settings.message_sweeps}
 
 
-def build_ppo_config(settings: TrainSettings, module_state_path: str | None = None):
-    """The ``PPOConfig`` of a run (new API stack). Builds one environment in the driver to read spaces;
-    ``module_state_path``: every module starts from this saved state (the imitation warm start)."""
+def build_ppo_config(settings: TrainSettings):
+    """The ``PPOConfig`` of a run (new API stack). Builds one environment in the driver to read spaces. Nothing
+    machine-specific goes in: the config is pickled into every checkpoint (a warm start is loaded into the built
+    algorithm, :func:`load_module_state`, not named here by path)."""
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 
@@ -193,7 +194,6 @@ def build_ppo_config(settings: TrainSettings, module_state_path: str | None = No
 
     env_name = register_rllib_env()
     face, spec = probe_spec(settings)
-    spec.load_state_path = module_state_path
     agents = list(face.possible_agents)
     # an episode is `rounds` decisions per robot, (K + 1) per round with K message sweeps
     episode_len = int(getattr(getattr(face.par_env, "config", None), "rounds", 0) or 10) * (1 + settings.message_sweeps)
@@ -296,9 +296,68 @@ def ray_version() -> str:
     return ray.__version__
 
 
+def _is_data_dir_key(key: str) -> bool:
+    return key == "data_dir" or key.endswith(".data_dir")
+
+
+def portable_settings(settings: TrainSettings) -> dict:
+    """``settings`` as a checkpoint records them, with nothing of the machine that trained: no output folder
+    (``out``), a resumed checkpoint by its folder name only, no data folder (that is ``$DATAGAMES_DATA_DIR`` /
+    ``--data-dir`` on the machine that loads it)."""
+    out = {k: v for k, v in asdict(settings).items() if k not in ("progress",)}
+    out["out"] = None if Path(str(settings.out)).is_absolute() else settings.out
+    if settings.resume:
+        out["resume"] = Path(settings.resume).name
+    out["overrides"] = {k: v for k, v in settings.overrides.items() if not _is_data_dir_key(k)}
+    if isinstance(settings.config, str) and Path(settings.config).is_absolute():
+        out["config"] = Path(settings.config).name
+    return out
+
+
+def move_data_dir_to_env(settings: TrainSettings) -> TrainSettings:
+    """A data-folder override (``--data-dir`` puts the absolute path there) goes to ``$DATAGAMES_DATA_DIR``
+    instead, which the driver and every Ray worker read (:func:`init_ray`): the algorithm config, pickled into
+    every checkpoint, then names no folder of this machine. Call before :func:`init_ray`."""
+    import dataclasses
+    import os
+
+    from datagames_env.data.datasets import DATA_DIR_ENV_VAR
+
+    data_dirs = {k: v for k, v in settings.overrides.items() if _is_data_dir_key(k) and v}
+    if not data_dirs:
+        return settings
+    if len(set(map(str, data_dirs.values()))) > 1:
+        raise ValueError(f"overrides: several data folders {data_dirs}; give one (--data-dir)")
+    os.environ[DATA_DIR_ENV_VAR] = str(Path(str(next(iter(data_dirs.values())))).expanduser().resolve())
+    return dataclasses.replace(settings, overrides={k: v for k, v in settings.overrides.items() if k not in data_dirs})
+
+
+def load_module_state(algo, module_path: str | Path, module_ids: list[str] | None = None) -> None:
+    """Load a saved RLModule (``RLModule.save_to_path``: the imitation warm start) into every module of ``algo``:
+    every learner's copy, then the env runners' (RLlib's ``restore_from_path`` with a component syncs them)."""
+    from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE
+
+    for module_id in module_ids or list(algo.config.policies):
+        algo.restore_from_path(str(Path(module_path).resolve()),
+                               component=f"{COMPONENT_LEARNER_GROUP}/{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}/"
+                                         f"{module_id}")
+
+
+def save_checkpoint(algo, checkpoint: Path, settings: TrainSettings, extra: dict,
+                    imitation_module: Path | None = None) -> None:
+    """``algo``'s checkpoint, its ``datagames_meta.json`` and a copy of the imitation clone it started from."""
+    import shutil
+
+    algo.save_to_path(str(checkpoint.resolve()))
+    if imitation_module is not None and imitation_module.is_dir():
+        from .imitation import IMITATION_MODULE
+
+        shutil.copytree(imitation_module, checkpoint / IMITATION_MODULE, dirs_exist_ok=True)
+    write_meta(checkpoint, settings, extra)
+
+
 def write_meta(checkpoint: Path, settings: TrainSettings, extra: dict) -> None:
-    meta = {"framework": "rllib", "algo": "ppo", "settings": {k: v for k, v in asdict(settings).items()
-                                                               if k not in ("progress",)}}
+    meta = {"framework": "rllib", "algo": "ppo", "settings": portable_settings(settings)}
     meta.update(extra)
     (checkpoint / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
 
@@ -350,21 +409,23 @@ def train(settings: TrainSettings, log=print) -> dict:
         log(f"note: {hint}")
     if settings.tune:
         return tune_sweep(settings, log)
+    settings = move_data_dir_to_env(settings)
     set_torch_threads(settings.torch_threads)
     init_ray(settings.ray_address, settings.torch_threads)
     run_dir = run_dir_for(settings, "ppo")
     checkpoint = run_dir / "checkpoint"
-    module_state_path, imitation = None, None
+    imitation_module, imitation = None, None
     wall_start = time.perf_counter()
     if settings.imitate and not settings.resume:
         from .imitation import warm_start
 
         face, spec = probe_spec(settings)
         face.close()
-        spec, imitation = warm_start(spec, settings, run_dir, log)
-        module_state_path = spec.load_state_path
-    config = build_ppo_config(settings, module_state_path)
+        imitation_module, imitation = warm_start(spec, settings, run_dir, log)
+    config = build_ppo_config(settings)
     algo = config.build_algo()
+    if imitation_module is not None:
+        load_module_state(algo, imitation_module)
     if settings.resume:
         resume = Path(settings.resume)
         if not resume.is_dir():
@@ -397,14 +458,16 @@ def train(settings: TrainSettings, log=print) -> dict:
                 if settings.progress and not bar.console.is_terminal and (i + 1) % 10 == 0:
                     log(f"iteration {i + 1}/{settings.iterations}: {status}  ({summary['elapsed_s']:.0f} s)")
                 if settings.checkpoint_every and (i + 1) % settings.checkpoint_every == 0:
-                    algo.save_to_path(str(checkpoint.resolve()))
-                    write_meta(checkpoint, settings, {"iteration": algo.iteration, "agent_steps": step})
-        algo.save_to_path(str(checkpoint.resolve()))
+                    save_checkpoint(algo, checkpoint, settings, {"iteration": algo.iteration, "agent_steps": step},
+                                    imitation_module)
         elapsed = time.perf_counter() - started
-        write_meta(checkpoint, settings, {"iteration": algo.iteration, "agent_steps": history[-1]["agent_steps"]
-                                          if history else 0, "train_time_s": elapsed, "imitation": imitation,
-                                          "total_time_s": time.perf_counter() - wall_start,
-                                          "ray_version": ray_version()})
+        if imitation is not None:
+            imitation = {**imitation, "module": "imitation_module"}  # relative to the checkpoint
+        save_checkpoint(algo, checkpoint, settings,
+                        {"iteration": algo.iteration, "agent_steps": history[-1]["agent_steps"] if history else 0,
+                         "train_time_s": elapsed, "imitation": imitation,
+                         "total_time_s": time.perf_counter() - wall_start, "ray_version": ray_version()},
+                        imitation_module)
     finally:
         writer.close()
         algo.stop()
@@ -417,6 +480,7 @@ def tune_sweep(settings: TrainSettings, log=print) -> dict:
     """A Ray Tune grid over the learning rate; each trial checkpoints at the end; returns the best trial."""
     from ray import tune
 
+    settings = move_data_dir_to_env(settings)
     set_torch_threads(settings.torch_threads)
     init_ray(settings.ray_address, settings.torch_threads)
     config = build_ppo_config(settings).training(lr=tune.grid_search(list(settings.tune_lrs)))

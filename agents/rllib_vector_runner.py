@@ -14,8 +14,10 @@ Env runner             :class:`VectorEnvRunner` (``config.env_runners(env_runner
 sample()               whole episodes of all B envs (every env ends after ``rounds`` steps), as many as
                        ``rollout_fragment_length * B`` agent steps ask for (at least one); returns one
                        :class:`RobotEpisodes` per env: arrays, not ``MultiAgentEpisode`` objects
-Seeding                the first reset gives env b the seed ``(config.seed + worker_index) * B + b``;
-                       every later episode is a fresh draw from the vector env's seeded generator
+Seeding                the first reset gives env b the seed
+                       ``TRAIN_FIRST_SEED + (config.seed + worker_index) * B + b`` (far from the
+                       evaluation seeds 0-999); every later episode is a fresh draw from the vector
+                       env's seeded generator
 Learner                :class:`VectorPPOTorchLearner` (``MaskedPPOTorchLearner`` + this connector):
                        :class:`ArrayLearnerConnector` turns ``RobotEpisodes`` into the train batch
                        with one value pass and a GAE vectorised over rows (a loop over the T rounds
@@ -64,6 +66,8 @@ from ray.rllib.utils.metrics import (
 
 from .ppo_learner import MaskedPPOTorchLearner, masked_standardize
 
+# training episodes never start from evaluation seeds (0-999); the imitation experts use 1,000,000 on
+TRAIN_FIRST_SEED = 2_000_000
 _VALUE_CHUNK = 16384  # rows per value forward pass in the learner (bounded memory at large batches)
 
 
@@ -284,7 +288,7 @@ class VectorEnvRunner(MultiAgentEnvRunner):
         vector, b, n = self.vector, self.num_envs, self.vector.n_robots
         rounds = vector.config.rounds
         if self._needs_initial_reset and self._seed is not None:
-            observations, _ = vector.reset(seed=int(self._seed) * b)
+            observations, _ = vector.reset(seed=TRAIN_FIRST_SEED + int(self._seed) * b)
         else:
             observations, _ = vector.reset(seed=None)  # a fresh draw from the vector env's seeded generator
         self._needs_initial_reset = False

@@ -564,7 +564,7 @@ def test_behaviour_cloning_fits_the_expert_counts():
 
 @ray_group
 def test_central_critic_with_imitation_warm_start_trains_and_evaluates(tmp_path, fresh_ray):
-    """The warm-started module is what PPO starts from (RLModuleSpec.load_state_path), and a centralised-critic
+    """The warm-started module is what PPO starts from (rllib_train.load_module_state), and a centralised-critic
     checkpoint evaluates in the harness from the robots' own observations."""
     import ray
     from ray.rllib.core.columns import Columns

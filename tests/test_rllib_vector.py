@@ -59,7 +59,9 @@ def test_vector_runner_batches_are_the_environments_rewards_terminations_and_obs
     assert len(episodes) == b and all(isinstance(e, RobotEpisodes) for e in episodes)
     assert sum(e.agent_steps() for e in episodes) == 36
     replay = datagames_env.vector_env(b, "default", **SMALL)
-    obs, _ = replay.reset(seed=(7 + 0) * b)  # the runner's first reset: (seed + worker_index) * B + b
+    from agents.rllib_vector_runner import TRAIN_FIRST_SEED
+
+    obs, _ = replay.reset(seed=TRAIN_FIRST_SEED + (7 + 0) * b)  # the first reset: + (seed + worker_index) * B + b
     space = replay.single_observation_space
     recorded_obs = np.stack([e.obs for e in episodes])  # (B, N, T+1, D)
     np.testing.assert_array_equal(recorded_obs[:, :, 0], obs)
