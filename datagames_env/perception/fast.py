@@ -435,6 +435,7 @@ class BatchedHeads:
             b, n, k = np.argwhere(bad)[0]
             raise ValueError(f"{name}[env {b}, robot {n}] holds row {ids[b, n, k]} (position {k}), outside the feature "
                              f"table's rows [0, {self.n_rows})")
+        valid = valid if valid.flags.writeable else valid.copy()  # torch refuses read-only (broadcast) views
         return torch.from_numpy(np.where(valid, ids, 0)), torch.from_numpy(valid)
 
     def add(self, ids: np.ndarray, valid: np.ndarray | None = None) -> None:
@@ -485,8 +486,37 @@ class BatchedHeads:
         self.fit()
         self._counts, self._sums, self._scatter = (loaded[name] for name in self._STATS)
 
-    def fit(self) -> None:
-        """Refit every head from its statistics: one batched Cholesky (and one batched solve for ``ridge``)."""
+    _FITTED = ("_whiten_t", "_white_means_t", "_white_norms", "_offset", "_slope", "_rate", "_ridge_weights")
+
+    def fit(self, heads: np.ndarray | None = None) -> None:
+        """Refit every head from its statistics: one batched Cholesky (and one batched solve for ``ridge``).
+        ``heads`` bool (B, N): refit only these (the others keep their last fit; the batched work is the same)."""
+        if heads is None:
+            self._fit_all()
+            return
+        heads = np.asarray(heads)
+        if heads.shape != (self.n_envs, self.n_robots) or heads.dtype != bool:
+            raise ValueError(f"heads must be a boolean mask of shape ({self.n_envs}, {self.n_robots}), got dtype "
+                             f"{heads.dtype} shape {heads.shape}")
+        if heads.all():
+            self._fit_all()
+            return
+        if not heads.any():
+            return
+        old_fitted = self._fitted
+        old = {name: getattr(self, name) for name in self._FITTED if hasattr(self, name)}
+        self._fit_all()
+        mask = torch.from_numpy(heads)
+
+        def blend(new: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+            return torch.where(mask.view(mask.shape + (1,) * (new.dim() - 2)), new, before)
+
+        self._fitted = tuple(blend(n, o) for n, o in zip(self._fitted, old_fitted))
+        for name, before in old.items():
+            if hasattr(self, name):
+                setattr(self, name, blend(getattr(self, name), before).contiguous())
+
+    def _fit_all(self) -> None:
         counts, sums, scatter = self._counts, self._sums, self._scatter
         self._fitted = (counts.clone(), sums.clone(), scatter.clone())
         n = counts.sum(dim=-1)
