@@ -213,3 +213,26 @@ def test_warm_fast_perception_builds_the_cache_files():
     paths = warm_fast_perception("p2p_default", **SMALL)
     assert paths and all(p.is_file() and p.suffix == ".npz" for p in paths)
     assert warm_fast_perception("p2p_default", **{"perception.tier": "paper"}) == []
+
+
+def test_feedback_memory_keeps_the_last_sent_samples():
+    scenario = P2PFastBatched(_cfg(feedback_memory=5), 2)
+    scenario.reset(np.array([0, 1]))
+    sent_ids, sent_utilities = [[[] for _ in range(3)] for _ in range(2)], [[[] for _ in range(3)] for _ in range(2)]
+    for r in range(3):
+        t = scenario.step(np.random.default_rng(r).random((2, 3, 30)))
+        cached_ids = scenario._last_sent[0]
+        for b in range(2):
+            for i in range(3):
+                mask = t.infos["sent_mask"][b, i]
+                sent_ids[b][i] += cached_ids[b, i][mask].tolist()
+                sent_utilities[b][i] += t.infos["feedback_utilities"][b, i][mask].tolist()
+    for b in range(2):
+        for i in range(3):
+            size = int(t.infos["feedback_memory_size"][b, i])
+            assert size == min(5, len(sent_ids[b][i]))
+            assert scenario._memory_ids[b, i, :size].tolist() == sent_ids[b][i][-5:]
+            np.testing.assert_allclose(t.infos["feedback_memory_utilities"][b, i, :size], sent_utilities[b][i][-5:])
+            assert not t.infos["feedback_memory_features"][b, i, size:].any()
+            np.testing.assert_allclose(t.infos["feedback_memory_features"][b, i, :size, :16],
+                                       scenario.world.unit[sent_ids[b][i][-5:]], atol=1e-6)

@@ -575,8 +575,21 @@ class BatchedHeads:
                              f"got shape {np.asarray(features).shape}")
         return self._output(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
 
-    def _output(self, x: torch.Tensor) -> HeadOutput:
-        """``x`` float32 (B, N, m, d) -> probabilities and Mahalanobis scores."""
+    def classify(self, rows: np.ndarray) -> np.ndarray:
+        """Every head's predicted class on the same rows ``rows`` (m,) of the feature table, int64 (B, N, m): the
+        argmax of :meth:`predict`'s probabilities without computing them (e.g. test accuracy of every head)."""
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or (rows.size and (rows.dtype.kind not in "iu" or rows.min() < 0
+                                             or rows.max() >= self.n_rows)):
+            raise ValueError(f"rows must be 1-d integer ids in [0, {self.n_rows}), got dtype {rows.dtype} shape "
+                             f"{rows.shape}")
+        x = self._table32[torch.from_numpy(rows.astype(np.int64))].expand((self.n_envs, self.n_robots, len(rows),
+                                                                           self.dim))
+        logits, _ = self._logits(x)
+        return logits.argmax(dim=-1).numpy()
+
+    def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` float32 (B, N, m, d) -> logits and squared Mahalanobis distances (B, N, m, C)."""
         white = x @ self._whiten_t  # (B, N, m, d)
         distance = torch.baddbmm(self._white_norms.flatten(0, 1), white.flatten(0, 1),
                                  self._white_means_t.flatten(0, 1), alpha=-2.0).view(x.shape[:3] + (self.n_classes,))
@@ -587,6 +600,11 @@ class BatchedHeads:
             logits = self._offset - 0.5 * distance
         else:
             logits = x @ self._ridge_weights[..., :-1, :] + self._ridge_weights[..., -1:, :]
+        return logits, distance
+
+    def _output(self, x: torch.Tensor) -> HeadOutput:
+        """``x`` float32 (B, N, m, d) -> probabilities and Mahalanobis scores."""
+        logits, distance = self._logits(x)
         probs = torch.softmax(logits, dim=-1)
         return HeadOutput(probs.numpy(), distance.amin(dim=-1).numpy())
 
@@ -599,10 +617,15 @@ class BatchedHeads:
         if kind not in NOVELTY_KINDS:
             raise ValueError(f"novelty kind must be one of {list(NOVELTY_KINDS)}, got {kind!r}")
         _, mask = self._checked_ids(ids, valid)
-        scores = self.predict(ids, valid).novelty(kind)
-        scores = np.where(mask.numpy(), scores, np.nan)
-        out = np.full((self.n_envs, self.n_robots), float(fallback))
-        some = mask.numpy().any(axis=-1)
-        if some.any():
-            out[some] = np.nanquantile(scores[some], quantile, axis=-1)
-        return out
+        mask = mask.numpy()
+        scores = np.sort(np.where(mask, self.predict(ids, valid).novelty(kind), np.inf), axis=-1)
+        # np.nanquantile's default ("linear") per head, without its Python loop over rows
+        count = mask.sum(axis=-1)
+        position = np.maximum(count - 1, 0) * quantile
+        low = np.floor(position).astype(np.int64)
+        high = np.minimum(low + 1, np.maximum(count - 1, 0))
+        at_low = np.take_along_axis(scores, low[..., None], axis=-1)[..., 0]
+        at_high = np.take_along_axis(scores, high[..., None], axis=-1)[..., 0]
+        value = at_low + (position - low) * (at_high - at_low)
+        value = np.where(high == low, at_low, value)  # inf - inf where a head has one row
+        return np.where(count > 0, value, float(fallback))

@@ -228,6 +228,8 @@ class P2PFastBatched(BatchedScenario):
                                 "rare_share_cached", *ROUND_KEYS, *memory)
         self.env_info_keys = ("round", "n_share")
         self._initial_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        # a memory never holds more than an episode's shares: store (and score) only that many columns
+        self._memory_width = min(cfg.feedback_memory, cfg.rounds * cfg.n_share)
         self.round_index = 0
         self.n_trainings = 0
         self._seeds = None
@@ -262,6 +264,20 @@ class P2PFastBatched(BatchedScenario):
             self._initial_cache[key] = drawn
         return drawn
 
+    _NOTHING = np.zeros(0, dtype=np.int64)
+
+    def _stream_pools(self, seed: int, i: int, ids: np.ndarray, calibration: np.ndarray) -> list[np.ndarray]:
+        """Each domain's pool without robot i's initial labeled and calibration ids (what ``draw_domain_stream``
+        removes itself), kept per initial draw: with a fixed ``world_seed`` every env shares it."""
+        key = ("pools", seed, i)
+        if key in self._initial_cache:
+            return self._initial_cache[key]
+        exclude = np.concatenate([ids, calibration])
+        pools = [pool[~np.isin(pool, exclude)] for pool in self.world.pool_by_domain]
+        if self.config.world_seed is not None:
+            self._initial_cache[key] = pools
+        return pools
+
     def _draw_env(self, seed: int) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], np.ndarray]:
         """Adjacency, initial labeled and calibration ids, streams of one env (the B = 1 scenario's draws)."""
         cfg = self.config
@@ -283,9 +299,9 @@ class P2PFastBatched(BatchedScenario):
             labeled.append(ids)
             calibration.append(cal)
             shares = [cfg.robots[i].stream.get(name, 0.0) for name in self.domain_names]
-            exclude = np.fromiter(set(ids.tolist()) | set(cal.tolist()), dtype=np.int64)
-            streams.append(draw_domain_stream(shares, self.world.pool_by_domain, cfg.rounds, cfg.obs_per_round, rng,
-                                              exclude, f"robots.{i}.stream (robot_{i})", self.domain_names))
+            pools = self._stream_pools(initial_seed, i, ids, cal)
+            streams.append(draw_domain_stream(shares, pools, cfg.rounds, cfg.obs_per_round, rng, self._NOTHING,
+                                              f"robots.{i}.stream (robot_{i})", self.domain_names))
         return adjacency, labeled, calibration, np.stack(streams)
 
     # -------------------------------------------------------------------------------------------------- loop
@@ -317,9 +333,9 @@ class P2PFastBatched(BatchedScenario):
         self._stale = np.zeros((b_, n), dtype=bool)
         self._totals = np.zeros((b_, n, len(TOTALS)), dtype=np.int64)
         self._last_feedback = np.zeros((b_, n))
-        memory = cfg.feedback_memory
-        self._memory_ids = np.zeros((b_, n, memory), dtype=np.int64)  # right-aligned: the newest last
-        self._memory_utilities = np.zeros((b_, n, memory), dtype=np.float32)
+        width = self._memory_width
+        self._memory_ids = np.zeros((b_, n, width), dtype=np.int64)  # left-aligned: the oldest first
+        self._memory_utilities = np.zeros((b_, n, width), dtype=np.float32)
         self._memory_size = np.zeros((b_, n), dtype=np.int64)
         self.round_index = 0
         self.n_trainings = 0
@@ -350,9 +366,7 @@ class P2PFastBatched(BatchedScenario):
     def _domain_accuracy(self) -> np.ndarray:
         """float64 (B, N, D): each head's test accuracy per domain."""
         rows = self.world.test_rows
-        ids = np.broadcast_to(rows, (self.num_envs, self.n_robots, len(rows)))
-        probs = self.heads.predict(ids).probs
-        correct = (probs.argmax(axis=-1) == self.world.table_labels[rows]).astype(np.float64)
+        correct = (self.heads.classify(rows) == self.world.table_labels[rows]).astype(np.float64)
         onehot = np.eye(self.n_domains)[self.world.test_domains]  # (T, D)
         return correct @ onehot / np.maximum(onehot.sum(axis=0), 1)
 
@@ -364,8 +378,7 @@ class P2PFastBatched(BatchedScenario):
         memory = self.config.feedback_memory
         ids, valid = self._round_ids, None
         if memory:
-            position = np.arange(memory)
-            memory_valid = position[None, None, :] >= (memory - self._memory_size)[..., None]
+            memory_valid = np.arange(self._memory_width)[None, None, :] < self._memory_size[..., None]
             ids = np.concatenate([self._round_ids, self._memory_ids], axis=2)
             valid = np.concatenate([np.ones(self._round_ids.shape, dtype=bool), memory_valid], axis=2)
         with limited_torch_threads(self.config.max_threads):
@@ -529,16 +542,19 @@ class P2PFastBatched(BatchedScenario):
         return BatchTransition(self._observations(), rewards, terminated, self._infos())
 
     def _remember(self, cached_ids: np.ndarray, utilities: np.ndarray, sent: np.ndarray) -> None:
-        """Append each sender's sent samples (in slot order) to its right-aligned memory, keep the last M."""
-        memory = self.config.feedback_memory
+        """Append each sender's sent samples (in slot order) to its left-aligned memory, keep the last M."""
+        memory, width = self.config.feedback_memory, self._memory_width
         ids = np.concatenate([self._memory_ids, cached_ids], axis=2)
         values = np.concatenate([self._memory_utilities, utilities], axis=2)
-        position = np.arange(memory)
-        valid = np.concatenate([position[None, None, :] >= (memory - self._memory_size)[..., None], sent], axis=2)
-        order = np.argsort(valid, axis=2, kind="stable")[..., -memory:]  # invalid first, valid in order
+        valid = np.concatenate([np.arange(width)[None, None, :] < self._memory_size[..., None], sent], axis=2)
+        order = np.argsort(~valid, axis=2, kind="stable")  # valid first, in order
+        count = valid.sum(axis=2)
+        drop = np.maximum(count - memory, 0)  # the oldest beyond feedback_memory
+        index = np.minimum(np.arange(width)[None, None, :] + drop[..., None], ids.shape[2] - 1)
+        order = np.take_along_axis(order, index, axis=2)
         self._memory_ids = np.take_along_axis(ids, order, axis=2)
         self._memory_utilities = np.take_along_axis(values, order, axis=2)
-        self._memory_size = np.minimum(valid.sum(axis=2), memory)
+        self._memory_size = np.minimum(count, memory)
 
     def _round_stats_at_reset(self) -> dict[str, np.ndarray]:
         shape, k = (self.num_envs, self.n_robots), self.n_share
@@ -559,18 +575,16 @@ class P2PFastBatched(BatchedScenario):
                                                0.0)}
         infos.update({key: np.array(value, copy=True) for key, value in self._round_stats.items()})
         memory = self.config.feedback_memory
-        if memory:  # left-aligned: the first feedback_memory_size rows are real, zeros below
-            size = self._memory_size
-            position = np.arange(memory)
-            source = np.clip(position[None, None, :] + (memory - size)[..., None], 0, memory - 1)
-            real = position[None, None, :] < size[..., None]
-            ids = np.take_along_axis(self._memory_ids, source, axis=2)
-            probs = np.take_along_axis(self._memory_probs, source[..., None], axis=2)
-            features = np.concatenate([self.world.unit[ids], probs], axis=3)
-            infos["feedback_memory_features"] = np.where(real[..., None], features, 0.0).astype(np.float32)
-            infos["feedback_memory_utilities"] = np.where(real, np.take_along_axis(self._memory_utilities, source,
-                                                                                   axis=2), 0.0).astype(np.float32)
-            infos["feedback_memory_size"] = size.copy()
+        if memory:  # padded to feedback_memory rows: the first feedback_memory_size are real, zeros below
+            size, width, e = self._memory_size, self._memory_width, self.embedding_dim
+            real = (np.arange(width)[None, None, :] < size[..., None])[..., None]
+            features = np.zeros((b_, n, memory, self.sample_feature_dim), dtype=np.float32)
+            features[:, :, :width, :e] = np.where(real, self.world.unit[self._memory_ids], 0.0)
+            features[:, :, :width, e:] = np.where(real, self._memory_probs, 0.0)
+            utilities = np.zeros((b_, n, memory), dtype=np.float32)
+            utilities[:, :, :width] = np.where(real[..., 0], self._memory_utilities, 0.0)
+            infos.update(feedback_memory_features=features, feedback_memory_utilities=utilities,
+                         feedback_memory_size=size.copy())
         return infos
 
     # ------------------------------------------------------------------------------------- privileged / misc
@@ -662,7 +676,8 @@ class P2PFastBatched(BatchedScenario):
                   "calibration_valid": ((b_, n, None), "b"), "labeled": ((b_, n, n_world), "b"),
                   "cell_counts": ((b_, n, d, c), "i"), "thresholds": ((b_, n), "f"), "accuracy": ((b_, n, d), "f"),
                   "stale": ((b_, n), "b"), "totals": ((b_, n, len(TOTALS)), "i"), "last_feedback": ((b_, n), "f"),
-                  "memory_ids": ((b_, n, memory), "i"), "memory_utilities": ((b_, n, memory), "f"),
+                  "memory_ids": ((b_, n, self._memory_width), "i"),
+                  "memory_utilities": ((b_, n, self._memory_width), "f"),
                   "memory_size": ((b_, n), "i"), "liars": ((b_, n), "b")}
         for name, (shape, kind) in shapes.items():
             check_snapshot_array(entry(name), f"state.{name}", shape, kind)
