@@ -174,7 +174,7 @@ def test_parallel_face_on_the_fast_tier():
     assert env.obs_layout["samples"].stop == env.observation_space("robot_0").shape[0]
     assert set(infos["robot_0"]) >= {"domain_accuracy", "feedback_memory_features", "round", "n_share"}
     assert isinstance(infos["robot_0"]["round"], int) and infos["robot_0"]["domain_accuracy"].shape == (3,)
-    assert "robot_0" in env.render() if env.render_mode else True
+    assert "robot_0" in env.scenario.render("ansi")
     snapshot = env.snapshot()
     actions = {a: np.full(env.n_samples, 0.5, np.float32) for a in env.agents}
     step = env.step(actions)

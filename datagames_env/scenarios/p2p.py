@@ -64,6 +64,11 @@ re-embedded by its *current* model, as the paper's sender that keeps its shared 
 A robot's retrainings in one episode start from the same initialisation seed, so its embedding space drifts as little as the data allows;
 with ``perception.warm_start`` they fine-tune its current model for ``perception.retrain_steps`` steps instead.
 
+Perception tiers (``perception.tier``): ``paper`` is :class:`P2PScenario` below (a network per robot, the code path
+of 0dbebaf); ``fast`` is the natively batched :class:`~.p2p_fast.P2PFastBatched` (a frozen public extractor and
+batched per-robot heads; :func:`batched_scenario`), whose ``parallel_env`` is the face over it at B = 1. The rules,
+layout and info keys above hold for both.
+
 Everything a step needs from a model is computed once per (model version, round) in one batched pass per robot;
 only the shared samples go through the receivers' detectors, one batched pass per receiver. Oracle policies read
 the truth through :meth:`P2PParallelEnv.privileged_view`; :attr:`P2PParallelEnv.last_transmissions` records what
