@@ -236,3 +236,34 @@ def test_feedback_memory_keeps_the_last_sent_samples():
             assert not t.infos["feedback_memory_features"][b, i, size:].any()
             np.testing.assert_allclose(t.infos["feedback_memory_features"][b, i, :size, :16],
                                        scenario.world.unit[sent_ids[b][i][-5:]], atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["blur", "drop", "pass"])
+def test_no_private_sample_leaves_unfiltered_on_the_fast_tier(mode):
+    env = P2PParallelEnv("p2p_default", **SMALL, receiver_keeps="all",
+                         privacy={"mode": mode, "private_fraction": 0.4, "patch_size": 3})
+    world = env.world
+    env.reset(seed=3)
+    rng = np.random.default_rng(3)
+    while env.agents:
+        private_now = world.private[env.scenario.batched._round_ids[0]]
+        actions = {a: (0.5 * private_now[k] + 0.5 * rng.random(env.n_samples)).astype(np.float32)
+                   for k, a in enumerate(env.agents)}  # prefer private samples: the filter's worst case
+        _, _, _, _, infos = env.step(actions)
+        for tx in env.last_transmissions:
+            info = infos[f"robot_{tx['sender']}"]
+            cached_private = world.private[tx["cached_ids"]]
+            sent_private = world.private[tx["sent_ids"]]
+            assert info["n_private_cached"] == cached_private.sum() > 0
+            if mode == "drop":
+                assert not sent_private.any() and info["n_dropped"] == cached_private.sum()
+            elif mode == "blur":
+                np.testing.assert_array_equal(tx["blurred"], sent_private)
+                assert info["n_blurred"] + info["n_dropped"] == cached_private.sum()
+                for k in np.flatnonzero(sent_private):
+                    top, left, bottom, right = world.regions[tx["sent_ids"][k]]
+                    raw, sent = world.features[tx["sent_ids"][k]], tx["sent_features"][k]
+                    assert not np.array_equal(sent[:, top:bottom, left:right], raw[:, top:bottom, left:right])
+            else:
+                np.testing.assert_array_equal(tx["sent_ids"], tx["cached_ids"])
+                assert info["n_passed_private"] == cached_private.sum()
