@@ -267,3 +267,21 @@ def test_no_private_sample_leaves_unfiltered_on_the_fast_tier(mode):
             else:
                 np.testing.assert_array_equal(tx["sent_ids"], tx["cached_ids"])
                 assert info["n_passed_private"] == cached_private.sum()
+
+
+def test_heads_classify_and_correct_agree_with_predict_and_fit_a_subset():
+    scenario = P2PFastBatched(_cfg(), 2)
+    scenario.reset(np.array([0, 1]))
+    heads, rows = scenario.heads, scenario.world.test_rows[:50]
+    ids = np.broadcast_to(rows, (2, 3, len(rows)))
+    predicted = heads.predict(ids).probs.argmax(axis=-1)
+    np.testing.assert_array_equal(heads.classify(rows), predicted)
+    np.testing.assert_array_equal(heads.correct(rows), predicted == scenario.world.table_labels[rows])
+    some = np.array([[True, False, True], [False, False, True]])
+    assert (heads.classify(rows, some)[~some] == -1).all() and not heads.correct(rows, some)[~some].any()
+    before = heads.predict(ids).probs
+    heads.add(np.broadcast_to(rows[:20], (2, 3, 20)))
+    heads.fit(some)  # only these heads see the new rows
+    after = heads.predict(ids).probs
+    np.testing.assert_array_equal(after[~some], before[~some])
+    assert not np.allclose(after[some], before[some])

@@ -449,8 +449,9 @@ class BatchedHeads:
         self._sums += onehot.transpose(2, 3) @ x
         self._scatter += (x * weight).transpose(2, 3) @ x
 
-    def reset(self, envs: np.ndarray | None = None) -> None:
-        """Forget the rows of the envs where ``envs`` (bool (B,)) is True (all envs by default) and refit."""
+    def reset(self, envs: np.ndarray | None = None, refit: bool = True) -> None:
+        """Forget the rows of the envs where ``envs`` (bool (B,)) is True (all envs by default) and refit
+        (``refit=False``: leave the fit to the caller, who adds rows first)."""
         if envs is None:
             mask = torch.ones(self.n_envs, dtype=torch.bool)
         else:
@@ -461,7 +462,8 @@ class BatchedHeads:
             mask = torch.from_numpy(envs)
         for stat in (self._counts, self._sums, self._scatter):
             stat[mask] = 0.0
-        self.fit()
+        if refit:
+            self.fit()
 
     # ----------------------------------------------------------------------------------------------- fitting
     _STATS = ("counts", "sums", "scatter")
@@ -575,18 +577,60 @@ class BatchedHeads:
                              f"got shape {np.asarray(features).shape}")
         return self._output(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
 
-    def classify(self, rows: np.ndarray) -> np.ndarray:
+    def classify(self, rows: np.ndarray, heads: np.ndarray | None = None) -> np.ndarray:
         """Every head's predicted class on the same rows ``rows`` (m,) of the feature table, int64 (B, N, m): the
-        argmax of :meth:`predict`'s probabilities without computing them (e.g. test accuracy of every head)."""
+        argmax of :meth:`predict`'s probabilities without computing them. ``heads`` bool (B, N): compute only
+        these (the others get -1)."""
+        logits, chosen, out = self._shared_logits(rows, heads)
+        if logits is not None:
+            out.reshape(-1, out.shape[-1])[chosen.numpy()] = logits.max(dim=-1).indices.numpy()
+        return out
+
+    def correct(self, rows: np.ndarray, heads: np.ndarray | None = None) -> np.ndarray:
+        """Whether each head's prediction on the rows ``rows`` (m,) is their label, bool (B, N, m) (False for heads
+        not in ``heads``): :meth:`classify` compared with the labels, without an argmax (a tie with the label's
+        class counts as correct)."""
+        logits, chosen, out = self._shared_logits(rows, heads)
+        result = np.zeros(out.shape, dtype=bool)
+        if logits is not None:
+            labels = self._labels[torch.from_numpy(np.asarray(rows).astype(np.int64))]
+            at_label = logits.gather(-1, labels.view(1, -1, 1).expand(logits.shape[0], -1, 1))[..., 0]
+            result.reshape(-1, out.shape[-1])[chosen.numpy()] = (at_label >= logits.amax(dim=-1)).numpy()
+        return result
+
+    def _shared_logits(self, rows: np.ndarray, heads: np.ndarray | None):
+        """Logits (h, m, C) of the chosen heads on the same rows, the chosen flat head indices, a -1 output."""
         rows = np.asarray(rows)
         if rows.ndim != 1 or (rows.size and (rows.dtype.kind not in "iu" or rows.min() < 0
                                              or rows.max() >= self.n_rows)):
             raise ValueError(f"rows must be 1-d integer ids in [0, {self.n_rows}), got dtype {rows.dtype} shape "
                              f"{rows.shape}")
-        x = self._table32[torch.from_numpy(rows.astype(np.int64))].expand((self.n_envs, self.n_robots, len(rows),
-                                                                           self.dim))
-        logits, _ = self._logits(x)
-        return logits.argmax(dim=-1).numpy()
+        shape = (self.n_envs, self.n_robots)
+        if heads is None:
+            heads = np.ones(shape, dtype=bool)
+        heads = np.asarray(heads)
+        if heads.shape != shape or heads.dtype != bool:
+            raise ValueError(f"heads must be a boolean mask of shape {shape}, got dtype {heads.dtype} shape "
+                             f"{heads.shape}")
+        out = np.full(shape + (len(rows),), -1, dtype=np.int64)
+        chosen = torch.from_numpy(np.flatnonzero(heads))
+        if not len(chosen) or not len(rows):
+            return None, chosen, out
+        x = self._table32[torch.from_numpy(rows.astype(np.int64))]  # (m, d), the same for every head
+
+        white = x @ self._whiten_t.flatten(0, 1)[chosen]  # (h, m, d)
+        distance = torch.baddbmm(self._white_norms.flatten(0, 1)[chosen], white,
+                                 self._white_means_t.flatten(0, 1)[chosen], alpha=-2.0)
+        distance = (distance + white.square().sum(dim=-1, keepdim=True)).clamp_min_(0.0)  # (h, m, C)
+        if self.head == "student":
+            logits = (self._offset.flatten(0, 1)[chosen] - self._slope.flatten(0, 1)[chosen]
+                      * torch.log1p(distance * self._rate.flatten(0, 1)[chosen]))
+        elif self.head == "lda":
+            logits = self._offset.flatten(0, 1)[chosen] - 0.5 * distance
+        else:
+            weights = self._ridge_weights.flatten(0, 1)[chosen]
+            logits = x @ weights[:, :-1, :] + weights[:, -1:, :]
+        return logits, chosen, out
 
     def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` float32 (B, N, m, d) -> logits and squared Mahalanobis distances (B, N, m, C)."""

@@ -325,7 +325,7 @@ class P2PFastBatched(BatchedScenario):
         np.add.at(self._cell_counts, (envs, robots, world.domains[labeled_ids[labeled_valid]],
                                       world.labels[labeled_ids[labeled_valid]]), 1)
         with limited_torch_threads(cfg.max_threads):
-            self.heads.reset()  # refits every head to the prior; then the initial sets
+            self.heads.reset(refit=False)  # the initial sets, then one fit
             self.heads.add(labeled_ids, labeled_valid)
             self.heads.fit()
             self._thresholds = self._calibrate()
@@ -363,10 +363,10 @@ class P2PFastBatched(BatchedScenario):
         return self.heads.calibrate(self._calibration, self._calibration_valid, ood.calibration_quantile,
                                     self.config.perception.novelty, fallback=float(ood.threshold))
 
-    def _domain_accuracy(self) -> np.ndarray:
-        """float64 (B, N, D): each head's test accuracy per domain."""
+    def _domain_accuracy(self, heads: np.ndarray | None = None) -> np.ndarray:
+        """float64 (B, N, D): each head's test accuracy per domain (only ``heads`` where given; others 0)."""
         rows = self.world.test_rows
-        correct = (self.heads.classify(rows) == self.world.table_labels[rows]).astype(np.float64)
+        correct = self.heads.correct(rows, heads).astype(np.float64)
         onehot = np.eye(self.n_domains)[self.world.test_domains]  # (T, D)
         return correct @ onehot / np.maximum(onehot.sum(axis=0), 1)
 
@@ -525,7 +525,7 @@ class P2PFastBatched(BatchedScenario):
             with limited_torch_threads(cfg.max_threads):
                 self.heads.fit(due)
                 self._thresholds = np.where(due, self._calibrate(), self._thresholds)
-                self._accuracy = np.where(due[..., None], self._domain_accuracy(), self._accuracy)
+                self._accuracy = np.where(due[..., None], self._domain_accuracy(due), self._accuracy)
             self._stale &= ~due
             self.n_trainings += int(due.sum())
         self._round_stats = {
