@@ -19,6 +19,8 @@ from datagames_env.scenarios import make_parallel_env
 
 # A small, fast variant of p2p_default: 3 robots, 3 rounds, 30 observations, 3 shared per round.
 SMALL = {"rounds": 3, "obs_per_round": 30, "perception.train_steps": 60}
+# Tests of the paper tier's per-robot networks (p2p_default runs the fast tier: tests/test_p2p_fast.py)
+PAPER = {"perception.tier": "paper"}
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +30,15 @@ def env() -> P2PParallelEnv:
 
 
 @pytest.fixture(scope="module")
+def paper_env() -> P2PParallelEnv:
+    torch.set_num_threads(1)
+    return P2PParallelEnv("p2p_default", **SMALL, **PAPER)
+
+
+@pytest.fixture(scope="module")
 def frozen_env() -> P2PParallelEnv:
     """Models never retrain: received samples can be re-scored against the same receiver models after a step."""
-    return P2PParallelEnv("p2p_default", **SMALL, **{"perception.retrain_every": 0})
+    return P2PParallelEnv("p2p_default", **SMALL, **PAPER, **{"perception.retrain_every": 0})
 
 
 def _random_actions(env, rng):
@@ -213,7 +221,8 @@ def test_potential_reward_is_shared_and_matches_the_labeled_cell_deficit():
     assert expected > 0 or sum(i["n_kept"] for i in infos.values()) == 0
 
 
-def test_initial_models_are_trained_once_per_world_seed(env):
+def test_initial_models_are_trained_once_per_world_seed(paper_env):
+    env = paper_env
     env.reset(seed=0)
     trainings = env.n_trainings
     env.reset(seed=1)
@@ -224,7 +233,8 @@ def test_initial_models_are_trained_once_per_world_seed(env):
 
 
 @pytest.fixture(scope="module")
-def digits_models(env):
+def digits_models(paper_env):
+    env = paper_env
     """A model of robot_0 (clean digits only) and the clean / fog test images."""
     world = env.world
     return env._initial_robots(0)[0][5], world.test_features[0], world.test_features[1]
@@ -280,7 +290,7 @@ def test_calibrated_threshold_and_errors(digits_models):
 @pytest.mark.parametrize("detector", ["mc_dropout", "ensemble"])
 def test_env_runs_with_bayesian_detectors(detector):
     env = P2PParallelEnv("p2p_default", rounds=2, obs_per_round=20, **{"perception.train_steps": 30,
-                                                                        "ood.detector": detector})
+                                                                        "ood.detector": detector, **PAPER})
     env.reset(seed=0)
     assert len(env._robots[0].model.classifiers) == (3 if detector == "ensemble" else 1)
     _, rewards, _, _, _infos = env.step(_random_actions(env, np.random.default_rng(0)))
@@ -306,7 +316,8 @@ def test_corruptions_are_deterministic_and_in_range():
         corrupt(images[:, 0], "fog")
 
 
-def test_domains_built_on_one_dataset_are_disjoint(env):
+def test_domains_built_on_one_dataset_are_disjoint(paper_env):
+    env = paper_env
     world = env.world
     assert env.world.domain_sources == ["digits", "digits+fog", "digits+snow"]
     sizes = [len(p) for p in world.pool_by_domain]
@@ -410,7 +421,7 @@ def test_eval_cli_writes_results(tmp_path):
 
 
 def test_warm_started_retraining_fine_tunes_the_current_model():
-    warm = P2PParallelEnv("p2p_default", **{**SMALL, "perception.warm_start": True, "perception.retrain_steps": 5})
+    warm = P2PParallelEnv("p2p_default", **{**SMALL, **PAPER, "perception.warm_start": True, "perception.retrain_steps": 5})
     warm.reset(seed=0)
     before = [r.model.classifiers[0] for r in warm._robots]
     warm.step(_random_actions(warm, np.random.default_rng(0)))

@@ -96,7 +96,8 @@ def _privacy_env(mode: str) -> P2PParallelEnv:
     if mode not in _ENVS:
         _ENVS[mode] = P2PParallelEnv("p2p_default", rounds=3, obs_per_round=30, receiver_keeps="all",
                                      privacy={"mode": mode, "private_fraction": 0.4, "patch_size": 3},
-                                     **{"perception.retrain_every": 0, "perception.train_steps": 60})
+                                     **{"perception.retrain_every": 0, "perception.train_steps": 60,
+                                        "perception.tier": "paper"})
     return _ENVS[mode]
 
 

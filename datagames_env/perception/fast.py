@@ -435,6 +435,7 @@ class BatchedHeads:
             b, n, k = np.argwhere(bad)[0]
             raise ValueError(f"{name}[env {b}, robot {n}] holds row {ids[b, n, k]} (position {k}), outside the feature "
                              f"table's rows [0, {self.n_rows})")
+        valid = valid if valid.flags.writeable else valid.copy()  # torch refuses read-only (broadcast) views
         return torch.from_numpy(np.where(valid, ids, 0)), torch.from_numpy(valid)
 
     def add(self, ids: np.ndarray, valid: np.ndarray | None = None) -> None:
@@ -448,8 +449,9 @@ class BatchedHeads:
         self._sums += onehot.transpose(2, 3) @ x
         self._scatter += (x * weight).transpose(2, 3) @ x
 
-    def reset(self, envs: np.ndarray | None = None) -> None:
-        """Forget the rows of the envs where ``envs`` (bool (B,)) is True (all envs by default) and refit."""
+    def reset(self, envs: np.ndarray | None = None, refit: bool = True) -> None:
+        """Forget the rows of the envs where ``envs`` (bool (B,)) is True (all envs by default) and refit
+        (``refit=False``: leave the fit to the caller, who adds rows first)."""
         if envs is None:
             mask = torch.ones(self.n_envs, dtype=torch.bool)
         else:
@@ -460,7 +462,8 @@ class BatchedHeads:
             mask = torch.from_numpy(envs)
         for stat in (self._counts, self._sums, self._scatter):
             stat[mask] = 0.0
-        self.fit()
+        if refit:
+            self.fit()
 
     # ----------------------------------------------------------------------------------------------- fitting
     _STATS = ("counts", "sums", "scatter")
@@ -485,8 +488,37 @@ class BatchedHeads:
         self.fit()
         self._counts, self._sums, self._scatter = (loaded[name] for name in self._STATS)
 
-    def fit(self) -> None:
-        """Refit every head from its statistics: one batched Cholesky (and one batched solve for ``ridge``)."""
+    _FITTED = ("_whiten_t", "_white_means_t", "_white_norms", "_offset", "_slope", "_rate", "_ridge_weights")
+
+    def fit(self, heads: np.ndarray | None = None) -> None:
+        """Refit every head from its statistics: one batched Cholesky (and one batched solve for ``ridge``).
+        ``heads`` bool (B, N): refit only these (the others keep their last fit; the batched work is the same)."""
+        if heads is None:
+            self._fit_all()
+            return
+        heads = np.asarray(heads)
+        if heads.shape != (self.n_envs, self.n_robots) or heads.dtype != bool:
+            raise ValueError(f"heads must be a boolean mask of shape ({self.n_envs}, {self.n_robots}), got dtype "
+                             f"{heads.dtype} shape {heads.shape}")
+        if heads.all():
+            self._fit_all()
+            return
+        if not heads.any():
+            return
+        old_fitted = self._fitted
+        old = {name: getattr(self, name) for name in self._FITTED if hasattr(self, name)}
+        self._fit_all()
+        mask = torch.from_numpy(heads)
+
+        def blend(new: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+            return torch.where(mask.view(mask.shape + (1,) * (new.dim() - 2)), new, before)
+
+        self._fitted = tuple(blend(n, o) for n, o in zip(self._fitted, old_fitted))
+        for name, before in old.items():
+            if hasattr(self, name):
+                setattr(self, name, blend(getattr(self, name), before).contiguous())
+
+    def _fit_all(self) -> None:
         counts, sums, scatter = self._counts, self._sums, self._scatter
         self._fitted = (counts.clone(), sums.clone(), scatter.clone())
         n = counts.sum(dim=-1)
@@ -545,8 +577,63 @@ class BatchedHeads:
                              f"got shape {np.asarray(features).shape}")
         return self._output(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
 
-    def _output(self, x: torch.Tensor) -> HeadOutput:
-        """``x`` float32 (B, N, m, d) -> probabilities and Mahalanobis scores."""
+    def classify(self, rows: np.ndarray, heads: np.ndarray | None = None) -> np.ndarray:
+        """Every head's predicted class on the same rows ``rows`` (m,) of the feature table, int64 (B, N, m): the
+        argmax of :meth:`predict`'s probabilities without computing them. ``heads`` bool (B, N): compute only
+        these (the others get -1)."""
+        logits, chosen, out = self._shared_logits(rows, heads)
+        if logits is not None:
+            out.reshape(-1, out.shape[-1])[chosen.numpy()] = logits.max(dim=-1).indices.numpy()
+        return out
+
+    def correct(self, rows: np.ndarray, heads: np.ndarray | None = None) -> np.ndarray:
+        """Whether each head's prediction on the rows ``rows`` (m,) is their label, bool (B, N, m) (False for heads
+        not in ``heads``): :meth:`classify` compared with the labels, without an argmax (a tie with the label's
+        class counts as correct)."""
+        logits, chosen, out = self._shared_logits(rows, heads)
+        result = np.zeros(out.shape, dtype=bool)
+        if logits is not None:
+            labels = self._labels[torch.from_numpy(np.asarray(rows).astype(np.int64))]
+            at_label = logits.gather(-1, labels.view(1, -1, 1).expand(logits.shape[0], -1, 1))[..., 0]
+            result.reshape(-1, out.shape[-1])[chosen.numpy()] = (at_label >= logits.amax(dim=-1)).numpy()
+        return result
+
+    def _shared_logits(self, rows: np.ndarray, heads: np.ndarray | None):
+        """Logits (h, m, C) of the chosen heads on the same rows, the chosen flat head indices, a -1 output."""
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or (rows.size and (rows.dtype.kind not in "iu" or rows.min() < 0
+                                             or rows.max() >= self.n_rows)):
+            raise ValueError(f"rows must be 1-d integer ids in [0, {self.n_rows}), got dtype {rows.dtype} shape "
+                             f"{rows.shape}")
+        shape = (self.n_envs, self.n_robots)
+        if heads is None:
+            heads = np.ones(shape, dtype=bool)
+        heads = np.asarray(heads)
+        if heads.shape != shape or heads.dtype != bool:
+            raise ValueError(f"heads must be a boolean mask of shape {shape}, got dtype {heads.dtype} shape "
+                             f"{heads.shape}")
+        out = np.full(shape + (len(rows),), -1, dtype=np.int64)
+        chosen = torch.from_numpy(np.flatnonzero(heads))
+        if not len(chosen) or not len(rows):
+            return None, chosen, out
+        x = self._table32[torch.from_numpy(rows.astype(np.int64))]  # (m, d), the same for every head
+
+        white = x @ self._whiten_t.flatten(0, 1)[chosen]  # (h, m, d)
+        distance = torch.baddbmm(self._white_norms.flatten(0, 1)[chosen], white,
+                                 self._white_means_t.flatten(0, 1)[chosen], alpha=-2.0)
+        distance = (distance + white.square().sum(dim=-1, keepdim=True)).clamp_min_(0.0)  # (h, m, C)
+        if self.head == "student":
+            logits = (self._offset.flatten(0, 1)[chosen] - self._slope.flatten(0, 1)[chosen]
+                      * torch.log1p(distance * self._rate.flatten(0, 1)[chosen]))
+        elif self.head == "lda":
+            logits = self._offset.flatten(0, 1)[chosen] - 0.5 * distance
+        else:
+            weights = self._ridge_weights.flatten(0, 1)[chosen]
+            logits = x @ weights[:, :-1, :] + weights[:, -1:, :]
+        return logits, chosen, out
+
+    def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` float32 (B, N, m, d) -> logits and squared Mahalanobis distances (B, N, m, C)."""
         white = x @ self._whiten_t  # (B, N, m, d)
         distance = torch.baddbmm(self._white_norms.flatten(0, 1), white.flatten(0, 1),
                                  self._white_means_t.flatten(0, 1), alpha=-2.0).view(x.shape[:3] + (self.n_classes,))
@@ -557,6 +644,11 @@ class BatchedHeads:
             logits = self._offset - 0.5 * distance
         else:
             logits = x @ self._ridge_weights[..., :-1, :] + self._ridge_weights[..., -1:, :]
+        return logits, distance
+
+    def _output(self, x: torch.Tensor) -> HeadOutput:
+        """``x`` float32 (B, N, m, d) -> probabilities and Mahalanobis scores."""
+        logits, distance = self._logits(x)
         probs = torch.softmax(logits, dim=-1)
         return HeadOutput(probs.numpy(), distance.amin(dim=-1).numpy())
 
@@ -569,10 +661,15 @@ class BatchedHeads:
         if kind not in NOVELTY_KINDS:
             raise ValueError(f"novelty kind must be one of {list(NOVELTY_KINDS)}, got {kind!r}")
         _, mask = self._checked_ids(ids, valid)
-        scores = self.predict(ids, valid).novelty(kind)
-        scores = np.where(mask.numpy(), scores, np.nan)
-        out = np.full((self.n_envs, self.n_robots), float(fallback))
-        some = mask.numpy().any(axis=-1)
-        if some.any():
-            out[some] = np.nanquantile(scores[some], quantile, axis=-1)
-        return out
+        mask = mask.numpy()
+        scores = np.sort(np.where(mask, self.predict(ids, valid).novelty(kind), np.inf), axis=-1)
+        # np.nanquantile's default ("linear") per head, without its Python loop over rows
+        count = mask.sum(axis=-1)
+        position = np.maximum(count - 1, 0) * quantile
+        low = np.floor(position).astype(np.int64)
+        high = np.minimum(low + 1, np.maximum(count - 1, 0))
+        at_low = np.take_along_axis(scores, low[..., None], axis=-1)[..., 0]
+        at_high = np.take_along_axis(scores, high[..., None], axis=-1)[..., 0]
+        value = at_low + (position - low) * (at_high - at_low)
+        value = np.where(high == low, at_low, value)  # inf - inf where a head has one row
+        return np.where(count > 0, value, float(fallback))

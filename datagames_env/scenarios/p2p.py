@@ -64,6 +64,11 @@ re-embedded by its *current* model, as the paper's sender that keeps its shared 
 A robot's retrainings in one episode start from the same initialisation seed, so its embedding space drifts as little as the data allows;
 with ``perception.warm_start`` they fine-tune its current model for ``perception.retrain_steps`` steps instead.
 
+Perception tiers (``perception.tier``): ``paper`` is :class:`P2PScenario` below (a network per robot, the code path
+of 0dbebaf); ``fast`` is the natively batched :class:`~.p2p_fast.P2PFastBatched` (a frozen public extractor and
+batched per-robot heads; :func:`batched_scenario`), whose ``parallel_env`` is the face over it at B = 1. The rules,
+layout and info keys above hold for both.
+
 Everything a step needs from a model is computed once per (model version, round) in one batched pass per robot;
 only the shared samples go through the receivers' detectors, one batched pass per receiver. Oracle policies read
 the truth through :meth:`P2PParallelEnv.privileged_view`; :attr:`P2PParallelEnv.last_transmissions` records what
@@ -102,7 +107,7 @@ from ..perception import Classifier, build_model, limited_torch_threads, train_c
 from ..perception import entropy as perception_entropy
 from ..data.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
-__all__ = ["P2PConfig", "P2PParallelEnv", "env", "load_p2p_config", "parallel_env"]
+__all__ = ["P2PConfig", "P2PParallelEnv", "batched_scenario", "env", "load_p2p_config", "make_scenario", "parallel_env"]
 
 # cumulative per-robot counters in the infos, in the column order of P2PScenario._totals
 TOTALS = ("total_blurred", "total_dropped", "total_passed_private", "total_cached", "total_rare_cached",
@@ -176,6 +181,18 @@ class P2PPerceptionConfig(PerceptionConfig):
     warm_start: bool = Field(False, description="a retraining continues from the robot's current weights (a "
                                                 "fine-tuning) instead of a fresh initialisation")
     retrain_steps: int | None = Field(None, ge=1, description="Adam steps of a retraining; null = train_steps")
+    tier: Literal["fast", "paper"] = Field(
+        "paper", description="fast: a frozen extractor pretrained once on a public split + batched per-robot heads "
+                             "(scenarios/p2p_fast.py); paper: a network per robot, retrained per round")
+    public_domains: list[str] | None = Field(
+        None, description="fast tier: domains whose public split pretrains the extractor; null = the non-rare ones")
+    public_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="fast tier: share of each public domain's "
+                                                                      "pool held out as the public pretraining split")
+    head: Literal["student", "lda", "ridge"] = Field("student", description="fast tier: the heads' kind")
+    novelty: Literal["mahalanobis", "max_softmax", "entropy", "margin"] = Field(
+        "mahalanobis", description="fast tier: the receivers' novelty score (replaces ood.detector)")
+    mean_prior: float = Field(1.0, gt=0.0, description="fast tier: pseudo-rows of the public class means")
+    cov_prior: float = Field(10.0, gt=0.0, description="fast tier: pseudo-rows of the public covariance")
 
 
 class P2PConfig(_Strict):
@@ -233,6 +250,11 @@ class P2PConfig(_Strict):
         for name in self.rare_domains:
             if name not in names:
                 raise ValueError(f"rare_domains: '{name}' is not a domain (domains: {names})")
+        for name in self.perception.public_domains or []:
+            if name not in names:
+                raise ValueError(f"perception.public_domains: '{name}' is not a domain (domains: {names})")
+        if self.perception.public_domains is not None and not self.perception.public_domains:
+            raise ValueError("perception.public_domains: name at least one domain (or null: the non-rare ones)")
         for i, robot in enumerate(self.robots):
             for key, mapping in (("stream", robot.stream), ("initial_labeled", robot.initial_labeled)):
                 unknown = [d for d in mapping if d not in names]
@@ -939,11 +961,43 @@ def _classifier_from_state(state: dict, input_shape: tuple, n_classes: int, cfg:
                       torch.from_numpy(state["input_scale"].copy()), state["train_size"], state["trained"])
 
 
+def batched_scenario(cfg: P2PConfig, num_envs: int):
+    """The native batched p2p of a validated config (``SCENARIOS["p2p"].batched``): the fast tier's
+    :class:`~.p2p_fast.P2PFastBatched`; None for ``perception.tier: paper`` (its batch is a ``LoopedBatch``)."""
+    if cfg.perception.tier != "fast":
+        return None
+    from .p2p_fast import P2PFastBatched  # the fast tier imports this module
+
+    return P2PFastBatched(cfg, num_envs)
+
+
+def make_scenario(config: str | dict | P2PConfig | None = None, **overrides: Any) -> Scenario:
+    """The B = 1 scenario of a config: :class:`P2PScenario` (paper tier) or the native batched fast tier seen at
+    B = 1 (:class:`~.batching.BatchOfOne`)."""
+    cfg = load_p2p_config(config, **overrides)
+    if cfg.perception.tier == "paper":
+        return P2PScenario(cfg)
+    from .batching import BatchOfOne
+
+    return BatchOfOne(batched_scenario(cfg, 1))
+
+
 class P2PParallelEnv(FleetParallelEnv):
-    """Peer-to-peer GU sharing as a PettingZoo parallel environment: the one face over :class:`P2PScenario`.
+    """Peer-to-peer GU sharing as a PettingZoo parallel environment: the one face over :class:`P2PScenario`
+    (``perception.tier: paper``) or over the native batched fast tier at B = 1.
     ``P2PParallelEnv(config=None, render_mode=None, max_cycles=None, **overrides)``."""
 
     scenario_class = P2PScenario
+
+    def __init__(self, config: Any = None, render_mode: str | None = None, max_cycles: int | None = None,
+                 scenario: Scenario | None = None, **overrides: Any) -> None:
+        if scenario is None:
+            if max_cycles is not None:  # PettingZoo's name for the episode length
+                overrides["rounds"] = max_cycles
+            scenario = make_scenario(config, **overrides)
+        elif config is not None or overrides or max_cycles is not None:
+            raise TypeError("pass either a scenario object or a config with overrides, not both")
+        super().__init__(render_mode=render_mode, scenario=scenario)
 
 
 def parallel_env(config: str | dict | P2PConfig | None = None, **overrides: Any) -> P2PParallelEnv:
