@@ -46,6 +46,28 @@ class ScenarioInfo:
 
 _REPORTS = "datagames_env.harness.reports"
 SCENARIOS: dict[str, ScenarioInfo] = {
+    "datagames": ScenarioInfo(
+        "datagames_env.scenarios.datagames", "DataGamesScenario", "datagames_env.config:load_config",
+        "datagames/DataGames-v0", "default", f"{_REPORTS}.datagames:DataGamesReporter",
+        (("random", "datagames_env.policy:RandomPolicy"), ("uniform", "datagames_env.policy:UniformPolicy"),
+         ("greedy", "baselines.policies:GreedyPolicy"), ("interactive", "baselines.policies:InteractivePolicy"),
+         ("interactive-sum", "baselines.policies:InteractiveSumPolicy"), ("oracle", "baselines.policies:OraclePolicy"))),
+    "p2p": ScenarioInfo(
+        "datagames_env.scenarios.p2p", "P2PScenario", "datagames_env.scenarios.p2p:load_p2p_config",
+        "datagames/P2P-v0", "p2p_default", f"{_REPORTS}.p2p:P2PReporter",
+        (("random", "baselines.p2p_policies:RandomSharePolicy"), ("oracle", "baselines.p2p_policies:OraclePolicy"),
+         ("gu", "baselines.p2p_policies:GUPolicy")),
+        batched="batched_scenario"),
+    "dual": ScenarioInfo(
+        "datagames_env.scenarios.dual", "DualScenario", "datagames_env.scenarios.dual:load_dual_config",
+        "datagames/Dual-v0", "dual_default", f"{_REPORTS}.dual:DualReporter",
+        tuple((name, f"baselines.dual_policies:{cls}") for name, cls in (
+            ("random", "RandomDualPolicy"), ("entropy", "EntropyDualPolicy"), ("margin", "MarginDualPolicy"),
+            ("submodular-independent", "SubmodularIndependentPolicy"),
+            ("submodular-interactive", "SubmodularInteractivePolicy"),
+            ("submodular-centralized", "SubmodularCentralizedPolicy"), ("greedy", "GreedyDualPolicy"),
+            ("interactive", "InteractiveDualPolicy"), ("oracle", "OracleDualPolicy"))),
+        labelers="datagames_env.scenarios.dual:LABELERS"),
 }
 
 
