@@ -140,10 +140,7 @@ class FastDual(BatchedScenario):
         self._test = w.splits.test
         self._valid_labels = w.labels[self._validation]
         self._test_labels = w.labels[self._test]
-        self._scored = np.concatenate([w.pool, self._validation, self._test,
-                                       np.arange(w.dataset.n_samples, n_rows)]).astype(np.int64)
-        self._scored_slot = np.full(n_rows, -1, dtype=np.int64)
-        self._scored_slot[self._scored] = np.arange(len(self._scored))
+        self._held_out = np.concatenate([self._validation, self._test]).astype(np.int64)
         self.heads = BatchedHeads.from_extractor(self.extracted, w.labels, self.num_envs, 1, head=cfg.perception.head)
         self._world_initial_rows = None
         if cfg.world_seed is not None:
@@ -195,23 +192,22 @@ class FastDual(BatchedScenario):
         return self._observations(), self._infos(None)
 
     # --------------------------------------------------------------------------------------- model / views
+    def _probs(self, rows: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """(B, m, C) float32 probabilities of env b's head (last fit) on its feature rows ``rows`` (B, m)."""
+        with limited_torch_threads(1):
+            return self.heads.predict(rows[:, None, :], None if valid is None else valid[:, None, :]).probs[:, 0]
+
     def _fit(self) -> None:
-        """Refit every env's head (one batched call), then score every row once: lookups for the round."""
+        """Refit every env's head (one batched call) and score the held-out rows: accuracies, confusion."""
         with limited_torch_threads(1):
             self.heads.fit()
-            ids = np.broadcast_to(self._scored, (self.num_envs, 1, len(self._scored)))
-            probs = self.heads.predict(ids).probs[:, 0]  # (B, rows, C) float32
-        self._set_tables(probs)
+        self._set_tables()
 
-    def _set_tables(self, probs: np.ndarray) -> None:
-        w, c, b_n = self.world, self.n_classes, self.num_envs
-        self.probs = probs
-        predictions = probs.argmax(axis=2)
-        self.predictions = predictions
-        n_pool, n_val = len(w.pool), len(self._validation)
-        pool_pred = predictions[:, :n_pool]
-        val_pred = predictions[:, n_pool:n_pool + n_val]
-        test_pred = predictions[:, n_pool + n_val:n_pool + n_val + len(self._test)]
+    def _set_tables(self) -> None:
+        c, b_n = self.n_classes, self.num_envs
+        held_out = self._probs(np.broadcast_to(self._held_out, (b_n, len(self._held_out)))).argmax(axis=2)
+        n_val = len(self._validation)
+        val_pred, test_pred = held_out[:, :n_val], held_out[:, n_val:]
         self.validation_accuracy = (val_pred == self._valid_labels).mean(axis=1) if n_val else np.zeros(b_n)
         self.test_accuracy = (test_pred == self._test_labels).mean(axis=1) if len(self._test) else np.zeros(b_n)
         offsets = (c * c) * np.arange(b_n)[:, None]
@@ -221,11 +217,18 @@ class FastDual(BatchedScenario):
         # C[y, yhat] = p(yhat | y); a class without validation samples: a uniform row (perception.models)
         self.confusion = np.where(rows > 0, joint_val / np.maximum(rows, 1), 1.0 / c)
         self.pinv_confusion_t = np.linalg.pinv(np.transpose(self.confusion, (0, 2, 1)))
-        joint_pool = np.bincount((offsets + w.pool_labels * c + pool_pred).ravel(),
-                                 minlength=b_n * c * c).reshape(b_n, c, c).astype(np.float64)
-        self.pool_conditionals = joint_pool / joint_pool.sum(axis=2, keepdims=True)
-        self.pool_probs = probs[:, :n_pool]
-        self.pool_predictions = pool_pred
+        self._pool_conditionals = None  # privileged only: computed when asked for
+
+    def pool_conditionals(self) -> np.ndarray:
+        """(B, C, C) the pool's empirical p(yhat | y) under each env's current head (privileged)."""
+        if self._pool_conditionals is None:
+            w, c, b_n = self.world, self.n_classes, self.num_envs
+            pred = self._probs(np.broadcast_to(w.pool, (b_n, len(w.pool)))).argmax(axis=2)
+            offsets = (c * c) * np.arange(b_n)[:, None]
+            joint = np.bincount((offsets + w.pool_labels * c + pred).ravel(),
+                                minlength=b_n * c * c).reshape(b_n, c, c).astype(np.float64)
+            self._pool_conditionals = joint / joint.sum(axis=2, keepdims=True)
+        return self._pool_conditionals
 
     def _raise_coverage(self, coverage: np.ndarray, ref_rows: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """``coverage`` (B, cloud rows) raised by the rows ``ref_rows`` (B, K) that joined (where ``valid``)."""
@@ -242,14 +245,19 @@ class FastDual(BatchedScenario):
         out = np.zeros((b_n, len(ground_rows)))
         if k == 0 or len(ground_rows) == 0:
             return out
-        ref = self._unit_t[torch.from_numpy(np.where(valid, ref_rows, 0))]  # (B, K, d)
+        ref_index = torch.from_numpy(np.where(valid, ref_rows, 0))
+        ref = self._unit_t[ref_index]  # (B, K, d)
         mask = torch.from_numpy(~valid)[:, None, :]
         step = max(1, block_rows_for(b_n * k, cfg.max_block_bytes))
         with limited_torch_threads(1):
             for start in range(0, len(ground_rows), step):
-                ground = self._unit_t[torch.from_numpy(ground_rows[start:start + step])][None]
-                dist = torch.cdist(ground, ref, compute_mode="donot_use_mm_for_euclid_dist")
-                nearest = dist.masked_fill_(mask, float("inf")).amin(dim=2)
+                ground = self._unit_t[torch.from_numpy(ground_rows[start:start + step])]  # (g, d)
+                # unit rows: the nearest reference has the largest dot product and |a - b|^2 = 2 - 2 a.b (one
+                # batched matmul); a row's distance to itself is exactly 0
+                dots = torch.matmul(ground, ref.transpose(1, 2)).masked_fill_(mask, -float("inf"))  # (B, g, K)
+                top, where = dots.max(dim=2)
+                itself = torch.gather(ref_index, 1, where) == torch.from_numpy(ground_rows[start:start + step])[None]
+                nearest = top.mul_(-2.0).add_(2.0).clamp_(min=0.0).masked_fill_(itself, 0.0).sqrt_()
                 best = (nearest.square_().mul_(-0.5).add_(1.0) if cfg.kernel == "cosine"
                         else nearest.mul_(cfg.kernel_scale).add_(1.0).reciprocal_())
                 out[:, start:start + step] = np.maximum(best.double().numpy(), 0.0)
@@ -260,9 +268,9 @@ class FastDual(BatchedScenario):
         cfg, c = self.config, self.n_classes
         b_n, n = self.num_envs, self.n_robots
         self.stream_positions = draws.draw_round(self.states, self.mixes, self.world, cfg.obs_per_round)
-        env = np.arange(b_n)[:, None, None]
-        self.stream_probs = self.pool_probs[env, self.stream_positions]  # (B, N, obs, C)
-        predicted = self.pool_predictions[env, self.stream_positions]
+        rows = self.world.pool[self.stream_positions]
+        self.stream_probs = self._probs(rows.reshape(b_n, -1)).reshape(b_n, n, cfg.obs_per_round, c)
+        predicted = self.stream_probs.argmax(axis=3)
         self.histograms = draws.predicted_histograms(predicted, c)
         self.estimated_mixes = np.empty((b_n, n, c))
         kernels.estimate_mixes(self.histograms, self._env_version(), self.confusion, self.pinv_confusion_t, 0, 50,
@@ -397,10 +405,10 @@ class FastDual(BatchedScenario):
         cov0 = self.cov_cloud[np.arange(b_n)[:, None, None], stream_slots]  # (B, N, obs)
         picked_rows = ids.reshape(b_n, n * k)
         picked_valid = kept.reshape(b_n, n * k)
-        present = np.unique(self.stream_positions)
-        best = self._best_similarity(w.pool[present], picked_rows, picked_valid)  # (B, distinct stream rows)
-        where_present = np.searchsorted(present, self.stream_positions)
-        covered = np.maximum(cov0, best[np.arange(b_n)[:, None, None], where_present])
+        # one similarity pass over every cloud-able row serves the objective (stream rows) and, when nothing was
+        # blurred (the cloud stores what the robots saw), the cloud's coverage update
+        best = self._best_similarity(self.cloud_rows, picked_rows, picked_valid)  # (B, cloud rows)
+        covered = np.maximum(cov0, best[np.arange(b_n)[:, None, None], stream_slots])
         n_ground = n * cfg.obs_per_round
         upload_value = covered.reshape(b_n, -1).sum(axis=1)
         upload_gain = upload_value - cov0.reshape(b_n, -1).sum(axis=1)
@@ -415,7 +423,10 @@ class FastDual(BatchedScenario):
         led["private"][:, sl] = (private & kept).reshape(b_n, -1)
         led["blurred"][:, sl] = blurred.reshape(b_n, -1)
         new_rows = rows.reshape(b_n, -1)
-        self.cov_cloud = self._raise_coverage(self.cov_cloud, new_rows, picked_valid)
+        if blurred.any():
+            self.cov_cloud = self._raise_coverage(self.cov_cloud, new_rows, picked_valid)
+        else:
+            self.cov_cloud = np.maximum(self.cov_cloud, best)
         # ---- stage 2: the cloud labels under the global budget
         end = start + n * k
         candidates = [np.flatnonzero((led["row"][b, :end] >= 0) & ~led["labeled"][b, :end]) for b in range(b_n)]
@@ -520,7 +531,7 @@ class FastDual(BatchedScenario):
             if cfg.labeler == "random":
                 picks = np.sort(self.rngs[b].choice(len(cand), size=budget, replace=False))
             else:
-                probs = self.probs[b, self._scored_slot[rows]][inverse]
+                probs = self._probs(rows[None])[0][inverse]
                 picks = np.argsort(-uncertainty(probs, cfg.labeler), kind="stable")[:budget]
             picked = np.unique(inverse[picks])
             after = covered
@@ -555,27 +566,28 @@ class FastDual(BatchedScenario):
             steps[j] = min(budget, len(r))
         with limited_torch_threads(1):
             x = self._unit_t[torch.from_numpy(rows)]
-            dist = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+            # unit rows: |a - b|^2 = 2 - 2 a.b (one batched matmul); a row's distance to itself is 0
+            dist = (x @ x.transpose(1, 2)).mul_(-2.0).add_(2.0).clamp_(min=0.0)
+            dist.diagonal(dim1=1, dim2=2).zero_()
+            dist.sqrt_()
             sims = (dist.square_().mul_(-0.5).add_(1.0) if cfg.kernel == "cosine"
-                    else dist.mul_(cfg.kernel_scale).add_(1.0).reciprocal_()).double()  # (E, cand, ground)
+                    else dist.mul_(cfg.kernel_scale).add_(1.0).reciprocal_())  # (E, cand, ground) float32
             sims.clamp_(min=0.0)
-            cov = torch.from_numpy(covered)
-            w = torch.from_numpy(weights)
-            candidate_ok = torch.from_numpy(valid)
+            cov = torch.from_numpy(covered.astype(np.float32))
+            w = torch.from_numpy(weights.astype(np.float32))[:, :, None]
+            blocked = torch.from_numpy(~valid)
+            arange = torch.arange(e)
             chosen = [[] for _ in range(e)]
+            steps_t = torch.from_numpy(steps)
             for t in range(int(steps.max())):
-                gains = ((sims - cov[:, None, :]).clamp_(min=0.0) * w[:, None, :]).sum(dim=2)
-                gains = gains.masked_fill(~candidate_ok, -1.0)
-                best = gains.argmax(dim=1)
-                best_gain = gains.gather(1, best[:, None])[:, 0]
-                for j in range(e):
-                    if t < steps[j] and best_gain[j] > 0:
-                        chosen[j].append(int(best[j]))
-                active = torch.from_numpy((t < steps)) & (best_gain > 0)
-                new_cov = torch.maximum(cov, sims[torch.arange(e), best])
-                cov = torch.where(active[:, None], new_cov, cov)
-                candidate_ok[torch.arange(e)[active], best[active]] = False
-            value = (cov * w).sum(dim=1).numpy()
+                gains = torch.bmm((sims - cov[:, None, :]).clamp_(min=0.0), w)[:, :, 0].masked_fill_(blocked, -1.0)
+                best_gain, best = gains.max(dim=1)
+                active = (t < steps_t) & (best_gain > 0)
+                for j in torch.nonzero(active).flatten().tolist():
+                    chosen[j].append(int(best[j]))
+                cov = torch.where(active[:, None], torch.maximum(cov, sims[arange, best]), cov)
+                blocked[arange[active], best[active]] = True
+            value = (cov.double() * w[:, :, 0].double()).sum(dim=1).numpy()
         return [(np.asarray(ch, dtype=np.int64), float(value[j])) for j, ch in enumerate(chosen)]
 
     # -------------------------------------------------------------------------------------- read-outs
@@ -649,7 +661,7 @@ class FastDual(BatchedScenario):
     def privileged_view(self) -> dict[str, np.ndarray]:
         """Oracle-only truth per env (as ``DualScenario.privileged_view``, every value leading with B)."""
         b_n = self.num_envs
-        return {"true_mixes": self.mixes.copy(), "true_feasible_matrices": self._feasible(self.pool_conditionals,
+        return {"true_mixes": self.mixes.copy(), "true_feasible_matrices": self._feasible(self.pool_conditionals(),
                                                                                           self.mixes),
                 "available": self.histograms.copy(), "cloud_counts": self._labeled_counts(),
                 "target_counts": np.tile(self.target_counts, (b_n, 1)),
@@ -742,13 +754,12 @@ class FastDual(BatchedScenario):
             self.rngs[-1].bit_generator.state = rng_state
         self.ledger = {key: np.asarray(value).copy() for key, value in state["ledger"].items()}
         self.heads.load_state(state["heads"])
-        with limited_torch_threads(1):
-            ids = np.broadcast_to(self._scored, (self.num_envs, 1, len(self._scored)))
-            self._set_tables(self.heads.predict(ids).probs[:, 0])
+        self._set_tables()
         self.histories = [[dict(r) for r in h] for h in state["histories"]]
         self._last = None if state["last"] is None else _deep_copy(state["last"])
-        env = np.arange(self.num_envs)[:, None, None]
-        self.stream_probs = self.pool_probs[env, self.stream_positions]
+        b_n, n, obs = self.stream_positions.shape
+        rows = self.world.pool[self.stream_positions].reshape(b_n, -1)
+        self.stream_probs = self._probs(rows).reshape(b_n, n, obs, self.n_classes)
 
     def content_arrays(self):
         dataset = self.world.dataset
