@@ -167,7 +167,8 @@ def test_labelers_label_unlabeled_uploads_under_the_budget(labeler, label_pool):
 
 def test_dense_batched_greedy_matches_lazy_greedy():
     """The batched dense greedy of stage 2 and the library's lazy greedy (forced by a tiny max_block_bytes) pick
-    the same entries with the same objective value (tolerance 1e-9 on the value)."""
+    the same entries with the same objective value (1e-6: the dense path's similarities are float32 from one
+    matmul, the lazy path's exact float32 distances)."""
     out = {}
     for bytes_ in (1 << 26, 1024):
         cfg = load_dual_config(None, **{**SMALL, "max_block_bytes": bytes_, "label_budget": 8})
@@ -177,7 +178,7 @@ def test_dense_batched_greedy_matches_lazy_greedy():
                        np.stack([t[2]["label_objective"] for t in trace[1:]]))
     for x, y in zip(out[1 << 26][0], out[1024][0]):
         assert np.array_equal(x, y)
-    np.testing.assert_allclose(out[1 << 26][1], out[1024][1], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(out[1 << 26][1], out[1024][1], rtol=0, atol=1e-6)
 
 
 def test_scenario_table_and_make_batched():

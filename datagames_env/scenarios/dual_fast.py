@@ -527,11 +527,18 @@ class FastDual(BatchedScenario):
                         dense, self._dense_greedy(dense)):
                     picks_out[b], values[b] = self._fill(cand, first[chosen], budget), value / len(cand)
             return picks_out, values
+        if cfg.labeler in ("entropy", "margin") and prepared:  # every env's candidate rows in one head call
+            width = max(len(p[2]) for p in prepared)
+            padded = np.zeros((b_n, width), dtype=np.int64)
+            valid = np.zeros((b_n, width), dtype=bool)
+            for b, _cand, rows, *_ in prepared:
+                padded[b, :len(rows)], valid[b, :len(rows)] = rows, True
+            candidate_probs = self._probs(padded, valid)
         for b, cand, rows, first, inverse, copies, covered, budget in prepared:
             if cfg.labeler == "random":
                 picks = np.sort(self.rngs[b].choice(len(cand), size=budget, replace=False))
             else:
-                probs = self._probs(rows[None])[0][inverse]
+                probs = candidate_probs[b, :len(rows)][inverse]
                 picks = np.argsort(-uncertainty(probs, cfg.labeler), kind="stable")[:budget]
             picked = np.unique(inverse[picks])
             after = covered
