@@ -224,9 +224,10 @@ def test_scenario_factory_builds_dual():
     assert isinstance(env, DualParallelEnv)
 
 
+@pytest.mark.parametrize("tier", ["fast", "paper"])
 @pytest.mark.parametrize("name", sorted(DUAL_POLICIES))
-def test_every_policy_acts_validly(name):
-    env = small_env()
+def test_every_policy_acts_validly(name, tier):
+    env = small_env(**{"perception.tier": tier})
     policy = make_dual_policy(name, env)
     policy.reset(0)
     obs, infos = env.reset(seed=4)

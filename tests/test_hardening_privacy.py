@@ -47,7 +47,7 @@ def test_dual_uses_the_configured_min_change_for_interned_copies(tmp_path):
     while env.agents:  # upload private samples first: every round sends blurred copies
         actions = {}
         for i, agent in enumerate(env.agents):
-            actions[agent] = rng.random(env.n_samples) + world.private[world.pool[env.stream_positions[i]]]
+            actions[agent] = rng.random(env.n_samples) + world.private[world.pool[env.stream_positions.reshape(-1, env.n_samples)[i]]]
         env.step(actions)
     cloud = env.cloud()
     blurred = cloud["blurred"]

@@ -102,7 +102,7 @@ from ..faces.base import FleetParallelEnv
 from .base import SampleSpec, Scenario, Transition, active_mask, atomic_step
 from .base import SnapshotError, check_snapshot_array, check_snapshot_int, check_snapshot_rng, snapshot_entry
 from ..core import draws
-from ..data.streams import draw_initial_cloud
+from ..data.streams import draw_initial_cloud, drift_mixes
 from ..perception import ModelVersion, limited_torch_threads, uncertainty
 from ..data.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
@@ -608,7 +608,7 @@ class DualScenario(Scenario):
                               **{f"privacy_total_{k}": v for k, v in privacy_total.items()}})
         if not last_round:
             if cfg.stream.drift > 0:
-                self.mixes = draws.drift(self.mixes[None], cfg.stream, [self.rng])[0]
+                self.mixes = drift_mixes(self.mixes, cfg.stream, self.rng)  # = draws.drift at B = 1
             self._observe_round()
         return Transition(self._observation_matrix(), np.full(cfg.n_robots, reward), last_round,
                           self._infos(step_record, per_robot))
