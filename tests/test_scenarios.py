@@ -71,7 +71,8 @@ def test_registry_has_parallel_and_aec(name):
 
     from datagames_env.scenarios.batching import BatchOfOne  # the B = 1 view of a native batched scenario
 
-    assert isinstance(par, FleetParallelEnv) and type(par.scenario) in (getattr(module, info.scenario_class), BatchOfOne)
+    assert isinstance(par, FleetParallelEnv)
+    assert type(par.scenario) in (getattr(module, info.scenario_class), BatchOfOne)
     assert isinstance(par.scenario, Scenario) and par.metadata["name"] == aec.metadata["name"]
     assert {k for k in vars(CLASSES[name]) if not k.startswith("__")} == {"scenario_class"}
 

@@ -67,4 +67,5 @@ def predicted_histograms(predicted: np.ndarray, n_classes: int) -> np.ndarray:
     one bincount for every robot of every env."""
     b_n, n = predicted.shape[:2]
     flat = predicted + n_classes * np.arange(b_n * n).reshape(b_n, n, 1)
-    return np.bincount(flat.ravel(), minlength=b_n * n * n_classes).reshape(b_n, n, n_classes).astype(np.int64, copy=False)
+    counts = np.bincount(flat.ravel(), minlength=b_n * n * n_classes).reshape(b_n, n, n_classes)
+    return counts.astype(np.int64, copy=False)

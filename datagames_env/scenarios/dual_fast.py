@@ -314,7 +314,8 @@ class FastDual(BatchedScenario):
         try:
             actions = np.asarray(actions, dtype=np.float64)
         except (TypeError, ValueError):
-            raise ValueError(f"actions must be numbers of shape (num_envs, n_robots, obs_per_round) = {shape}") from None
+            raise ValueError(f"actions must be numbers of shape (num_envs, n_robots, obs_per_round) = "
+                             f"{shape}") from None
         if actions.shape != shape:
             raise ValueError(f"actions must have shape (num_envs, n_robots, obs_per_round) = {shape}, got "
                              f"{actions.shape}")
@@ -465,8 +466,10 @@ class FastDual(BatchedScenario):
         labeled_mask = led["labeled"][:, :used]
         valid_mask = led["row"][:, :used] >= 0
         record = {"labeled": n_label, "uploaded": kept.reshape(b_n, -1).sum(axis=1),
-                  "cloud_labeled": labeled_mask.sum(axis=1), "cloud_unlabeled": (valid_mask & ~labeled_mask).sum(axis=1),
-                  "upload_objective": upload_value / max(n_ground, 1), "upload_objective_gain": upload_gain / max(n_ground, 1),
+                  "cloud_labeled": labeled_mask.sum(axis=1),
+                  "cloud_unlabeled": (valid_mask & ~labeled_mask).sum(axis=1),
+                  "upload_objective": upload_value / max(n_ground, 1),
+                  "upload_objective_gain": upload_gain / max(n_ground, 1),
                   "label_objective": label_objective, "coverage_gain": coverage_gain, "reward": reward}
         privacy_total = {key: value.sum(axis=1) for key, value in by_robot.items()}
         for b in range(b_n):
@@ -615,7 +618,8 @@ class FastDual(BatchedScenario):
         out[:, :, lay["rounds_left"]] = (cfg.rounds - self.round_index) / cfg.rounds
         coverage = self.cov_cloud[np.arange(b_n)[:, None, None], self._stream_slots()]
         out[:, :, lay["mean_coverage"]] = coverage.mean(axis=2, keepdims=True)
-        samples = np.concatenate([self.pool_unit[self.stream_positions], self.stream_probs, coverage[..., None]], axis=3)
+        samples = np.concatenate([self.pool_unit[self.stream_positions], self.stream_probs, coverage[..., None]],
+                                 axis=3)
         out[:, :, lay["samples"]] = samples.reshape(b_n, n, -1)
         return np.clip(out, self._low, self._high)  # unit-norm embeddings can exceed 1 by a float32 ulp
 
@@ -631,7 +635,8 @@ class FastDual(BatchedScenario):
         valid_mask = self.ledger["row"][:, :used] >= 0
         ints = np.int64
         infos: dict[str, Any] = {
-            "available": self.histograms.copy(), "feasible_matrix": self._feasible(self.confusion, self.estimated_mixes),
+            "available": self.histograms.copy(),
+            "feasible_matrix": self._feasible(self.confusion, self.estimated_mixes),
             "estimated_mix": self.estimated_mixes.copy(),
             "round": np.full(b_n, self.round_index, dtype=ints), "cloud_counts": self._labeled_counts(),
             "target_counts": np.tile(self.target_counts, (b_n, 1)), "n_cache": np.full(b_n, cfg.n_cache, dtype=ints),
