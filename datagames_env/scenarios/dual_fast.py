@@ -178,17 +178,25 @@ class FastDual(BatchedScenario):
         self.labels_used = np.zeros(b_n, dtype=np.int64)
         self.cov_cloud = np.zeros((b_n, len(self.cloud_rows)))
         self.cov_labeled = np.zeros((b_n, len(self.cloud_rows)))
-        self.cov_cloud = self._raise_coverage(self.cov_cloud, initial, np.ones(initial.shape, dtype=bool))
+        if self._world_initial_rows is not None:  # every env starts from the world's cloud: its coverage once
+            if getattr(self, "_initial_coverage", None) is None:
+                rows = self._world_initial_rows[None]
+                self._initial_coverage = self._raise_coverage(np.zeros((1, len(self.cloud_rows))), rows,
+                                                              np.ones(rows.shape, dtype=bool))
+            self.cov_cloud = np.repeat(self._initial_coverage, b_n, axis=0)
+        else:
+            self.cov_cloud = self._raise_coverage(self.cov_cloud, initial, np.ones(initial.shape, dtype=bool))
         self.cov_labeled = self.cov_cloud.copy()  # the initial cloud is all labeled
         self.heads.reset()  # refits: every head is the public prior
         self.heads.add(initial[:, None, :])
         self._fit()
+        self._draw_round()
+        self._score(held_out=True, stream=True)
         self.histories = [[{"round": 0, "validation_accuracy": float(self.validation_accuracy[b]),
                             "test_accuracy": float(self.test_accuracy[b]), "labels_used": 0,
                             "cloud_labeled": int(n0), "cloud_unlabeled": 0}] for b in range(b_n)]
         self._last = None
         self._needs_reset = False
-        self._observe_round()
         return self._observations(), self._infos(None)
 
     # --------------------------------------------------------------------------------------- model / views
@@ -198,14 +206,30 @@ class FastDual(BatchedScenario):
             return self.heads.predict(rows[:, None, :], None if valid is None else valid[:, None, :]).probs[:, 0]
 
     def _fit(self) -> None:
-        """Refit every env's head (one batched call) and score the held-out rows: accuracies, confusion."""
+        """Refit every env's head: one batched call."""
         with limited_torch_threads(1):
             self.heads.fit()
-        self._set_tables()
 
-    def _set_tables(self) -> None:
+    def _draw_round(self) -> None:
+        self.stream_positions = draws.draw_round(self.states, self.mixes, self.world, self.config.obs_per_round)
+
+    def _score(self, held_out: bool, stream: bool) -> None:
+        """What the heads' last fit says, in one head call: the held-out rows (accuracies, confusion) and the
+        round's stream rows (probabilities, predicted histograms, estimated mixes)."""
+        b_n = self.num_envs
+        parts = [np.broadcast_to(self._held_out, (b_n, len(self._held_out)))] if held_out else []
+        if stream:
+            parts.append(self.world.pool[self.stream_positions].reshape(b_n, -1))
+        if not parts:
+            return
+        probs = self._probs(np.concatenate(parts, axis=1))
+        if held_out:
+            self._set_tables(probs[:, :len(self._held_out)].argmax(axis=2))
+        if stream:
+            self._observe_round(probs[:, len(self._held_out) if held_out else 0:])
+
+    def _set_tables(self, held_out: np.ndarray) -> None:
         c, b_n = self.n_classes, self.num_envs
-        held_out = self._probs(np.broadcast_to(self._held_out, (b_n, len(self._held_out)))).argmax(axis=2)
         n_val = len(self._validation)
         val_pred, test_pred = held_out[:, :n_val], held_out[:, n_val:]
         self.validation_accuracy = (val_pred == self._valid_labels).mean(axis=1) if n_val else np.zeros(b_n)
@@ -263,13 +287,11 @@ class FastDual(BatchedScenario):
                 out[:, start:start + step] = np.maximum(best.double().numpy(), 0.0)
         return out
 
-    def _observe_round(self) -> None:
-        """Draw every robot's round of every env and what it sees under the current head."""
+    def _observe_round(self, probs: np.ndarray) -> None:
+        """What every robot sees of its round (``probs`` (B, N * obs, C): the head's on the stream rows)."""
         cfg, c = self.config, self.n_classes
         b_n, n = self.num_envs, self.n_robots
-        self.stream_positions = draws.draw_round(self.states, self.mixes, self.world, cfg.obs_per_round)
-        rows = self.world.pool[self.stream_positions]
-        self.stream_probs = self._probs(rows.reshape(b_n, -1)).reshape(b_n, n, cfg.obs_per_round, c)
+        self.stream_probs = probs.reshape(b_n, n, cfg.obs_per_round, c)
         predicted = self.stream_probs.argmax(axis=3)
         self.histograms = draws.predicted_histograms(predicted, c)
         self.estimated_mixes = np.empty((b_n, n, c))
@@ -453,8 +475,15 @@ class FastDual(BatchedScenario):
         accuracy_before = self.validation_accuracy
         self.round_index += 1
         pcfg = cfg.perception
-        if pcfg.retrain_every and self.round_index % pcfg.retrain_every == 0:
+        terminated = self.round_index >= cfg.rounds
+        refit = bool(pcfg.retrain_every and self.round_index % pcfg.retrain_every == 0)
+        if refit:
             self._fit()
+        if not terminated:  # the next round (the model's refit draws nothing: the order does not matter)
+            if cfg.stream.drift > 0:
+                self.mixes = draws.drift(self.mixes, cfg.stream, self.rngs)
+            self._draw_round()
+        self._score(held_out=refit, stream=not terminated)
         accuracy_gain = self.validation_accuracy - accuracy_before
         reward = accuracy_gain if cfg.reward == "accuracy" else coverage_gain
         labeled_robot = np.where(label_valid, np.take_along_axis(led["robot"], label_slots, axis=1), -1)
@@ -481,13 +510,8 @@ class FastDual(BatchedScenario):
                 "privacy_total": {key: int(value[b]) for key, value in privacy_total.items()}})
         self._last = {"record": record, "uploaded": kept.sum(axis=2), "uploaded_sample_ids": compact,
                       "labeled_from_robot": labeled_from_robot, "privacy": by_robot, "privacy_total": privacy_total}
-        terminated = self.round_index >= cfg.rounds
         if terminated:
             self._needs_reset = True
-        else:
-            if cfg.stream.drift > 0:
-                self.mixes = draws.drift(self.mixes, cfg.stream, self.rngs)
-            self._observe_round()
         rewards = np.repeat(np.asarray(reward, dtype=np.float64)[:, None], n, axis=1)
         return BatchTransition(self._observations(), rewards, np.full(b_n, terminated), self._infos(self._last))
 
@@ -589,8 +613,10 @@ class FastDual(BatchedScenario):
             arange = torch.arange(e)
             chosen = [[] for _ in range(e)]
             steps_t = torch.from_numpy(steps)
+            residual = torch.empty_like(sims)
             for t in range(int(steps.max())):
-                gains = torch.bmm((sims - cov[:, None, :]).clamp_(min=0.0), w)[:, :, 0].masked_fill_(blocked, -1.0)
+                torch.sub(sims, cov[:, None, :], out=residual)
+                gains = torch.bmm(residual.clamp_(min=0.0), w)[:, :, 0].masked_fill_(blocked, -1.0)
                 best_gain, best = gains.max(dim=1)
                 active = (t < steps_t) & (best_gain > 0)
                 for j in torch.nonzero(active).flatten().tolist():
@@ -621,7 +647,7 @@ class FastDual(BatchedScenario):
         samples = np.concatenate([self.pool_unit[self.stream_positions], self.stream_probs, coverage[..., None]],
                                  axis=3)
         out[:, :, lay["samples"]] = samples.reshape(b_n, n, -1)
-        return np.clip(out, self._low, self._high)  # unit-norm embeddings can exceed 1 by a float32 ulp
+        return np.clip(out, self._low, self._high, out=out)  # unit-norm embeddings can exceed 1 by a float32 ulp
 
     def _feasible(self, conditionals: np.ndarray, mixes: np.ndarray) -> np.ndarray:
         out = np.empty(mixes.shape + (self.n_classes,))
@@ -705,7 +731,7 @@ class FastDual(BatchedScenario):
 
     # ------------------------------------------------------------------------------------------ snapshots
     _SNAPSHOT_FIELDS = ("seeds", "states", "mixes", "round_index", "labels_used", "stream_positions", "histograms",
-                        "estimated_mixes", "cov_cloud", "cov_labeled", "_n0", "_needs_reset")
+                        "estimated_mixes", "stream_probs", "cov_cloud", "cov_labeled", "_n0", "_needs_reset")
 
     def snapshot_state(self) -> dict:
         if not hasattr(self, "ledger"):
@@ -733,6 +759,7 @@ class FastDual(BatchedScenario):
         for key in ("mixes", "estimated_mixes"):
             check_snapshot_array(entry(key), f"state.{key}", (b_n, n, c), "f", 0.0, 1.0)
         check_snapshot_array(entry("histograms"), "state.histograms", (b_n, n, c), "i", 0, obs)
+        check_snapshot_array(entry("stream_probs"), "state.stream_probs", (b_n, n, obs, c), "f", 0.0, 1.0)
         for key in ("cov_cloud", "cov_labeled"):
             check_snapshot_array(entry(key), f"state.{key}", (b_n, len(self.cloud_rows)), "f")
         n0 = check_snapshot_int(entry("_n0"), "state._n0", 0, 2**40)
@@ -766,12 +793,9 @@ class FastDual(BatchedScenario):
             self.rngs[-1].bit_generator.state = rng_state
         self.ledger = {key: np.asarray(value).copy() for key, value in state["ledger"].items()}
         self.heads.load_state(state["heads"])
-        self._set_tables()
+        self._score(held_out=True, stream=False)  # the round's own view (stream_probs ...) is in the snapshot
         self.histories = [[dict(r) for r in h] for h in state["histories"]]
         self._last = None if state["last"] is None else _deep_copy(state["last"])
-        b_n, n, obs = self.stream_positions.shape
-        rows = self.world.pool[self.stream_positions].reshape(b_n, -1)
-        self.stream_probs = self._probs(rows).reshape(b_n, n, obs, self.n_classes)
 
     def content_arrays(self):
         dataset = self.world.dataset
