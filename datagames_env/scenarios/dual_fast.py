@@ -611,20 +611,21 @@ class FastDual(BatchedScenario):
             w = torch.from_numpy(weights.astype(np.float32))[:, :, None]
             blocked = torch.from_numpy(~valid)
             arange = torch.arange(e)
-            chosen = [[] for _ in range(e)]
+            n_steps = int(steps.max())
+            picks = torch.full((e, n_steps), -1, dtype=torch.int64)
             steps_t = torch.from_numpy(steps)
             residual = torch.empty_like(sims)
-            for t in range(int(steps.max())):
+            for t in range(n_steps):
                 torch.sub(sims, cov[:, None, :], out=residual)
                 gains = torch.bmm(residual.clamp_(min=0.0), w)[:, :, 0].masked_fill_(blocked, -1.0)
                 best_gain, best = gains.max(dim=1)
-                active = (t < steps_t) & (best_gain > 0)
-                for j in torch.nonzero(active).flatten().tolist():
-                    chosen[j].append(int(best[j]))
+                active = (t < steps_t) & (best_gain > 0)  # gains only shrink: once none is positive, none will be
+                picks[:, t] = torch.where(active, best, -1)
                 cov = torch.where(active[:, None], torch.maximum(cov, sims[arange, best]), cov)
-                blocked[arange[active], best[active]] = True
+                blocked[arange, best] |= active
             value = (cov.double() * w[:, :, 0].double()).sum(dim=1).numpy()
-        return [(np.asarray(ch, dtype=np.int64), float(value[j])) for j, ch in enumerate(chosen)]
+        picks_np = picks.numpy()
+        return [(row[row >= 0], float(value[j])) for j, row in enumerate(picks_np)]
 
     # -------------------------------------------------------------------------------------- read-outs
     def _observations(self) -> np.ndarray:
@@ -644,9 +645,10 @@ class FastDual(BatchedScenario):
         out[:, :, lay["rounds_left"]] = (cfg.rounds - self.round_index) / cfg.rounds
         coverage = self.cov_cloud[np.arange(b_n)[:, None, None], self._stream_slots()]
         out[:, :, lay["mean_coverage"]] = coverage.mean(axis=2, keepdims=True)
-        samples = np.concatenate([self.pool_unit[self.stream_positions], self.stream_probs, coverage[..., None]],
-                                 axis=3)
-        out[:, :, lay["samples"]] = samples.reshape(b_n, n, -1)
+        samples = out[:, :, lay["samples"]].reshape(b_n, n, cfg.obs_per_round, self.sample_feature_dim)  # a view
+        samples[..., self.sample_layout["embedding"]] = self.pool_unit[self.stream_positions]
+        samples[..., self.sample_layout["probs"]] = self.stream_probs
+        samples[..., self.sample_layout["coverage"]] = coverage[..., None]
         return np.clip(out, self._low, self._high, out=out)  # unit-norm embeddings can exceed 1 by a float32 ulp
 
     def _feasible(self, conditionals: np.ndarray, mixes: np.ndarray) -> np.ndarray:
