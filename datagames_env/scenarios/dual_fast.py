@@ -271,15 +271,17 @@ class FastDual(BatchedScenario):
             return out
         ref_index = torch.from_numpy(np.where(valid, ref_rows, 0))
         ref = self._unit_t[ref_index]  # (B, K, d)
-        mask = torch.from_numpy(~valid)[:, None, :]
+        mask = None if valid.all() else torch.from_numpy(~valid)[:, :, None]
         step = max(1, block_rows_for(b_n * k, cfg.max_block_bytes))
         with limited_torch_threads(1):
             for start in range(0, len(ground_rows), step):
                 ground = self._unit_t[torch.from_numpy(ground_rows[start:start + step])]  # (g, d)
                 # unit rows: the nearest reference has the largest dot product and |a - b|^2 = 2 - 2 a.b (one
                 # batched matmul); a row's distance to itself is exactly 0
-                dots = torch.matmul(ground, ref.transpose(1, 2)).masked_fill_(mask, -float("inf"))  # (B, g, K)
-                top, where = dots.max(dim=2)
+                dots = torch.matmul(ref, ground.T)  # (B, K, g): the max over K runs along whole rows
+                if mask is not None:
+                    dots.masked_fill_(mask, -float("inf"))
+                top, where = dots.max(dim=1)
                 itself = torch.gather(ref_index, 1, where) == torch.from_numpy(ground_rows[start:start + step])[None]
                 nearest = top.mul_(-2.0).add_(2.0).clamp_(min=0.0).masked_fill_(itself, 0.0).sqrt_()
                 best = (nearest.square_().mul_(-0.5).add_(1.0) if cfg.kernel == "cosine"
