@@ -3,6 +3,7 @@ Prints figures, asserts nothing.
 
     .venv/bin/python benchmarks/bench_dual_long.py                 # rounds 100 and 800 (a few minutes)
     .venv/bin/python benchmarks/bench_dual_long.py --at 50 200     # other rounds
+    .venv/bin/python benchmarks/bench_dual_long.py --tier paper    # the paper tier (default: fast)
     .venv/bin/python benchmarks/bench_dual_long.py --save-dir /tmp/snaps      # also pickle env.snapshot() there
     .venv/bin/python benchmarks/bench_dual_long.py --load /tmp/snaps/round_800.pkl   # time from a snapshot
 
@@ -38,12 +39,13 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=10, help="steps timed per figure")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--retrain-every", type=int, default=0)
+    parser.add_argument("--tier", choices=["fast", "paper"], default="fast", help="perception tier (issue 17)")
     parser.add_argument("--save-dir", type=Path, default=None, help="pickle a snapshot at each timed round here")
     parser.add_argument("--load", type=Path, default=None, help="restore this snapshot and time --window steps")
     args = parser.parse_args()
     rounds = max(args.at) + args.window + 1
     env = parallel_env("dual_default", rounds=rounds, label_pool="all",
-                       **{"perception.retrain_every": args.retrain_every})
+                       **{"perception.retrain_every": args.retrain_every, "perception.tier": args.tier})
     rng = np.random.default_rng(args.seed)
     env.reset(seed=args.seed)
     scenario = env.scenario

@@ -10,6 +10,9 @@ case           setting
                ``p2p_default`` (digits MLPs)
 ``p2p_40``     ``p2p_default`` with 40 robots (its three robot kinds in turn, a tenth of their initial labels)
 ``dual_500``   ``dual_default`` with 500 robots, 3 rounds
+``dual_b16``   ``dual_default`` as 16 envs of the native batched dual (``make_batched``), whole episodes
+               including reset, in robot-steps/s; a tree without ``make_batched`` (0dbebaf) runs one
+               ``parallel_env("dual_default")`` instead (the issue-17 baseline)
 =============  ==============================================================================================
 
 Each case runs in its own process (one torch thread): one reset (not timed: it trains the first models), then
@@ -32,7 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
-CASES = ("p2p_3", "p2p_40", "dual_500")
+CASES = ("p2p_3", "p2p_40", "dual_500", "dual_b16")
+B16_EPISODES = int(os.environ.get("BENCH_DUAL_EPISODES", "6"))
 
 
 def _p2p_module():
@@ -62,6 +66,47 @@ def _make(case: str):
     return dual.parallel_env("dual_default", n_robots=500, rounds=3)
 
 
+def _robot_steps(episodes: int) -> dict:
+    """Whole episodes (reset included) of random actions: 16 native batched envs, or one parallel env in a
+    tree without ``make_batched``. One warm-up episode first (numba, the cached extractor)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    try:
+        from datagames_env.scenarios import make_batched
+    except ImportError:
+        make_batched = None
+    if make_batched is not None:
+        batch = make_batched("dual_default", 16)
+        shape = (batch.num_envs, batch.n_robots, batch.action_width)
+
+        def episode(seed: int) -> int:
+            batch.reset(np.arange(seed * 16, seed * 16 + 16))
+            for _ in range(batch.config.rounds):
+                batch.step(rng.random(shape))
+            return batch.num_envs * batch.n_robots * batch.config.rounds
+        kind = f"{type(batch).__name__} x16"
+    else:
+        from datagames_env.scenarios import dual
+
+        env = dual.parallel_env("dual_default")
+
+        def episode(seed: int) -> int:
+            env.reset(seed=seed)
+            steps = 0
+            while env.agents:
+                env.step({a: rng.random(env.action_space(a).shape).astype(np.float32) for a in env.agents})
+                steps += len(env.possible_agents)
+            return steps
+        kind = "parallel_env"
+    episode(10_000)
+    start, steps = time.perf_counter(), 0
+    for seed in range(episodes):
+        steps += episode(seed)
+    seconds = time.perf_counter() - start
+    return {"case": "dual_b16", "kind": kind, "robot_steps_per_s": steps / seconds, "seconds_per_step": seconds / steps}
+
+
 def run_case(case: str) -> dict:
     import warnings
 
@@ -70,6 +115,8 @@ def run_case(case: str) -> dict:
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
+    if case == "dual_b16":
+        return _robot_steps(B16_EPISODES)
     env = _make(case)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
@@ -108,7 +155,12 @@ def main() -> None:
             if args.baseline is not None:
                 theirs.append(_in_process(args.baseline, case)["seconds_per_step"])
         line = f"{case:<9} {statistics.median(ours):8.3f} s/step ({1 / statistics.median(ours):6.2f} cycles/s)"
-        if theirs:
+        if case == "dual_b16":
+            line = f"{case:<9} {1 / statistics.median(ours):10.1f} robot-steps/s"
+            if theirs:
+                line += (f"   baseline {1 / statistics.median(theirs):8.1f} robot-steps/s   "
+                         f"speed-up {statistics.median(theirs) / statistics.median(ours):6.1f}x")
+        elif theirs:
             line += (f"   baseline {statistics.median(theirs):8.3f} s/step   "
                      f"speed-up {statistics.median(theirs) / statistics.median(ours):5.1f}x")
         print(line, flush=True)

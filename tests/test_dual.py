@@ -16,6 +16,7 @@ from baselines.submodular import fleet_objective
 from datagames_env.config import ConfigError
 from datagames_env.scenarios.dual import DualParallelEnv, load_dual_config, parallel_env, uncertainty
 from datagames_env.harness.cli import main as _cli_main
+from datagames_env.scenarios.batching import BatchOfOne
 
 SMALL = {"n_robots": 3, "rounds": 3, "obs_per_round": 30, "n_cache": 4, "label_budget": 6,
          "initial_cloud_size": 40, "perception.train_steps": 60}
@@ -29,6 +30,12 @@ def dual_main(argv: list[str]) -> int:
 @pytest.fixture(autouse=True)
 def _one_thread(one_torch_thread):
     yield
+
+
+def env0(env: DualParallelEnv, name: str):
+    """An array of the scenario as the paper tier holds it (robots first): env 0 of the fast tier's batch."""
+    value = getattr(env, name)
+    return value[0] if isinstance(env.scenario, BatchOfOne) else value
 
 
 def small_env(**extra) -> DualParallelEnv:
@@ -69,11 +76,12 @@ def test_observation_contract():
         assert o[lay["mean_coverage"]][0] == pytest.approx(cov.mean(), abs=1e-6)
     # fresh arrays every call: mutating one observation changes nothing the env holds
     obs["robot_0"][:] = 0
-    assert np.any(env._observation_matrix()[0] != 0)
+    assert np.any(env.state()[:env.obs_layout["samples"].stop] != 0)
 
 
-def test_two_stages_only_labeled_samples_train_the_model():
-    env = small_env(labeler="submodular")
+@pytest.mark.parametrize("tier", ["fast", "paper"])
+def test_two_stages_only_labeled_samples_train_the_model(tier):
+    env = small_env(labeler="submodular", **{"perception.tier": tier})
     trace = play(env, "submodular-independent", seed=1)
     cloud = env.cloud()
     assert len(env.history) == SMALL["rounds"] + 1
@@ -84,8 +92,13 @@ def test_two_stages_only_labeled_samples_train_the_model():
         assert ((cloud["round"] == r) & (cloud["robot"] >= 0)).sum() == n_robots * n_cache
     assert env.labels_used == budget * SMALL["rounds"] == int((cloud["labeled_round"] >= 0).sum())
     assert (~cloud["labeled"]).sum() == SMALL["rounds"] * (n_robots * n_cache - budget)  # unlabeled rest is kept
-    # the model after the last retrain was trained on exactly the labeled multiset
-    assert np.array_equal(np.sort(env._version_rows), np.sort(cloud["row"][cloud["labeled"]]))
+    # the model after the last retrain was trained on exactly the labeled multiset (fast tier: the head's counts)
+    labeled_rows = cloud["row"][cloud["labeled"]]
+    if isinstance(env.scenario, BatchOfOne):
+        counts = np.bincount(env.world.labels[labeled_rows], minlength=env.n_classes)
+        assert np.array_equal(env.heads.counts[0, 0], counts)
+    else:
+        assert np.array_equal(np.sort(env._version_rows), np.sort(labeled_rows))
     last = trace[-1]
     assert all(last[2].values()) and env.agents == []
     info = last[3]["robot_0"]
@@ -136,7 +149,7 @@ def test_no_private_sample_reaches_the_cloud_unfiltered(seed, mode, prefer_priva
             scores = rng.random(env.n_samples)
             if prefer_private:  # the adversarial policy: try to upload private samples first
                 i = env.possible_agents.index(agent)
-                scores += world.private[world.pool[env.stream_positions[i]]]
+                scores += world.private[world.pool[env0(env, "stream_positions")[i]]]
             actions[agent] = scores
         _obs, _, _, _, infos = env.step(actions)
         for k in totals:
@@ -182,7 +195,7 @@ def test_invalid_actions_name_the_robot_and_change_nothing():
     with pytest.raises(ValueError, match="missing actions"):
         env.step({"robot_0": good["robot_0"]})
     assert len(env.history) == before[0] and np.array_equal(env.cloud()["row"], before[1])
-    first_positions = env.stream_positions[0, :SMALL["n_cache"]].copy()
+    first_positions = env0(env, "stream_positions")[0, :SMALL["n_cache"]].copy()
     env.step(good)  # still steps normally
     # ties go to the lower index: all-zero scores upload the first n_cache samples
     cloud = env.cloud()
@@ -211,9 +224,10 @@ def test_scenario_factory_builds_dual():
     assert isinstance(env, DualParallelEnv)
 
 
+@pytest.mark.parametrize("tier", ["fast", "paper"])
 @pytest.mark.parametrize("name", sorted(DUAL_POLICIES))
-def test_every_policy_acts_validly(name):
-    env = small_env()
+def test_every_policy_acts_validly(name, tier):
+    env = small_env(**{"perception.tier": tier})
     policy = make_dual_policy(name, env)
     policy.reset(0)
     obs, infos = env.reset(seed=4)
@@ -228,8 +242,9 @@ def test_submodular_upload_covers_more_than_random_and_uncertainty():
     env = small_env(n_robots=4, obs_per_round=60, n_cache=5)
     obs, infos = env.reset(seed=7)
     lay = env.sample_layout
-    embeddings = [env.stream_embeddings[i] for i in range(4)]
-    coverages = list(env.coverage)
+    samples = [obs[a][env.obs_layout["samples"]].reshape(env.n_samples, -1) for a in env.agents]
+    embeddings = [s[:, lay["embedding"]] for s in samples]
+    coverages = [s[:, lay["coverage"]].ravel().astype(np.float64) for s in samples]
     values = {}
     for name in ("random", "entropy", "submodular-independent", "submodular-interactive", "submodular-centralized"):
         policy = make_dual_policy(name, env)

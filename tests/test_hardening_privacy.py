@@ -47,7 +47,7 @@ def test_dual_uses_the_configured_min_change_for_interned_copies(tmp_path):
     while env.agents:  # upload private samples first: every round sends blurred copies
         actions = {}
         for i, agent in enumerate(env.agents):
-            actions[agent] = rng.random(env.n_samples) + world.private[world.pool[env.stream_positions[i]]]
+            actions[agent] = rng.random(env.n_samples) + world.private[world.pool[env.stream_positions.reshape(-1, env.n_samples)[i]]]
         env.step(actions)
     cloud = env.cloud()
     blurred = cloud["blurred"]
@@ -121,7 +121,8 @@ def test_blur_hides_a_stamped_patch_in_any_image(placement, seed):
 # a small stream pool (about 200 samples) so that uploads repeat within a few rounds
 TINY_POOL = {"dataset": {"name": "digits", "validation_fraction": 0.45, "test_fraction": 0.44},
              "n_robots": 4, "obs_per_round": 30, "n_cache": 5, "label_budget": 2, "initial_cloud_size": 20,
-             "label_pool": "all", "perception.train_steps": 40, "perception.retrain_every": 0}
+             "label_pool": "all", "perception.train_steps": 40, "perception.retrain_every": 0,
+             "perception.tier": "paper"}  # these tests patch and read DualScenario's stage 2
 
 
 def _run(env, rounds: int, seed: int = 0):

@@ -99,11 +99,11 @@ FAULTS = [
     ("p2p", "filter.apply", {"privacy.private_fraction": 0.3}),
     ("p2p", "_predict_round", {}),
     ("p2p", "_train", {"perception.warm_start": True, "perception.retrain_steps": 5}),
-    ("dual", "_set_model", {}),
-    ("dual", "_label", {}),
-    ("dual", "filter.apply", {}),
-    ("dual", "_observe_round", {"stream.drift": 0.3}),
-    ("dual", "drift_mixes", {"stream.drift": 0.3, "labeler": "random"}),
+    ("dual", "_set_model", {"perception.tier": "paper"}),
+    ("dual", "_label", {"perception.tier": "paper"}),
+    ("dual", "filter.apply", {"perception.tier": "paper"}),
+    ("dual", "_observe_round", {"stream.drift": 0.3, "perception.tier": "paper"}),
+    ("dual", "drift_mixes", {"stream.drift": 0.3, "labeler": "random", "perception.tier": "paper"}),
 ]
 
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import kernels
+from . import draws, kernels
 from ..config import ConfigError, EnvConfig, check_memory
-from ..data.streams import draw_class_mixes, draw_initial_cloud, drift_mixes
+from ..data.streams import draw_initial_cloud
 from ..perception import ModelVersion
 from .world import World, get_world
 
@@ -214,9 +214,6 @@ class BatchedCore:
         return draw_initial_cloud(rng, cfg.initial_cloud_size, cfg.initial_cloud_alpha, cfg.initial_cloud_proportions,
                                   self.world.members_of_classes(), self.world.pool)
 
-    def _draw_mixes(self, rng: np.random.Generator) -> np.ndarray:
-        return draw_class_mixes(self.cfg.stream, self.n_robots, self.n_classes, rng)
-
     def _model_for(self, train_ids: np.ndarray, robot: int) -> ModelVersion:
         pcfg = self.cfg.perception
         if not pcfg.per_robot:
@@ -242,14 +239,10 @@ class BatchedCore:
             raise ValueError(f"seeds must be non-negative integers, got {seeds}")
         cfg, b_n, n, c = self.cfg, self.num_envs, self.n_robots, self.n_classes
         self.seeds = seeds
-        self.rngs = [np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(s), 0]))) for s in seeds]
-        self.states = kernels.seed_states(seeds)
+        self.rngs, self.states = draws.seed_episodes(seeds)
         self.round_index = 0
-        self.mixes = np.stack([self._draw_mixes(rng) for rng in self.rngs])
-        if self._world_initial_cloud is not None:
-            self.initial_ids = [self._world_initial_cloud] * b_n
-        else:
-            self.initial_ids = [self._draw_initial_cloud(rng) for rng in self.rngs]
+        self.mixes = draws.draw_mixes(cfg.stream, n, c, self.rngs)
+        self.initial_ids = draws.initial_clouds(self.rngs, self._world_initial_cloud, self._draw_initial_cloud)
         labels = self.world.dataset.labels
         self.cloud_counts = np.stack([np.bincount(labels[ids], minlength=c) for ids in self.initial_ids]).astype(np.float64)
         # the ledger grows with the rounds played (doubling): allocating every round at reset cost 7.3 GB for
@@ -277,14 +270,9 @@ class BatchedCore:
                 if len(v.versions) > 1 else self.mixes @ v.conditionals[0]
             kernels.draw_predicted_histograms(self.states, marginals, cfg.obs_per_round, self.histograms)
         else:
-            self.stream_positions = np.empty((self.num_envs, self.n_robots, cfg.obs_per_round), dtype=np.int64)
-            kernels.draw_stream_samples(self.states, self.mixes, self.world.class_start, self.world.class_members,
-                                        self.stream_positions)
+            self.stream_positions = draws.draw_round(self.states, self.mixes, self.world, cfg.obs_per_round)
             predicted = v.pool_predictions[self.robot_version[:, :, None], self.stream_positions]
-            flat = predicted + self.n_classes * np.arange(self.num_envs * self.n_robots).reshape(
-                self.num_envs, self.n_robots, 1)
-            self.histograms = np.bincount(flat.ravel(), minlength=self.num_envs * self.n_robots * self.n_classes
-                                          ).reshape(self.num_envs, self.n_robots, self.n_classes)
+            self.histograms = draws.predicted_histograms(predicted, self.n_classes)
         # pooled: the rounds since the robot's model last changed share one confusion matrix, so their
         # histograms add up (less noise; biased if the mixes drift)
         self.pooled_histograms = self.pooled_histograms + self.histograms
@@ -428,7 +416,7 @@ class BatchedCore:
         return StepResult(rewards, self.distance.copy(), ids, labels, predicted, terminated, final_accuracy)
 
     def _drift_mixes(self) -> None:
-        self.mixes = np.stack([drift_mixes(m, self.cfg.stream, rng) for m, rng in zip(self.mixes, self.rngs)])
+        self.mixes = draws.drift(self.mixes, self.cfg.stream, self.rngs)
 
     # ----------------------------------------------------------------------------------- read-outs
     def observations(self) -> np.ndarray:

@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from ..config import ConfigError, EnvConfig
-from ..data.datasets import Dataset, load_dataset, split_dataset
+from ..data.datasets import Dataset, DatasetSplits, load_dataset, split_dataset
 from ..perception import Perception
 
 __all__ = ["World", "get_world"]
@@ -24,7 +24,7 @@ class World:
         dcfg = cfg.dataset
         self.dataset = dataset if dataset is not None else load_dataset(dcfg.name, dcfg.data_dir, dcfg.download)
         self.n_classes = self.dataset.n_classes
-        self.splits = split_dataset(self.dataset.labels, dcfg.validation_fraction, dcfg.test_fraction, dcfg.split_seed)
+        self.splits = self._split(cfg)
         self.pool = self.splits.pool
         self.pool_labels = self.dataset.labels[self.pool]
         counts = np.bincount(self.pool_labels, minlength=self.n_classes)
@@ -38,6 +38,11 @@ class World:
         self.perception = Perception(features, labels, self.splits.pool, self.splits.validation, self.splits.test,
                                      self.n_classes, cfg.perception,
                                      max_threads=1)  # small models: a second thread only spins under load
+
+    def _split(self, cfg) -> DatasetSplits:
+        """Pool / validation / test of the dataset (a scenario may hold more rows out of the pool)."""
+        dcfg = cfg.dataset
+        return split_dataset(self.dataset.labels, dcfg.validation_fraction, dcfg.test_fraction, dcfg.split_seed)
 
     def _model_rows(self, cfg) -> tuple[np.ndarray, np.ndarray]:
         """Feature rows and labels the perception cache trains and scores on (a scenario may add rows)."""

@@ -67,7 +67,7 @@ SCENARIOS: dict[str, ScenarioInfo] = {
             ("submodular-interactive", "SubmodularInteractivePolicy"),
             ("submodular-centralized", "SubmodularCentralizedPolicy"), ("greedy", "GreedyDualPolicy"),
             ("interactive", "InteractiveDualPolicy"), ("oracle", "OracleDualPolicy"))),
-        labelers="datagames_env.scenarios.dual:LABELERS"),
+        labelers="datagames_env.scenarios.dual:LABELERS", batched="batched_scenario"),
 }
 
 

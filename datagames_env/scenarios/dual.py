@@ -65,6 +65,7 @@ to the filter's output on every upload). The initial cloud is drawn from public 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -100,11 +101,13 @@ from ..data.datasets import Dataset
 from ..faces.base import FleetParallelEnv
 from .base import SampleSpec, Scenario, Transition, active_mask, atomic_step
 from .base import SnapshotError, check_snapshot_array, check_snapshot_int, check_snapshot_rng, snapshot_entry
-from ..data.streams import draw_class_mixes, draw_initial_cloud, drift_mixes
+from ..core import draws
+from ..data.streams import draw_initial_cloud, drift_mixes
 from ..perception import ModelVersion, limited_torch_threads, uncertainty
 from ..data.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
-__all__ = ["DualConfig", "DualParallelEnv", "DualWorld", "env", "load_dual_config", "parallel_env"]
+__all__ = ["DualConfig", "DualParallelEnv", "DualScenario", "DualWorld", "batched_scenario", "dual_scenario", "env",
+           "load_dual_config", "parallel_env", "set_observation_layout"]
 
 METADATA = {"name": "datagames_dual_v0", "render_modes": ["human", "ansi"], "is_parallelizable": True,
             "render_fps": 2}
@@ -116,9 +119,19 @@ PRIVACY_COUNTS = ("private", "dropped", "blurred", "passed_private")  # infos: p
 
 
 class DualPerceptionConfig(PerceptionConfig):
-    """The cloud model; in DUAL it retrains on the labeled set after every round by default."""
+    """The cloud model; in DUAL it retrains on the labeled set after every round by default.
+
+    ``tier: fast`` (default): a frozen extractor pretrained once on a public split (``public_fraction`` of the
+    stream pool, per class, held out of the pool) and cached on disk, the cloud model a Gaussian head on its
+    features (:mod:`datagames_env.perception.fast`, :mod:`.dual_fast`). ``tier: paper``: the cloud network
+    retrained from scratch on the labeled set (what the papers do; 0dbebaf's episodes)."""
 
     retrain_every: int = Field(1, ge=0, description="retrain on the labeled cloud set every k rounds; 0 = never")
+    tier: Literal["fast", "paper"] = Field("fast", description="fast: frozen pretrained features + a head "
+                                           "refitted in one batched call; paper: the network retrained per round")
+    public_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="fast tier: share of the stream pool (per "
+                                   "class) held out as the public pretraining split of the frozen extractor")
+    head: Literal["student", "lda", "ridge"] = Field("student", description="fast tier: the cloud model's head")
 
 
 class DualConfig(_Strict):
@@ -188,6 +201,24 @@ class DualWorld(World):
         super().__init__(cfg)
         self.public_members = [m[~self.private[self.pool[m]]] for m in self.members_of_classes()]
 
+    def _split(self, cfg: DualConfig):
+        """The fast tier holds ``perception.public_fraction`` of every class's pool rows out of the pool: the
+        public split its extractor pretrains on (``public_rows``); the paper tier keeps the whole pool."""
+        splits = super()._split(cfg)
+        self.public_rows = np.zeros(0, dtype=np.int64)
+        if cfg.perception.tier != "fast":
+            return splits
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.dataset.split_seed, 0x9B11C]))
+        labels = self.dataset.labels[splits.pool]
+        public = []
+        for y in range(self.dataset.n_classes):
+            members = splits.pool[labels == y]
+            k = int(round(cfg.perception.public_fraction * len(members)))
+            k = min(k, len(members) - 1)  # every class keeps a pool sample (the streams draw from each)
+            public.append(rng.choice(members, size=max(k, 0), replace=False))
+        self.public_rows = np.sort(np.concatenate(public)).astype(np.int64)
+        return dataclasses.replace(splits, pool=np.setdiff1d(splits.pool, self.public_rows))
+
     def _model_rows(self, cfg: DualConfig) -> tuple[np.ndarray, np.ndarray]:
         """Stamp private patches on a share of the pool, intern the blurred copies as extra rows."""
         dcfg, pcfg = cfg.dataset, cfg.privacy
@@ -252,6 +283,38 @@ def get_dual_world(cfg: DualConfig) -> DualWorld:
 # ---------------------------------------------------------------------------------------------------- env
 
 
+def set_observation_layout(scenario: Any, cfg: DualConfig, c: int) -> None:
+    """The observation contract both tiers share (module docstring): ``obs_layout``, ``sample_layout``, bounds,
+    ``sample_spec``, ``action_width``, ``state_space``, ``target_counts``, set on ``scenario``."""
+    scenario.embedding_dim = e = cfg.perception.embedding_dim
+    layout, start = {}, 0
+    for name, width in (("labeled_hist", c), ("predicted_hist", c), ("class_accuracy", c), ("estimated_mix", c),
+                        ("budgets", 2), ("unlabeled_share", 1), ("rounds_left", 1), ("mean_coverage", 1)):
+        layout[name] = slice(start, start + width)
+        start += width
+    scenario.context_dim = start
+    layout["context"] = slice(0, start)
+    scenario.n_samples = cfg.obs_per_round
+    scenario.sample_layout = {"embedding": slice(0, e), "probs": slice(e, e + c), "coverage": slice(e + c, e + c + 1)}
+    scenario.sample_feature_dim = e + c + 1
+    layout["samples"] = slice(start, start + scenario.n_samples * scenario.sample_feature_dim)
+    scenario.obs_layout = layout
+    scenario.obs_dim = layout["samples"].stop
+    low = np.zeros(scenario.obs_dim, dtype=np.float32)
+    per_sample_low = np.zeros(scenario.sample_feature_dim, dtype=np.float32)
+    per_sample_low[scenario.sample_layout["embedding"]] = -1.0
+    low[layout["samples"]] = np.tile(per_sample_low, scenario.n_samples)
+    scenario._low, scenario._high = low, np.ones(scenario.obs_dim, dtype=np.float32)
+    scenario.observation_low, scenario.observation_high = scenario._low, scenario._high
+    scenario.sample_spec = SampleSpec(scenario.context_dim, scenario.n_samples, scenario.sample_feature_dim, e,
+                                      cfg.n_cache)
+    scenario.action_width = scenario.n_samples
+    scenario.state_space = spaces.Box(np.tile(scenario._low, cfg.n_robots), np.tile(scenario._high, cfg.n_robots),
+                                      dtype=np.float32)
+    scenario.target_counts = np.full(c, (cfg.initial_cloud_size + cfg.rounds * cfg.label_budget) / c)
+    scenario.target_counts.flags.writeable = False
+
+
 class DualScenario(Scenario):
     """DUAL: two-stage upload + labeling (see the module docstring)."""
 
@@ -263,33 +326,8 @@ class DualScenario(Scenario):
         self.world = get_dual_world(cfg)
         self.n_classes = c = self.world.n_classes
         self.class_names = self.world.dataset.class_names
-        self.embedding_dim = e = cfg.perception.embedding_dim
-        layout, start = {}, 0
-        for name, width in (("labeled_hist", c), ("predicted_hist", c), ("class_accuracy", c), ("estimated_mix", c),
-                            ("budgets", 2), ("unlabeled_share", 1), ("rounds_left", 1), ("mean_coverage", 1)):
-            layout[name] = slice(start, start + width)
-            start += width
-        self.context_dim = start
-        layout["context"] = slice(0, start)
-        self.n_samples = cfg.obs_per_round
-        self.sample_layout = {"embedding": slice(0, e), "probs": slice(e, e + c), "coverage": slice(e + c, e + c + 1)}
-        self.sample_feature_dim = e + c + 1
-        layout["samples"] = slice(start, start + self.n_samples * self.sample_feature_dim)
-        self.obs_layout = layout
-        self.obs_dim = layout["samples"].stop
-        low = np.zeros(self.obs_dim, dtype=np.float32)
-        per_sample_low = np.zeros(self.sample_feature_dim, dtype=np.float32)
-        per_sample_low[self.sample_layout["embedding"]] = -1.0
-        low[layout["samples"]] = np.tile(per_sample_low, self.n_samples)
-        self._low, self._high = low, np.ones(self.obs_dim, dtype=np.float32)
-        self.observation_low, self.observation_high = self._low, self._high
-        self.sample_spec = SampleSpec(self.context_dim, self.n_samples, self.sample_feature_dim, e, cfg.n_cache)
-        self.action_width = self.n_samples
-        self.state_space = spaces.Box(np.tile(self._low, cfg.n_robots), np.tile(self._high, cfg.n_robots),
-                                      dtype=np.float32)
+        set_observation_layout(self, cfg, c)
         self.filter = PrivacyFilter.from_config(cfg.privacy)
-        self.target_counts = np.full(c, (cfg.initial_cloud_size + cfg.rounds * cfg.label_budget) / c)
-        self.target_counts.flags.writeable = False
         self._world_initial_rows = None
         if cfg.world_seed is not None:
             self._world_initial_rows = self._draw_initial_cloud(
@@ -307,10 +345,10 @@ class DualScenario(Scenario):
     def reset(self, seed: int) -> tuple[np.ndarray, list[dict]]:
         cfg = self.config
         self.seed = seed
-        self.rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, 0])))
-        self.states = kernels.seed_states([self.seed])
-        self.mixes = draw_class_mixes(cfg.stream, cfg.n_robots, self.n_classes, self.rng)
-        initial = self._world_initial_rows if self._world_initial_rows is not None else self._draw_initial_cloud(self.rng)
+        rngs, self.states = draws.seed_episodes([seed])  # the core's seeding and draws, at B = 1
+        self.rng = rngs[0]
+        self.mixes = draws.draw_mixes(cfg.stream, cfg.n_robots, self.n_classes, rngs)[0]
+        initial = draws.initial_clouds(rngs, self._world_initial_rows, self._draw_initial_cloud)[0]
         n0 = len(initial)
         # the cloud ledger: one entry per sample that reached the cloud
         self._cloud = {"row": initial.astype(np.int64), "labeled": np.ones(n0, bool), "robot": np.full(n0, -1),
@@ -375,15 +413,11 @@ class DualScenario(Scenario):
         """Draw every robot's round and compute what it sees (robot view, current model)."""
         cfg, w = self.config, self.world
         n, obs = cfg.n_robots, cfg.obs_per_round
-        positions = np.empty((1, n, obs), dtype=np.int64)
-        kernels.draw_stream_samples(self.states, self.mixes[None], w.class_start, w.class_members, positions)
-        self.stream_positions = positions[0]
+        self.stream_positions = draws.draw_round(self.states, self.mixes[None], w, obs)[0]
         self.stream_probs = self.version.pool_probs[self.stream_positions]            # (N, obs, C)
         self.stream_embeddings = self.version.pool_embeddings[self.stream_positions]  # (N, obs, E)
         predicted = self.version.pool_predictions[self.stream_positions]
-        offsets = self.n_classes * np.arange(n)[:, None]  # one bincount for every robot's predictions
-        self.histograms = np.bincount((predicted + offsets).ravel(), minlength=n * self.n_classes).reshape(
-            n, self.n_classes).astype(np.int64)
+        self.histograms = draws.predicted_histograms(predicted[None], self.n_classes)[0]
         self.estimated_mixes = np.empty((1, n, self.n_classes))
         kernels.estimate_mixes(self.histograms[None], np.zeros((1, n), np.int64), self._confusion,
                                self._pinv_confusion_t, 0, 50, self.estimated_mixes)
@@ -574,7 +608,7 @@ class DualScenario(Scenario):
                               **{f"privacy_total_{k}": v for k, v in privacy_total.items()}})
         if not last_round:
             if cfg.stream.drift > 0:
-                self.mixes = drift_mixes(self.mixes, cfg.stream, self.rng)
+                self.mixes = drift_mixes(self.mixes, cfg.stream, self.rng)  # = draws.drift at B = 1
             self._observe_round()
         return Transition(self._observation_matrix(), np.full(cfg.n_robots, reward), last_round,
                           self._infos(step_record, per_robot))
@@ -711,11 +745,31 @@ def _copied(value: Any) -> Any:
     return value.copy() if isinstance(value, np.ndarray) else value
 
 
-class DualParallelEnv(FleetParallelEnv):
-    """DUAL as a PettingZoo parallel environment: the one face over :class:`DualScenario`.
-    ``DualParallelEnv(config=None, render_mode=None, max_cycles=None, **overrides)``."""
+def dual_scenario(config: str | Path | dict | DualConfig | None = None, **overrides: Any) -> Scenario:
+    """The B = 1 scenario of a dual config: on ``perception.tier: fast`` the native batched dual seen at B = 1
+    (:class:`~.batching.BatchOfOne` over :class:`~.dual_fast.FastDual`), on ``paper`` :class:`DualScenario`."""
+    cfg = load_dual_config(config, **overrides)
+    if cfg.perception.tier == "fast":
+        from .batching import BatchOfOne
+        from .dual_fast import FastDual
 
-    scenario_class = DualScenario
+        return BatchOfOne(FastDual(cfg, 1))
+    return DualScenario(cfg)
+
+
+def batched_scenario(cfg: DualConfig, num_envs: int):
+    """The scenario table's native batched dual: :class:`~.dual_fast.FastDual` on the fast tier, None on the
+    paper tier (the batched faces loop over :class:`DualScenario` objects)."""
+    from .dual_fast import batched_scenario as native
+
+    return native(cfg, num_envs)
+
+
+class DualParallelEnv(FleetParallelEnv):
+    """DUAL as a PettingZoo parallel environment: the one face over the dual scenario of the config's tier
+    (:func:`dual_scenario`). ``DualParallelEnv(config=None, render_mode=None, max_cycles=None, **overrides)``."""
+
+    scenario_class = staticmethod(dual_scenario)
 
 
 def parallel_env(config: str | Path | dict | DualConfig | None = None, **overrides: Any) -> DualParallelEnv:
