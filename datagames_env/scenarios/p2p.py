@@ -182,8 +182,9 @@ class P2PPerceptionConfig(PerceptionConfig):
                                                 "fine-tuning) instead of a fresh initialisation")
     retrain_steps: int | None = Field(None, ge=1, description="Adam steps of a retraining; null = train_steps")
     tier: Literal["fast", "paper"] = Field(
-        "paper", description="fast: a frozen extractor pretrained once on a public split + batched per-robot heads "
-                             "(scenarios/p2p_fast.py); paper: a network per robot, retrained per round")
+        "fast", description="fast (the default, as in dual): a frozen extractor pretrained once on a public split + "
+                            "batched per-robot heads (scenarios/p2p_fast.py); paper: a network per robot, retrained "
+                            "per round")
     public_domains: list[str] | None = Field(
         None, description="fast tier: domains whose public split pretrains the extractor; null = the non-rare ones")
     public_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="fast tier: share of each public domain's "
