@@ -312,11 +312,13 @@ def training_counts(result: dict) -> str:
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:
-    from .warmup import compile_kernels
+    from .warmup import compile_kernels, warm_perception
 
     console = make_console()
     console.print("compiling the numba kernels (once per machine; cached afterwards)...")
     console.print(f"kernels ready ({compile_kernels(log=console.print):.0f} s)")
+    console.print("pretraining the fast perception tier's extractors (once per machine and config; cached on disk)...")
+    console.print(f"fast perception ready ({warm_perception(log=console.print):.0f} s)")
     return 0
 
 
@@ -421,8 +423,8 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
                     help="torch threads in the driver (default 1: fastest for these small networks; 0 = torch's default)")
     tr.set_defaults(func=cmd_train)
 
-    warm = sub.add_parser("warmup", help="compile the numba kernels now (make install runs it; else the first run "
-                                         "spends 1-2 min on it)")
+    warm = sub.add_parser("warmup", help="compile the numba kernels and pretrain the fast perception tier now (make install runs it; else "
+                                         "the first run spends 1-2 min on it)")
     warm.set_defaults(func=cmd_warmup)
     if default_config is None:  # `datagames p2p ...` takes the commands, not the aliases again
         for alias, config in scenario_aliases().items():

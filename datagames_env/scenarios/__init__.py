@@ -42,6 +42,9 @@ class ScenarioInfo:
     # name of a function in ``module``: (validated config, num_envs) -> a native BatchedScenario, or None when this
     # config (e.g. its perception tier) has none; None here: the scenario has no native batched implementation
     batched: str | None = None
+    # "module:function" (config) -> list of cache files: builds what a first episode of the config would otherwise
+    # build (the fast tier's pretrained extractor); ``datagames warmup`` runs it on ``default_config``
+    warm: str | None = None
 
 
 _REPORTS = "datagames_env.harness.reports"
@@ -57,7 +60,7 @@ SCENARIOS: dict[str, ScenarioInfo] = {
         "datagames/P2P-v0", "p2p_default", f"{_REPORTS}.p2p:P2PReporter",
         (("random", "baselines.p2p_policies:RandomSharePolicy"), ("oracle", "baselines.p2p_policies:OraclePolicy"),
          ("gu", "baselines.p2p_policies:GUPolicy")),
-        batched="batched_scenario"),
+        batched="batched_scenario", warm="datagames_env.scenarios.p2p_fast:warm_fast_perception"),
     "dual": ScenarioInfo(
         "datagames_env.scenarios.dual", "DualScenario", "datagames_env.scenarios.dual:load_dual_config",
         "datagames/Dual-v0", "dual_default", f"{_REPORTS}.dual:DualReporter",
@@ -67,7 +70,8 @@ SCENARIOS: dict[str, ScenarioInfo] = {
             ("submodular-interactive", "SubmodularInteractivePolicy"),
             ("submodular-centralized", "SubmodularCentralizedPolicy"), ("greedy", "GreedyDualPolicy"),
             ("interactive", "InteractiveDualPolicy"), ("oracle", "OracleDualPolicy"))),
-        labelers="datagames_env.scenarios.dual:LABELERS", batched="batched_scenario"),
+        labelers="datagames_env.scenarios.dual:LABELERS", batched="batched_scenario",
+        warm="datagames_env.scenarios.dual_fast:warm_fast_perception"),
 }
 
 
