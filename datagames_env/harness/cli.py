@@ -423,8 +423,8 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
                     help="torch threads in the driver (default 1: fastest for these small networks; 0 = torch's default)")
     tr.set_defaults(func=cmd_train)
 
-    warm = sub.add_parser("warmup", help="compile the numba kernels and pretrain the fast perception tier now (make install runs it; else "
-                                         "the first run spends 1-2 min on it)")
+    warm = sub.add_parser("warmup", help="compile the numba kernels and pretrain the fast perception tier now (make "
+                                         "install runs it; else the first run spends 1-2 min on it)")
     warm.set_defaults(func=cmd_warmup)
     if default_config is None:  # `datagames p2p ...` takes the commands, not the aliases again
         for alias, config in scenario_aliases().items():
