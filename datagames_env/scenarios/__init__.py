@@ -40,7 +40,7 @@ class ScenarioInfo:
 
 SCENARIOS: dict[str, ScenarioInfo] = {
     "datagames": ScenarioInfo("datagames_env.scenarios.datagames", "DataGamesScenario", "datagames/DataGames-v0",
-                              "default"),
+                              "default", batched="batched"),
     "p2p": ScenarioInfo("datagames_env.scenarios.p2p", "P2PScenario", "datagames/P2P-v0", "p2p_default"),
     "dual": ScenarioInfo("datagames_env.scenarios.dual", "DualScenario", "datagames/Dual-v0", "dual_default"),
 }
