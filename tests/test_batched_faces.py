@@ -164,6 +164,7 @@ def test_torchrl_check_env_specs_on_every_scenario(name):
 
     env = datagames_env.torchrl_env(2, config=name, seed=1, **TINY[name])
     check_env_specs(env)
+    env.set_seed(1)
     td = env.reset()
     vec = datagames_env.vector_env(2, config=name, **TINY[name])
     obs, _ = vec.reset(seed=1)
@@ -227,7 +228,7 @@ def test_benchmarl_mappo_runs_on_p2p_and_dual(name, tmp_path):
     task = make_task(name, **TINY[name])
     frames = 2 * task.env_config.rounds  # one episode of two envs per iteration
     cfg = ExperimentConfig.get_from_yaml()
-    cfg.max_n_iters, cfg.on_policy_collected_frames_per_batch, cfg.on_policy_n_envs_per_worker = 1, frames, 2
+    cfg.max_n_frames, cfg.max_n_iters, cfg.on_policy_collected_frames_per_batch, cfg.on_policy_n_envs_per_worker = None, 1, frames, 2
     cfg.on_policy_n_minibatch_iters, cfg.on_policy_minibatch_size = 1, frames
     cfg.evaluation, cfg.render, cfg.loggers, cfg.create_json = False, False, [], False
     cfg.save_folder, cfg.checkpoint_at_end, cfg.sampling_device, cfg.train_device = str(tmp_path), False, "cpu", "cpu"
