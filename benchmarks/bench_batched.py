@@ -152,7 +152,7 @@ def main() -> None:
         print(json.dumps(run_case(args.run, args.num_envs, args.seconds)))
         return
     base = args.baseline if args.baseline is not None else ROOT
-    tag = "0dbebaf" if args.baseline is not None else "this tree (no --baseline)"
+    tag = "baseline" if args.baseline is not None else "this tree (no --baseline)"
     # name, (tree, case, B) over (tree, case, B), goal
     rows = [
         (f"p2p vector_env({args.p2p_envs})", (ROOT, "p2p:vector", args.p2p_envs), (base, "p2p:parallel", 1),
@@ -169,6 +169,7 @@ def main() -> None:
     ]
     if args.row:
         rows = [r for r in rows if any(r[0].startswith(p) for p in args.row)]
+    print(f"baseline: {base}")
     print(f"robot-steps/s, whole episodes with resets, random actions, one torch thread, {args.seconds:g} s per run, "
           f"median of {args.repeat}")
     header = f"{'row':<26} {'robot-steps/s':>14} {'against':<40} {'robot-steps/s':>14} {'ratio':>9} {'goal':>7}  pass"
@@ -177,9 +178,10 @@ def main() -> None:
     results = []
     for name, (tree, case, b), (base_tree, base_case, base_b), against, goal in rows:
         ours, theirs = [], []
-        for _ in range(args.repeat):  # alternating, so both sides see the same load
-            ours.append(_in_process(tree, case, b, args.seconds)["robot_steps_per_s"])
-            theirs.append(_in_process(base_tree, base_case, base_b, args.seconds)["robot_steps_per_s"])
+        for k in range(args.repeat):  # alternating, and which side goes first too, so both see the same load
+            sides = [(ours, (tree, case, b)), (theirs, (base_tree, base_case, base_b))]
+            for out, call in (sides if k % 2 == 0 else sides[::-1]):
+                out.append(_in_process(*call, args.seconds)["robot_steps_per_s"])
         num, den = statistics.median(ours), statistics.median(theirs)
         ratio = num / den
         ok = ratio >= goal
