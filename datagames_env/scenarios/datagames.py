@@ -227,11 +227,11 @@ class DataGamesScenario(Scenario):
         if core.cfg.final_accuracy:  # -1 until the episode's last step computed it
             final = result.final_test_accuracy if result is not None else None
             shared["final_test_accuracy"] = float(final[0]) if final is not None else -1.0
-        n_uploaded = (labels >= 0).sum(axis=1)  # slots are filled from the left
+        n_uploaded = (labels >= 0).sum(axis=1).tolist()  # slots are filled from the left
         return [{"available": available[i], "feasible_matrix": feasible[i], "estimated_mix": mixes[i],
                  "round": core.round_index, "cloud_counts": cloud[i], "target_counts": target[i], **shared,
                  "uploaded_true_labels": labels[i], "uploaded_predicted_labels": predicted[i],
-                 "n_uploaded": int(n_uploaded[i])} for i in range(n)]
+                 "n_uploaded": n_uploaded[i]} for i in range(n)]
 
     # ------------------------------------------------------------------------------ global / privileged
     def state(self) -> np.ndarray:
