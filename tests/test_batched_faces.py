@@ -254,3 +254,17 @@ def test_sb3_vecenv_on_p2p_and_dual(name):
         obs, rewards, dones, infos = venv.step(np.full((rows, venv.action_space.shape[0]), 0.5, np.float32))
         assert rewards.shape == dones.shape == (rows,)
     assert dones.all() and all(not info["TimeLimit.truncated"] and "terminal_observation" in info for info in infos)
+
+
+def test_sb3_ppo_trains_on_p2p(tmp_path):
+    """``datagames train --algo sb3-ppo`` no longer refuses p2p and dual: one tiny PPO rollout and update."""
+    pytest.importorskip("stable_baselines3")
+    from agents.rllib_train import TrainSettings
+    from agents.sb3_train import train_sb3
+
+    settings = TrainSettings(config="p2p_default", overrides=dict(TINY["p2p_default"]), iterations=1,
+                             train_batch_size=12, minibatch_size=6, num_epochs=1, out=str(tmp_path), run_name="p2p",
+                             progress=False)
+    result = train_sb3(settings, log=lambda *a: None)
+    assert result["history"][-1]["agent_steps"] == 12
+    assert (tmp_path / "p2p" / "checkpoint" / "model.zip").is_file()
