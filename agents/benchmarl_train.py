@@ -106,10 +106,13 @@ def _history_callback(n_robots: int, log=None):
                 if done.any():
                     rewards = batch.get(("next", "robots", "episode_reward"))  # RewardSum: per robot, over rounds
                     row["episode_return_per_robot"] = float(rewards[done].mean())  # over episodes and robots
-                    row["final_distance"] = float(batch.get(("next", "distance")).squeeze(-1)[done].mean())
+                    distance = ""
+                    if ("next", "distance") in batch.keys(True):  # the cloud game's; p2p and dual have none
+                        row["final_distance"] = float(batch.get(("next", "distance")).squeeze(-1)[done].mean())
+                        distance = f", final distance {row['final_distance']:.2f}"
                     if self.log is not None:
                         self.log(f"iteration {row['iteration']}: return per robot "
-                                 f"{row['episode_return_per_robot']:.3f}, final distance {row['final_distance']:.2f}, "
+                                 f"{row['episode_return_per_robot']:.3f}{distance}, "
                                  f"{row['agent_steps']:,} agent steps, {row['elapsed_s']:.0f} s")
                 self.history.append(row)
 

@@ -3,8 +3,8 @@
 One ``MlpPolicy`` shared by every robot (rows of the VecEnv). ``iterations`` counts PPO rollouts of
 ``n_steps`` steps of all ``B * N`` rows; ``--num-envs-per-env-runner`` sets B. TensorBoard logs go to
 ``<run>/tensorboard``, the model to ``<run>/checkpoint/model.zip`` (with ``datagames_meta.json``);
-``--resume <checkpoint>`` continues a run. SB3 trains the cloud scenario (``datagames``) only: the
-vector core is what makes its rows cheap.
+``--resume <checkpoint>`` continues a run. Every scenario (``datagames``, ``p2p``, ``dual``): the rows come from
+``vector_env``, as fast as the scenario's batched implementation.
 """
 
 from __future__ import annotations
@@ -49,12 +49,8 @@ def train_sb3(settings: TrainSettings, log=print) -> dict:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import VecMonitor
 
-    from datagames_env.scenarios import scenario_of
-
     from datagames_env.faces.sb3 import DataGamesSB3VecEnv
 
-    if scenario_of(settings.config, **settings.overrides) != "datagames":
-        raise ValueError("--algo sb3-ppo trains the datagames scenario; use --algo ppo (RLlib) for p2p and dual")
     if settings.per_robot:
         raise ValueError("--per-robot is RLlib only: SB3 shares one policy across the robot rows")
     rllib_only = {"--critic central": settings.critic != "local", "--imitate": settings.imitate,

@@ -464,7 +464,7 @@ def test_vector_env_equals_parallel_envs_step_for_step(name):
                 np.testing.assert_allclose(vrew[b], np.float32(outs[b][1][agents[0]]), rtol=1e-6, atol=1e-7)
                 assert (vterm[b] == outs[b][2][agents[0]]).all()
                 assert not vtrunc.any()
-            assert vinfos["round"] == step
+            assert (vinfos["round"] == step).all()
             np.testing.assert_array_equal(vec.privileged_view()["true_mixes"][b], pars[b].privileged_view()["true_mixes"])
         if step == SMALL["rounds"]:
             assert all(not p.agents for p in pars) and vterm.all()

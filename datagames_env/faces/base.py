@@ -160,6 +160,8 @@ class FleetParallelEnv(ParallelEnv):
     def _own_infos(self, rows: list[dict], agents: list[str]) -> dict[str, dict]:
         """Each robot's info as a fresh dict with arrays of its own: an array that is read-only or already handed
         to another robot is copied (TorchRL warns about read-only arrays; a write must not reach another robot)."""
+        if not self._reports_online and getattr(self.scenario, "owns_info_arrays", False):
+            return {a: rows[self._index[a]] for a in agents}  # fresh dicts of fresh, per-robot arrays already
         seen: set[int] = set()
         infos = {}
         for a in agents:

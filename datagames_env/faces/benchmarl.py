@@ -1,4 +1,4 @@
-"""BenchMARL task family ``datagames``: the cloud game as BenchMARL tasks, over :func:`torchrl_env`.
+"""BenchMARL task family ``datagames``: every scenario (cloud game, p2p, dual) as BenchMARL tasks, over :func:`torchrl_env`.
 
 ``from datagames_env.benchmarl import DataGamesTask``; ``task = DataGamesTask.DEFAULT.get_from_yaml()`` and any
 BenchMARL algorithm runs on it (``Experiment(task=task, algorithm_config=MappoConfig.get_from_yaml(), ...)``), or
@@ -8,22 +8,23 @@ BenchMARL algorithm runs on it (``Experiment(task=task, algorithm_config=MappoCo
 Tasks                  ``DEFAULT`` (digits, 10 robots, 10 rounds), ``MNIST_DATAGAMES`` (the paper's MNIST
                        setting with retraining off: needs the MNIST files, ``$DATAGAMES_DATA_DIR``),
                        ``DIGITS_RARE`` (rare specialists, ``action_mode: selection``: a score per sample);
-                       YAML in ``configs/benchmarl/task/datagames/<task>.yaml``: ``config`` (a datagames config)
-                       + ``overrides``
+                       ``P2P_DEFAULT`` (peer-to-peer GU sharing, ``p2p_default``), ``DUAL_DEFAULT`` (two-stage
+                       upload + labeling, ``dual_default``); YAML in ``configs/benchmarl/task/datagames/<task>.yaml``:
+                       ``config`` (a config of any scenario) + ``overrides``
 Agents                 one group ``"robots"`` of N agents (``group_map``), parameter sharing by default
 Observation            ``observation_spec``: ``("robots", "observation")`` unbatched ``(N, obs_dim)``;
-                       ``state_spec``: ``"state"`` ``(3C + 1 + 3NC,)`` for centralised critics (MAPPO, MASAC)
-Action                 continuous only: ``("robots", "action")`` ``(N, C)`` shares or ``(N, obs_per_round)``
-                       scores in [0, 1] (BenchMARL's TanhNormal maps to the bounds)
-Reward                 ``("robots", "reward")`` ``(N, 1)``, the shared potential gain
+                       ``state_spec``: ``"state"`` ``(state_dim,)`` (the scenario's ``state()``; cloud game
+                       ``3C + 1 + 3NC``) for centralised critics (MAPPO, MASAC)
+Action                 continuous only: ``("robots", "action")`` ``(N, A)`` in [0, 1]: shares per predicted class
+                       or scores per sample (BenchMARL's TanhNormal maps to the bounds)
+Reward                 ``("robots", "reward")`` ``(N, 1)``, the scenario's reward (cloud game: the shared
+                       potential gain)
 Episode end            ``max_steps = rounds``; the last round is a termination (never a truncation)
 Arguments              a task's config dict: ``config`` (name, path or dict), ``overrides`` (dotted keys)
 =====================  =====================================================================================
 
-``P2P_DEFAULT`` and ``DUAL_DEFAULT`` are not in the family: those scenarios have no batched core (every step
-trains classifiers: about 0.1-1 s per step), so BenchMARL would run them through ``SerialEnv`` at a few frames
-per second; ``torchrl.envs.PettingZooWrapper(datagames_env.parallel_env("p2p_default"))`` works for a user who
-wants to try.
+The p2p and dual tasks run at the speed of their scenario's batched implementation (``make_batched``: native where
+the scenario has one for its config's perception tier, else B scenarios stepped in a loop; see docs/batched.md).
 
 BenchMARL reads task YAMLs from its own package (``benchmarl/conf/task``); this enum reads them from ours, so
 ``get_from_yaml()`` works without copying files into site-packages. BenchMARL's own hydra CLI works too:
@@ -44,7 +45,8 @@ from benchmarl.utils import _read_yaml_config
 from torchrl.data import Composite
 from torchrl.envs import EnvBase
 
-from ..config import CONFIG_DIR, load_config, resolve_config_path
+from ..config import CONFIG_DIR, resolve_config_path
+from ..scenarios import load_scenario_config
 
 from .torchrl import GROUP, torchrl_env
 
@@ -67,7 +69,7 @@ def _base(env: EnvBase) -> EnvBase:
 
 
 class DataGamesClass(TaskClass):
-    """A datagames task: ``config = {"config": <datagames config>, "overrides": {...}}``."""
+    """A datagames task: ``config = {"config": <a config of any scenario>, "overrides": {...}}``."""
 
     def __init__(self, name: str, config: dict[str, Any] | None) -> None:
         config = dict(config or {})
@@ -78,7 +80,7 @@ class DataGamesClass(TaskClass):
         config["overrides"] = dict(config.get("overrides") or {})
         super().__init__(name, config)
         # validate now: a bad key fails when the task is built, not inside a collector
-        self.env_config = load_config(config["config"], **config["overrides"])
+        self.env_config = load_scenario_config(config["config"], **config["overrides"])
 
     def get_env_fun(self, num_envs: int, continuous_actions: bool, seed: int | None, device):
         if not continuous_actions:
@@ -123,9 +125,9 @@ class DataGamesClass(TaskClass):
 
     @staticmethod
     def log_info(batch) -> dict[str, float]:
-        """The cloud's final distance to the target over the episodes that ended in this batch."""
+        """The cloud's final distance to the target over the episodes that ended in this batch (cloud game)."""
         done = batch.get(("next", "done")).squeeze(-1)
-        if not done.any():
+        if not done.any() or ("next", "distance") not in batch.keys(True):
             return {}
         return {"collection/final_distance": float(batch.get(("next", "distance")).squeeze(-1)[done].mean())}
 
@@ -136,6 +138,8 @@ class DataGamesTask(Task):
     DEFAULT = None
     MNIST_DATAGAMES = None
     DIGITS_RARE = None
+    P2P_DEFAULT = None
+    DUAL_DEFAULT = None
 
     @staticmethod
     def associated_class():

@@ -2,10 +2,12 @@
 
 =====================  ============================================================================
 Rows                   ``num_envs = B * N``: row ``b * N + i`` is robot ``i`` of environment ``b`` of a
-                       :class:`datagames_env.DataGamesVectorEnv` (one batched core, no subprocesses)
+                       :class:`~datagames_env.faces.vector.VectorEnv` of any scenario (one batched scenario, no
+                       subprocesses)
 Observation space      the per-robot ``Box`` of ``parallel_env`` (``single_observation_space``)
-Action space           the per-robot ``Box(0, 1, ...)`` (allocation shares or selection scores)
-Reward                 the robot's reward (shared across the robots of an environment)
+Action space           the per-robot ``Box(0, 1, ...)`` (cloud game: allocation shares or selection scores;
+                       p2p, dual: a score per observed sample)
+Reward                 the robot's reward (the scenario's; shared across the robots of an env in the cloud game)
 Episode end            all environments terminate together after ``rounds`` steps (the task's horizon):
                        every row is done, ``infos[row]["terminal_observation"]`` holds its last
                        observation and ``infos[row]["TimeLimit.truncated"]`` is False (SB3 does not
@@ -16,7 +18,7 @@ Seeding                ``seed(s)`` before ``reset()``: environment b is reset wi
 =====================  ============================================================================
 
 Why not SuperSuit: its README marks it semi-deprecated and its SB3 path loses seeding and
-``TimeLimit.truncated``; here the rows are just a reshape of the core's (B, N, ...) arrays.
+``TimeLimit.truncated``; here the rows are just a reshape of the batched scenario's (B, N, ...) arrays.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the rl extra
     raise ImportError("datagames_env.faces.sb3 needs Stable-Baselines3: pip install -e '.[rl]'") from exc
 
-from .vector import DataGamesVectorEnv
+from .vector import VectorEnv
 
 
 class DataGamesSB3VecEnv(VecEnv):
@@ -41,7 +43,7 @@ class DataGamesSB3VecEnv(VecEnv):
     def __init__(self, num_envs: int = 1, config: Any = None, **overrides: Any) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.vector = DataGamesVectorEnv(num_envs=num_envs, config=config, **overrides)
+        self.vector = VectorEnv(num_envs=num_envs, config=config, **overrides)
         self.n_envs = num_envs
         self.n_robots = self.vector.n_robots
         super().__init__(num_envs * self.n_robots, self.vector.single_observation_space,

@@ -1,35 +1,40 @@
-"""``torchrl_env(num_envs)``: a native TorchRL ``EnvBase`` over the batched core, VMAS style.
+"""``torchrl_env(num_envs, config)``: a native TorchRL ``EnvBase`` over any scenario's batched env, VMAS style.
 
 ``datagames_env.torchrl_env(num_envs=256, config="default", device="cpu", **overrides)`` (imported lazily: a
-plain ``import datagames_env`` never imports torchrl). The cloud game (``scenario: datagames``) only: the
-batched core is what makes B environments one array step.
+plain ``import datagames_env`` never imports torchrl). Every scenario: the cloud game, ``p2p`` and ``dual`` (the
+config's ``scenario`` key); it steps :func:`~datagames_env.faces.vector.vector_env`, so a scenario's native
+batched implementation makes B environments one array step.
 
 =====================  =====================================================================================
 Batch                  ``batch_size = (num_envs,)``; env b equals ``vector_env(num_envs).reset(seed)``'s env b
                        (``set_seed(s)`` then reset: env b gets seed ``s + b``), draw for draw
 Agents                 one group ``"robots"`` = ``robot_0 … robot_{N-1}`` (``group_map``), all act every round
-Observation            ``("robots", "observation")``: ``(B, N, obs_dim)`` float32 in [-1, 1], the layout of
-                       ``parallel_env`` (``obs_layout``); ``"state"``: ``(B, 3C + 1 + 3NC)`` the global state
-                       of ``parallel_env.state()`` (privileged: true mixes), for centralised critics;
-                       ``"distance"``: ``(B, 1)`` the cloud's distance to the target (for logging)
-Action                 ``("robots", "action")``: ``(B, N, C)`` allocation shares, or ``(B, N, obs_per_round)``
-                       selection scores, bounded [0, 1]
-Reward                 ``("robots", "reward")``: ``(B, N, 1)``, the scenario's reward (shared: equal per env)
+Observation            ``("robots", "observation")``: ``(B, N, obs_dim)`` float32 within the scenario's bounds,
+                       the layout of ``parallel_env`` (``obs_layout``); ``"state"``: ``(B, state_dim)`` the
+                       scenario's global state ``parallel_env.state()`` (cloud game: ``3C + 1 + 3NC``, privileged:
+                       true mixes), for centralised critics; cloud game only: ``"distance"`` ``(B, 1)`` the
+                       cloud's distance to the target (for logging)
+Action                 ``("robots", "action")``: ``(B, N, A)`` in [0, 1]: the scenario's per-robot action
+                       (cloud game: shares or scores; p2p, dual: a score per observed sample)
+Reward                 ``("robots", "reward")``: ``(B, N, 1)``, the scenario's reward
 Episode end            after ``rounds`` steps: ``done = terminated = True`` at the root ``(B, 1)`` and per robot
                        ``("robots", "done" | "terminated")`` ``(B, N, 1)``; ``truncated`` is always False (the
                        rounds are the task's horizon and the observation carries ``rounds_left``: GUIDE 5)
 Reset                  ``_reset`` mask ``(B, 1)`` honoured: only the masked envs start a new episode, the others
                        go on where they were (see below)
-Arguments              ``num_envs``, ``config`` (name, path, dict or ``EnvConfig``), ``device`` (where tensors
-                       live; the core runs on CPU arrays), ``seed`` (as ``set_seed``), ``**overrides``
+Arguments              ``num_envs``, ``config`` (name, path, dict or a scenario's config object), ``device``
+                       (where tensors live; the scenario runs on CPU arrays), ``seed`` (as ``set_seed``),
+                       ``**overrides``
 =====================  =====================================================================================
 
-Partial resets. The batched core steps its B environments in lockstep (one round counter). A ``_reset`` mask
+Partial resets. A batched scenario steps its B environments in lockstep (one round counter). A ``_reset`` mask
 that covers some environments only moves them to a new *cohort*: a vector env of their own, reset with fresh
 seeds, stepped beside the old one; the old cohort keeps stepping its remaining rows (the departed rows are fed
-zero actions and ignored). A full reset (no mask, or all True) is one cohort again. Collectors reset all envs at
-once here (every env ends after ``rounds`` steps), so the usual path is one cohort and one core step per step.
-An env whose episode ended and was not reset stays done (reward 0, observation unchanged) until it is reset.
+zero actions and ignored). A full reset (no mask, or all True) is one cohort again; vector envs of cohorts that
+ended are kept and reused by later cohorts of their size (building a p2p or dual env trains models). Collectors
+reset all envs at once here (every env ends after ``rounds`` steps), so the usual path is one cohort and one
+batched step per step. An env whose episode ended and was not reset stays done (reward 0, observation unchanged)
+until it is reset.
 
 Seeds follow ``vector_env``: ``set_seed(s)`` makes the next full reset give env b seed ``s + b`` and seeds a
 generator from ``s`` that draws the seeds of every later reset (``vector_env.reset(seed=s)`` then
@@ -45,25 +50,19 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from ..config import load_config
-from .vector import vector_env
+from ..scenarios import load_scenario_config
+from .vector import VectorEnv
 
 
 GROUP = "robots"
 
-__all__ = ["GROUP", "DataGamesTorchRLEnv", "global_state", "torchrl_env"]
+__all__ = ["GROUP", "DataGamesTorchRLEnv", "FleetTorchRLEnv", "global_state", "torchrl_env"]
 
 
-def global_state(venv, observations: np.ndarray) -> np.ndarray:
-    """``(B, 3C + 1 + 3NC)`` float32: cloud_hist, target, gap, rounds_left (shared), then every robot's true
-    mix, predicted histogram and class accuracy: ``parallel_env.state()`` for each env of a vector env."""
-    lay = venv.obs_layout
-    first = observations[:, 0]
-    shared = [first[:, lay["cloud_hist"]], first[:, lay["target"]], first[:, lay["gap"]], first[:, lay["rounds_left"]]]
-    b = observations.shape[0]
-    per_robot = [venv.core.mixes.reshape(b, -1), observations[:, :, lay["predicted_hist"]].reshape(b, -1),
-                 observations[:, :, lay["class_accuracy"]].reshape(b, -1)]
-    return np.concatenate(shared + per_robot, axis=1).astype(np.float32)
+def global_state(venv, observations: np.ndarray | None = None) -> np.ndarray:
+    """``(B, state_dim)`` float32: ``parallel_env.state()`` of every env of a vector env (its ``state()``; the
+    observations argument is kept for callers of the cloud-game-only version and not needed)."""
+    return venv.state()
 
 
 class _Cohort:
@@ -80,29 +79,34 @@ class _Cohort:
         return bool(len(self.rows) and (self.rows == np.arange(len(self.rows))).all())
 
 
-class DataGamesTorchRLEnv(EnvBase):
-    """The cloud game as a batched multi-agent TorchRL environment (module docstring)."""
+class FleetTorchRLEnv(EnvBase):
+    """Any scenario as a batched multi-agent TorchRL environment (module docstring)."""
 
     batch_locked = True
 
     def __init__(self, num_envs: int = 1, config=None, device="cpu", seed: int | None = None, **overrides) -> None:
-        cfg = load_config(config, **overrides)
-        if cfg.scenario != "datagames":
-            raise ValueError(f"torchrl_env batches the cloud game (scenario 'datagames'); config '{config}' is "
-                             f"scenario '{cfg.scenario}': wrap parallel_env with torchrl's PettingZooWrapper")
+        cfg = load_scenario_config(config, **overrides)
+        main = VectorEnv(num_envs, cfg)  # checks num_envs and the config before torchrl sees anything
         super().__init__(device=device, batch_size=torch.Size([num_envs]))
         self.config = cfg
+        self.scenario = main.scenario
         self.num_envs = num_envs
-        self._main = vector_env(num_envs, cfg)
-        self.n_robots = cfg.n_robots
-        self.agent_names = list(self._main.possible_agents)
+        self._main = main
+        self._spare: dict[int, list[VectorEnv]] = {}  # vector envs of ended cohorts, by size
+        self.n_robots = main.n_robots
+        self.agent_names = list(main.possible_agents)
         self.group_map = {GROUP: list(self.agent_names)}
-        self.obs_layout = self._main.obs_layout
-        self.n_classes = self._main.core.n_classes
-        obs_space = self._main.single_observation_space
+        self.obs_layout = main.obs_layout
+        self.n_classes = getattr(main.batched, "n_classes", None)  # the cloud game's C (None where not exposed)
+        obs_space = main.single_observation_space
         self.obs_dim = obs_space.shape[0]
-        self.action_dim = self._main.single_action_space.shape[0]
-        self.state_dim = 3 * self.n_classes + 1 + 3 * self.n_robots * self.n_classes
+        self.action_dim = main.single_action_space.shape[0]
+        if main.state_dim is None:  # a looped batch learns its state's width at its first reset
+            main.reset(seed=0)
+        self.state_dim = int(main.state_dim)
+        # the cloud game's global state lies in [-1, 1]; other scenarios' states are declared unbounded
+        self._state_bounds = (-1.0, 1.0) if self.scenario == "datagames" else None
+        self._has_distance = "distance" in main.batched.env_info_keys
         b_n, n = num_envs, self.n_robots
         self._obs = np.zeros((b_n, n, self.obs_dim), dtype=np.float32)
         self._state = np.zeros((b_n, self.state_dim), dtype=np.float32)
@@ -123,8 +127,9 @@ class DataGamesTorchRLEnv(EnvBase):
         self.full_observation_spec = Composite(
             {GROUP: Composite({"observation": Bounded(low, high, (b_n, n, self.obs_dim), dev, torch.float32)},
                               shape=(b_n, n), device=dev),
-             "state": Bounded(-1.0, 1.0, (b_n, self.state_dim), dev, torch.float32),
-             "distance": Unbounded((b_n, 1), dev, torch.float32)},
+             "state": (Bounded(*self._state_bounds, (b_n, self.state_dim), dev, torch.float32)
+                       if self._state_bounds else Unbounded((b_n, self.state_dim), dev, torch.float32)),
+             **({"distance": Unbounded((b_n, 1), dev, torch.float32)} if self._has_distance else {})},
             shape=(b_n,), device=dev)
         self.full_action_spec = Composite(
             {GROUP: Composite({"action": Bounded(0.0, 1.0, (b_n, n, self.action_dim), dev, torch.float32)},
@@ -163,19 +168,24 @@ class DataGamesTorchRLEnv(EnvBase):
                 mask = tensordict.get((GROUP, "_reset")).reshape(self.num_envs, -1).any(-1).cpu().numpy()
         if mask is None or mask.all() or not self._cohorts:
             envs = np.arange(self.num_envs)
-            obs, _ = self._main.reset(seed=self._seeds(envs))
+            for cohort in self._cohorts:
+                self._retire(cohort)
+            obs, infos = self._main.reset(seed=self._seeds(envs))
             self._cohorts = [_Cohort(self._main, envs)]
-            self._read(self._cohorts[0], obs, envs=envs)
+            self._read(self._cohorts[0], obs, infos, envs=envs)
         elif mask.any():
             envs = np.flatnonzero(mask)
             for cohort in self._cohorts:
                 cohort.rows[np.isin(cohort.rows, envs)] = -1
+                if not (cohort.rows >= 0).any():
+                    self._retire(cohort)
             self._cohorts = [c for c in self._cohorts if (c.rows >= 0).any()]
-            venv = vector_env(len(envs), self.config)
-            obs, _ = venv.reset(seed=self._seeds(envs))
+            spare = self._spare.get(len(envs))
+            venv = spare.pop() if spare else VectorEnv(len(envs), self.config)
+            obs, infos = venv.reset(seed=self._seeds(envs))
             cohort = _Cohort(venv, envs)
             self._cohorts.append(cohort)
-            self._read(cohort, obs, envs=envs)
+            self._read(cohort, obs, infos, envs=envs)
         return self._output(reward=None)
 
     # -------------------------------------------------------------------------------------------------- step
@@ -191,15 +201,20 @@ class DataGamesTorchRLEnv(EnvBase):
                 live = cohort.rows >= 0
                 rows_actions = np.zeros((len(cohort.rows),) + actions.shape[1:])
                 rows_actions[live] = actions[cohort.rows[live]]
-            obs, rew, term, _trunc, _infos = cohort.venv.step(rows_actions)
+            obs, rew, term, _trunc, infos = cohort.venv.step(rows_actions)
             cohort.ended = bool(term.all())
-            self._read(cohort, obs, reward=reward, rewards=rew, done=cohort.ended)
+            self._read(cohort, obs, infos, reward=reward, rewards=rew, done=cohort.ended)
         return self._output(reward=reward)
 
     # ----------------------------------------------------------------------------------------------- helpers
-    def _read(self, cohort: _Cohort, obs: np.ndarray, envs=None, reward=None, rewards=None, done=False) -> None:
+    def _retire(self, cohort: _Cohort) -> None:
+        """Keep the vector env of a cohort that no longer owns a row, for a later cohort of its size."""
+        if cohort.venv is not self._main:
+            self._spare.setdefault(cohort.venv.num_envs, []).append(cohort.venv)
+
+    def _read(self, cohort: _Cohort, obs: np.ndarray, infos: dict, envs=None, reward=None, rewards=None,
+              done=False) -> None:
         """Copy a cohort's arrays into the batch-wide ones, at the rows it still owns."""
-        core = cohort.venv.core
         if envs is None:
             live = cohort.rows >= 0
             rows, envs = np.flatnonzero(live), cohort.rows[live]
@@ -207,11 +222,12 @@ class DataGamesTorchRLEnv(EnvBase):
             rows = np.arange(len(envs))
             cohort.ended = False
         full = len(rows) == len(cohort.rows)
-        state = global_state(cohort.venv, obs)
+        state = cohort.venv.state()
         pick = (lambda a: a) if full else (lambda a: a[rows])
         self._obs[envs] = pick(obs)
         self._state[envs] = pick(state)
-        self._distance[envs] = pick(core.distance)
+        if self._has_distance:
+            self._distance[envs] = pick(infos["distance"])
         self._done[envs] = done
         if reward is not None:
             reward[envs] = pick(rewards)
@@ -225,8 +241,9 @@ class DataGamesTorchRLEnv(EnvBase):
         if reward is not None:
             group["reward"] = torch.from_numpy(reward).unsqueeze(-1)
         out = {GROUP: TensorDict(group, batch_size=(b_n, n)), **flags,
-               "state": torch.from_numpy(self._state.copy()),
-               "distance": torch.from_numpy(self._distance.copy()).reshape(b_n, 1)}
+               "state": torch.from_numpy(self._state.copy())}
+        if self._has_distance:
+            out["distance"] = torch.from_numpy(self._distance.copy()).reshape(b_n, 1)
         return TensorDict(out, batch_size=(b_n,)).to(dev)
 
     # ------------------------------------------------------------------------------------------- read-outs
@@ -236,11 +253,16 @@ class DataGamesTorchRLEnv(EnvBase):
         return len(self._cohorts)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(num_envs={self.num_envs}, n_robots={self.n_robots}, "
-                f"action_mode={self.config.action_mode!r}, device={self.device})")
+        return (f"{type(self).__name__}(scenario={self.scenario!r}, num_envs={self.num_envs}, "
+                f"n_robots={self.n_robots}, action_dim={self.action_dim}, device={self.device})")
+
+
+# the name of the cloud game's TorchRL env before every scenario had one
+DataGamesTorchRLEnv = FleetTorchRLEnv
 
 
 def torchrl_env(num_envs: int = 1, config=None, device="cpu", seed: int | None = None,
-                **overrides) -> DataGamesTorchRLEnv:
-    """``datagames_env.torchrl_env(num_envs=256)``: the batched core as a TorchRL ``EnvBase`` (module table)."""
-    return DataGamesTorchRLEnv(num_envs, config, device=device, seed=seed, **overrides)
+                **overrides) -> FleetTorchRLEnv:
+    """``datagames_env.torchrl_env(num_envs=256, config="p2p_default")``: any scenario's batched env as a TorchRL
+    ``EnvBase`` (module table)."""
+    return FleetTorchRLEnv(num_envs, config, device=device, seed=seed, **overrides)

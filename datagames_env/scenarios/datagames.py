@@ -54,8 +54,8 @@ from ..config import EnvConfig, load_config
 from ..core import BatchedCore, World
 from ..data.datasets import Dataset
 from ..faces.base import FleetParallelEnv
-from .base import (SampleSpec, Scenario, SnapshotError, Transition, check_snapshot_array, check_snapshot_int,
-                   check_snapshot_rng, snapshot_entry)
+from .base import (BatchedScenario, BatchTransition, SampleSpec, Scenario, SnapshotError, Transition,
+                   check_snapshot_array, check_snapshot_int, check_snapshot_rng, snapshot_entry)
 from .cloud_game import CloudGameObjective
 
 METADATA = {"name": "datagames_v0", "render_modes": ["human", "ansi", "rgb_array"], "is_parallelizable": True,
@@ -131,6 +131,9 @@ class DataGamesScenario(Scenario):
 
     metadata = METADATA
     checks_finite = False  # the core names the robot of a NaN / inf action itself
+    # every info is a fresh dict of writable arrays no other robot sees (row views of fresh (N, ...) arrays): the
+    # face hands them out as they are instead of copying them per robot (0dbebaf's step speed)
+    owns_info_arrays = True
 
     def __init__(self, config: str | dict | EnvConfig | None = None, dataset: Dataset | None = None,
                  **overrides) -> None:
@@ -154,7 +157,7 @@ class DataGamesScenario(Scenario):
                                               core.embedding_dim, self.config.n_cache, rescale=True)
         self.state_space = spaces.Box(-1.0, 1.0, (3 * c + 1 + 3 * n * c,), dtype=np.float32)
         self._target_counts = self.core.target_counts.copy()
-        self._target_counts.flags.writeable = False  # shared by every robot's info; fixed per config
+        self._target_counts.flags.writeable = False  # fixed per config; each info gets a row of its own
         self._history: list[float] = []
 
     @property
@@ -211,10 +214,11 @@ class DataGamesScenario(Scenario):
         feasible = core.estimated_feasible_matrices()[0]
         available = core.histograms[0].copy()
         mixes = core.estimated_mixes[0].copy()
-        cloud = core.cloud_counts[0].copy()
+        n = self.n_robots
+        cloud = np.repeat(core.cloud_counts[:1], n, axis=0)  # a row per robot: no robot's array aliases another's
+        target = np.repeat(self._target_counts[None], n, axis=0)
         distance = float(core.distance[0])
-        shared = {"round": core.round_index, "cloud_counts": cloud, "target_counts": self._target_counts,
-                  "n_cache": core.cfg.n_cache, "distance": distance}
+        shared = {"n_cache": core.cfg.n_cache, "distance": distance}
         if result is not None:
             labels, predicted = result.uploaded_labels[0].copy(), result.uploaded_predicted[0].copy()
         else:  # nothing uploaded yet: every slot unused
@@ -223,10 +227,11 @@ class DataGamesScenario(Scenario):
         if core.cfg.final_accuracy:  # -1 until the episode's last step computed it
             final = result.final_test_accuracy if result is not None else None
             shared["final_test_accuracy"] = float(final[0]) if final is not None else -1.0
-        n_uploaded = (labels >= 0).sum(axis=1)  # slots are filled from the left
-        return [{"available": available[i], "feasible_matrix": feasible[i], "estimated_mix": mixes[i], **shared,
+        n_uploaded = (labels >= 0).sum(axis=1).tolist()  # slots are filled from the left
+        return [{"available": available[i], "feasible_matrix": feasible[i], "estimated_mix": mixes[i],
+                 "round": core.round_index, "cloud_counts": cloud[i], "target_counts": target[i], **shared,
                  "uploaded_true_labels": labels[i], "uploaded_predicted_labels": predicted[i],
-                 "n_uploaded": int(n_uploaded[i])} for i in range(self.n_robots)]
+                 "n_uploaded": n_uploaded[i]} for i in range(n)]
 
     # ------------------------------------------------------------------------------ global / privileged
     def state(self) -> np.ndarray:
@@ -274,6 +279,116 @@ class DataGamesParallelEnv(FleetParallelEnv):
     ``DataGamesParallelEnv(config=None, render_mode=None, dataset=None, max_cycles=None, **overrides)``."""
 
     scenario_class = DataGamesScenario
+
+
+class DataGamesBatched(BatchedScenario):
+    """The cloud game over B environments: the batched core as a :class:`~.base.BatchedScenario` (what every batched
+    face steps; ``parallel_env`` stays on :class:`DataGamesScenario`, the same core at B = 1).
+
+    =====================  ============================================================================
+    Infos                  robot keys ``available`` (B, N, C) int64 (samples per predicted class this round),
+                           ``uploaded_labels`` (B, N, n_cache) int64 (true labels of the last step's uploads,
+                           filled from the left, -1 = unused slot; all -1 at reset); env keys ``cloud_counts``
+                           (B, C), ``distance`` (B,), ``round`` (B,) int64 and, with ``final_accuracy: true``,
+                           ``final_test_accuracy`` (B,) (-1 until the last step). Estimated feasible matrices cost
+                           B*N*C*C per call: :meth:`estimated_feasible_matrices` computes them on demand
+    ``state()``            ``(B, 3C + 1 + 3NC)``: :meth:`DataGamesScenario.state` of every env (privileged)
+    ``privileged_view()``  ``true_mixes`` (B, N, C), ``true_feasible_matrices`` (B, N, C, C), ``available``
+                           (B, N, C), ``cloud_counts`` (B, C), ``target_counts`` (B, C), ``n_cache`` (B,)
+    snapshots              the core's ``snapshot_state()``, checked field by field (:func:`check_core_state`)
+    =====================  ============================================================================
+    """
+
+    metadata = METADATA
+    checks_finite = False  # the core names the env and robot of a NaN / inf action itself
+    robot_info_keys = ("available", "uploaded_labels")
+
+    def __init__(self, config: str | dict | EnvConfig | None = None, num_envs: int = 1, **overrides) -> None:
+        self.config = load_config(config, **overrides)
+        self.core = BatchedCore(self.config, CloudGameObjective, num_envs=num_envs)
+        self.num_envs, self.n_robots = num_envs, self.config.n_robots
+        self.observation_low, self.observation_high = observation_bounds(self.core)
+        self.action_width = action_width(self.core)
+        self.action_meaning = ("a share per predicted class" if self.config.action_mode == "allocation"
+                               else "a score per sample")
+        if self.config.action_mode == "selection":
+            core = self.core
+            self.sample_spec = SampleSpec(core.context_dim, self.config.obs_per_round, core.sample_feature_dim,
+                                          core.embedding_dim, self.config.n_cache, rescale=True)
+        c = self.core.n_classes
+        self.state_dim = 3 * c + 1 + 3 * self.n_robots * c
+        self.env_info_keys = ("cloud_counts", "distance", "round") + (
+            ("final_test_accuracy",) if self.config.final_accuracy else ())
+        self._obs: np.ndarray | None = None  # the last observations handed out (state() reads them)
+
+    @property
+    def obs_layout(self) -> dict[str, slice]:
+        return self.core.obs_layout
+
+    @property
+    def n_classes(self) -> int:
+        return self.core.n_classes
+
+    def reset(self, seeds: np.ndarray) -> tuple[np.ndarray, dict]:
+        self.core.reset(seeds)
+        self._obs = self.core.observations()
+        return self._obs, self._infos()
+
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> BatchTransition:
+        result = self.core.step(actions, active)  # validates (naming env and robot) and is atomic
+        self._obs = self.core.observations()
+        return BatchTransition(self._obs, result.rewards, np.full(self.num_envs, result.terminated),
+                               self._infos(result))
+
+    def _infos(self, result=None) -> dict:
+        core, b_n = self.core, self.num_envs
+        infos = {"available": core.histograms.copy(),
+                 "uploaded_labels": (result.uploaded_labels if result is not None else
+                                     np.full((b_n, self.n_robots, self.config.n_cache), -1, np.int64)),
+                 "cloud_counts": core.cloud_counts.copy(), "distance": core.distance.copy(),
+                 "round": np.full(b_n, core.round_index, dtype=np.int64)}
+        if self.config.final_accuracy:  # -1 until the last step computed it
+            final = result.final_test_accuracy if result is not None else None
+            infos["final_test_accuracy"] = final if final is not None else np.full(b_n, -1.0)
+        return infos
+
+    def state(self) -> np.ndarray:
+        obs = self._obs if self._obs is not None else self.core.observations()
+        lay, b = self.core.obs_layout, obs.shape[0]
+        first = obs[:, 0]
+        parts = [first[:, lay["cloud_hist"]], first[:, lay["target"]], first[:, lay["gap"]], first[:, lay["rounds_left"]],
+                 self.core.mixes.reshape(b, -1), obs[:, :, lay["predicted_hist"]].reshape(b, -1),
+                 obs[:, :, lay["class_accuracy"]].reshape(b, -1)]
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def estimated_feasible_matrices(self) -> np.ndarray:
+        return self.core.estimated_feasible_matrices()
+
+    def privileged_view(self) -> dict[str, np.ndarray]:
+        core, b_n = self.core, self.num_envs
+        return {"true_mixes": core.mixes.copy(), "true_feasible_matrices": core.true_feasible_matrices(),
+                "available": core.histograms.copy(), "cloud_counts": core.cloud_counts.copy(),
+                "target_counts": np.tile(core.target_counts, (b_n, 1)),
+                "n_cache": np.full(b_n, core.cfg.n_cache, dtype=np.int64)}
+
+    def snapshot_state(self) -> dict:
+        return self.core.snapshot_state()
+
+    def check_snapshot_state(self, state: dict) -> None:
+        check_core_state(self.core, state, "state")
+
+    def restore_state(self, state: dict) -> None:
+        self.core.restore_state(state)
+        self._obs = None
+
+    def content_arrays(self):
+        dataset = self.core.world.dataset
+        return dataset, [dataset.features, dataset.labels]
+
+
+def batched(config: EnvConfig, num_envs: int) -> DataGamesBatched:
+    """The ``batched`` entry of the scenario table: every cloud-game config has a native batched implementation."""
+    return DataGamesBatched(config, num_envs)
 
 
 def parallel_env(config: str | dict | EnvConfig | None = None, **kwargs) -> DataGamesParallelEnv:
