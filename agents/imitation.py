@@ -43,7 +43,8 @@ def collect_expert_data(config: Any, overrides: dict, expert: str, episodes: int
     from rich.progress import track
 
     from datagames_env.policy import make_policy
-    from datagames_env.scenarios import make_parallel_env, scenario_of
+    from datagames_env.faces.pettingzoo import parallel_env as make_parallel_env
+    from datagames_env.scenarios import scenario_of
 
     if expert not in EXPERTS:
         raise ValueError(f"--imitate: '{expert}' is not one of {', '.join(EXPERTS)}")

@@ -1,7 +1,7 @@
 """Stage-1 (upload) policies for the DUAL scenario, on the policy protocol of ``datagames_env.policy``.
 
 Every policy returns, per robot, a score per observed sample in [0, 1]; the environment uploads the top
-``n_cache``. Policies read the observation contract of :class:`datagames_env.scenarios.dual.DualParallelEnv`
+``n_cache``. Policies read the observation contract of :class:`datagames_env.faces.pettingzoo.DualParallelEnv`
 (``obs_layout``, ``sample_layout``: per sample its embedding, class probabilities and coverage by the cloud set).
 
 ==========================  ====================================================================================

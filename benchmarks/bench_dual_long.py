@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datagames_env.perception import limited_torch_threads  # noqa: E402
-from datagames_env.scenarios.dual import parallel_env  # noqa: E402
+from datagames_env.faces.pettingzoo import DualParallelEnv as parallel_env  # noqa: E402
 
 
 def main() -> None:

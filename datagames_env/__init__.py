@@ -8,8 +8,7 @@ environments of any scenario at once; ``datagames_env.torchrl_env(num_envs, conf
 """
 
 from .config import ConfigError, EnvConfig, load_config
-from .scenarios.datagames import DataGamesParallelEnv, raw_env
-from .faces.pettingzoo import env, parallel_env, register_all
+from .faces.pettingzoo import DataGamesParallelEnv, env, parallel_env, raw_env, register_all
 from .faces.vector import DataGamesVectorEnv, VectorEnv, vector_env
 
 __all__ = ["ConfigError", "DataGamesParallelEnv", "DataGamesVectorEnv", "EnvConfig", "VectorEnv", "env",

@@ -341,7 +341,7 @@ def _format_validation_error(err: ValidationError, model_cls: type[BaseModel] | 
         expected = getattr(model_cls.model_fields.get("scenario"), "default", None)
         return (f"invalid {what}: the config is for scenario {short_repr(scenario[0].get('input'))}, not '{expected}'; "
                 "build it with that scenario (datagames run|eval --config ..., or "
-                "datagames_env.scenarios.make_parallel_env)")
+                "datagames_env.parallel_env)")
     lines = []
     unknown: dict[tuple, list[str]] = {}  # location -> unknown keys there: the known keys are listed once each
     for e in errors:

@@ -707,7 +707,7 @@ def test_shipped_checkpoints_load_and_act_on_their_config(name, monkeypatch):
     `datagames eval --policies rllib:checkpoints/<name>` on the config it was trained on."""
     from datagames_env.data.datasets import DATA_DIR_ENV_VAR
     from datagames_env.policy import make_policy
-    from datagames_env.scenarios import make_parallel_env
+    from datagames_env.faces.pettingzoo import parallel_env as make_parallel_env
 
     from conftest import SHARED_DATASETS
 

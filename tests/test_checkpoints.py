@@ -15,7 +15,7 @@ pytest.importorskip("ray.rllib")
 from agents.portable import absolute_paths_in  # noqa: E402
 from datagames_env.harness.episode import run_episode  # noqa: E402
 from datagames_env.policy import make_policy  # noqa: E402
-from datagames_env.scenarios import make_parallel_env  # noqa: E402
+from datagames_env.faces.pettingzoo import parallel_env as make_parallel_env  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "checkpoints"

@@ -10,7 +10,8 @@ import pytest
 from datagames_env.config import ConfigError
 from datagames_env.scenarios import make_batched
 from datagames_env.scenarios.batching import BatchOfOne, LoopedBatch
-from datagames_env.scenarios.dual import DualScenario, load_dual_config, parallel_env
+from datagames_env.scenarios.dual import DualScenario, load_dual_config
+from datagames_env.faces.pettingzoo import DualParallelEnv as parallel_env  # dual unless the config says otherwise
 from datagames_env.scenarios.dual_fast import FastDual, fast_features, warm_fast_perception
 
 SMALL = {"n_robots": 3, "rounds": 3, "obs_per_round": 30, "n_cache": 4, "label_budget": 6,

@@ -858,9 +858,10 @@ def test_registry_builds_both_faces():
 
 
 def test_registry_has_the_other_scenarios():
-    from datagames_env.scenarios.dual import DualParallelEnv
+    from datagames_env.faces.pettingzoo import DualParallelEnv, P2PParallelEnv
 
-    assert pettingzoo.spec("parallel", "datagames/P2P-v0").entry_point == "datagames_env.scenarios.p2p:parallel_env"
+    p2p = pettingzoo.make("parallel", "datagames/P2P-v0", rounds=2)  # the scenario's default config
+    assert isinstance(p2p, P2PParallelEnv) and p2p.config.rounds == 2 and p2p.config.scenario == "p2p"
     dual = pettingzoo.make("parallel", "datagames/Dual-v0", rounds=2)
     assert isinstance(dual, DualParallelEnv) and dual.config.rounds == 2
 

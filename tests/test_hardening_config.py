@@ -99,7 +99,7 @@ def test_yaml_alias_bomb_is_refused_fast_with_a_short_message(tmp_path):
 
 
 def test_yaml_alias_bomb_one_level_deeper_than_ever_finished(tmp_path):
-    from datagames_env.scenarios import make_parallel_env
+    from datagames_env.faces.pettingzoo import parallel_env as make_parallel_env
 
     path = tmp_path / "laughs.yaml"
     path.write_text(_laughs(12))  # 10**12 values
@@ -146,7 +146,8 @@ def test_yaml_merge_keys_may_still_override_merged_values(tmp_path):
 
 
 def test_binary_yaml_names_the_file(tmp_path):
-    from datagames_env.scenarios import make_parallel_env, scenario_of
+    from datagames_env.faces.pettingzoo import parallel_env as make_parallel_env
+    from datagames_env.scenarios import scenario_of
 
     path = tmp_path / "binary.yaml"
     path.write_bytes(b"\xff\xfe\x00\x01n_robots: \x89PNG\r\n")

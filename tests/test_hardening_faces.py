@@ -15,7 +15,7 @@ from pettingzoo.test import api_test, parallel_api_test
 from datagames_env.data.datasets import from_arrays
 from datagames_env.faces.pettingzoo import aec_of
 from datagames_env.faces.vector import vector_env
-from datagames_env.scenarios import datagames as datagames_module
+import datagames_env
 from datagames_env.scenarios.base import SnapshotError
 from test_scenario_reliability import DATAGAMES, _actions, _make, _play_alongside, _same
 
@@ -194,16 +194,16 @@ def test_a_snapshot_is_refused_by_an_env_over_other_data_of_the_same_name():
     features = rng.random((240, 16)).astype(np.float32)
     labels = np.arange(240) % 4
     small = {"n_robots": 2, "rounds": 3, "obs_per_round": 20, "n_cache": 2, "initial_cloud_size": 20}
-    env = datagames_module.parallel_env(None, dataset=from_arrays(features, labels, name="mine"), **small)
+    env = datagames_env.parallel_env(None, dataset=from_arrays(features, labels, name="mine"), **small)
     env.reset(seed=0)
     env.step(_actions(env, 0))
     snapshot = env.snapshot()
-    shuffled = datagames_module.parallel_env(
+    shuffled = datagames_env.parallel_env(
         None, dataset=from_arrays(features[rng.permutation(240)], labels, name="mine"), **small)
     with pytest.raises(SnapshotError, match="data"):
         shuffled.restore(snapshot)
     assert shuffled.agents == []  # nothing changed: still never reset
-    same = datagames_module.parallel_env(None, dataset=from_arrays(features.copy(), labels, name="mine"), **small)
+    same = datagames_env.parallel_env(None, dataset=from_arrays(features.copy(), labels, name="mine"), **small)
     same.restore(snapshot)  # equal content under the same name is the same env
     _play_alongside(env, same, 1)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from datagames_env.policy import make_policy
-from datagames_env.scenarios import datagames as datagames_module
+import datagames_env
 
 from baselines.solvers import Channel, solve_interactive, solve_interactive_faulty
 
@@ -27,7 +27,7 @@ NEVER_FIRING = {
 
 def _interactive_episode(seed: int, **overrides) -> dict:
     """Whole episode of the ``interactive`` policy on config ``default``: every round's actions and sweeps."""
-    env = datagames_module.parallel_env(None, **overrides)
+    env = datagames_env.parallel_env(None, **overrides)
     policy = make_policy("interactive", env)
     observations, infos = env.reset(seed=seed)
     policy.reset(seed)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from datagames_env.data.privacy import PrivacyConfig, PrivacyFilter
 from datagames_env.scenarios import dual as dual_module
-from datagames_env.scenarios.dual import parallel_env
+from datagames_env.faces.pettingzoo import DualParallelEnv as parallel_env  # dual unless the config says otherwise
 from datagames_env.selection.submodular import FacilityLocation, lazy_greedy, max_similarity
 from datagames_env.perception import limited_torch_threads, uncertainty
 

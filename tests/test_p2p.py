@@ -13,9 +13,10 @@ from baselines.p2p_policies import GUPolicy, OraclePolicy, RandomSharePolicy, ma
 from datagames_env.config import ConfigError, PerceptionConfig
 from datagames_env.data.domains import corrupt
 from datagames_env.perception.ood import NoveltyDetector, novelty, train_dropout_classifier
-from datagames_env.scenarios.p2p import P2PParallelEnv, load_p2p_config
+from datagames_env.scenarios.p2p import load_p2p_config
+from datagames_env.faces.pettingzoo import P2PParallelEnv
 from datagames_env.perception import train_classifier
-from datagames_env.scenarios import make_parallel_env
+from datagames_env.faces.pettingzoo import parallel_env as make_parallel_env
 
 # A small, fast variant of p2p_default: 3 robots, 3 rounds, 30 observations, 3 shared per round.
 SMALL = {"rounds": 3, "obs_per_round": 30, "perception.train_steps": 60}

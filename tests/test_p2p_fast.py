@@ -10,7 +10,8 @@ from pettingzoo.test import parallel_api_test
 from baselines.p2p_policies import make_p2p_policy
 from datagames_env.scenarios import make_batched
 from datagames_env.scenarios.batching import BatchOfOne, LoopedBatch
-from datagames_env.scenarios.p2p import P2PParallelEnv, P2PScenario, load_p2p_config
+from datagames_env.scenarios.p2p import P2PScenario, load_p2p_config
+from datagames_env.faces.pettingzoo import P2PParallelEnv
 from datagames_env.scenarios.p2p_fast import P2PFastBatched, get_fast_world, warm_fast_perception
 
 SMALL = {"rounds": 3, "obs_per_round": 30}

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from datagames_env.scenarios.p2p import P2PParallelEnv
+from datagames_env.faces.pettingzoo import P2PParallelEnv
 from datagames_env.data.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
 # ------------------------------------------------------------------------------------------------ unit tests

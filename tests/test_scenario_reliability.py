@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from datagames_env.faces.vector import vector_env
-from datagames_env.scenarios import datagames as datagames_module
+import datagames_env
+from datagames_env.faces.pettingzoo import DualParallelEnv, P2PParallelEnv
 from datagames_env.scenarios import dual as dual_module
 from datagames_env.scenarios import p2p as p2p_module
 from datagames_env.scenarios.base import SnapshotError
@@ -24,10 +25,10 @@ P2P = {"rounds": 4, "obs_per_round": 20, "perception.train_steps": 30, "ood.cali
 
 def _make(kind: str, **extra):
     if kind == "datagames":
-        return datagames_module.parallel_env(None, **{**DATAGAMES, **extra})
+        return datagames_env.parallel_env(None, **{**DATAGAMES, **extra})
     if kind == "dual":
-        return dual_module.parallel_env(None, **{**DUAL, **extra})
-    return p2p_module.parallel_env("p2p_default", **{**P2P, **extra})
+        return DualParallelEnv(None, **{**DUAL, **extra})
+    return P2PParallelEnv("p2p_default", **{**P2P, **extra})
 
 
 def _actions(env, r: int) -> dict:
@@ -221,7 +222,7 @@ def test_the_vector_env_snapshot_continues_bit_exactly():
 
 
 def test_the_default_digits_snapshot_is_small():
-    env = datagames_module.parallel_env()
+    env = datagames_env.parallel_env()
     env.reset(seed=0)
     for r in range(3):
         env.step(_actions(env, r))

@@ -14,9 +14,9 @@ import torch
 from pettingzoo import test as pz
 
 import datagames_env
-from datagames_env.scenarios.dual import DualParallelEnv
-from datagames_env.scenarios.datagames import DataGamesParallelEnv
-from datagames_env.scenarios.p2p import P2PParallelEnv
+from datagames_env.faces.pettingzoo import DualParallelEnv
+from datagames_env.faces.pettingzoo import DataGamesParallelEnv
+from datagames_env.faces.pettingzoo import P2PParallelEnv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -64,15 +64,17 @@ def test_registry_has_parallel_and_aec(name):
     assert type(par) is CLASSES[name] and type(aec.unwrapped) is CLASSES[name]
     info = datagames_env.scenarios.SCENARIOS[name]
     module = importlib.import_module(info.module)
-    assert callable(module.env) and callable(module.parallel_env)
+    # scenarios import no face: the faces are built from the table
+    assert not any(hasattr(module, face) for face in ("parallel_env", "env", "raw_env"))
     # one face over one Scenario object: the named env class adds no behaviour of its own
     from datagames_env.faces.base import FleetParallelEnv
     from datagames_env.scenarios.base import Scenario
 
+    from datagames_env.scenarios import entry_point
     from datagames_env.scenarios.batching import BatchOfOne
 
     if isinstance(par.scenario, BatchOfOne):  # the B = 1 view of the config's native batched scenario
-        assert type(par.scenario.batched) is type(getattr(module, info.batched)(par.config, 1))
+        assert type(par.scenario.batched) is type(entry_point(info.batched, info.module)(par.config, 1))
     else:
         assert isinstance(par, FleetParallelEnv) and type(par.scenario) is getattr(module, info.scenario_class)
     assert isinstance(par.scenario, Scenario) and par.metadata["name"] == aec.metadata["name"]

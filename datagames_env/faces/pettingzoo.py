@@ -20,25 +20,65 @@ action at its own agent's turn). The PettingZoo registry ids
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from pettingzoo.utils.wrappers import OrderEnforcingWrapper
 
-from ..scenarios import SCENARIOS, scenario_of
+from ..scenarios import SCENARIOS, make_scenario, scenario_of
 from .aec import FleetAECEnv
+from .base import FleetParallelEnv
 
-__all__ = ["REGISTRY_IDS", "aec_of", "env", "parallel_env"]
+__all__ = ["DataGamesParallelEnv", "DualParallelEnv", "P2PParallelEnv", "PARALLEL_CLASSES", "REGISTRY_IDS", "aec_of",
+           "env", "parallel_env", "raw_env"]
 
 # registry id -> scenario name
 REGISTRY_IDS = {info.registry_id: name for name, info in SCENARIOS.items()}
+
+
+class _ScenarioOf:
+    """The ``scenario_class`` of a named face: builds the scenario's B = 1 Scenario (its table row's
+    ``scenario_factory``) when called, so naming a face imports no scenario module."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, config: Any = None, **overrides: Any):
+        return make_scenario(config, scenario=self.name, **overrides)
+
+
+class DataGamesParallelEnv(FleetParallelEnv):
+    """The cloud game as a PettingZoo parallel environment (the one face over its scenario).
+    ``DataGamesParallelEnv(config=None, render_mode=None, dataset=None, max_cycles=None, **overrides)``."""
+
+    scenario_class = _ScenarioOf("datagames")
+
+
+class P2PParallelEnv(FleetParallelEnv):
+    """Peer-to-peer GU sharing as a PettingZoo parallel environment (the paper tier's ``P2PScenario`` or the fast
+    tier's native batch at B = 1). ``P2PParallelEnv(config=None, render_mode=None, max_cycles=None, **overrides)``."""
+
+    scenario_class = _ScenarioOf("p2p")
+
+
+class DualParallelEnv(FleetParallelEnv):
+    """DUAL as a PettingZoo parallel environment (the scenario of the config's perception tier).
+    ``DualParallelEnv(config=None, render_mode=None, max_cycles=None, **overrides)``."""
+
+    scenario_class = _ScenarioOf("dual")
+
+
+PARALLEL_CLASSES: dict[str, type[FleetParallelEnv]] = {"datagames": DataGamesParallelEnv, "p2p": P2PParallelEnv,
+                                                       "dual": DualParallelEnv}
 
 
 def parallel_env(config: Any = None, **kwargs: Any):
     """The parallel env of the config's scenario (``scenario`` key; default ``datagames``)."""
     name = scenario_of(config, **{k: v for k, v in kwargs.items() if k == "scenario"})
     kwargs.pop("scenario", None)  # the config object carries it
-    return importlib.import_module(SCENARIOS[name].module).parallel_env(config, **kwargs)
+    cls = PARALLEL_CLASSES.get(name)
+    if cls is None:  # a scenario added to the table without a named face
+        cls = type(f"{name}ParallelEnv", (FleetParallelEnv,), {"scenario_class": _ScenarioOf(name)})
+    return cls(config, **kwargs)
 
 
 def aec_of(parallel) -> Any:
@@ -47,8 +87,21 @@ def aec_of(parallel) -> Any:
 
 
 def env(config: Any = None, **kwargs: Any):
-    """The AEC env of the config's scenario."""
+    """The AEC env of the config's scenario: robots act one after another within a round; the round resolves when
+    the last has acted (each action checked at its own turn, faces/aec.py)."""
     return aec_of(parallel_env(config, **kwargs))
+
+
+raw_env = env  # PettingZoo's conventional name
+
+
+def _registered(name: str, face):
+    """The registry entry point of one scenario: its default config unless a config is given."""
+    def build(config: Any = None, **kwargs: Any):
+        return face(config if config is not None else SCENARIOS[name].default_config, **kwargs)
+
+    build.__name__ = build.__qualname__ = f"{name}_{face.__name__}"
+    return build
 
 
 def register_all() -> None:
@@ -62,5 +115,5 @@ def register_all() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # re-imports re-register the same ids
         for env_id, name in REGISTRY_IDS.items():
-            register("parallel", env_id, f"{SCENARIOS[name].module}:parallel_env")
-            register("aec", env_id, f"{SCENARIOS[name].module}:env")
+            register("parallel", env_id, _registered(name, parallel_env))
+            register("aec", env_id, _registered(name, env))

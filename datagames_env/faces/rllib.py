@@ -37,7 +37,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the rl extra
     raise ImportError("datagames_env.faces.rllib needs Ray RLlib: pip install -e '.[rl]'") from exc
 
-from ..scenarios import make_parallel_env
+from .pettingzoo import parallel_env as make_parallel_env
 
 from . import comm
 

@@ -53,7 +53,7 @@ def run_episode(env, policy, seed: int, on_round=None, name: str | None = None) 
 
 def build_env(config, spec=None, **overrides):
     """The env a job plays in: the config's scenario, with the overrides a spec carries (dual's labeler)."""
-    from ..scenarios import make_parallel_env
+    from ..faces.pettingzoo import parallel_env as make_parallel_env
 
     return make_parallel_env(config, **{**overrides, **(spec.env_overrides if spec is not None else {})})
 

@@ -38,7 +38,7 @@ def notice_if_compiling(console) -> None:
 def compile_kernels(log=print) -> float:
     """Play tiny episodes that call every kernel with the types the scenarios use; returns the seconds spent."""
     from ..policy import make_policy
-    from ..scenarios import make_parallel_env
+    from ..faces.pettingzoo import parallel_env as make_parallel_env
     from .episode import run_episode
 
     started = time.perf_counter()

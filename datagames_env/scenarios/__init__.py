@@ -9,11 +9,13 @@ scenario       scenario class                                 PettingZoo id     
 ``dual``       :class:`~.dual.DualScenario`                   ``datagames/Dual-v0``  two-stage upload + labeling (DUAL / Fleet-AL)
 =============  =============================================  =====================  ==============================
 
-A config names its scenario with the top-level key ``scenario`` (default ``datagames``). Every scenario's
-``parallel_env(config, **overrides)`` returns the face :class:`~datagames_env.faces.base.FleetParallelEnv` over it,
+A config names its scenario with the top-level key ``scenario`` (default ``datagames``). The faces are built
+from this table (scenarios import no face): ``datagames_env.parallel_env(config, **overrides)`` is the face
+:class:`~datagames_env.faces.base.FleetParallelEnv` over the scenario's B = 1 :func:`make_scenario`,
 with flat ``Box`` observations (a declared ``obs_layout``) and ``Box`` actions, so the learned policies in
-``agents/`` train on all of them. A new scenario is a :class:`Scenario` subclass plus one row of ``SCENARIOS``, which names its config loader, default
-config, results writer, built-in policies and (optionally) its native batched implementation.
+``agents/`` train on all of them. A new scenario is a :class:`Scenario` subclass plus one row of ``SCENARIOS``, which
+names its config loader, default config, results writer, built-in policies and (optionally) its native batched
+implementation and its warm-up.
 """
 
 from __future__ import annotations
@@ -32,14 +34,16 @@ class ScenarioInfo:
     are ``"module:attr"`` strings, imported on first use, so the table itself imports nothing)."""
 
     module: str          # holds the Scenario class
-    scenario_class: str
+    scenario_class: str  # the B = 1 Scenario of the paper path (what a LoopedBatch steps)
+    scenario_factory: str  # "module:function" or a name in ``module``: (config, **overrides) -> the B = 1 Scenario
+    #                        that ``parallel_env`` steps
     config_loader: str   # "module:function": (config, **overrides) -> the scenario's validated config object
     registry_id: str     # PettingZoo registry id of its parallel and AEC faces
     default_config: str  # the config of ``datagames <scenario> ...`` and of a bare ``parallel_env()`` of it
     reporter: str        # "module:Class" of its results writer (datagames_env.harness.reports)
     policies: tuple[tuple[str, str], ...]  # (name, "module:Class") of its built-in policies, in listing order
     labelers: str | None = None  # "module:NAMES": second-stage names a policy spec may give after '/'
-    # name of a function in ``module``: (validated config, num_envs) -> a native BatchedScenario, or None when this
+    # "module:function" or a name in ``module``: (validated config, num_envs) -> a native BatchedScenario, or None when this
     # config (e.g. its perception tier) has none; None here: the scenario has no native batched implementation
     batched: str | None = None
     # "module:function" (config) -> list of cache files: builds what a first episode of the config would otherwise
@@ -50,20 +54,21 @@ class ScenarioInfo:
 _REPORTS = "datagames_env.harness.reports"
 SCENARIOS: dict[str, ScenarioInfo] = {
     "datagames": ScenarioInfo(
-        "datagames_env.scenarios.datagames", "DataGamesScenario", "datagames_env.config:load_config",
+        "datagames_env.scenarios.datagames", "DataGamesScenario", "DataGamesScenario", "datagames_env.config:load_config",
         "datagames/DataGames-v0", "default", f"{_REPORTS}.datagames:DataGamesReporter",
         (("random", "datagames_env.policy:RandomPolicy"), ("uniform", "datagames_env.policy:UniformPolicy"),
          ("greedy", "baselines.policies:GreedyPolicy"), ("interactive", "baselines.policies:InteractivePolicy"),
          ("interactive-sum", "baselines.policies:InteractiveSumPolicy"), ("oracle", "baselines.policies:OraclePolicy")),
         batched="batched"),
     "p2p": ScenarioInfo(
-        "datagames_env.scenarios.p2p", "P2PScenario", "datagames_env.scenarios.p2p:load_p2p_config",
+        "datagames_env.scenarios.p2p", "P2PScenario", "datagames_env.scenarios.p2p_fast:make_scenario", "datagames_env.scenarios.p2p:load_p2p_config",
         "datagames/P2P-v0", "p2p_default", f"{_REPORTS}.p2p:P2PReporter",
         (("random", "baselines.p2p_policies:RandomSharePolicy"), ("oracle", "baselines.p2p_policies:OraclePolicy"),
          ("gu", "baselines.p2p_policies:GUPolicy")),
-        batched="batched_scenario", warm="datagames_env.scenarios.p2p_fast:warm_fast_perception"),
+        batched="datagames_env.scenarios.p2p_fast:batched_scenario",
+        warm="datagames_env.scenarios.p2p_fast:warm_fast_perception"),
     "dual": ScenarioInfo(
-        "datagames_env.scenarios.dual", "DualScenario", "datagames_env.scenarios.dual:load_dual_config",
+        "datagames_env.scenarios.dual", "DualScenario", "datagames_env.scenarios.dual_fast:dual_scenario", "datagames_env.scenarios.dual:load_dual_config",
         "datagames/Dual-v0", "dual_default", f"{_REPORTS}.dual:DualReporter",
         tuple((name, f"baselines.dual_policies:{cls}") for name, cls in (
             ("random", "RandomDualPolicy"), ("entropy", "EntropyDualPolicy"), ("margin", "MarginDualPolicy"),
@@ -71,15 +76,15 @@ SCENARIOS: dict[str, ScenarioInfo] = {
             ("submodular-interactive", "SubmodularInteractivePolicy"),
             ("submodular-centralized", "SubmodularCentralizedPolicy"), ("greedy", "GreedyDualPolicy"),
             ("interactive", "InteractiveDualPolicy"), ("oracle", "OracleDualPolicy"))),
-        labelers="datagames_env.scenarios.dual:LABELERS", batched="batched_scenario",
+        labelers="datagames_env.scenarios.dual:LABELERS", batched="datagames_env.scenarios.dual_fast:batched_scenario",
         warm="datagames_env.scenarios.dual_fast:warm_fast_perception"),
 }
 
 
-def entry_point(text: str) -> Any:
-    """``"module:attr"`` -> the attribute (imported now)."""
-    module, _, attr = text.partition(":")
-    return getattr(importlib.import_module(module), attr)
+def entry_point(text: str, module: str | None = None) -> Any:
+    """``"module:attr"`` -> the attribute (imported now); a bare ``attr`` is looked up in ``module``."""
+    name, sep, attr = text.partition(":")
+    return getattr(importlib.import_module(name if sep else module), attr if sep else name)
 
 
 def scenario_of(config: Any = None, **overrides: Any) -> str:
@@ -113,9 +118,12 @@ def load_scenario_config(config: Any = None, **overrides: Any):
     return entry_point(SCENARIOS[scenario_of(config, **overrides)].config_loader)(config, **overrides)
 
 
-def make_parallel_env(config: Any = None, **overrides: Any):
-    """``parallel_env`` of the config's scenario (``scenario`` key), with keyword overrides."""
-    return scenario_module(scenario_of(config, **overrides)).parallel_env(config, **overrides)
+def make_scenario(config: Any = None, **overrides: Any):
+    """The B = 1 :class:`~.base.Scenario` of the config's scenario (its table row's ``scenario_factory``: the native
+    batched implementation seen at B = 1 where the config has one): what the parallel face steps."""
+    name = scenario_of(config, **overrides)
+    overrides.pop("scenario", None)  # the config object carries it
+    return entry_point(SCENARIOS[name].scenario_factory, SCENARIOS[name].module)(config, **overrides)
 
 
 def make_batched(config: Any = None, num_envs: int = 1, **overrides: Any):
@@ -127,7 +135,7 @@ def make_batched(config: Any = None, num_envs: int = 1, **overrides: Any):
     cfg = load_scenario_config(config, **overrides)
     info, module = SCENARIOS[name], scenario_module(name)
     if info.batched is not None:
-        native = getattr(module, info.batched)(cfg, num_envs)
+        native = entry_point(info.batched, info.module)(cfg, num_envs)
         if native is not None:
             return native
     scenario_class = getattr(module, info.scenario_class)

@@ -1,4 +1,6 @@
-"""PettingZoo faces of the Data Games environment: ``parallel_env`` (the core with B = 1) and ``env`` (AEC).
+"""The Data Games cloud game as a scenario: :class:`DataGamesScenario` (the core with B = 1, what ``parallel_env``
+steps) and :class:`DataGamesBatched` (B envs, what ``vector_env`` steps); the faces are built from the scenario table
+in :mod:`datagames_env.faces.pettingzoo` and :mod:`datagames_env.faces.vector`.
 
 =====================  ============================================================================
 Agents                 ``robot_0 ... robot_{N-1}`` (``n_robots``), all acting every round
@@ -49,13 +51,12 @@ from __future__ import annotations
 import numpy as np
 from gymnasium import spaces
 
-from ..faces import render as render_lib
 from ..config import EnvConfig, load_config
 from ..core import BatchedCore, World
 from ..data.datasets import Dataset
-from ..faces.base import FleetParallelEnv
 from .base import (BatchedScenario, BatchTransition, SampleSpec, Scenario, SnapshotError, Transition,
                    check_snapshot_array, check_snapshot_int, check_snapshot_rng, snapshot_entry)
+from . import render as render_lib
 from .cloud_game import CloudGameObjective
 
 METADATA = {"name": "datagames_v0", "render_modes": ["human", "ansi", "rgb_array"], "is_parallelizable": True,
@@ -274,13 +275,6 @@ class DataGamesScenario(Scenario):
         render_lib.close(self)
 
 
-class DataGamesParallelEnv(FleetParallelEnv):
-    """The cloud game as a PettingZoo parallel environment: the one face over :class:`DataGamesScenario`.
-    ``DataGamesParallelEnv(config=None, render_mode=None, dataset=None, max_cycles=None, **overrides)``."""
-
-    scenario_class = DataGamesScenario
-
-
 class DataGamesBatched(BatchedScenario):
     """The cloud game over B environments: the batched core as a :class:`~.base.BatchedScenario` (what every batched
     face steps; ``parallel_env`` stays on :class:`DataGamesScenario`, the same core at B = 1).
@@ -389,19 +383,3 @@ class DataGamesBatched(BatchedScenario):
 def batched(config: EnvConfig, num_envs: int) -> DataGamesBatched:
     """The ``batched`` entry of the scenario table: every cloud-game config has a native batched implementation."""
     return DataGamesBatched(config, num_envs)
-
-
-def parallel_env(config: str | dict | EnvConfig | None = None, **kwargs) -> DataGamesParallelEnv:
-    """``datagames_env.parallel_env()``: the embedded default (scikit-learn digits), or a config plus overrides."""
-    return DataGamesParallelEnv(config, **kwargs)
-
-
-def raw_env(config: str | dict | EnvConfig | None = None, **kwargs):
-    from ..faces.pettingzoo import aec_of  # each action checked at its own turn (faces/aec.py)
-
-    return aec_of(DataGamesParallelEnv(config, **kwargs))
-
-
-def env(config: str | dict | EnvConfig | None = None, **kwargs):
-    """AEC face: robots act one after another within a round; the round resolves when the last has acted."""
-    return raw_env(config, **kwargs)

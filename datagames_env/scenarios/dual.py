@@ -98,7 +98,6 @@ from ..config import (
 )
 from ..core import World, derive_version
 from ..data.datasets import Dataset
-from ..faces.base import FleetParallelEnv
 from .base import SampleSpec, Scenario, Transition, active_mask, atomic_step
 from .base import SnapshotError, check_snapshot_array, check_snapshot_int, check_snapshot_rng, snapshot_entry
 from ..core import draws
@@ -106,7 +105,7 @@ from ..data.streams import draw_initial_cloud, drift_mixes
 from ..perception import ModelVersion, limited_torch_threads, uncertainty
 from ..data.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
-__all__ = ["DualConfig", "DualParallelEnv", "DualScenario", "DualWorld", "batched_scenario", "dual_scenario", "env",
+__all__ = ["DualConfig", "DualParallelEnv", "DualScenario", "DualWorld", "env",
            "load_dual_config", "parallel_env", "set_observation_layout"]
 
 METADATA = {"name": "datagames_dual_v0", "render_modes": ["human", "ansi"], "is_parallelizable": True,
@@ -743,42 +742,3 @@ class DualScenario(Scenario):
 
 def _copied(value: Any) -> Any:
     return value.copy() if isinstance(value, np.ndarray) else value
-
-
-def dual_scenario(config: str | Path | dict | DualConfig | None = None, **overrides: Any) -> Scenario:
-    """The B = 1 scenario of a dual config: on ``perception.tier: fast`` the native batched dual seen at B = 1
-    (:class:`~.batching.BatchOfOne` over :class:`~.dual_fast.FastDual`), on ``paper`` :class:`DualScenario`."""
-    cfg = load_dual_config(config, **overrides)
-    if cfg.perception.tier == "fast":
-        from .batching import BatchOfOne
-        from .dual_fast import FastDual
-
-        return BatchOfOne(FastDual(cfg, 1))
-    return DualScenario(cfg)
-
-
-def batched_scenario(cfg: DualConfig, num_envs: int):
-    """The scenario table's native batched dual: :class:`~.dual_fast.FastDual` on the fast tier, None on the
-    paper tier (the batched faces loop over :class:`DualScenario` objects)."""
-    from .dual_fast import batched_scenario as native
-
-    return native(cfg, num_envs)
-
-
-class DualParallelEnv(FleetParallelEnv):
-    """DUAL as a PettingZoo parallel environment: the one face over the dual scenario of the config's tier
-    (:func:`dual_scenario`). ``DualParallelEnv(config=None, render_mode=None, max_cycles=None, **overrides)``."""
-
-    scenario_class = staticmethod(dual_scenario)
-
-
-def parallel_env(config: str | Path | dict | DualConfig | None = None, **overrides: Any) -> DualParallelEnv:
-    """``datagames_env.scenarios.dual.parallel_env()``: the DUAL scenario on the embedded digits, or a config + overrides."""
-    return DualParallelEnv(config, **overrides)
-
-
-def env(config: str | Path | dict | DualConfig | None = None, **overrides: Any):
-    """AEC face: robots act one after another within a round; the round resolves when the last has acted."""
-    from ..faces.pettingzoo import aec_of  # each action checked at its own turn (faces/aec.py)
-
-    return aec_of(DualParallelEnv(config, **overrides))

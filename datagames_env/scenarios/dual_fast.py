@@ -49,12 +49,13 @@ from ..data.privacy import PrivacyFilter
 from ..perception import limited_torch_threads, uncertainty
 from ..perception.fast import BatchedHeads, FastFeatures, cached_features
 from ..selection.submodular import FacilityLocation, block_rows_for, lazy_greedy
-from .base import BatchedScenario, BatchTransition, SnapshotError, check_snapshot_array, check_snapshot_int
+from .base import BatchedScenario, BatchTransition, Scenario, SnapshotError, check_snapshot_array, check_snapshot_int
 from .base import check_snapshot_rng, snapshot_entry
-from .dual import (METADATA, PRIVACY_COUNTS, DualConfig, DualWorld, get_dual_world, load_dual_config,
+from .batching import BatchOfOne
+from .dual import (METADATA, PRIVACY_COUNTS, DualConfig, DualScenario, DualWorld, get_dual_world, load_dual_config,
                    set_observation_layout)
 
-__all__ = ["FastDual", "batched_scenario", "fast_features", "warm_fast_perception"]
+__all__ = ["FastDual", "batched_scenario", "dual_scenario", "fast_features", "warm_fast_perception"]
 
 ROBOT_INFO_KEYS = ("available", "feasible_matrix", "estimated_mix", "uploaded", "uploaded_sample_ids",
                    "labeled_from_robot", *(f"privacy_{k}" for k in PRIVACY_COUNTS))
@@ -89,6 +90,16 @@ def warm_fast_perception(config: Any = None, **overrides: Any) -> list[Path]:
     if cfg.perception.tier != "fast":
         return []
     return [fast_features(cfg).path]
+
+
+def dual_scenario(config: Any = None, **overrides: Any) -> Scenario:
+    """The B = 1 scenario of a dual config (the table's ``scenario_factory``): on ``perception.tier: fast`` the
+    native batched dual seen at B = 1 (:class:`~.batching.BatchOfOne` over :class:`FastDual`), on ``paper``
+    :class:`~.dual.DualScenario`."""
+    cfg = load_dual_config(config, **overrides)
+    if cfg.perception.tier == "fast":
+        return BatchOfOne(FastDual(cfg, 1))
+    return DualScenario(cfg)
 
 
 def batched_scenario(cfg: DualConfig, num_envs: int) -> FastDual | None:

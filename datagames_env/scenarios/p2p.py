@@ -66,7 +66,7 @@ with ``perception.warm_start`` they fine-tune its current model for ``perception
 
 Perception tiers (``perception.tier``): ``paper`` is :class:`P2PScenario` below (a network per robot, the code path
 of 0dbebaf); ``fast`` is the natively batched :class:`~.p2p_fast.P2PFastBatched` (a frozen public extractor and
-batched per-robot heads; :func:`batched_scenario`), whose ``parallel_env`` is the face over it at B = 1. The rules,
+batched per-robot heads; :func:`~.p2p_fast.batched_scenario`), whose ``parallel_env`` is the face over it at B = 1. The rules,
 layout and info keys above hold for both.
 
 Everything a step needs from a model is computed once per (model version, round) in one batched pass per robot;
@@ -99,7 +99,6 @@ from ..config import (
 from ..data.datasets import Dataset, DatasetError, load_dataset
 from ..data.domains import corrupt
 from ..data.streams import draw_domain_stream
-from ..faces.base import FleetParallelEnv
 from .base import SampleSpec, Scenario, Transition, active_mask, atomic_step
 from .base import SnapshotError, check_snapshot_array, check_snapshot_int, snapshot_entry
 from ..perception.ood import NoveltyDetector
@@ -107,7 +106,7 @@ from ..perception import Classifier, build_model, limited_torch_threads, train_c
 from ..perception import entropy as perception_entropy
 from ..data.privacy import PrivacyConfig, PrivacyFilter, stamp_private_patches
 
-__all__ = ["P2PConfig", "P2PParallelEnv", "batched_scenario", "env", "load_p2p_config", "make_scenario", "parallel_env"]
+__all__ = ["P2PConfig", "P2PScenario", "load_p2p_config"]
 
 # cumulative per-robot counters in the infos, in the column order of P2PScenario._totals
 TOTALS = ("total_blurred", "total_dropped", "total_passed_private", "total_cached", "total_rare_cached",
@@ -960,56 +959,3 @@ def _classifier_from_state(state: dict, input_shape: tuple, n_classes: int, cfg:
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state["weights"].items()})
     return Classifier(model, n_classes, torch.from_numpy(state["input_mean"].copy()),
                       torch.from_numpy(state["input_scale"].copy()), state["train_size"], state["trained"])
-
-
-def batched_scenario(cfg: P2PConfig, num_envs: int):
-    """The native batched p2p of a validated config (``SCENARIOS["p2p"].batched``): the fast tier's
-    :class:`~.p2p_fast.P2PFastBatched`; None for ``perception.tier: paper`` (its batch is a ``LoopedBatch``)."""
-    if cfg.perception.tier != "fast":
-        return None
-    from .p2p_fast import P2PFastBatched  # the fast tier imports this module
-
-    return P2PFastBatched(cfg, num_envs)
-
-
-def make_scenario(config: str | dict | P2PConfig | None = None, **overrides: Any) -> Scenario:
-    """The B = 1 scenario of a config: :class:`P2PScenario` (paper tier) or the native batched fast tier seen at
-    B = 1 (:class:`~.batching.BatchOfOne`)."""
-    cfg = load_p2p_config(config, **overrides)
-    if cfg.perception.tier == "paper":
-        return P2PScenario(cfg)
-    from .batching import BatchOfOne
-
-    return BatchOfOne(batched_scenario(cfg, 1))
-
-
-class P2PParallelEnv(FleetParallelEnv):
-    """Peer-to-peer GU sharing as a PettingZoo parallel environment: the one face over :class:`P2PScenario`
-    (``perception.tier: paper``) or over the native batched fast tier at B = 1.
-    ``P2PParallelEnv(config=None, render_mode=None, max_cycles=None, **overrides)``."""
-
-    scenario_class = P2PScenario
-
-    def __init__(self, config: Any = None, render_mode: str | None = None, max_cycles: int | None = None,
-                 scenario: Scenario | None = None, **overrides: Any) -> None:
-        if scenario is None:
-            if max_cycles is not None:  # PettingZoo's name for the episode length
-                overrides["rounds"] = max_cycles
-            scenario = make_scenario(config, **overrides)
-        elif config is not None or overrides or max_cycles is not None:
-            raise TypeError("pass either a scenario object or a config with overrides, not both")
-        super().__init__(render_mode=render_mode, scenario=scenario)
-
-
-def parallel_env(config: str | dict | P2PConfig | None = None, **overrides: Any) -> P2PParallelEnv:
-    """``datagames_env.parallel_env("p2p_toy")`` lands here: the p2p env of a config (default ``p2p_default``)."""
-    return P2PParallelEnv(config, **overrides)
-
-
-def env(config: str | dict | P2PConfig | None = None, **overrides: Any):
-    """AEC face: robots act one after another within a round; the round resolves when the last has acted."""
-    from ..faces.pettingzoo import aec_of  # each action checked at its own turn (faces/aec.py)
-
-    return aec_of(P2PParallelEnv(config, **overrides))
-
-

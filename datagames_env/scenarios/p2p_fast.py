@@ -52,11 +52,12 @@ from ..data.streams import draw_domain_stream
 from ..perception import entropy as perception_entropy
 from ..perception import limited_torch_threads
 from ..perception.fast import BatchedHeads, FastFeatures, cached_features
-from .base import (BatchedScenario, BatchTransition, SampleSpec, SnapshotError, check_snapshot_array,
+from .base import (BatchedScenario, BatchTransition, SampleSpec, Scenario, SnapshotError, check_snapshot_array,
                    check_snapshot_int, check_snapshot_rng, fault_rng, snapshot_entry)
-from .p2p import METADATA, TOTALS, P2PConfig, P2PWorld, aggregate_votes, build_world, load_p2p_config
+from .batching import BatchOfOne
+from .p2p import METADATA, TOTALS, P2PConfig, P2PScenario, P2PWorld, aggregate_votes, build_world, load_p2p_config
 
-__all__ = ["FastWorld", "P2PFastBatched", "get_fast_world", "warm_fast_perception"]
+__all__ = ["FastWorld", "P2PFastBatched", "batched_scenario", "get_fast_world", "make_scenario", "warm_fast_perception"]
 
 ROUND_KEYS = ("cached_slots", "sent_mask", "feedback_utilities", "n_sent", "n_received", "n_kept",
               "n_private_cached", "n_blurred", "n_dropped", "n_passed_private", "round_rare_share", "trained")
@@ -724,3 +725,20 @@ class P2PFastBatched(BatchedScenario):
         w = self.world
         return w.base, [w.features, w.labels, w.domains, *w.test_features, *w.test_labels, w.public_ids,
                         w.extracted.features]
+
+
+def batched_scenario(cfg: P2PConfig, num_envs: int) -> P2PFastBatched | None:
+    """The native batched p2p of a validated config (the table's ``batched``): :class:`P2PFastBatched` on the fast
+    tier; None for ``perception.tier: paper`` (its batch is a ``LoopedBatch``)."""
+    if cfg.perception.tier != "fast":
+        return None
+    return P2PFastBatched(cfg, num_envs)
+
+
+def make_scenario(config: Any = None, **overrides: Any) -> Scenario:
+    """The B = 1 scenario of a p2p config (the table's ``scenario_factory``): :class:`~.p2p.P2PScenario` on the
+    paper tier, the native batched fast tier seen at B = 1 (:class:`~.batching.BatchOfOne`) on the fast tier."""
+    cfg = load_p2p_config(config, **overrides)
+    if cfg.perception.tier == "paper":
+        return P2PScenario(cfg)
+    return BatchOfOne(P2PFastBatched(cfg, 1))

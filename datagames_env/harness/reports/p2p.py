@@ -212,7 +212,7 @@ class P2PReporter(Reporter):
         return env
 
     def context_from_config(self, config, **overrides):
-        from ...scenarios import make_parallel_env
+        from ...faces.pettingzoo import parallel_env as make_parallel_env
 
         return make_parallel_env(config, **overrides)  # builds the world only; no model is trained
 

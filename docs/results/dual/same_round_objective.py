@@ -14,7 +14,7 @@ import torch
 
 from baselines.dual_policies import make_dual_policy
 from baselines.submodular import fleet_objective
-from datagames_env.scenarios.dual import parallel_env
+from datagames_env.faces.pettingzoo import DualParallelEnv as parallel_env  # dual unless the config says otherwise
 
 NAMES = ["random", "entropy", "margin", "greedy", "submodular-independent", "submodular-interactive",
          "submodular-centralized"]

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from datagames_env.harness.episode import run_episode  # noqa: E402
 from datagames_env.policy import make_policy  # noqa: E402
-from datagames_env.scenarios import datagames as datagames_module  # noqa: E402
+import datagames_env  # noqa: E402
 from datagames_env.scenarios import p2p as p2p_module  # noqa: E402
 from datagames_env.scenarios.p2p import load_p2p_config  # noqa: E402
 
@@ -68,7 +68,7 @@ def cloud_table(kinds=CLOUD_KINDS) -> dict:
                 overrides = {**CLOUD, **fault_overrides(kind, level), **extra}
                 distances = []
                 for seed in CLOUD_SEEDS:
-                    env = datagames_module.parallel_env(None, **overrides)
+                    env = datagames_env.parallel_env(None, **overrides)
                     distances.append(run_episode(env, make_policy(policy, env), seed)["final_distance"])
                 out[f"{kind}|{label}|{level}"] = float(np.mean(distances))
                 out[f"{kind}|{label}|{level}|sd"] = float(np.std(distances))
