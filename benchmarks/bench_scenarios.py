@@ -10,6 +10,9 @@ case           setting
                ``p2p_default`` (digits MLPs)
 ``p2p_40``     ``p2p_default`` with 40 robots (its three robot kinds in turn, a tenth of their initial labels)
 ``dual_500``   ``dual_default`` with 500 robots, 3 rounds
+``p2p_b64``    ``p2p_default`` as a batch of 64 envs (``make_batched``: the fast tier) where the tree has
+               ``make_batched``, else (an older tree such as 0dbebaf) one ``parallel_env("p2p_default")``; whole
+               episodes including reset, figure in robot-steps/s (``--episodes`` timed episodes after one warm-up)
 =============  ==============================================================================================
 
 Each case runs in its own process (one torch thread): one reset (not timed: it trains the first models), then
@@ -32,7 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
-CASES = ("p2p_3", "p2p_40", "dual_500")
+CASES = ("p2p_3", "p2p_40", "dual_500", "p2p_b64")
+BATCH_ENVS = 64
 
 
 def _p2p_module():
@@ -62,7 +66,46 @@ def _make(case: str):
     return dual.parallel_env("dual_default", n_robots=500, rounds=3)
 
 
-def run_case(case: str) -> dict:
+def run_batched(episodes: int) -> dict:
+    """Whole episodes (reset included) with seeded random actions: a batch of BATCH_ENVS envs where the tree has
+    ``make_batched``, else one ``parallel_env`` (the B = 1 paper tier of an older tree)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    try:
+        from datagames_env.scenarios import make_batched
+    except ImportError:
+        make_batched = None
+    if make_batched is not None:
+        batch = make_batched("p2p_default", BATCH_ENVS)
+        b_, n = batch.num_envs, batch.n_robots
+
+        def episode(e: int) -> int:
+            batch.reset(np.arange(e * b_, (e + 1) * b_))
+            for _ in range(batch.config.rounds):
+                batch.step(rng.random((b_, n, batch.action_width)))
+            return batch.config.rounds * b_ * n
+        kind = f"make_batched x{b_} ({type(batch).__name__})"
+    else:
+        env = _p2p_module().parallel_env("p2p_default")
+
+        def episode(e: int) -> int:
+            env.reset(seed=e)
+            steps = 0
+            while env.agents:
+                env.step({a: rng.random(env.action_space(a).shape).astype(np.float32) for a in env.agents})
+                steps += len(env.possible_agents)
+            return steps
+        kind = "parallel_env"
+    episode(0)  # warm-up: builds the world (and, for a fast config, finds the extractor's cache)
+    start = time.perf_counter()
+    steps = sum(episode(e) for e in range(1, episodes + 1))
+    seconds = time.perf_counter() - start
+    return {"case": "p2p_b64", "kind": kind, "robot_steps": steps, "seconds": seconds,
+            "robot_steps_per_s": steps / seconds}
+
+
+def run_case(case: str, episodes: int = 3) -> dict:
     import warnings
 
     import numpy as np
@@ -70,6 +113,8 @@ def run_case(case: str) -> dict:
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
+    if case == "p2p_b64":
+        return run_batched(episodes)
     env = _make(case)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
@@ -83,9 +128,10 @@ def run_case(case: str) -> dict:
             "seconds_per_step": float(np.mean(times)), "steps": len(times)}
 
 
-def _in_process(tree: Path, case: str) -> dict:
+def _in_process(tree: Path, case: str, episodes: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--case", case, "--json"], env=env,
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--case", case, "--json", "--episodes",
+                          str(episodes)], env=env,
                          cwd=tree, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -95,23 +141,44 @@ def main() -> None:
     parser.add_argument("--case", choices=CASES, action="append", help="run only these cases (repeatable)")
     parser.add_argument("--baseline", type=Path, help="another source tree to compare with (ratios)")
     parser.add_argument("--repeat", type=int, default=1, help="alternating runs per tree (medians)")
+    parser.add_argument("--episodes", type=int, default=3, help="timed episodes of p2p_b64 (after one warm-up)")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one case, in this process
     args = parser.parse_args()
     cases = args.case or list(CASES)
     if args.json:
-        print(json.dumps(run_case(cases[0])))
+        print(json.dumps(run_case(cases[0], args.episodes)))
         return
     for case in cases:
+        if case == "p2p_b64":
+            _report_batched(args)
+            continue
         ours, theirs = [], []
         for _ in range(args.repeat):
-            ours.append(_in_process(ROOT, case)["seconds_per_step"])
+            ours.append(_in_process(ROOT, case, args.episodes)["seconds_per_step"])
             if args.baseline is not None:
-                theirs.append(_in_process(args.baseline, case)["seconds_per_step"])
+                theirs.append(_in_process(args.baseline, case, args.episodes)["seconds_per_step"])
         line = f"{case:<9} {statistics.median(ours):8.3f} s/step ({1 / statistics.median(ours):6.2f} cycles/s)"
         if theirs:
             line += (f"   baseline {statistics.median(theirs):8.3f} s/step   "
                      f"speed-up {statistics.median(theirs) / statistics.median(ours):5.1f}x")
         print(line, flush=True)
+
+
+def _report_batched(args: argparse.Namespace) -> None:
+    """p2p_b64: robot-steps/s of each run, alternating trees, and the ratio of the medians."""
+    ours, theirs = [], []
+    for _ in range(args.repeat):
+        if args.baseline is not None:
+            theirs.append(_in_process(args.baseline, "p2p_b64", args.episodes))
+        ours.append(_in_process(ROOT, "p2p_b64", args.episodes))
+    mine = statistics.median(r["robot_steps_per_s"] for r in ours)
+    line = (f"p2p_b64   {mine:9.1f} robot-steps/s ({ours[0]['kind']}; runs: "
+            + ", ".join(f"{r['robot_steps_per_s']:.0f}" for r in ours) + ")")
+    if theirs:
+        base = statistics.median(r["robot_steps_per_s"] for r in theirs)
+        line += (f"\n          baseline {base:7.2f} robot-steps/s ({theirs[0]['kind']}; runs: "
+                 + ", ".join(f"{r['robot_steps_per_s']:.2f}" for r in theirs) + f")   speed-up {mine / base:6.1f}x")
+    print(line, flush=True)
 
 
 if __name__ == "__main__":
