@@ -97,14 +97,13 @@ def draw_domain_stream(shares: np.ndarray, pools: Sequence[np.ndarray], rounds: 
         if quotas[d] == 0:
             per_domain.append(np.zeros((rounds, 0), dtype=np.int64))
             continue
-        pool = pool[~np.isin(pool, exclude)]
+        if len(exclude):
+            pool = pool[~np.isin(pool, exclude)]
         if len(pool) == 0:
             name = domain_names[d] if domain_names is not None else str(d)
             raise ConfigError(f"{who}: domain '{name}' has no samples left after its initial labeled set")
         need = rounds * quotas[d]
         order = np.concatenate([rng.permutation(pool) for _ in range(-(-need // len(pool)))])[:need]
         per_domain.append(order.reshape(rounds, quotas[d]))
-    stream = np.empty((rounds, obs_per_round), dtype=np.int64)
-    for r in range(rounds):
-        stream[r] = rng.permutation(np.concatenate([p[r] for p in per_domain]))
-    return stream
+    # each round shuffled on its own: permuted(axis=1) makes the draws of one permutation per row, in row order
+    return rng.permuted(np.concatenate(per_domain, axis=1).astype(np.int64, copy=False), axis=1)

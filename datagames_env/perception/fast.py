@@ -488,7 +488,32 @@ class BatchedHeads:
         self.fit()
         self._counts, self._sums, self._scatter = (loaded[name] for name in self._STATS)
 
-    _FITTED = ("_whiten_t", "_white_means_t", "_white_norms", "_offset", "_slope", "_rate", "_ridge_weights")
+    _FITTED = ("_project_t", "_white_norms", "_offset", "_slope", "_rate", "_ridge_weights")
+
+    def export_env(self, env: int) -> dict[str, torch.Tensor]:
+        """Copies of env ``env``'s heads (statistics, the statistics of the last fit, the fit): a template that
+        :meth:`import_env` puts into other envs, e.g. when every env starts from the same labeled sets."""
+        if not 0 <= int(env) < self.n_envs:
+            raise ValueError(f"env must be in [0, {self.n_envs}), got {env}")
+        tensors = {name: getattr(self, f"_{name}") for name in self._STATS}
+        tensors.update({f"fitted_{name}": value for name, value in zip(self._STATS, self._fitted)})
+        tensors.update({name: getattr(self, name) for name in self._FITTED if hasattr(self, name)})
+        return {name: value[int(env)].clone() for name, value in tensors.items()}
+
+    def import_env(self, template: dict[str, torch.Tensor], envs: np.ndarray | None = None) -> None:
+        """Set the envs where ``envs`` (bool (B,), default all) to the heads of :meth:`export_env` (of heads with
+        the same robots, classes, features and options)."""
+        mask = slice(None) if envs is None else torch.from_numpy(np.asarray(envs, dtype=bool))
+        expected = set(self.export_env(0))
+        if set(template) != expected:
+            raise ValueError(f"template must hold {sorted(expected)}, got {sorted(template)}")
+        for name in self._STATS:
+            getattr(self, f"_{name}")[mask] = template[name]
+        for stat, name in zip(self._fitted, self._STATS):
+            stat[mask] = template[f"fitted_{name}"]
+        for name in self._FITTED:
+            if hasattr(self, name):
+                getattr(self, name)[mask] = template[name]
 
     def fit(self, heads: np.ndarray | None = None) -> None:
         """Refit every head from its statistics: one batched Cholesky (and one batched solve for ``ridge``).
@@ -537,9 +562,11 @@ class BatchedHeads:
         white_means = means @ whiten.transpose(2, 3)  # (B, N, C, d)
         log_prior = torch.log((counts + 1.0) / (n + self.n_classes).unsqueeze(-1))  # (B, N, C)
         # prediction runs in float32 (elementwise float64 on (B, N, m, C) measured 3-4x slower); per head and class:
-        # logits = offset - slope * log1p(distance * rate) (student) or offset - distance / 2 (lda)
-        self._whiten_t = whiten.transpose(2, 3).to(torch.float32).contiguous()  # x @ this = whitened x
-        self._white_means_t = white_means.transpose(2, 3).to(torch.float32).contiguous()  # (B, N, d, C)
+        # logits = offset - slope * log1p(distance * rate) (student) or offset - distance / 2 (lda), with
+        # distance = |L^-1 x|^2 - 2 x' Sigma^-1 mu_c + |L^-1 mu_c|^2: one product x @ [L^-T | Sigma^-1 mu] per row
+        whiten_t = whiten.transpose(2, 3)
+        self._project_t = torch.cat([whiten_t, whiten_t @ white_means.transpose(2, 3)], dim=-1).to(
+            torch.float32).contiguous()  # (B, N, d, d + C)
         self._white_norms = white_means.square().sum(dim=-1).unsqueeze(2).to(torch.float32)  # (B, N, 1, C)
         if self.head == "student":
             nu = (dof + self.cov_prior - self.dim + 1.0).clamp_min(1.0).unsqueeze(-1)  # (B, N, 1)
@@ -583,7 +610,7 @@ class BatchedHeads:
         these (the others get -1)."""
         logits, chosen, out = self._shared_logits(rows, heads)
         if logits is not None:
-            out.reshape(-1, out.shape[-1])[chosen.numpy()] = logits.max(dim=-1).indices.numpy()
+            out.reshape(-1, out.shape[-1])[chosen.numpy()] = logits.max(dim=-1).indices.T.numpy()
         return out
 
     def correct(self, rows: np.ndarray, heads: np.ndarray | None = None) -> np.ndarray:
@@ -594,12 +621,12 @@ class BatchedHeads:
         result = np.zeros(out.shape, dtype=bool)
         if logits is not None:
             labels = self._labels[torch.from_numpy(np.asarray(rows).astype(np.int64))]
-            at_label = logits.gather(-1, labels.view(1, -1, 1).expand(logits.shape[0], -1, 1))[..., 0]
-            result.reshape(-1, out.shape[-1])[chosen.numpy()] = (at_label >= logits.amax(dim=-1)).numpy()
+            at_label = logits.gather(-1, labels.view(-1, 1, 1).expand(-1, logits.shape[1], 1))[..., 0]
+            result.reshape(-1, out.shape[-1])[chosen.numpy()] = (at_label >= logits.amax(dim=-1)).T.numpy()
         return result
 
     def _shared_logits(self, rows: np.ndarray, heads: np.ndarray | None):
-        """Logits (h, m, C) of the chosen heads on the same rows, the chosen flat head indices, a -1 output."""
+        """Logits (m, h, C) of the chosen heads on the same rows, the chosen flat head indices, a -1 output."""
         rows = np.asarray(rows)
         if rows.ndim != 1 or (rows.size and (rows.dtype.kind not in "iu" or rows.min() < 0
                                              or rows.max() >= self.n_rows)):
@@ -617,27 +644,37 @@ class BatchedHeads:
         if not len(chosen) or not len(rows):
             return None, chosen, out
         x = self._table32[torch.from_numpy(rows.astype(np.int64))]  # (m, d), the same for every head
+        h, d = len(chosen), self.dim
+        # every chosen head in one matrix product: (m, d) @ (d, h * (d + C)) -> (m, h, d + C)
+        project = self._project_t.flatten(0, 1)[chosen].permute(1, 0, 2).reshape(d, -1)
+        z = (x @ project).view(len(rows), h, d + self.n_classes)
+        distance = self._distance(z, self._white_norms.flatten(0, 1)[chosen].view(1, h, -1))  # (m, h, C)
 
-        white = x @ self._whiten_t.flatten(0, 1)[chosen]  # (h, m, d)
-        distance = torch.baddbmm(self._white_norms.flatten(0, 1)[chosen], white,
-                                 self._white_means_t.flatten(0, 1)[chosen], alpha=-2.0)
-        distance = (distance + white.square().sum(dim=-1, keepdim=True)).clamp_min_(0.0)  # (h, m, C)
+        def per_head(t: torch.Tensor) -> torch.Tensor:  # (B, N, 1, C') fit -> (1, h, C') beside (m, h, C)
+            return t.flatten(0, 1)[chosen].view(1, h, -1)
+
         if self.head == "student":
-            logits = (self._offset.flatten(0, 1)[chosen] - self._slope.flatten(0, 1)[chosen]
-                      * torch.log1p(distance * self._rate.flatten(0, 1)[chosen]))
+            logits = per_head(self._offset) - per_head(self._slope) * torch.log1p(distance * per_head(self._rate))
         elif self.head == "lda":
-            logits = self._offset.flatten(0, 1)[chosen] - 0.5 * distance
+            logits = per_head(self._offset) - 0.5 * distance
         else:
             weights = self._ridge_weights.flatten(0, 1)[chosen]
-            logits = x @ weights[:, :-1, :] + weights[:, -1:, :]
+            logits = (x @ weights[:, :-1, :] + weights[:, -1:, :]).transpose(0, 1)
         return logits, chosen, out
+
+    def _distance(self, z: torch.Tensor, white_norms: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distances (..., C) from ``z = x @ project_t`` (..., d + C)."""
+        d = self.dim
+        white_sq = z[..., :d].square().sum(dim=-1, keepdim=True)
+        return torch.add(white_norms, z[..., d:], alpha=-2.0).add_(white_sq).clamp_min_(0.0)
+
+    def _distances(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` float32 (B, N, m, d) -> squared Mahalanobis distances (B, N, m, C)."""
+        return self._distance(x @ self._project_t, self._white_norms)
 
     def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` float32 (B, N, m, d) -> logits and squared Mahalanobis distances (B, N, m, C)."""
-        white = x @ self._whiten_t  # (B, N, m, d)
-        distance = torch.baddbmm(self._white_norms.flatten(0, 1), white.flatten(0, 1),
-                                 self._white_means_t.flatten(0, 1), alpha=-2.0).view(x.shape[:3] + (self.n_classes,))
-        distance = (distance + white.square().sum(dim=-1, keepdim=True)).clamp_min_(0.0)  # (B, N, m, C)
+        distance = self._distances(x)
         if self.head == "student":
             logits = self._offset - self._slope * torch.log1p(distance * self._rate)
         elif self.head == "lda":
@@ -652,6 +689,15 @@ class BatchedHeads:
         probs = torch.softmax(logits, dim=-1)
         return HeadOutput(probs.numpy(), distance.amin(dim=-1).numpy())
 
+    def novelty(self, ids: np.ndarray, valid: np.ndarray | None = None, kind: str = "mahalanobis") -> np.ndarray:
+        """``predict(ids, valid).novelty(kind)`` (B, N, m) float64; ``mahalanobis`` without the probabilities."""
+        if kind not in NOVELTY_KINDS:
+            raise ValueError(f"novelty kind must be one of {list(NOVELTY_KINDS)}, got {kind!r}")
+        if kind != "mahalanobis":
+            return self.predict(ids, valid).novelty(kind)
+        index, _ = self._checked_ids(ids, valid)
+        return self._distances(self._table32[index]).amin(dim=-1).numpy().astype(np.float64)
+
     def calibrate(self, ids: np.ndarray, valid: np.ndarray | None = None, quantile: float = 0.95,
                   kind: str = "mahalanobis", fallback: float = np.inf) -> np.ndarray:
         """Per-head OoD thresholds float64 (B, N): the ``quantile`` of ``novelty(kind)`` over each head's held-out
@@ -662,7 +708,7 @@ class BatchedHeads:
             raise ValueError(f"novelty kind must be one of {list(NOVELTY_KINDS)}, got {kind!r}")
         _, mask = self._checked_ids(ids, valid)
         mask = mask.numpy()
-        scores = np.sort(np.where(mask, self.predict(ids, valid).novelty(kind), np.inf), axis=-1)
+        scores = np.sort(np.where(mask, self.novelty(ids, valid, kind), np.inf), axis=-1)
         # np.nanquantile's default ("linear") per head, without its Python loop over rows
         count = mask.sum(axis=-1)
         position = np.maximum(count - 1, 0) * quantile
