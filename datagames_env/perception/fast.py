@@ -316,7 +316,7 @@ class HeadOutput:
     float32 ``(B, N, m)`` (min over classes of the squared distance to the head's class means)."""
 
     probs: np.ndarray
-    mahalanobis: np.ndarray
+    mahalanobis: np.ndarray | None  # None where the caller asked for probabilities only
 
     def uncertainty(self, kind: str) -> np.ndarray:
         """``entropy`` (nats) or ``margin`` (1 - (p_top1 - p_top2)) per sample, (B, N, m) float64
@@ -332,6 +332,8 @@ class HeadOutput:
         """OoD score per sample, higher = more novel, (B, N, m) float64: ``mahalanobis``, ``max_softmax``
         (``(1 - max p) / (1 - 1/C)``, in [0, 1]), ``entropy`` or ``margin``."""
         if kind == "mahalanobis":
+            if self.mahalanobis is None:
+                raise ValueError("these outputs were computed without Mahalanobis scores (mahalanobis=False)")
             return self.mahalanobis.astype(np.float64)
         if kind == "max_softmax":
             n_classes = self.probs.shape[-1]
@@ -488,7 +490,7 @@ class BatchedHeads:
         self.fit()
         self._counts, self._sums, self._scatter = (loaded[name] for name in self._STATS)
 
-    _FITTED = ("_project_t", "_white_norms", "_offset", "_slope", "_rate", "_ridge_weights")
+    _FITTED = ("_project_t", "_precision", "_white_norms", "_offset", "_slope", "_rate", "_ridge_weights")
 
     def export_env(self, env: int) -> dict[str, torch.Tensor]:
         """Copies of env ``env``'s heads (statistics, the statistics of the last fit, the fit): a template that
@@ -567,6 +569,8 @@ class BatchedHeads:
         whiten_t = whiten.transpose(2, 3)
         self._project_t = torch.cat([whiten_t, whiten_t @ white_means.transpose(2, 3)], dim=-1).to(
             torch.float32).contiguous()  # (B, N, d, d + C)
+        # Sigma^-1 flattened (B, N, d * d): |L^-1 x|^2 = (x x')_flat . this, for rows shared by many heads
+        self._precision = (whiten.transpose(2, 3) @ whiten).flatten(2).to(torch.float32).contiguous()
         self._white_norms = white_means.square().sum(dim=-1).unsqueeze(2).to(torch.float32)  # (B, N, 1, C)
         if self.head == "student":
             nu = (dof + self.cov_prior - self.dim + 1.0).clamp_min(1.0).unsqueeze(-1)  # (B, N, 1)
@@ -589,10 +593,11 @@ class BatchedHeads:
             self._ridge_weights = (torch.linalg.solve(gram, target) / self.temperature).to(torch.float32)
 
     # ------------------------------------------------------------------------------------------- prediction
-    def predict(self, ids: np.ndarray, valid: np.ndarray | None = None) -> HeadOutput:
-        """Each head's output on its own rows ``ids`` (B, N, m) of the feature table (invalid slots: row 0)."""
+    def predict(self, ids: np.ndarray, valid: np.ndarray | None = None, mahalanobis: bool = True) -> HeadOutput:
+        """Each head's output on its own rows ``ids`` (B, N, m) of the feature table (invalid slots: row 0);
+        ``mahalanobis=False`` skips the OoD scores (``HeadOutput.mahalanobis`` is None then)."""
         index, _ = self._checked_ids(ids, valid)
-        return self._output(self._table32[index])
+        return self._output(self._table32[index], mahalanobis)
 
     def predict_features(self, features: np.ndarray) -> HeadOutput:
         """Outputs for explicit features: ``(m, d)`` scored by every head, or ``(B, N, m, d)`` one set per head."""
@@ -644,19 +649,23 @@ class BatchedHeads:
         if not len(chosen) or not len(rows):
             return None, chosen, out
         x = self._table32[torch.from_numpy(rows.astype(np.int64))]  # (m, d), the same for every head
-        h, d = len(chosen), self.dim
-        # every chosen head in one matrix product: (m, d) @ (d, h * (d + C)) -> (m, h, d + C)
-        project = self._project_t.flatten(0, 1)[chosen].permute(1, 0, 2).reshape(d, -1)
-        z = (x @ project).view(len(rows), h, d + self.n_classes)
-        distance = self._distance(z, self._white_norms.flatten(0, 1)[chosen].view(1, h, -1))  # (m, h, C)
+        h, d, c = len(chosen), self.dim, self.n_classes
+        # every chosen head in two matrix products over the shared rows: x' Sigma^-1 x from the rows' outer
+        # products, (m, d * d) @ (d * d, h), and the cross terms x' Sigma^-1 mu_c, (m, d) @ (d, h * C)
+        outer = (x[:, :, None] * x[:, None, :]).reshape(len(rows), d * d)
+        quadratic = outer @ self._precision.flatten(0, 1)[chosen].T  # (m, h)
+        cross = x @ self._project_t.flatten(0, 1)[chosen][..., d:].permute(1, 0, 2).reshape(d, h * c)
+        distance = (cross.view(len(rows), h, c).mul_(-2.0).add_(self._white_norms.flatten(0, 1)[chosen].view(1, h, c))
+                    .add_(quadratic.unsqueeze(-1)).clamp_min_(0.0))  # (m, h, C)
 
         def per_head(t: torch.Tensor) -> torch.Tensor:  # (B, N, 1, C') fit -> (1, h, C') beside (m, h, C)
             return t.flatten(0, 1)[chosen].view(1, h, -1)
 
-        if self.head == "student":
-            logits = per_head(self._offset) - per_head(self._slope) * torch.log1p(distance * per_head(self._rate))
+        if self.head == "student":  # in place: offset - slope * log1p(distance * rate)
+            logits = distance.mul_(per_head(self._rate)).log1p_().mul_(per_head(self._slope)).neg_().add_(
+                per_head(self._offset))
         elif self.head == "lda":
-            logits = per_head(self._offset) - 0.5 * distance
+            logits = distance.mul_(-0.5).add_(per_head(self._offset))
         else:
             weights = self._ridge_weights.flatten(0, 1)[chosen]
             logits = (x @ weights[:, :-1, :] + weights[:, -1:, :]).transpose(0, 1)
@@ -672,22 +681,17 @@ class BatchedHeads:
         """``x`` float32 (B, N, m, d) -> squared Mahalanobis distances (B, N, m, C)."""
         return self._distance(x @ self._project_t, self._white_norms)
 
-    def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` float32 (B, N, m, d) -> logits and squared Mahalanobis distances (B, N, m, C)."""
+    def _output(self, x: torch.Tensor, mahalanobis: bool = True) -> HeadOutput:
+        """``x`` float32 (B, N, m, d) -> probabilities and Mahalanobis scores (``mahalanobis=False``: None)."""
         distance = self._distances(x)
-        if self.head == "student":
-            logits = self._offset - self._slope * torch.log1p(distance * self._rate)
+        scores = distance.amin(dim=-1).numpy() if mahalanobis else None
+        if self.head == "student":  # in place: offset - slope * log1p(distance * rate)
+            logits = distance.mul_(self._rate).log1p_().mul_(self._slope).neg_().add_(self._offset)
         elif self.head == "lda":
-            logits = self._offset - 0.5 * distance
+            logits = distance.mul_(-0.5).add_(self._offset)
         else:
             logits = x @ self._ridge_weights[..., :-1, :] + self._ridge_weights[..., -1:, :]
-        return logits, distance
-
-    def _output(self, x: torch.Tensor) -> HeadOutput:
-        """``x`` float32 (B, N, m, d) -> probabilities and Mahalanobis scores."""
-        logits, distance = self._logits(x)
-        probs = torch.softmax(logits, dim=-1)
-        return HeadOutput(probs.numpy(), distance.amin(dim=-1).numpy())
+        return HeadOutput(torch.softmax(logits, dim=-1).numpy(), scores)
 
     def novelty(self, ids: np.ndarray, valid: np.ndarray | None = None, kind: str = "mahalanobis") -> np.ndarray:
         """``predict(ids, valid).novelty(kind)`` (B, N, m) float64; ``mahalanobis`` without the probabilities."""

@@ -394,7 +394,7 @@ class P2PFastBatched(BatchedScenario):
             ids = np.concatenate([self._round_ids, self._memory_ids[:, :, :used]], axis=2)
             valid = np.concatenate([np.ones(self._round_ids.shape, dtype=bool), memory_valid], axis=2)
         with limited_torch_threads(self.config.max_threads):
-            probs = self.heads.predict(ids, valid).probs
+            probs = self.heads.predict(ids, valid, mahalanobis=False).probs
         self._round_probs = probs[:, :, :obs]
         self._round_embeddings = self.world.unit[self._round_ids]
         if memory:
