@@ -48,7 +48,7 @@ import numpy as np
 
 from ..config import ConfigError
 from ..data.privacy import PrivacyFilter
-from ..data.streams import draw_domain_stream
+from ..data.streams import domain_quotas, draw_domain_stream
 from ..perception import entropy as perception_entropy
 from ..perception import limited_torch_threads
 from ..perception.fast import BatchedHeads, FastFeatures, cached_features
@@ -229,6 +229,8 @@ class P2PFastBatched(BatchedScenario):
         self.env_info_keys = ("round", "n_share")
         self._initial_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._reset_template = None  # with a fixed world_seed: env 0's heads, thresholds, accuracy after reset
+        self._quotas = [domain_quotas([robot.stream.get(name, 0.0) for name in self.domain_names], cfg.obs_per_round)
+                        for robot in cfg.robots]
         # a memory never holds more than an episode's shares: store (and score) only that many columns
         self._memory_width = min(cfg.feedback_memory, cfg.rounds * cfg.n_share)
         self.round_index = 0
@@ -299,10 +301,9 @@ class P2PFastBatched(BatchedScenario):
             ids, cal = self._initial_sets(initial_seed, i)
             labeled.append(ids)
             calibration.append(cal)
-            shares = [cfg.robots[i].stream.get(name, 0.0) for name in self.domain_names]
             pools = self._stream_pools(initial_seed, i, ids, cal)
-            streams.append(draw_domain_stream(shares, pools, cfg.rounds, cfg.obs_per_round, rng, self._NOTHING,
-                                              f"robots.{i}.stream (robot_{i})", self.domain_names))
+            streams.append(draw_domain_stream(None, pools, cfg.rounds, cfg.obs_per_round, rng, self._NOTHING,
+                                              f"robots.{i}.stream (robot_{i})", self.domain_names, self._quotas[i]))
         return adjacency, labeled, calibration, np.stack(streams)
 
     # -------------------------------------------------------------------------------------------------- loop
