@@ -274,9 +274,13 @@ def test_heads_classify_and_correct_agree_with_predict_and_fit_a_subset():
     scenario.reset(np.array([0, 1]))
     heads, rows = scenario.heads, scenario.world.test_rows[:50]
     ids = np.broadcast_to(rows, (2, 3, len(rows)))
-    predicted = heads.predict(ids).probs.argmax(axis=-1)
-    np.testing.assert_array_equal(heads.classify(rows), predicted)
-    np.testing.assert_array_equal(heads.correct(rows), predicted == scenario.world.table_labels[rows])
+    probs = heads.predict(ids).probs
+    predicted = probs.argmax(axis=-1)
+    top2 = np.sort(probs, axis=-1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > 1e-4  # two code paths (shared rows, per-head rows): near-ties may differ
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(heads.classify(rows)[clear], predicted[clear])
+    np.testing.assert_array_equal(heads.correct(rows)[clear], (predicted == scenario.world.table_labels[rows])[clear])
     some = np.array([[True, False, True], [False, False, True]])
     assert (heads.classify(rows, some)[~some] == -1).all() and not heads.correct(rows, some)[~some].any()
     before = heads.predict(ids).probs

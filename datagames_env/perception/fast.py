@@ -490,7 +490,8 @@ class BatchedHeads:
         self.fit()
         self._counts, self._sums, self._scatter = (loaded[name] for name in self._STATS)
 
-    _FITTED = ("_project_t", "_precision", "_white_norms", "_offset", "_slope", "_rate", "_ridge_weights")
+    _FITTED = ("_project_t", "_precision", "_white_norms", "_logit_project_t", "_logit_bias", "_logit_rate", "_offset",
+               "_slope", "_rate", "_ridge_weights")
 
     def export_env(self, env: int) -> dict[str, torch.Tensor]:
         """Copies of env ``env``'s heads (statistics, the statistics of the last fit, the fit): a template that
@@ -580,6 +581,17 @@ class BatchedHeads:
             self._rate = (1.0 / (scale * nu)).unsqueeze(2).to(torch.float32)  # (B, N, 1, C)
         else:
             self._offset = log_prior.unsqueeze(2).to(torch.float32)
+        # the logits' own product (probabilities without OoD scores, shared test rows): rate_c * distance_c =
+        # rate_c |L^-1 x|^2 + x' (-2 rate_c Sigma^-1 mu_c) + rate_c |L^-1 mu_c|^2, rate 1 for lda: the scaling
+        # folded into the weights saves passes over (B, N, m, C)
+        rate = 1.0 / (scale * nu) if self.head == "student" else torch.ones_like(counts)  # (B, N, C)
+        cross = whiten_t @ white_means.transpose(2, 3)  # (B, N, d, C): Sigma^-1 mu_c
+        self._logit_project_t = torch.cat([whiten_t, -2.0 * cross * rate.unsqueeze(2)], dim=-1).to(
+            torch.float32).contiguous()  # (B, N, d, d + C)
+        self._logit_bias = torch.cat([torch.zeros(counts.shape[:2] + (1, self.dim), dtype=_DTYPE),
+                                      (white_means.square().sum(dim=-1) * rate).unsqueeze(2)], dim=-1).to(
+            torch.float32).contiguous()  # (B, N, 1, d + C)
+        self._logit_rate = rate.unsqueeze(2).to(torch.float32)  # (B, N, 1, C)
         if self.head == "ridge":
             d = self.dim
             total = sums.sum(dim=2)  # (B, N, d)
@@ -654,18 +666,18 @@ class BatchedHeads:
         # products, (m, d * d) @ (d * d, h), and the cross terms x' Sigma^-1 mu_c, (m, d) @ (d, h * C)
         outer = (x[:, :, None] * x[:, None, :]).reshape(len(rows), d * d)
         quadratic = outer @ self._precision.flatten(0, 1)[chosen].T  # (m, h)
-        cross = x @ self._project_t.flatten(0, 1)[chosen][..., d:].permute(1, 0, 2).reshape(d, h * c)
-        distance = (cross.view(len(rows), h, c).mul_(-2.0).add_(self._white_norms.flatten(0, 1)[chosen].view(1, h, c))
-                    .add_(quadratic.unsqueeze(-1)).clamp_min_(0.0))  # (m, h, C)
 
         def per_head(t: torch.Tensor) -> torch.Tensor:  # (B, N, 1, C') fit -> (1, h, C') beside (m, h, C)
             return t.flatten(0, 1)[chosen].view(1, h, -1)
 
-        if self.head == "student":  # in place: offset - slope * log1p(distance * rate)
-            logits = distance.mul_(per_head(self._rate)).log1p_().mul_(per_head(self._slope)).neg_().add_(
-                per_head(self._offset))
+        weight = self._logit_project_t.flatten(0, 1)[chosen][..., d:].permute(1, 0, 2).reshape(d, h * c)
+        bias = self._logit_bias.flatten(0, 1)[chosen][..., 0, d:].reshape(1, h * c)
+        scaled = torch.addmm(bias, x, weight).view(len(rows), h, c)  # rate * distance, less rate |L^-1 x|^2
+        scaled.addcmul_(quadratic.unsqueeze(-1), per_head(self._logit_rate)).clamp_min_(0.0)
+        if self.head == "student":  # offset - slope * log1p(rate * distance)
+            logits = torch.addcmul(per_head(self._offset), scaled.log1p_(), per_head(self._slope), value=-1.0)
         elif self.head == "lda":
-            logits = distance.mul_(-0.5).add_(per_head(self._offset))
+            logits = torch.add(per_head(self._offset), scaled, alpha=-0.5)
         else:
             weights = self._ridge_weights.flatten(0, 1)[chosen]
             logits = (x @ weights[:, :-1, :] + weights[:, -1:, :]).transpose(0, 1)
@@ -683,6 +695,8 @@ class BatchedHeads:
 
     def _output(self, x: torch.Tensor, mahalanobis: bool = True) -> HeadOutput:
         """``x`` float32 (B, N, m, d) -> probabilities and Mahalanobis scores (``mahalanobis=False``: None)."""
+        if not mahalanobis and self.head != "ridge":
+            return HeadOutput(torch.softmax(self._scaled_logits(x), dim=-1).numpy(), None)
         distance = self._distances(x)
         scores = distance.amin(dim=-1).numpy() if mahalanobis else None
         if self.head == "student":  # in place: offset - slope * log1p(distance * rate)
@@ -692,6 +706,16 @@ class BatchedHeads:
         else:
             logits = x @ self._ridge_weights[..., :-1, :] + self._ridge_weights[..., -1:, :]
         return HeadOutput(torch.softmax(logits, dim=-1).numpy(), scores)
+
+    def _scaled_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, N, m, C) of ``x`` float32 (B, N, m, d) from the fit's scaled product (student, lda)."""
+        b_, n, m, d = x.shape
+        z = torch.baddbmm(self._logit_bias.flatten(0, 1), x.reshape(b_ * n, m, d),
+                          self._logit_project_t.flatten(0, 1)).view(b_, n, m, -1)
+        scaled = z[..., d:].addcmul_(z[..., :d].square().sum(dim=-1, keepdim=True), self._logit_rate).clamp_min_(0.0)
+        if self.head == "student":
+            return torch.addcmul(self._offset, scaled.log1p_(), self._slope, value=-1.0)
+        return torch.add(self._offset, scaled, alpha=-0.5)
 
     def novelty(self, ids: np.ndarray, valid: np.ndarray | None = None, kind: str = "mahalanobis") -> np.ndarray:
         """``predict(ids, valid).novelty(kind)`` (B, N, m) float64; ``mahalanobis`` without the probabilities."""
