@@ -1,7 +1,7 @@
 """The two p2p perception tiers side by side (issue 17): do the policies rank in the same order, and by how much do
 the accuracies differ?
 
-    python benchmarks/compare_tiers.py                               # p2p_default seeds 300-304, p2p_toy 300-301
+    python benchmarks/compare_tiers.py                               # p2p_default seeds 300-304, p2p_toy 300-303
     python benchmarks/compare_tiers.py --seeds 300 301 --toy-seeds 300 --out /tmp/tiers.md
 
 Every (config, tier) runs the p2p policies ``random``, ``oracle`` and ``gu`` on the same unseen seeds through
@@ -45,10 +45,27 @@ def run_tier(config: str, tier: str, seeds: list[int], overrides: dict) -> dict:
         summary = payload["summary"][policy]["robots"]
         rare_acc = {r: _mean([summary[r]["final_accuracy"][d][0] for d in cfg.rare_domains]) for r in robots}
         shares = [summary[r]["rare_share_cached"][0] for r in robots if "rare_share_cached" in summary[r]]
+        per_seed = {}  # the fleet's rare-domain accuracy at the end of each episode
+        for record in payload["episodes"]:
+            if record["policy"] == policy:
+                last = record["rounds"][-1]["robots"]
+                per_seed[record["seed"]] = _mean([last[r]["domain_accuracy"][d] for r in robots
+                                                  for d in cfg.rare_domains])
         out["policies"][policy] = {"rare_accuracy": rare_acc, "fleet_rare_accuracy": _mean(list(rare_acc.values())),
-                                   "rare_share_cached": _mean(shares)}
+                                   "fleet_per_seed": per_seed, "rare_share_cached": _mean(shares)}
     out["ranking"] = sorted(POLICIES, key=lambda p: -out["policies"][p]["fleet_rare_accuracy"])
     return out
+
+
+def _spread(values: list[float]) -> float:
+    return float(statistics.stdev(values)) if len(values) > 1 else 0.0
+
+
+def _paired(res: dict, policy: str, other: str = "random") -> str:
+    """``policy`` minus ``other`` in fleet rare-domain accuracy, paired by seed: mean +- sd (seeds ahead / seeds)."""
+    a, b = res["policies"][policy]["fleet_per_seed"], res["policies"][other]["fleet_per_seed"]
+    gaps = [a[s] - b[s] for s in sorted(a)]
+    return f"{_mean(gaps):+.3f} ± {_spread(gaps):.3f} ({sum(g > 0 for g in gaps)}/{len(gaps)})"
 
 
 def markdown(results: dict, seeds_of: dict, command: str) -> str:
@@ -57,7 +74,9 @@ def markdown(results: dict, seeds_of: dict, command: str) -> str:
              "unseen seeds, once per perception tier, through `datagames_env.harness.evaluate`. Rare-domain "
              "accuracy: a robot's final test accuracy on the config's rare domains (mean over them); fleet: the mean "
              "over robots; rare share cached: the rare share of what the robots that see rare data cached (mean "
-             "over those robots). Means over seeds.", "", f"Command: `{command}`", ""]
+             "over those robots). Means over seeds; ± is the standard deviation over seeds of the fleet value. The "
+             "gaps to `random` are paired by seed: mean ± sd (seeds where the policy is ahead / seeds). Wall "
+             "seconds on a 2-core machine shared with other jobs.", "", f"Command: `{command}`", ""]
     for config, tiers in results.items():
         first = next(iter(tiers.values()))
         robots = first["robots"]
@@ -70,10 +89,13 @@ def markdown(results: dict, seeds_of: dict, command: str) -> str:
             for policy in POLICIES:
                 p = res["policies"][policy]
                 lines.append(f"| {tier} | {policy} | " + " | ".join(f"{p['rare_accuracy'][r]:.3f}" for r in robots)
-                             + f" | {p['fleet_rare_accuracy']:.3f} | {p['rare_share_cached']:.3f} |")
-        lines += ["", "| tier | ranking (fleet rare acc, best first) | seconds |", "|---|---|---:|"]
+                             + f" | {p['fleet_rare_accuracy']:.3f} ± {_spread(list(p['fleet_per_seed'].values())):.3f}"
+                             f" | {p['rare_share_cached']:.3f} |")
+        lines += ["", "| tier | ranking (fleet rare acc, best first) | oracle - random | gu - random | seconds |",
+                  "|---|---|---:|---:|---:|"]
         for tier, res in tiers.items():
-            lines.append(f"| {tier} | {' > '.join(res['ranking'])} | {res['seconds']:.0f} |")
+            lines.append(f"| {tier} | {' > '.join(res['ranking'])} | {_paired(res, 'oracle')} | {_paired(res, 'gu')} "
+                         f"| {res['seconds']:.0f} |")
         if len(tiers) == 2:
             paper, fast = tiers["paper"], tiers["fast"]
             same = paper["ranking"] == fast["ranking"]
@@ -92,7 +114,8 @@ def markdown(results: dict, seeds_of: dict, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[300, 301, 302, 303, 304], help="p2p_default seeds")
-    parser.add_argument("--toy-seeds", type=int, nargs="*", default=[300, 301], help="p2p_toy seeds (none: skip)")
+    parser.add_argument("--toy-seeds", type=int, nargs="*", default=[300, 301, 302, 303],
+                        help="p2p_toy seeds (none: skip)")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "datasets",
                         help="folder with MNIST/ and KMNIST/ for p2p_toy")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "tiers_p2p.md")
