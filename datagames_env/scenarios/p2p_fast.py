@@ -419,7 +419,9 @@ class P2PFastBatched(BatchedScenario):
         context = lay["context"]
         np.clip(out[..., context], self.observation_low[context], 1.0, out=out[..., context])
         # the samples need no clip: unit embeddings are clipped to [-1, 1] once (FastWorld.unit), softmax is in [0, 1]
-        out[..., lay["samples"]] = np.concatenate([self._round_embeddings, probs], axis=3).reshape(b_, n, -1)
+        samples = out[..., lay["samples"]].reshape(b_, n, self.n_samples, self.sample_feature_dim)  # a view
+        samples[..., :self.embedding_dim] = self._round_embeddings
+        samples[..., self.embedding_dim:] = probs
         return out
 
     def _potential_distance(self) -> np.ndarray:
@@ -593,13 +595,14 @@ class P2PFastBatched(BatchedScenario):
         infos.update({key: np.array(value, copy=True) for key, value in self._round_stats.items()})
         memory = self.config.feedback_memory
         if memory:  # padded to feedback_memory rows: the first feedback_memory_size are real, zeros below
-            size, width, e = self._memory_size, self._memory_width, self.embedding_dim
-            real = (np.arange(width)[None, None, :] < size[..., None])[..., None]
+            size, e = self._memory_size, self.embedding_dim
+            used = int(size.max())  # memories are left-aligned: no column beyond the fullest holds anything
+            real = (np.arange(used)[None, None, :] < size[..., None])[..., None]
             features = np.zeros((b_, n, memory, self.sample_feature_dim), dtype=np.float32)
-            features[:, :, :width, :e] = np.where(real, self.world.unit[self._memory_ids], 0.0)
-            features[:, :, :width, e:] = np.where(real, self._memory_probs, 0.0)
+            features[:, :, :used, :e] = np.where(real, self.world.unit[self._memory_ids[:, :, :used]], 0.0)
+            features[:, :, :used, e:] = np.where(real, self._memory_probs[:, :, :used], 0.0)
             utilities = np.zeros((b_, n, memory), dtype=np.float32)
-            utilities[:, :, :width] = np.where(real[..., 0], self._memory_utilities, 0.0)
+            utilities[:, :, :used] = np.where(real[..., 0], self._memory_utilities[:, :, :used], 0.0)
             infos.update(feedback_memory_features=features, feedback_memory_utilities=utilities,
                          feedback_memory_size=size.copy())
         return infos
