@@ -12,7 +12,8 @@ case           setting
 ``dual_500``   ``dual_default`` with 500 robots, 3 rounds
 ``p2p_b64``    ``p2p_default`` as a batch of 64 envs (``make_batched``: the fast tier) where the tree has
                ``make_batched``, else (an older tree such as 0dbebaf) one ``parallel_env("p2p_default")``; whole
-               episodes including reset, figure in robot-steps/s (``--episodes`` timed episodes after one warm-up)
+               episodes including reset, figure in robot-steps/s (``--episodes`` timed episodes after one warm-up),
+               per wall second and per CPU second of the process (less sensitive to other jobs on a shared machine)
 =============  ==============================================================================================
 
 Each case runs in its own process (one torch thread): one reset (not timed: it trains the first models), then
@@ -98,11 +99,11 @@ def run_batched(episodes: int) -> dict:
             return steps
         kind = "parallel_env"
     episode(0)  # warm-up: builds the world (and, for a fast config, finds the extractor's cache)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     steps = sum(episode(e) for e in range(1, episodes + 1))
-    seconds = time.perf_counter() - start
-    return {"case": "p2p_b64", "kind": kind, "robot_steps": steps, "seconds": seconds,
-            "robot_steps_per_s": steps / seconds}
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return {"case": "p2p_b64", "kind": kind, "robot_steps": steps, "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "robot_steps_per_s": steps / seconds, "robot_steps_per_cpu_s": steps / cpu_seconds}
 
 
 def run_case(case: str, episodes: int = 3) -> dict:
@@ -171,14 +172,15 @@ def _report_batched(args: argparse.Namespace) -> None:
         if args.baseline is not None:
             theirs.append(_in_process(args.baseline, "p2p_b64", args.episodes))
         ours.append(_in_process(ROOT, "p2p_b64", args.episodes))
-    mine = statistics.median(r["robot_steps_per_s"] for r in ours)
-    line = (f"p2p_b64   {mine:9.1f} robot-steps/s ({ours[0]['kind']}; runs: "
-            + ", ".join(f"{r['robot_steps_per_s']:.0f}" for r in ours) + ")")
-    if theirs:
-        base = statistics.median(r["robot_steps_per_s"] for r in theirs)
-        line += (f"\n          baseline {base:7.2f} robot-steps/s ({theirs[0]['kind']}; runs: "
-                 + ", ".join(f"{r['robot_steps_per_s']:.2f}" for r in theirs) + f")   speed-up {mine / base:6.1f}x")
-    print(line, flush=True)
+    for key, unit in (("robot_steps_per_s", "robot-steps/s (wall)"), ("robot_steps_per_cpu_s", "robot-steps/CPU-s")):
+        mine = statistics.median(r[key] for r in ours)
+        line = (f"p2p_b64   {mine:9.1f} {unit} ({ours[0]['kind']}; runs: "
+                + ", ".join(f"{r[key]:.0f}" for r in ours) + ")")
+        if theirs:
+            base = statistics.median(r[key] for r in theirs)
+            line += (f"\n          baseline {base:7.2f} {unit} ({theirs[0]['kind']}; runs: "
+                     + ", ".join(f"{r[key]:.2f}" for r in theirs) + f")   speed-up {mine / base:6.1f}x")
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
