@@ -488,3 +488,22 @@ def test_export_and_import_env_copy_every_head_of_an_env(extracted, digits, spli
         heads.import_env({"counts": template["counts"]})
     with pytest.raises(ValueError, match="env must be in"):
         heads.export_env(3)
+
+
+def test_fitting_a_subset_equals_fitting_all_for_those_heads(extracted, digits, split):
+    ids, valid = robot_sets(split, digits.labels, [90, 30, 150])
+    subset = BatchedHeads.from_extractor(extracted, digits.labels, 2, 3)
+    full = BatchedHeads.from_extractor(extracted, digits.labels, 2, 3)
+    test_ids = np.broadcast_to(split["test"][:80], (2, 3, 80))
+    prior = subset.predict(test_ids)
+    for heads in (subset, full):
+        heads.add(np.concatenate([ids, ids[:, ::-1]]), np.concatenate([valid, valid[:, ::-1]]))
+    some = np.array([[True, False, True], [False, True, False]])
+    subset.fit(some)
+    full.fit()
+    got, want = subset.predict(test_ids), full.predict(test_ids)
+    np.testing.assert_allclose(got.probs[some], want.probs[some], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.mahalanobis[some], want.mahalanobis[some], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got.probs[~some], prior.probs[~some])  # the others keep their (prior) fit
+    np.testing.assert_array_equal(subset.state()["fitted_counts"][some], full.state()["fitted_counts"][some])
+    np.testing.assert_allclose(subset.correct(split["test"])[some], full.correct(split["test"])[some])

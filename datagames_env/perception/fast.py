@@ -520,7 +520,7 @@ class BatchedHeads:
 
     def fit(self, heads: np.ndarray | None = None) -> None:
         """Refit every head from its statistics: one batched Cholesky (and one batched solve for ``ridge``).
-        ``heads`` bool (B, N): refit only these (the others keep their last fit; the batched work is the same)."""
+        ``heads`` bool (B, N): refit only these (the others keep their last fit)."""
         if heads is None:
             self._fit_all()
             return
@@ -533,22 +533,14 @@ class BatchedHeads:
             return
         if not heads.any():
             return
-        old_fitted = self._fitted
-        old = {name: getattr(self, name) for name in self._FITTED if hasattr(self, name)}
-        self._fit_all()
-        mask = torch.from_numpy(heads)
+        self._fit_all(torch.from_numpy(np.flatnonzero(heads)))
 
-        def blend(new: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
-            return torch.where(mask.view(mask.shape + (1,) * (new.dim() - 2)), new, before)
-
-        self._fitted = tuple(blend(n, o) for n, o in zip(self._fitted, old_fitted))
-        for name, before in old.items():
-            if hasattr(self, name):
-                setattr(self, name, blend(getattr(self, name), before).contiguous())
-
-    def _fit_all(self) -> None:
+    def _fit_all(self, index: torch.Tensor | None = None) -> None:
+        """Fit every head, or only the flat head indices ``index`` (the others keep their fit)."""
         counts, sums, scatter = self._counts, self._sums, self._scatter
-        self._fitted = (counts.clone(), sums.clone(), scatter.clone())
+        if index is not None:  # a batch (1, h) of the chosen heads
+            counts, sums, scatter = (t.flatten(0, 1)[index].unsqueeze(0) for t in (counts, sums, scatter))
+        out = {"_fitted": (counts.clone(), sums.clone(), scatter.clone())}
         n = counts.sum(dim=-1)
         empirical = sums / counts.clamp_min(1.0).unsqueeze(-1)
         within = scatter - empirical.transpose(2, 3) @ sums
@@ -568,30 +560,30 @@ class BatchedHeads:
         # logits = offset - slope * log1p(distance * rate) (student) or offset - distance / 2 (lda), with
         # distance = |L^-1 x|^2 - 2 x' Sigma^-1 mu_c + |L^-1 mu_c|^2: one product x @ [L^-T | Sigma^-1 mu] per row
         whiten_t = whiten.transpose(2, 3)
-        self._project_t = torch.cat([whiten_t, whiten_t @ white_means.transpose(2, 3)], dim=-1).to(
+        out["_project_t"] = torch.cat([whiten_t, whiten_t @ white_means.transpose(2, 3)], dim=-1).to(
             torch.float32).contiguous()  # (B, N, d, d + C)
         # Sigma^-1 flattened (B, N, d * d): |L^-1 x|^2 = (x x')_flat . this, for rows shared by many heads
-        self._precision = (whiten.transpose(2, 3) @ whiten).flatten(2).to(torch.float32).contiguous()
-        self._white_norms = white_means.square().sum(dim=-1).unsqueeze(2).to(torch.float32)  # (B, N, 1, C)
+        out["_precision"] = (whiten.transpose(2, 3) @ whiten).flatten(2).to(torch.float32).contiguous()
+        out["_white_norms"] = white_means.square().sum(dim=-1).unsqueeze(2).to(torch.float32)  # (B, N, 1, C)
         if self.head == "student":
             nu = (dof + self.cov_prior - self.dim + 1.0).clamp_min(1.0).unsqueeze(-1)  # (B, N, 1)
             scale = 1.0 + 1.0 / (counts + self.mean_prior)  # (B, N, C)
-            self._offset = (log_prior - 0.5 * self.dim * torch.log(scale)).unsqueeze(2).to(torch.float32)
-            self._slope = (0.5 * (nu + self.dim)).unsqueeze(2).to(torch.float32)  # (B, N, 1, 1)
-            self._rate = (1.0 / (scale * nu)).unsqueeze(2).to(torch.float32)  # (B, N, 1, C)
+            out["_offset"] = (log_prior - 0.5 * self.dim * torch.log(scale)).unsqueeze(2).to(torch.float32)
+            out["_slope"] = (0.5 * (nu + self.dim)).unsqueeze(2).to(torch.float32)  # (B, N, 1, 1)
+            out["_rate"] = (1.0 / (scale * nu)).unsqueeze(2).to(torch.float32)  # (B, N, 1, C)
         else:
-            self._offset = log_prior.unsqueeze(2).to(torch.float32)
+            out["_offset"] = log_prior.unsqueeze(2).to(torch.float32)
         # the logits' own product (probabilities without OoD scores, shared test rows): rate_c * distance_c =
         # rate_c |L^-1 x|^2 + x' (-2 rate_c Sigma^-1 mu_c) + rate_c |L^-1 mu_c|^2, rate 1 for lda: the scaling
         # folded into the weights saves passes over (B, N, m, C)
         rate = 1.0 / (scale * nu) if self.head == "student" else torch.ones_like(counts)  # (B, N, C)
         cross = whiten_t @ white_means.transpose(2, 3)  # (B, N, d, C): Sigma^-1 mu_c
-        self._logit_project_t = torch.cat([whiten_t, -2.0 * cross * rate.unsqueeze(2)], dim=-1).to(
+        out["_logit_project_t"] = torch.cat([whiten_t, -2.0 * cross * rate.unsqueeze(2)], dim=-1).to(
             torch.float32).contiguous()  # (B, N, d, d + C)
-        self._logit_bias = torch.cat([torch.zeros(counts.shape[:2] + (1, self.dim), dtype=_DTYPE),
+        out["_logit_bias"] = torch.cat([torch.zeros(counts.shape[:2] + (1, self.dim), dtype=_DTYPE),
                                       (white_means.square().sum(dim=-1) * rate).unsqueeze(2)], dim=-1).to(
             torch.float32).contiguous()  # (B, N, 1, d + C)
-        self._logit_rate = rate.unsqueeze(2).to(torch.float32)  # (B, N, 1, C)
+        out["_logit_rate"] = rate.unsqueeze(2).to(torch.float32)  # (B, N, 1, C)
         if self.head == "ridge":
             d = self.dim
             total = sums.sum(dim=2)  # (B, N, d)
@@ -602,7 +594,16 @@ class BatchedHeads:
             gram[..., d, d] = n
             gram += self.ridge * torch.eye(d + 1, dtype=_DTYPE)
             target = torch.cat([sums.transpose(2, 3), counts.unsqueeze(2)], dim=2)  # (B, N, d + 1, C)
-            self._ridge_weights = (torch.linalg.solve(gram, target) / self.temperature).to(torch.float32)
+            out["_ridge_weights"] = (torch.linalg.solve(gram, target) / self.temperature).to(torch.float32)
+        if index is None:
+            for name, value in out.items():
+                setattr(self, name, value)
+            return
+        for name, value in out.items():  # in place: every fitted tensor is contiguous, so flatten is a view
+            for target, new in zip(self._fitted if name == "_fitted" else (getattr(self, name),),
+                                   value if name == "_fitted" else (value,)):
+                assert target.is_contiguous(), name
+                target.flatten(0, 1)[index] = new[0]
 
     # ------------------------------------------------------------------------------------------- prediction
     def predict(self, ids: np.ndarray, valid: np.ndarray | None = None, mahalanobis: bool = True) -> HeadOutput:
