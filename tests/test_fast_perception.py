@@ -261,6 +261,24 @@ def test_batched_heads_equal_a_per_robot_loop(b_envs, n_robots, d, n_classes, n_
     # the same rows scored as explicit features (shared by every head) give the same answer
     np.testing.assert_allclose(heads["student"].predict_features(table[query_ids]).probs, student, rtol=1e-4,
                                atol=1e-5)
+    # novelty without probabilities, probabilities without novelty
+    np.testing.assert_allclose(heads["student"].novelty(query_ids), maha, rtol=1e-4, atol=1e-4)
+    probs_only = heads["lda"].predict(query_ids, mahalanobis=False)
+    assert probs_only.mahalanobis is None
+    np.testing.assert_allclose(probs_only.probs, out_lda.probs, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="mahalanobis=False"):
+        probs_only.novelty("mahalanobis")
+    # rows shared by every head (test sets): classify / correct against the loop where its top two are apart
+    rows = query_ids[0, 0]
+    shared = np.broadcast_to(table[rows], (b_envs, n_robots) + table[rows].shape)
+    for name, expected in (("student", student), ("lda", lda), ("ridge", rid)):
+        expected = brute_force(table, labels, n_classes, ids, valid, shared, prior_means, prior_cov,
+                               **kwargs)[("student", "lda", "ridge").index(name)]
+        top2 = np.sort(expected, axis=-1)[..., -2:] if n_classes > 1 else np.zeros(expected.shape[:-1] + (2,))
+        clear = (top2[..., 1] - top2[..., 0] > 1e-4) if n_classes > 1 else np.ones(expected.shape[:-1], bool)
+        np.testing.assert_array_equal(heads[name].classify(rows)[clear], expected.argmax(axis=-1)[clear])
+        correct = expected.argmax(axis=-1) == labels[rows]
+        np.testing.assert_array_equal(heads[name].correct(rows)[clear], correct[clear])
 
 
 def test_incremental_adds_equal_one_add_and_fits_are_deterministic(extracted, digits, split):
@@ -445,3 +463,47 @@ def test_state_round_trip_restores_every_head(extracted, digits, split):
     with pytest.raises(ValueError, match="counts"):
         heads.load_state(broken)
     assert np.array_equal(heads.predict(test_ids).probs, before.probs)  # a rejected state changes nothing
+
+
+def test_export_and_import_env_copy_every_head_of_an_env(extracted, digits, split):
+    ids, valid = robot_sets(split, digits.labels, [80, 40])
+    heads = BatchedHeads.from_extractor(extracted, digits.labels, 3, 2)
+    heads.add(np.concatenate([ids, ids[:, ::-1], ids[:, :, :10].repeat(8, axis=2)]),
+              np.concatenate([valid, valid[:, ::-1], valid[:, :, :10].repeat(8, axis=2)]))
+    heads.fit()
+    test_ids = np.broadcast_to(split["test"][:60], (3, 2, 60))
+    before = heads.predict(test_ids)
+    template = heads.export_env(0)
+    heads.add(ids.repeat(3, axis=0), valid.repeat(3, axis=0))  # statistics move on; the template does not
+    heads.import_env(template, np.array([False, True, True]))
+    after = heads.predict(test_ids)
+    for b in (1, 2):  # envs 1 and 2 now hold env 0's heads: statistics, the fit, and predictions
+        np.testing.assert_allclose(after.probs[b], before.probs[0], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(after.mahalanobis[b], before.mahalanobis[0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(heads.counts[b], heads.counts[0] - np.eye(10)[digits.labels[ids[0]]]
+                                      .sum(axis=1, where=valid[0][..., None]).astype(np.int64))
+    state = heads.state()
+    np.testing.assert_array_equal(state["fitted_counts"][1], state["fitted_counts"][0])
+    with pytest.raises(ValueError, match="template must hold"):
+        heads.import_env({"counts": template["counts"]})
+    with pytest.raises(ValueError, match="env must be in"):
+        heads.export_env(3)
+
+
+def test_fitting_a_subset_equals_fitting_all_for_those_heads(extracted, digits, split):
+    ids, valid = robot_sets(split, digits.labels, [90, 30, 150])
+    subset = BatchedHeads.from_extractor(extracted, digits.labels, 2, 3)
+    full = BatchedHeads.from_extractor(extracted, digits.labels, 2, 3)
+    test_ids = np.broadcast_to(split["test"][:80], (2, 3, 80))
+    prior = subset.predict(test_ids)
+    for heads in (subset, full):
+        heads.add(np.concatenate([ids, ids[:, ::-1]]), np.concatenate([valid, valid[:, ::-1]]))
+    some = np.array([[True, False, True], [False, True, False]])
+    subset.fit(some)
+    full.fit()
+    got, want = subset.predict(test_ids), full.predict(test_ids)
+    np.testing.assert_allclose(got.probs[some], want.probs[some], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.mahalanobis[some], want.mahalanobis[some], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got.probs[~some], prior.probs[~some])  # the others keep their (prior) fit
+    np.testing.assert_array_equal(subset.state()["fitted_counts"][some], full.state()["fitted_counts"][some])
+    np.testing.assert_allclose(subset.correct(split["test"])[some], full.correct(split["test"])[some])

@@ -9,6 +9,7 @@ Name                       What it is
 ``draw_initial_cloud``     dataset rows of an initial cloud: a (Dirichlet-skewed or given) class mix, drawn per class
 ``draw_domain_stream``     one robot's stream over visual domains (p2p): ``(rounds, obs_per_round)`` pool ids with
                            exact per-round domain quotas
+``domain_quotas``          those quotas: ``(D,)`` samples per round per domain (largest remainder)
 =========================  ==========================================================================================
 
 All randomness comes from the ``numpy.random.Generator`` passed in: a scenario owns its generators (seeding).
@@ -22,7 +23,7 @@ import numpy as np
 
 from ..config import ConfigError, StreamConfig
 
-__all__ = ["draw_class_mixes", "draw_domain_stream", "draw_initial_cloud", "drift_mixes"]
+__all__ = ["domain_quotas", "draw_class_mixes", "draw_domain_stream", "draw_initial_cloud", "drift_mixes"]
 
 
 def draw_class_mixes(stream: StreamConfig, n_robots: int, n_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -82,29 +83,37 @@ def draw_initial_cloud(rng: np.random.Generator, size: int, alpha: float, propor
     return pool[np.concatenate(chosen).astype(np.int64)]
 
 
-def draw_domain_stream(shares: np.ndarray, pools: Sequence[np.ndarray], rounds: int, obs_per_round: int,
-                       rng: np.random.Generator, exclude: np.ndarray, who: str = "robot",
-                       domain_names: Sequence[str] | None = None) -> np.ndarray:
-    """Pool ids one robot observes, ``(rounds, obs_per_round)``: ``shares`` (D,) of its rounds per domain as exact
-    per-round quotas (largest remainder), each domain's ``pools[d]`` (minus ``exclude``) consumed along a seeded
-    permutation, wrapping only when the pool is exhausted; each round's samples in a random order."""
+def domain_quotas(shares: np.ndarray, obs_per_round: int) -> np.ndarray:
+    """Samples per round of each domain, int ``(D,)`` summing to ``obs_per_round``: ``shares`` (D,) normalised, as
+    exact quotas by largest remainder (ties to the lower domain)."""
     shares = np.asarray(shares, dtype=np.float64) / np.sum(shares)
     raw = shares * obs_per_round
     quotas = np.floor(raw).astype(int)
     quotas[np.argsort(-(raw - quotas), kind="stable")[: obs_per_round - quotas.sum()]] += 1
+    return quotas
+
+
+def draw_domain_stream(shares: np.ndarray, pools: Sequence[np.ndarray], rounds: int, obs_per_round: int,
+                       rng: np.random.Generator, exclude: np.ndarray, who: str = "robot",
+                       domain_names: Sequence[str] | None = None, quotas: np.ndarray | None = None) -> np.ndarray:
+    """Pool ids one robot observes, ``(rounds, obs_per_round)``: ``shares`` (D,) of its rounds per domain as exact
+    per-round quotas (largest remainder), each domain's ``pools[d]`` (minus ``exclude``) consumed along a seeded
+    permutation, wrapping only when the pool is exhausted; each round's samples in a random order. ``quotas``:
+    :func:`domain_quotas` of ``shares`` computed beforehand (a caller drawing many streams of one robot)."""
+    if quotas is None:
+        quotas = domain_quotas(shares, obs_per_round)
     per_domain = []
     for d, pool in enumerate(pools):
         if quotas[d] == 0:
             per_domain.append(np.zeros((rounds, 0), dtype=np.int64))
             continue
-        pool = pool[~np.isin(pool, exclude)]
+        if len(exclude):
+            pool = pool[~np.isin(pool, exclude)]
         if len(pool) == 0:
             name = domain_names[d] if domain_names is not None else str(d)
             raise ConfigError(f"{who}: domain '{name}' has no samples left after its initial labeled set")
         need = rounds * quotas[d]
         order = np.concatenate([rng.permutation(pool) for _ in range(-(-need // len(pool)))])[:need]
         per_domain.append(order.reshape(rounds, quotas[d]))
-    stream = np.empty((rounds, obs_per_round), dtype=np.int64)
-    for r in range(rounds):
-        stream[r] = rng.permutation(np.concatenate([p[r] for p in per_domain]))
-    return stream
+    # each round shuffled on its own: permuted(axis=1) makes the draws of one permutation per row, in row order
+    return rng.permuted(np.concatenate(per_domain, axis=1).astype(np.int64, copy=False), axis=1)

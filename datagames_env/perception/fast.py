@@ -316,7 +316,7 @@ class HeadOutput:
     float32 ``(B, N, m)`` (min over classes of the squared distance to the head's class means)."""
 
     probs: np.ndarray
-    mahalanobis: np.ndarray
+    mahalanobis: np.ndarray | None  # None where the caller asked for probabilities only
 
     def uncertainty(self, kind: str) -> np.ndarray:
         """``entropy`` (nats) or ``margin`` (1 - (p_top1 - p_top2)) per sample, (B, N, m) float64
@@ -332,6 +332,8 @@ class HeadOutput:
         """OoD score per sample, higher = more novel, (B, N, m) float64: ``mahalanobis``, ``max_softmax``
         (``(1 - max p) / (1 - 1/C)``, in [0, 1]), ``entropy`` or ``margin``."""
         if kind == "mahalanobis":
+            if self.mahalanobis is None:
+                raise ValueError("these outputs were computed without Mahalanobis scores (mahalanobis=False)")
             return self.mahalanobis.astype(np.float64)
         if kind == "max_softmax":
             n_classes = self.probs.shape[-1]
@@ -488,11 +490,37 @@ class BatchedHeads:
         self.fit()
         self._counts, self._sums, self._scatter = (loaded[name] for name in self._STATS)
 
-    _FITTED = ("_whiten_t", "_white_means_t", "_white_norms", "_offset", "_slope", "_rate", "_ridge_weights")
+    _FITTED = ("_project_t", "_precision", "_white_norms", "_logit_project_t", "_logit_bias", "_logit_rate", "_offset",
+               "_slope", "_rate", "_ridge_weights")
+
+    def export_env(self, env: int) -> dict[str, torch.Tensor]:
+        """Copies of env ``env``'s heads (statistics, the statistics of the last fit, the fit): a template that
+        :meth:`import_env` puts into other envs, e.g. when every env starts from the same labeled sets."""
+        if not 0 <= int(env) < self.n_envs:
+            raise ValueError(f"env must be in [0, {self.n_envs}), got {env}")
+        tensors = {name: getattr(self, f"_{name}") for name in self._STATS}
+        tensors.update({f"fitted_{name}": value for name, value in zip(self._STATS, self._fitted)})
+        tensors.update({name: getattr(self, name) for name in self._FITTED if hasattr(self, name)})
+        return {name: value[int(env)].clone() for name, value in tensors.items()}
+
+    def import_env(self, template: dict[str, torch.Tensor], envs: np.ndarray | None = None) -> None:
+        """Set the envs where ``envs`` (bool (B,), default all) to the heads of :meth:`export_env` (of heads with
+        the same robots, classes, features and options)."""
+        mask = slice(None) if envs is None else torch.from_numpy(np.asarray(envs, dtype=bool))
+        expected = set(self.export_env(0))
+        if set(template) != expected:
+            raise ValueError(f"template must hold {sorted(expected)}, got {sorted(template)}")
+        for name in self._STATS:
+            getattr(self, f"_{name}")[mask] = template[name]
+        for stat, name in zip(self._fitted, self._STATS):
+            stat[mask] = template[f"fitted_{name}"]
+        for name in self._FITTED:
+            if hasattr(self, name):
+                getattr(self, name)[mask] = template[name]
 
     def fit(self, heads: np.ndarray | None = None) -> None:
         """Refit every head from its statistics: one batched Cholesky (and one batched solve for ``ridge``).
-        ``heads`` bool (B, N): refit only these (the others keep their last fit; the batched work is the same)."""
+        ``heads`` bool (B, N): refit only these (the others keep their last fit)."""
         if heads is None:
             self._fit_all()
             return
@@ -505,22 +533,14 @@ class BatchedHeads:
             return
         if not heads.any():
             return
-        old_fitted = self._fitted
-        old = {name: getattr(self, name) for name in self._FITTED if hasattr(self, name)}
-        self._fit_all()
-        mask = torch.from_numpy(heads)
+        self._fit_all(torch.from_numpy(np.flatnonzero(heads)))
 
-        def blend(new: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
-            return torch.where(mask.view(mask.shape + (1,) * (new.dim() - 2)), new, before)
-
-        self._fitted = tuple(blend(n, o) for n, o in zip(self._fitted, old_fitted))
-        for name, before in old.items():
-            if hasattr(self, name):
-                setattr(self, name, blend(getattr(self, name), before).contiguous())
-
-    def _fit_all(self) -> None:
+    def _fit_all(self, index: torch.Tensor | None = None) -> None:
+        """Fit every head, or only the flat head indices ``index`` (the others keep their fit)."""
         counts, sums, scatter = self._counts, self._sums, self._scatter
-        self._fitted = (counts.clone(), sums.clone(), scatter.clone())
+        if index is not None:  # a batch (1, h) of the chosen heads
+            counts, sums, scatter = (t.flatten(0, 1)[index].unsqueeze(0) for t in (counts, sums, scatter))
+        out = {"_fitted": (counts.clone(), sums.clone(), scatter.clone())}
         n = counts.sum(dim=-1)
         empirical = sums / counts.clamp_min(1.0).unsqueeze(-1)
         within = scatter - empirical.transpose(2, 3) @ sums
@@ -537,18 +557,33 @@ class BatchedHeads:
         white_means = means @ whiten.transpose(2, 3)  # (B, N, C, d)
         log_prior = torch.log((counts + 1.0) / (n + self.n_classes).unsqueeze(-1))  # (B, N, C)
         # prediction runs in float32 (elementwise float64 on (B, N, m, C) measured 3-4x slower); per head and class:
-        # logits = offset - slope * log1p(distance * rate) (student) or offset - distance / 2 (lda)
-        self._whiten_t = whiten.transpose(2, 3).to(torch.float32).contiguous()  # x @ this = whitened x
-        self._white_means_t = white_means.transpose(2, 3).to(torch.float32).contiguous()  # (B, N, d, C)
-        self._white_norms = white_means.square().sum(dim=-1).unsqueeze(2).to(torch.float32)  # (B, N, 1, C)
+        # logits = offset - slope * log1p(distance * rate) (student) or offset - distance / 2 (lda), with
+        # distance = |L^-1 x|^2 - 2 x' Sigma^-1 mu_c + |L^-1 mu_c|^2: one product x @ [L^-T | Sigma^-1 mu] per row
+        whiten_t = whiten.transpose(2, 3)
+        out["_project_t"] = torch.cat([whiten_t, whiten_t @ white_means.transpose(2, 3)], dim=-1).to(
+            torch.float32).contiguous()  # (B, N, d, d + C)
+        # Sigma^-1 flattened (B, N, d * d): |L^-1 x|^2 = (x x')_flat . this, for rows shared by many heads
+        out["_precision"] = (whiten.transpose(2, 3) @ whiten).flatten(2).to(torch.float32).contiguous()
+        out["_white_norms"] = white_means.square().sum(dim=-1).unsqueeze(2).to(torch.float32)  # (B, N, 1, C)
         if self.head == "student":
             nu = (dof + self.cov_prior - self.dim + 1.0).clamp_min(1.0).unsqueeze(-1)  # (B, N, 1)
             scale = 1.0 + 1.0 / (counts + self.mean_prior)  # (B, N, C)
-            self._offset = (log_prior - 0.5 * self.dim * torch.log(scale)).unsqueeze(2).to(torch.float32)
-            self._slope = (0.5 * (nu + self.dim)).unsqueeze(2).to(torch.float32)  # (B, N, 1, 1)
-            self._rate = (1.0 / (scale * nu)).unsqueeze(2).to(torch.float32)  # (B, N, 1, C)
+            out["_offset"] = (log_prior - 0.5 * self.dim * torch.log(scale)).unsqueeze(2).to(torch.float32)
+            out["_slope"] = (0.5 * (nu + self.dim)).unsqueeze(2).to(torch.float32)  # (B, N, 1, 1)
+            out["_rate"] = (1.0 / (scale * nu)).unsqueeze(2).to(torch.float32)  # (B, N, 1, C)
         else:
-            self._offset = log_prior.unsqueeze(2).to(torch.float32)
+            out["_offset"] = log_prior.unsqueeze(2).to(torch.float32)
+        # the logits' own product (probabilities without OoD scores, shared test rows): rate_c * distance_c =
+        # rate_c |L^-1 x|^2 + x' (-2 rate_c Sigma^-1 mu_c) + rate_c |L^-1 mu_c|^2, rate 1 for lda: the scaling
+        # folded into the weights saves passes over (B, N, m, C)
+        rate = 1.0 / (scale * nu) if self.head == "student" else torch.ones_like(counts)  # (B, N, C)
+        cross = whiten_t @ white_means.transpose(2, 3)  # (B, N, d, C): Sigma^-1 mu_c
+        out["_logit_project_t"] = torch.cat([whiten_t, -2.0 * cross * rate.unsqueeze(2)], dim=-1).to(
+            torch.float32).contiguous()  # (B, N, d, d + C)
+        out["_logit_bias"] = torch.cat([torch.zeros(counts.shape[:2] + (1, self.dim), dtype=_DTYPE),
+                                      (white_means.square().sum(dim=-1) * rate).unsqueeze(2)], dim=-1).to(
+            torch.float32).contiguous()  # (B, N, 1, d + C)
+        out["_logit_rate"] = rate.unsqueeze(2).to(torch.float32)  # (B, N, 1, C)
         if self.head == "ridge":
             d = self.dim
             total = sums.sum(dim=2)  # (B, N, d)
@@ -559,13 +594,23 @@ class BatchedHeads:
             gram[..., d, d] = n
             gram += self.ridge * torch.eye(d + 1, dtype=_DTYPE)
             target = torch.cat([sums.transpose(2, 3), counts.unsqueeze(2)], dim=2)  # (B, N, d + 1, C)
-            self._ridge_weights = (torch.linalg.solve(gram, target) / self.temperature).to(torch.float32)
+            out["_ridge_weights"] = (torch.linalg.solve(gram, target) / self.temperature).to(torch.float32)
+        if index is None:
+            for name, value in out.items():
+                setattr(self, name, value)
+            return
+        for name, value in out.items():  # in place: every fitted tensor is contiguous, so flatten is a view
+            for target, new in zip(self._fitted if name == "_fitted" else (getattr(self, name),),
+                                   value if name == "_fitted" else (value,)):
+                assert target.is_contiguous(), name
+                target.flatten(0, 1)[index] = new[0]
 
     # ------------------------------------------------------------------------------------------- prediction
-    def predict(self, ids: np.ndarray, valid: np.ndarray | None = None) -> HeadOutput:
-        """Each head's output on its own rows ``ids`` (B, N, m) of the feature table (invalid slots: row 0)."""
+    def predict(self, ids: np.ndarray, valid: np.ndarray | None = None, mahalanobis: bool = True) -> HeadOutput:
+        """Each head's output on its own rows ``ids`` (B, N, m) of the feature table (invalid slots: row 0);
+        ``mahalanobis=False`` skips the OoD scores (``HeadOutput.mahalanobis`` is None then)."""
         index, _ = self._checked_ids(ids, valid)
-        return self._output(self._table32[index])
+        return self._output(self._table32[index], mahalanobis)
 
     def predict_features(self, features: np.ndarray) -> HeadOutput:
         """Outputs for explicit features: ``(m, d)`` scored by every head, or ``(B, N, m, d)`` one set per head."""
@@ -583,7 +628,7 @@ class BatchedHeads:
         these (the others get -1)."""
         logits, chosen, out = self._shared_logits(rows, heads)
         if logits is not None:
-            out.reshape(-1, out.shape[-1])[chosen.numpy()] = logits.max(dim=-1).indices.numpy()
+            out.reshape(-1, out.shape[-1])[chosen.numpy()] = logits.max(dim=-1).indices.T.numpy()
         return out
 
     def correct(self, rows: np.ndarray, heads: np.ndarray | None = None) -> np.ndarray:
@@ -594,12 +639,12 @@ class BatchedHeads:
         result = np.zeros(out.shape, dtype=bool)
         if logits is not None:
             labels = self._labels[torch.from_numpy(np.asarray(rows).astype(np.int64))]
-            at_label = logits.gather(-1, labels.view(1, -1, 1).expand(logits.shape[0], -1, 1))[..., 0]
-            result.reshape(-1, out.shape[-1])[chosen.numpy()] = (at_label >= logits.amax(dim=-1)).numpy()
+            at_label = logits.gather(-1, labels.view(-1, 1, 1).expand(-1, logits.shape[1], 1))[..., 0]
+            result.reshape(-1, out.shape[-1])[chosen.numpy()] = (at_label >= logits.amax(dim=-1)).T.numpy()
         return result
 
     def _shared_logits(self, rows: np.ndarray, heads: np.ndarray | None):
-        """Logits (h, m, C) of the chosen heads on the same rows, the chosen flat head indices, a -1 output."""
+        """Logits (m, h, C) of the chosen heads on the same rows, the chosen flat head indices, a -1 output."""
         rows = np.asarray(rows)
         if rows.ndim != 1 or (rows.size and (rows.dtype.kind not in "iu" or rows.min() < 0
                                              or rows.max() >= self.n_rows)):
@@ -617,40 +662,70 @@ class BatchedHeads:
         if not len(chosen) or not len(rows):
             return None, chosen, out
         x = self._table32[torch.from_numpy(rows.astype(np.int64))]  # (m, d), the same for every head
+        h, d, c = len(chosen), self.dim, self.n_classes
+        # every chosen head in two matrix products over the shared rows: x' Sigma^-1 x from the rows' outer
+        # products, (m, d * d) @ (d * d, h), and the cross terms x' Sigma^-1 mu_c, (m, d) @ (d, h * C)
+        outer = (x[:, :, None] * x[:, None, :]).reshape(len(rows), d * d)
+        quadratic = outer @ self._precision.flatten(0, 1)[chosen].T  # (m, h)
 
-        white = x @ self._whiten_t.flatten(0, 1)[chosen]  # (h, m, d)
-        distance = torch.baddbmm(self._white_norms.flatten(0, 1)[chosen], white,
-                                 self._white_means_t.flatten(0, 1)[chosen], alpha=-2.0)
-        distance = (distance + white.square().sum(dim=-1, keepdim=True)).clamp_min_(0.0)  # (h, m, C)
-        if self.head == "student":
-            logits = (self._offset.flatten(0, 1)[chosen] - self._slope.flatten(0, 1)[chosen]
-                      * torch.log1p(distance * self._rate.flatten(0, 1)[chosen]))
+        def per_head(t: torch.Tensor) -> torch.Tensor:  # (B, N, 1, C') fit -> (1, h, C') beside (m, h, C)
+            return t.flatten(0, 1)[chosen].view(1, h, -1)
+
+        weight = self._logit_project_t.flatten(0, 1)[chosen][..., d:].permute(1, 0, 2).reshape(d, h * c)
+        bias = self._logit_bias.flatten(0, 1)[chosen][..., 0, d:].reshape(1, h * c)
+        scaled = torch.addmm(bias, x, weight).view(len(rows), h, c)  # rate * distance, less rate |L^-1 x|^2
+        scaled.addcmul_(quadratic.unsqueeze(-1), per_head(self._logit_rate)).clamp_min_(0.0)
+        if self.head == "student":  # offset - slope * log1p(rate * distance)
+            logits = torch.addcmul(per_head(self._offset), scaled.log1p_(), per_head(self._slope), value=-1.0)
         elif self.head == "lda":
-            logits = self._offset.flatten(0, 1)[chosen] - 0.5 * distance
+            logits = torch.add(per_head(self._offset), scaled, alpha=-0.5)
         else:
             weights = self._ridge_weights.flatten(0, 1)[chosen]
-            logits = x @ weights[:, :-1, :] + weights[:, -1:, :]
+            logits = (x @ weights[:, :-1, :] + weights[:, -1:, :]).transpose(0, 1)
         return logits, chosen, out
 
-    def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` float32 (B, N, m, d) -> logits and squared Mahalanobis distances (B, N, m, C)."""
-        white = x @ self._whiten_t  # (B, N, m, d)
-        distance = torch.baddbmm(self._white_norms.flatten(0, 1), white.flatten(0, 1),
-                                 self._white_means_t.flatten(0, 1), alpha=-2.0).view(x.shape[:3] + (self.n_classes,))
-        distance = (distance + white.square().sum(dim=-1, keepdim=True)).clamp_min_(0.0)  # (B, N, m, C)
-        if self.head == "student":
-            logits = self._offset - self._slope * torch.log1p(distance * self._rate)
+    def _distance(self, z: torch.Tensor, white_norms: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distances (..., C) from ``z = x @ project_t`` (..., d + C)."""
+        d = self.dim
+        white_sq = z[..., :d].square().sum(dim=-1, keepdim=True)
+        return torch.add(white_norms, z[..., d:], alpha=-2.0).add_(white_sq).clamp_min_(0.0)
+
+    def _distances(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` float32 (B, N, m, d) -> squared Mahalanobis distances (B, N, m, C)."""
+        return self._distance(x @ self._project_t, self._white_norms)
+
+    def _output(self, x: torch.Tensor, mahalanobis: bool = True) -> HeadOutput:
+        """``x`` float32 (B, N, m, d) -> probabilities and Mahalanobis scores (``mahalanobis=False``: None)."""
+        if not mahalanobis and self.head != "ridge":
+            return HeadOutput(torch.softmax(self._scaled_logits(x), dim=-1).numpy(), None)
+        distance = self._distances(x)
+        scores = distance.amin(dim=-1).numpy() if mahalanobis else None
+        if self.head == "student":  # in place: offset - slope * log1p(distance * rate)
+            logits = distance.mul_(self._rate).log1p_().mul_(self._slope).neg_().add_(self._offset)
         elif self.head == "lda":
-            logits = self._offset - 0.5 * distance
+            logits = distance.mul_(-0.5).add_(self._offset)
         else:
             logits = x @ self._ridge_weights[..., :-1, :] + self._ridge_weights[..., -1:, :]
-        return logits, distance
+        return HeadOutput(torch.softmax(logits, dim=-1).numpy(), scores)
 
-    def _output(self, x: torch.Tensor) -> HeadOutput:
-        """``x`` float32 (B, N, m, d) -> probabilities and Mahalanobis scores."""
-        logits, distance = self._logits(x)
-        probs = torch.softmax(logits, dim=-1)
-        return HeadOutput(probs.numpy(), distance.amin(dim=-1).numpy())
+    def _scaled_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, N, m, C) of ``x`` float32 (B, N, m, d) from the fit's scaled product (student, lda)."""
+        b_, n, m, d = x.shape
+        z = torch.baddbmm(self._logit_bias.flatten(0, 1), x.reshape(b_ * n, m, d),
+                          self._logit_project_t.flatten(0, 1)).view(b_, n, m, -1)
+        scaled = z[..., d:].addcmul_(z[..., :d].square().sum(dim=-1, keepdim=True), self._logit_rate).clamp_min_(0.0)
+        if self.head == "student":
+            return torch.addcmul(self._offset, scaled.log1p_(), self._slope, value=-1.0)
+        return torch.add(self._offset, scaled, alpha=-0.5)
+
+    def novelty(self, ids: np.ndarray, valid: np.ndarray | None = None, kind: str = "mahalanobis") -> np.ndarray:
+        """``predict(ids, valid).novelty(kind)`` (B, N, m) float64; ``mahalanobis`` without the probabilities."""
+        if kind not in NOVELTY_KINDS:
+            raise ValueError(f"novelty kind must be one of {list(NOVELTY_KINDS)}, got {kind!r}")
+        if kind != "mahalanobis":
+            return self.predict(ids, valid).novelty(kind)
+        index, _ = self._checked_ids(ids, valid)
+        return self._distances(self._table32[index]).amin(dim=-1).numpy().astype(np.float64)
 
     def calibrate(self, ids: np.ndarray, valid: np.ndarray | None = None, quantile: float = 0.95,
                   kind: str = "mahalanobis", fallback: float = np.inf) -> np.ndarray:
@@ -662,7 +737,7 @@ class BatchedHeads:
             raise ValueError(f"novelty kind must be one of {list(NOVELTY_KINDS)}, got {kind!r}")
         _, mask = self._checked_ids(ids, valid)
         mask = mask.numpy()
-        scores = np.sort(np.where(mask, self.predict(ids, valid).novelty(kind), np.inf), axis=-1)
+        scores = np.sort(np.where(mask, self.novelty(ids, valid, kind), np.inf), axis=-1)
         # np.nanquantile's default ("linear") per head, without its Python loop over rows
         count = mask.sum(axis=-1)
         position = np.maximum(count - 1, 0) * quantile

@@ -48,7 +48,7 @@ import numpy as np
 
 from ..config import ConfigError
 from ..data.privacy import PrivacyFilter
-from ..data.streams import draw_domain_stream
+from ..data.streams import domain_quotas, draw_domain_stream
 from ..perception import entropy as perception_entropy
 from ..perception import limited_torch_threads
 from ..perception.fast import BatchedHeads, FastFeatures, cached_features
@@ -151,7 +151,7 @@ def _build_fast_world(cfg: P2PConfig) -> FastWorld:
     test_domains = np.concatenate([np.full(len(x), d, dtype=np.int64) for d, x in enumerate(base.test_features)])
     extracted = cached_features(table, labels, base.n_classes, cfg.perception, public_ids)
     norms = np.linalg.norm(extracted.features, axis=1, keepdims=True)
-    unit = (extracted.features / np.maximum(norms, 1e-12)).astype(np.float32)
+    unit = np.clip(extracted.features / np.maximum(norms, 1e-12), -1.0, 1.0).astype(np.float32)
     return FastWorld(base, pools, public_ids, blurred_row, test_rows, test_domains, labels, extracted, unit)
 
 
@@ -229,6 +229,9 @@ class P2PFastBatched(BatchedScenario):
                                 "rare_share_cached", *ROUND_KEYS, *memory)
         self.env_info_keys = ("round", "n_share")
         self._initial_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._reset_template = None  # with a fixed world_seed: env 0's heads, thresholds, accuracy after reset
+        self._quotas = [domain_quotas([robot.stream.get(name, 0.0) for name in self.domain_names], cfg.obs_per_round)
+                        for robot in cfg.robots]
         # a memory never holds more than an episode's shares: store (and score) only that many columns
         self._memory_width = min(cfg.feedback_memory, cfg.rounds * cfg.n_share)
         self.round_index = 0
@@ -299,10 +302,9 @@ class P2PFastBatched(BatchedScenario):
             ids, cal = self._initial_sets(initial_seed, i)
             labeled.append(ids)
             calibration.append(cal)
-            shares = [cfg.robots[i].stream.get(name, 0.0) for name in self.domain_names]
             pools = self._stream_pools(initial_seed, i, ids, cal)
-            streams.append(draw_domain_stream(shares, pools, cfg.rounds, cfg.obs_per_round, rng, self._NOTHING,
-                                              f"robots.{i}.stream (robot_{i})", self.domain_names))
+            streams.append(draw_domain_stream(None, pools, cfg.rounds, cfg.obs_per_round, rng, self._NOTHING,
+                                              f"robots.{i}.stream (robot_{i})", self.domain_names, self._quotas[i]))
         return adjacency, labeled, calibration, np.stack(streams)
 
     # -------------------------------------------------------------------------------------------------- loop
@@ -326,11 +328,20 @@ class P2PFastBatched(BatchedScenario):
         np.add.at(self._cell_counts, (envs, robots, world.domains[labeled_ids[labeled_valid]],
                                       world.labels[labeled_ids[labeled_valid]]), 1)
         with limited_torch_threads(cfg.max_threads):
-            self.heads.reset(refit=False)  # the initial sets, then one fit
-            self.heads.add(labeled_ids, labeled_valid)
-            self.heads.fit()
-            self._thresholds = self._calibrate()
-            self._accuracy = self._domain_accuracy()
+            if self._reset_template is not None:  # fixed world_seed: every reset starts from the same heads
+                heads, thresholds, accuracy = self._reset_template
+                self.heads.import_env(heads)
+                self._thresholds = np.repeat(thresholds[None], b_, axis=0)
+                self._accuracy = np.repeat(accuracy[None], b_, axis=0)
+            else:
+                self.heads.reset(refit=False)  # the initial sets, then one fit
+                self.heads.add(labeled_ids, labeled_valid)
+                self.heads.fit()
+                self._thresholds = self._calibrate()
+                self._accuracy = self._domain_accuracy()
+                if cfg.world_seed is not None:  # the same initial and calibration sets in every env and reset
+                    self._reset_template = (self.heads.export_env(0), self._thresholds[0].copy(),
+                                            self._accuracy[0].copy())
         self._stale = np.zeros((b_, n), dtype=bool)
         self._totals = np.zeros((b_, n, len(TOTALS)), dtype=np.int64)
         self._last_feedback = np.zeros((b_, n))
@@ -378,16 +389,19 @@ class P2PFastBatched(BatchedScenario):
         obs = self.n_samples
         memory = self.config.feedback_memory
         ids, valid = self._round_ids, None
-        if memory:
-            memory_valid = np.arange(self._memory_width)[None, None, :] < self._memory_size[..., None]
-            ids = np.concatenate([self._round_ids, self._memory_ids], axis=2)
+        # only the filled columns of the memories (all of a memory's entries sit left-aligned); the rest stays 0
+        used = int(self._memory_size.max()) if memory else 0
+        if used:
+            memory_valid = np.arange(used)[None, None, :] < self._memory_size[..., None]
+            ids = np.concatenate([self._round_ids, self._memory_ids[:, :, :used]], axis=2)
             valid = np.concatenate([np.ones(self._round_ids.shape, dtype=bool), memory_valid], axis=2)
         with limited_torch_threads(self.config.max_threads):
-            probs = self.heads.predict(ids, valid).probs
+            probs = self.heads.predict(ids, valid, mahalanobis=False).probs
         self._round_probs = probs[:, :, :obs]
         self._round_embeddings = self.world.unit[self._round_ids]
         if memory:
-            self._memory_probs = probs[:, :, obs:]
+            self._memory_probs = np.zeros(self._memory_ids.shape + (self.n_classes,), dtype=np.float32)
+            self._memory_probs[:, :, :used] = probs[:, :, obs:]
 
     def _observations(self) -> np.ndarray:
         cfg, lay = self.config, self.obs_layout
@@ -403,8 +417,13 @@ class P2PFastBatched(BatchedScenario):
         out[..., lay["confidence"]] = np.stack([top.mean(axis=2), top.std(axis=2), entropy.mean(axis=2)], axis=2)
         out[..., lay["last_feedback"]] = self._last_feedback[..., None]
         out[..., lay["rounds_left"]] = (cfg.rounds - self.round_index) / cfg.rounds
-        out[..., lay["samples"]] = np.concatenate([self._round_embeddings, probs], axis=3).reshape(b_, n, -1)
-        return np.clip(out, self.observation_low, 1.0)
+        context = lay["context"]
+        np.clip(out[..., context], self.observation_low[context], 1.0, out=out[..., context])
+        # the samples need no clip: unit embeddings are clipped to [-1, 1] once (FastWorld.unit), softmax is in [0, 1]
+        samples = out[..., lay["samples"]].reshape(b_, n, self.n_samples, self.sample_feature_dim)  # a view
+        samples[..., :self.embedding_dim] = self._round_embeddings
+        samples[..., self.embedding_dim:] = probs
+        return out
 
     def _potential_distance(self) -> np.ndarray:
         deficit = np.clip(self.config.potential_cell_target - self._cell_counts, 0, None).astype(np.float64)
@@ -475,7 +494,7 @@ class P2PFastBatched(BatchedScenario):
         flat_rows = np.broadcast_to(sent_rows.reshape(b_, 1, n * k), (b_, n, n * k))
         flat_valid = np.broadcast_to(kept.reshape(b_, 1, n * k), (b_, n, n * k))
         with limited_torch_threads(cfg.max_threads):
-            scores = self.heads.predict(flat_rows, flat_valid).novelty(cfg.perception.novelty)
+            scores = self.heads.novelty(flat_rows, flat_valid, cfg.perception.novelty)
         novel = scores > self._thresholds[..., None]  # (B, receiver, sender * k)
         arrived = delivered.reshape(b_, n * k, n).transpose(0, 2, 1)  # (B, receiver, sender * k)
         n_received = arrived.sum(axis=2)
@@ -577,13 +596,14 @@ class P2PFastBatched(BatchedScenario):
         infos.update({key: np.array(value, copy=True) for key, value in self._round_stats.items()})
         memory = self.config.feedback_memory
         if memory:  # padded to feedback_memory rows: the first feedback_memory_size are real, zeros below
-            size, width, e = self._memory_size, self._memory_width, self.embedding_dim
-            real = (np.arange(width)[None, None, :] < size[..., None])[..., None]
+            size, e = self._memory_size, self.embedding_dim
+            used = int(size.max())  # memories are left-aligned: no column beyond the fullest holds anything
+            real = (np.arange(used)[None, None, :] < size[..., None])[..., None]
             features = np.zeros((b_, n, memory, self.sample_feature_dim), dtype=np.float32)
-            features[:, :, :width, :e] = np.where(real, self.world.unit[self._memory_ids], 0.0)
-            features[:, :, :width, e:] = np.where(real, self._memory_probs, 0.0)
+            features[:, :, :used, :e] = np.where(real, self.world.unit[self._memory_ids[:, :, :used]], 0.0)
+            features[:, :, :used, e:] = np.where(real, self._memory_probs[:, :, :used], 0.0)
             utilities = np.zeros((b_, n, memory), dtype=np.float32)
-            utilities[:, :, :width] = np.where(real[..., 0], self._memory_utilities, 0.0)
+            utilities[:, :, :used] = np.where(real[..., 0], self._memory_utilities[:, :, :used], 0.0)
             infos.update(feedback_memory_features=features, feedback_memory_utilities=utilities,
                          feedback_memory_size=size.copy())
         return infos
