@@ -27,21 +27,68 @@ from .rllib_train import META_FILE, TrainSettings, build_ppo_config, init_ray, m
 
 
 def absolute_paths_in(folder: str | Path) -> dict[str, list[str]]:
-    """Every string in ``folder``'s pickles and JSON files that is an absolute filesystem path, by file (relative
-    to ``folder``). Portable checkpoints have none."""
+    """Every string in ``folder``'s pickles, JSON files and SB3 ``.zip`` models that is an absolute filesystem path,
+    by file (relative to ``folder``). Portable checkpoints have none."""
     found: dict[str, list[str]] = {}
     for path in sorted(Path(folder).rglob("*")):
         if not path.is_file():
             continue
         strings: list[str] = []
         if path.suffix == ".pkl":
-            strings = [arg for _, arg, _ in pickletools.genops(path.read_bytes()) if isinstance(arg, str)]
+            strings = _pickle_strings(path.read_bytes())
         elif path.suffix == ".json":
             strings = list(_json_strings(json.loads(path.read_text())))
+        elif path.suffix == ".zip":
+            strings = _zip_strings(path)
         hits = [s for s in strings if isinstance(s, str) and _looks_absolute(s)]
         if hits:
             found[str(path.relative_to(folder))] = hits
     return found
+
+
+def _pickle_strings(data: bytes) -> list[str]:
+    return [arg for _, arg, _ in pickletools.genops(data) if isinstance(arg, str)]
+
+
+def _zip_strings(path: Path) -> list[str]:
+    """The strings of an SB3 ``model.zip``: its ``data`` JSON, the base64 pickles SB3 puts in it (``:serialized:``),
+    and the words of its text members (torch ``.pth`` members hold tensors, not paths)."""
+    import base64
+    import zipfile
+
+    strings: list[str] = []
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            raw = archive.read(name)
+            if name.endswith(".pth"):
+                continue
+            try:
+                value = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                strings.extend(raw.decode("utf-8", "replace").split())
+                continue
+            for text, serialized in _sb3_json_strings(value):
+                if not serialized:
+                    strings.append(text)
+                    continue
+                try:  # base64 text may itself look like a path: only the decoded pickle counts
+                    strings.extend(_pickle_strings(base64.b64decode(text)))
+                except ValueError:
+                    strings.append(text)
+    return strings
+
+
+def _sb3_json_strings(value, serialized: bool = False):
+    """(string, is it an SB3 ``:serialized:`` pickle) for every string of a JSON value, keys included."""
+    if isinstance(value, str):
+        yield value, serialized
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield k, False
+            yield from _sb3_json_strings(v, k == ":serialized:")
+    elif isinstance(value, list):
+        for v in value:
+            yield from _sb3_json_strings(v)
 
 
 def _json_strings(value):

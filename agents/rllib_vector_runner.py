@@ -26,8 +26,12 @@ Learner                :class:`VectorPPOTorchLearner` (``MaskedPPOTorchLearner``
                        runners still go through RLlib's pipeline, so both runners share one learner
 Module, loss           unchanged: the run's ``RLModuleSpec`` (``agents.modules``) and PPO's loss;
                        checkpoints hold the same module and connector states as RLlib's runner
-Not supported          ``--critic central`` (global state), ``--message-sweeps``, scenarios other than
-                       ``datagames`` and ``faults.dropout`` (the vector env has none of them): a clear error
+Scenarios              every one (``datagames``, ``p2p``, ``dual``): ``vector_env`` of the config, native
+                       batched where the scenario has it (p2p / dual: the fast perception tier), else
+                       ``LoopedBatch`` (correct, as slow as B single envs); the module is the run's spec
+                       (p2p / dual: ``SampleScoringModule`` with Plackett-Luce top-k picks, as RLlib's runner)
+Not supported          ``--critic central`` (global state), ``--message-sweeps`` and ``faults.dropout``
+                       (the vector env has none of them): a clear error
 =====================  ============================================================================
 
 ``use_vector_runner(config)`` switches a ``PPOConfig`` to this pair; ``agents.rllib_train`` does it for
@@ -217,11 +221,9 @@ class _VectorEnvSpaces:
 
 
 def vector_env_of(env_config: dict, num_envs: int):
-    """The ``vector_env`` of an RLlib ``env_config`` (keys of :mod:`datagames_env.faces.rllib`); a clear error for
-    what the vector env does not have."""
+    """The ``vector_env`` of an RLlib ``env_config`` (keys of :mod:`datagames_env.faces.rllib`), any scenario; a clear
+    error for what the vector env does not have."""
     from datagames_env import vector_env
-    from datagames_env.config import ConfigError
-    from datagames_env.scenarios import scenario_of
 
     env_config = dict(env_config or {})
     if env_config.get("global_state"):
@@ -234,10 +236,6 @@ def vector_env_of(env_config: dict, num_envs: int):
     if unknown:
         raise ValueError(f"vector runner: unknown env_config keys {sorted(unknown)}")
     config, overrides = env_config.get("config"), dict(env_config.get("overrides") or {})
-    scenario = scenario_of(config, **overrides)
-    if scenario != "datagames":
-        raise ConfigError(f"config key 'scenario': the vector runner steps vector_env, which is the cloud game "
-                          f"(datagames) only; got '{scenario}': train it without the vector runner")
     if num_envs < 1:
         raise ValueError(f"vector runner: num_envs_per_env_runner must be >= 1, got {num_envs}")
     return vector_env(num_envs, config, **overrides)

@@ -5,19 +5,31 @@ One ``MlpPolicy`` shared by every robot (rows of the VecEnv). ``iterations`` cou
 ``<run>/tensorboard``, the model to ``<run>/checkpoint/model.zip`` (with ``datagames_meta.json``);
 ``--resume <checkpoint>`` continues a run. Every scenario (``datagames``, ``p2p``, ``dual``): the rows come from
 ``vector_env``, as fast as the scenario's batched implementation.
+
+Checkpoints are portable (issue 18): ``model.zip`` is saved without the TensorBoard folder (a resumed run names its
+own), ``datagames_meta.json`` records the settings as :func:`agents.rllib_train.portable_settings` does (no
+output folder, no data folder: a ``--data-dir`` override goes to ``$DATAGAMES_DATA_DIR``), so a checkpoint copied
+to another folder or machine loads and resumes there.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-from .rllib_train import (META_FILE, TrainSettings, auto_num_envs, resumed_counts, run_and_total, run_dir_for,
-                          set_torch_threads, slow_training_hints)
+from .rllib_train import (META_FILE, TrainSettings, auto_num_envs, move_data_dir_to_env, portable_settings,
+                          resumed_counts, run_and_total, run_dir_for, set_torch_threads, slow_training_hints)
 
 MODEL_FILE = "model.zip"
+# attributes of an SB3 model that name folders of the training machine: left out of model.zip
+MACHINE_ATTRIBUTES = ("tensorboard_log",)
+
+
+def save_model(model, path: Path) -> None:
+    """``model.save`` without the attributes that name folders of this machine (:data:`MACHINE_ATTRIBUTES`);
+    ``PPO.load`` then takes SB3's defaults for them, or what the caller passes (a resumed run's own folder)."""
+    model.save(str(path), exclude=list(MACHINE_ATTRIBUTES))
 
 
 def _load_model_file(checkpoint: Path) -> Path:
@@ -59,6 +71,7 @@ def train_sb3(settings: TrainSettings, log=print) -> dict:
         raise ValueError(f"{', '.join(k for k, v in rllib_only.items() if v)}: RLlib only (--algo ppo)")
     for hint in slow_training_hints(settings):
         log(f"note: {hint}")
+    settings = move_data_dir_to_env(settings)  # the data folder is the loading machine's, not a recorded setting
     set_torch_threads(settings.torch_threads)
     venv = DataGamesSB3VecEnv(num_envs=sb3_num_envs(settings), config=settings.config, **settings.overrides)
     venv.seed(settings.seed)
@@ -98,18 +111,18 @@ def train_sb3(settings: TrainSettings, log=print) -> dict:
                             "agent_steps": int(self.model.num_timesteps),
                             "elapsed_s": time.perf_counter() - started})
             if settings.checkpoint_every and len(history) % settings.checkpoint_every == 0:
-                self.model.save(str(checkpoint / MODEL_FILE))
+                save_model(self.model, checkpoint / MODEL_FILE)
 
         def _on_step(self) -> bool:
             return True
 
     model.learn(total_timesteps=settings.iterations * batch, callback=_History(), progress_bar=settings.progress,
                 reset_num_timesteps=not settings.resume, tb_log_name="ppo")
-    model.save(str(checkpoint / MODEL_FILE))
+    save_model(model, checkpoint / MODEL_FILE)
     elapsed = time.perf_counter() - started
     meta = {"framework": "sb3", "algo": "ppo", "iteration": before["iterations"] + len(history),
             "agent_steps": int(model.num_timesteps),
-            "train_time_s": elapsed, "settings": {k: v for k, v in asdict(settings).items() if k != "progress"}}
+            "train_time_s": elapsed, "settings": portable_settings(settings)}
     (checkpoint / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
     (run_dir / "history.json").write_text(json.dumps(history, indent=2))
     return {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "history": history, "elapsed_s": elapsed,

@@ -104,3 +104,45 @@ def test_training_with_imitation_writes_a_portable_checkpoint(tmp_path, monkeypa
             algo.stop()
     finally:
         ray.shutdown()
+
+
+def test_sb3_training_writes_a_portable_checkpoint_that_loads_and_resumes_from_another_folder(tmp_path, monkeypatch):
+    """SB3's model.zip names no TensorBoard folder and its metadata no output or data folder; moved to another
+    folder with its run folder gone, it plays as an `sb3:` policy and resumes training there."""
+    pytest.importorskip("stable_baselines3")
+    import os
+    import zipfile
+
+    from agents.rllib_train import TrainSettings
+    from agents.sb3_train import MODEL_FILE, train_sb3
+    from datagames_env.data.datasets import DATA_DIR_ENV_VAR
+
+    monkeypatch.setenv(DATA_DIR_ENV_VAR, "unused")  # restored after the test; train_sb3 sets it from the override
+    monkeypatch.chdir(tmp_path)
+    small = {"n_robots": 3, "rounds": 3, "obs_per_round": 30, "n_cache": 2}
+    settings = TrainSettings(config="default", overrides=dict(small, **{"dataset.data_dir": str(tmp_path / "data")}),
+                             iterations=1, train_batch_size=36, minibatch_size=18, num_epochs=1,
+                             out=str(tmp_path / "runs"), run_name="sb3", progress=False, checkpoint_every=1)
+    result = train_sb3(settings, log=lambda *a: None)
+    assert os.environ[DATA_DIR_ENV_VAR] == str(tmp_path / "data")
+    assert (Path(result["run_dir"]) / "tensorboard").is_dir()  # the run still logs to TensorBoard
+    moved = tmp_path / "elsewhere" / "checkpoint"
+    shutil.copytree(result["checkpoint"], moved)
+    shutil.rmtree(result["run_dir"])
+    assert absolute_paths_in(moved) == {}
+    with zipfile.ZipFile(moved / MODEL_FILE) as archive:  # the compressed members too, byte for byte
+        assert all(str(tmp_path).encode() not in archive.read(name) for name in archive.namelist())
+    meta = json.loads((moved / "datagames_meta.json").read_text())
+    assert meta["framework"] == "sb3" and meta["agent_steps"] == 36
+    assert meta["settings"]["out"] is None and "dataset.data_dir" not in meta["settings"]["overrides"]
+
+    monkeypatch.chdir(moved.parent)
+    env = make_parallel_env("default", **small)
+    record = run_episode(env, make_policy("sb3:checkpoint", env), seed=300)
+    assert np.isfinite(record["final_distance"]) and len(record["rounds"]) == small["rounds"] + 1
+    env.close()
+    resumed = train_sb3(TrainSettings(**{**vars(settings), "resume": "checkpoint", "out": "runs2"}),
+                        log=lambda *a: None)
+    assert resumed["total"] == {"iterations": 2, "agent_steps": 72}
+    assert json.loads((Path(resumed["checkpoint"]) / "datagames_meta.json").read_text())["settings"]["resume"] == \
+        "checkpoint"

@@ -13,6 +13,10 @@ pytest.importorskip("ray.rllib")
 torch = pytest.importorskip("torch")
 
 SMALL = {"n_robots": 3, "rounds": 3, "obs_per_round": 30, "n_cache": 2}
+# p2p and dual at test size, on their default (fast, natively batched) perception tier
+OTHER_SCENARIOS = {"p2p_default": {"rounds": 2, "obs_per_round": 40},
+                   "dual_default": {"n_robots": 3, "rounds": 2, "obs_per_round": 30, "n_cache": 4, "label_budget": 6,
+                                    "initial_cloud_size": 40}}
 ray_group = pytest.mark.xdist_group("ray")
 
 
@@ -226,14 +230,13 @@ def test_vector_runner_refuses_what_the_vector_env_does_not_have():
     from agents.rllib_vector_runner import vector_env_of
     from datagames_env.config import ConfigError
 
-    with pytest.raises(ConfigError, match="'scenario'"):
-        vector_env_of({"config": "p2p_toy"}, 2)
+    for config in ("default", *OTHER_SCENARIOS):  # dropout lives in the parallel face, for every scenario
+        with pytest.raises(ConfigError, match="faults.dropout"):
+            vector_env_of({"config": config, "overrides": {"faults.dropout": 0.1}}, 2)
     with pytest.raises(ValueError, match="global_state"):
         vector_env_of({"config": "default", "global_state": True}, 2)
     with pytest.raises(ValueError, match="message_sweeps"):
         vector_env_of({"config": "default", "message_sweeps": 1}, 2)
-    with pytest.raises(ConfigError, match="faults.dropout"):
-        vector_env_of({"config": "default", "overrides": {"faults.dropout": 0.1, **SMALL}}, 2)
     # the automatic envs per runner: one update's episodes in one vector env
     config = build_ppo_config(_settings(train_batch_size=360))
     assert config.num_envs_per_env_runner == 40 and config.total_train_batch_size == 360
@@ -253,3 +256,66 @@ def test_vector_runner_runs_on_a_second_ray_node(two_node_cluster, tmp_path):
     assert [h["agent_steps"] for h in result["history"]] == [36, 72]
     meta = json.loads((tmp_path / "cluster" / "checkpoint" / "datagames_meta.json").read_text())
     assert meta["settings"]["vector_runner"] is True
+
+
+def _other_settings(config: str, **fields):
+    """One update = two envs of one episode each (3 robots x 2 rounds x 2 envs = 12 agent steps)."""
+    return _settings(config=config, overrides=dict(OTHER_SCENARIOS[config]), train_batch_size=12, minibatch_size=12,
+                     **fields)
+
+
+@pytest.mark.parametrize("config", sorted(OTHER_SCENARIOS))
+def test_vector_runner_samples_p2p_and_dual_with_the_per_sample_picks(config, one_torch_thread):
+    """p2p and dual through the vector runner: the module is the one RLlib's runner builds (per-sample scores,
+    Plackett-Luce top-k picks), every robot picks exactly k samples, and replaying the recorded actions on a vector
+    env reset with the runner's seeds gives back the recorded observations and rewards (the same code at the same
+    B, so equal up to float noise)."""
+    import datagames_env
+    from agents.modules import SampleScoringModule
+    from agents.rllib_vector_runner import TRAIN_FIRST_SEED
+
+    runner, _ = _runner(_other_settings(config, seed=5))
+    b = runner.num_envs
+    assert b == 2
+    module = runner.module["shared"].unwrapped()
+    assert isinstance(module, SampleScoringModule) and module.select_k
+    episodes = runner.sample()
+    rounds = OTHER_SCENARIOS[config]["rounds"]
+    assert len(episodes) == b and sum(e.agent_steps() for e in episodes) == 12
+    for e in episodes:  # picks are encoded as (k - r) / k, unpicked samples 0 (agents.distributions)
+        assert ((e.actions > 0).sum(-1) == module.select_k).all()
+        assert e.terminateds[:, -1].all() and not e.terminateds[:, :-1].any()
+    replay = datagames_env.vector_env(b, config, **OTHER_SCENARIOS[config])
+    obs, _ = replay.reset(seed=TRAIN_FIRST_SEED + 5 * b)
+    recorded_obs = np.stack([e.obs for e in episodes])  # (B, N, T+1, D)
+    np.testing.assert_allclose(recorded_obs[:, :, 0], obs, atol=1e-6)
+    for t in range(rounds):
+        actions = np.stack([e.actions[:, t] for e in episodes])
+        obs, rewards, terminations, _, _ = replay.step((actions + 1.0) / 2.0)  # normalize_actions: [-1, 1] -> [0, 1]
+        np.testing.assert_allclose(np.stack([e.rewards[:, t] for e in episodes]), rewards, atol=1e-6)
+        np.testing.assert_allclose(recorded_obs[:, :, t + 1], obs, atol=1e-6)
+        np.testing.assert_array_equal(np.stack([e.terminateds[:, t] for e in episodes]), terminations)
+    runner.stop()
+
+
+@ray_group
+@pytest.mark.parametrize("config", sorted(OTHER_SCENARIOS))
+def test_ppo_trains_p2p_and_dual_with_the_vector_runner_and_the_checkpoint_plays_as_rllib_policy(
+        config, local_ray, one_torch_thread, tmp_path):
+    """`datagames train --algo ppo --vector-runner --config p2p_default` (dual_default): two updates through the
+    vector runner change the module; the checkpoint plays an episode of the same scenario as an `rllib:` policy."""
+    from agents.rllib_train import train
+    from datagames_env.harness.episode import run_episode
+    from datagames_env.policy import make_policy
+    from datagames_env.scenarios import make_parallel_env
+
+    result = train(_other_settings(config, iterations=2, out=str(tmp_path), run_name=config), log=lambda *a: None)
+    assert [h["agent_steps"] for h in result["history"]] == [12, 24]
+    assert np.isfinite([h["episode_return_mean"] for h in result["history"]]).all()
+    meta = json.loads((tmp_path / config / "checkpoint" / "datagames_meta.json").read_text())
+    assert meta["settings"]["vector_runner"] is True and meta["settings"]["config"] == config
+    env = make_parallel_env(config, **OTHER_SCENARIOS[config])
+    policy = make_policy(f"rllib:{result['checkpoint']}", env)
+    record = run_episode(env, policy, seed=300)
+    assert len(record["rounds"]) == OTHER_SCENARIOS[config]["rounds"] + 1  # the reset and every round
+    env.close()

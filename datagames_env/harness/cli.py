@@ -405,7 +405,7 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
     tr.add_argument("--tune", action="store_true", help="Ray Tune sweep over the learning rate")
     tr.add_argument("--vector-runner", action="store_true",
                     help="sample through vector_env in bulk and hand PPO arrays (agents/rllib_vector_runner.py; "
-                         "cloud game; throughput preset: --train-batch-size 32000 --minibatch-size 4000 --num-epochs 2)")
+                         "any scenario; for throughput: --train-batch-size 32000 --minibatch-size 4000 --num-epochs 2)")
     tr.add_argument("--lr", type=float_range(positive=True), default=3e-4)
     tr.add_argument("--train-batch-size", type=int_range(1), default=2000, help="agent steps per iteration")
     tr.add_argument("--minibatch-size", type=int_range(1), default=250)
