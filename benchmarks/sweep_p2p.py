@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from baselines.p2p_policies import make_p2p_policy  # noqa: E402
+from baselines.p2p_policies import BatchedGUPolicy, make_p2p_policy  # noqa: E402
 from datagames_env.scenarios import make_batched  # noqa: E402
 from datagames_env.scenarios.p2p import load_p2p_config  # noqa: E402
 
@@ -61,13 +61,20 @@ def _per_robot(infos: dict, keys, b: int, i: int) -> dict:
     return {k: infos[k][b, i] for k in keys}
 
 
-def run_point(config, policy: str, seeds: list[int], **overrides) -> list[dict]:
-    """One episode per seed (all seeds in one batch); one metrics dict per seed."""
+def run_point(config, policy: str, seeds: list[int], gu_batched: bool = True, **overrides) -> list[dict]:
+    """One episode per seed (all seeds in one batch); one metrics dict per seed. ``gu`` is
+    :class:`BatchedGUPolicy` (every env's nets trained in one call) unless ``gu_batched`` is False."""
     batch = make_batched(config, len(seeds), **overrides)
     cfg = batch.config
     views = [EnvView(batch, b) for b in range(len(seeds))]
-    policies = [make_p2p_policy(policy, v) for v in views]
     agents = views[0].possible_agents
+    if policy == "gu" and gu_batched:
+        policies = []
+        batched = BatchedGUPolicy(batch)
+        batched.reset(int(seeds[0]))
+    else:
+        batched = None
+        policies = [make_p2p_policy(policy, v) for v in views]
     for p, s in zip(policies, seeds):
         p.reset(int(s))
     obs, infos = batch.reset(np.asarray(seeds))
@@ -77,6 +84,8 @@ def run_point(config, policy: str, seeds: list[int], **overrides) -> list[dict]:
     for _ in range(cfg.rounds):
         t = time.perf_counter()
         actions = np.zeros((len(seeds), batch.n_robots, batch.action_width), dtype=np.float32)
+        if batched is not None:
+            actions = batched.act(obs, infos)
         for b, p in enumerate(policies):
             acted = p.act({a: obs[b, i] for i, a in enumerate(agents)},
                           {a: _per_robot(infos, batch.robot_info_keys, b, i) for i, a in enumerate(agents)})
