@@ -119,13 +119,12 @@ def run_point(config, policy: str, seeds: list[int], gu_batched: bool = True, **
             "n_kept": float(infos["n_kept"][b].mean()),
             "n_blurred": int(infos["total_blurred"][b].sum()) if "total_blurred" in infos else 0,
             "n_dropped": int(infos["total_dropped"][b].sum()) if "total_dropped" in infos else 0,
-            "liar_peer_rare_acc": float("nan"), "honest_peer_rare_acc": float("nan"),
         })
-        liars = getattr(batch, "liars", None)
-        if liars is not None and liars[b].any():  # rare-domain accuracy of lying robots vs honest ones (all rare)
-            acc_all = final[b][:, rare].mean(axis=1)
-            rows[-1]["liar_peer_rare_acc"] = float(acc_all[liars[b]].mean())
-            rows[-1]["honest_peer_rare_acc"] = float(acc_all[~liars[b]].mean())
+        liars = getattr(batch, "liars", np.zeros((len(seeds), cfg.n_robots), dtype=bool))
+        for i in range(cfg.n_robots):  # per robot: accuracy on the rare domains it never observes, and if it lies
+            unseen = [d for d in rare if not sees[i, d]]
+            rows[-1][f"peer_rare_acc_r{i}"] = float(final[b, i, unseen].mean()) if unseen else float("nan")
+            rows[-1][f"liar_r{i}"] = int(liars[b, i])
     for r in rows:
         r["policy_time_s"] = policy_time / len(seeds)
         r["wall_s"] = (time.perf_counter() - t0) / len(seeds)
@@ -288,12 +287,22 @@ def main(argv: list[str] | None = None) -> int:
                 mine = [r for r in rows if r["variant"] == name]
                 print(f"{name}: blurred {summarise(mine, 'n_blurred')[0]:.1f}, dropped "
                       f"{summarise(mine, 'n_dropped')[0]:.1f} per episode")
-        if args.mode == "liars":
-            for name, _ in variants:
-                for policy in policies:
-                    mine = [r for r in rows if r["variant"] == name and r["policy"] == policy]
-                    print(f"{name} {policy}: liars' rare acc {100 * summarise(mine, 'liar_peer_rare_acc')[0]:.1f}, "
-                          f"honest robots' {100 * summarise(mine, 'honest_peer_rare_acc')[0]:.1f}")
+        if args.mode == "liars":  # the same robot on the same seed, lying against honest (robots without a
+            for policy in policies:  # rare domain they never observe are left out)
+                honest = {r["seed"]: r for r in rows if r["variant"] == variants[0][0] and r["policy"] == policy}
+                for name, _ in variants[1:]:
+                    deltas = {True: [], False: []}
+                    for r in rows:
+                        if r["variant"] != name or r["policy"] != policy:
+                            continue
+                        for i in range(cfg.n_robots):
+                            a, h = r[f"peer_rare_acc_r{i}"], honest[r["seed"]][f"peer_rare_acc_r{i}"]
+                            if not np.isnan(a):
+                                deltas[bool(r[f"liar_r{i}"])].append(100 * (a - h))
+                    for lying, values in deltas.items():
+                        if values:
+                            print(f"{name} {policy}: {'liars' if lying else 'honest robots'}: peer rare acc change "
+                                  f"{np.mean(values):+.1f} ± {np.std(values, ddof=1):.1f} points (n = {len(values)})")
     print(f"wall {time.perf_counter() - t0:.0f} s, {len(seeds)} seeds, policies {policies}")
     return 0
 
