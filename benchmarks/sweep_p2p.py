@@ -14,8 +14,9 @@ domain cache after the first feedback (rounds 2..R: round 1 of ``gu`` is random 
     PYTHONPATH=. python benchmarks/sweep_p2p.py --mode check --seeds 300-319   # p2p_default on unseen seeds
     PYTHONPATH=. python benchmarks/sweep_p2p.py --mode privacy --seeds 300-319 # blur against drop against pass
     PYTHONPATH=. python benchmarks/sweep_p2p.py --mode liars --seeds 300-319   # do lying peers hurt themselves?
+    PYTHONPATH=. python benchmarks/sweep_p2p.py --mode signal --seeds 300-319  # the votes as a rarity signal
 
-Writes ``docs/results/fidelity_p2p/{sweep,check,privacy,liars}.csv`` (one row per point, policy and seed) and
+Writes ``docs/results/fidelity_p2p/{sweep,check,privacy,liars,signal}.csv`` (one row per point, policy and seed) and
 ``sweep.png``, and prints a table (mean ± sample std over seeds).
 """
 
@@ -131,6 +132,28 @@ def run_point(config, policy: str, seeds: list[int], gu_batched: bool = True, **
     return rows
 
 
+def feedback_signal(config, seeds: list[int], **overrides) -> dict:
+    """What the gu rule can learn: under random sharing, the mean utility peers return for rare-domain and base
+    samples and the AUC of utility separating them (0.5: the votes carry no information about rarity)."""
+    batch = make_batched(config, len(seeds), **overrides)
+    rng = np.random.default_rng(0)
+    batch.reset(np.asarray(seeds))
+    rare_ids = [batch.domain_names.index(d) for d in batch.config.rare_domains]
+    rare_u, base_u = [], []
+    for _ in range(batch.config.rounds):
+        domains = batch.privileged_view()["observed_domains"]
+        step = batch.step(rng.random((len(seeds), batch.n_robots, batch.action_width)))
+        cached = np.take_along_axis(domains, step.infos["cached_slots"], axis=2)
+        sent = step.infos["sent_mask"]
+        is_rare = np.isin(cached, rare_ids)
+        rare_u.append(step.infos["feedback_utilities"][sent & is_rare])
+        base_u.append(step.infos["feedback_utilities"][sent & ~is_rare])
+    r, b = np.concatenate(rare_u), np.concatenate(base_u)
+    auc = ((r[:, None] > b[None, :]).mean() + 0.5 * (r[:, None] == b[None, :]).mean()) if len(r) and len(b) else \
+        float("nan")
+    return {"rare_utility": float(r.mean()), "base_utility": float(b.mean()), "auc": float(auc)}
+
+
 def summarise(rows: list[dict], key: str) -> tuple[float, float]:
     values = np.array([r[key] for r in rows], dtype=np.float64)
     values = values[~np.isnan(values)]
@@ -239,7 +262,7 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=("sweep", "check", "privacy", "liars"), default="sweep")
+    parser.add_argument("--mode", choices=("sweep", "check", "privacy", "liars", "signal"), default="sweep")
     parser.add_argument("--config", default="p2p_default")
     parser.add_argument("--seeds", default="100-109")
     parser.add_argument("--policies", default="random,oracle")
@@ -269,6 +292,15 @@ def main(argv: list[str] | None = None) -> int:
         _write(rows, args.out / "sweep.csv")
         _plot(_with_base_values(rows, base_values), args.out / "sweep.png")
         print(_table(rows, ("receiver_keeps", "knob", "value", "policy")))
+    elif args.mode == "signal":  # the receivers' vote as a rarity signal, per novelty score and quantile
+        for novelty in ("mahalanobis", "max_softmax", "entropy", "margin"):
+            for quantile in (0.95, 0.9, 0.8):
+                sig = feedback_signal(args.config, seeds, **{"perception.novelty": novelty,
+                                                             "ood.calibration_quantile": quantile})
+                rows.append({"novelty": novelty, "calibration_quantile": quantile, **sig})
+                print(f"{novelty:12s} q={quantile}: utility rare {sig['rare_utility']:.3f} base "
+                      f"{sig['base_utility']:.3f} AUC {sig['auc']:.3f}", flush=True)
+        _write(rows, args.out / "signal.csv")
     else:
         variants = {"check": [("default", {})],
                     "privacy": [(m, {"privacy.mode": m}) for m in ("pass", "blur", "drop")],
