@@ -307,10 +307,14 @@ class BatchedGUPolicy:
     def act(self, observations: np.ndarray, infos: dict) -> np.ndarray:
         b = self.batch
         shape = (b.num_envs * b.n_robots,)
-        size = np.minimum(np.asarray(infos["feedback_memory_size"]).reshape(shape), self.max_buffer)
+        full = np.asarray(infos["feedback_memory_size"]).reshape(shape)
+        size = np.minimum(full, self.max_buffer)
         width = max(int(size.max()), 1)
         x = np.asarray(infos["feedback_memory_features"], np.float32).reshape(*shape, -1, b.sample_feature_dim)
         u = np.asarray(infos["feedback_memory_utilities"], np.float32).reshape(*shape, -1)
+        if (full > size).any():  # the last max_buffer rows, as GUPolicy
+            rows = np.minimum((full - size)[:, None] + np.arange(width)[None, :], x.shape[1] - 1)
+            x, u = np.take_along_axis(x, rows[..., None], axis=1), np.take_along_axis(u, rows, axis=1)
         features = np.asarray(observations[..., b.obs_layout["samples"]], np.float32).reshape(
             *shape, b.n_samples, b.sample_feature_dim)
         with limited_torch_threads(1):
