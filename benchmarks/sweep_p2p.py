@@ -207,9 +207,9 @@ def _parse_seeds(text: str) -> list[int]:
 
 def _write(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # per-robot columns vary with the number of robots
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
+        writer = csv.DictWriter(f, fieldnames=keys, restval="")
         writer.writeheader()
         for r in rows:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
