@@ -38,6 +38,7 @@ from datagames_env.policy import ScenarioPolicies, make_policy, register_policy
 
 __all__ = [
     "P2P_POLICIES",
+    "BatchedGUPolicy",
     "GUPolicy",
     "OraclePolicy",
     "RandomSharePolicy",
@@ -90,6 +91,8 @@ class OraclePolicy(_P2PBase):
 
 
 class _UtilityNet(nn.Module):
+    """One robot's utility MLP (in -> hidden -> hidden -> 1); its initial weights seed :class:`_StackedUtilityNets`."""
+
     def __init__(self, in_dim: int, hidden: int) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
@@ -99,9 +102,114 @@ class _UtilityNet(nn.Module):
         return self.net(x).squeeze(-1)
 
 
+class _StackedUtilityNets:
+    """R independent utility MLPs as stacked weights, trained in one batched call per step. Each robot's gradient
+    is that of its own loss and Adam is elementwise with a per-robot step count, so this is R separate nets with R
+    separate Adams, minus R - 1 Python loops; robots outside ``mask`` are left untouched (no momentum drift)."""
+
+    def __init__(self, seeds: list[int], in_dim: int, hidden: int, lr: float, l2: float = 1e-4) -> None:
+        layers = []
+        for seed in seeds:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                net = _UtilityNet(in_dim, hidden)
+            layers.append([m for m in net.net if isinstance(m, nn.Linear)])
+        self.params = []
+        for k in range(3):  # (R, in, out) weights and (R, 1, out) biases
+            self.params.append(torch.stack([ls[k].weight.detach().T for ls in layers]).contiguous().requires_grad_())
+            self.params.append(torch.stack([ls[k].bias.detach()[None] for ls in layers]).contiguous().requires_grad_())
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = torch.zeros(len(seeds))
+        self.lr, self.l2 = lr, l2
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (R, M) of x (R, M, in)."""
+        w1, b1, w2, b2, w3, b3 = self.params
+        h = torch.relu(torch.baddbmm(b1, x, w1))
+        h = torch.relu(torch.baddbmm(b2, h, w2))
+        return torch.baddbmm(b3, h, w3).squeeze(-1)
+
+    def train(self, x: torch.Tensor, u: torch.Tensor, size: torch.Tensor, mask: torch.Tensor, steps: int,
+              generator: torch.Generator, batch: int = 128) -> None:
+        """``steps`` Adam steps on binary cross-entropy (+ L2) for the robots in ``mask``; robot r's rows are
+        x[r, :size[r]] with targets u[r, :size[r]]; minibatches of ``batch`` rows drawn with replacement."""
+        rows = torch.arange(len(x))[:, None]
+        keep = mask.to(x.dtype)
+        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        for _ in range(steps):
+            index = (torch.rand(len(x), batch, generator=generator) * size[:, None]).long()
+            logits = self(x[rows, index])
+            loss = F.binary_cross_entropy_with_logits(logits, u[rows, index], reduction="none").mean(dim=1)
+            loss = loss + self.l2 * sum((p ** 2).flatten(1).sum(dim=1) for p in self.params)
+            grads = torch.autograd.grad((loss * keep).sum(), self.params)
+            with torch.no_grad():
+                self.t += keep
+                t = self.t.clamp(min=1)
+                for p, g, m, v in zip(self.params, grads, self.m, self.v):
+                    on = keep.view(-1, *([1] * (p.dim() - 1)))
+                    m.mul_(1 - on * (1 - beta1)).add_(on * (1 - beta1) * g)
+                    v.mul_(1 - on * (1 - beta2)).add_(on * (1 - beta2) * g * g)
+                    shape = (-1, *([1] * (p.dim() - 1)))
+                    m_hat = m / (1 - beta1 ** t).view(shape)
+                    v_hat = v / (1 - beta2 ** t).view(shape)
+                    p.sub_(on * self.lr * m_hat / (v_hat.sqrt() + eps))
+
+
+class _GUCore:
+    """The GU rule for R robots at once (R = robots of one env, or envs x robots): standardise each robot's
+    training set, fit its utility net on it, score the round's samples, keep ``explore`` of the slots random."""
+
+    def __init__(self, n: int, feature_dim: int, n_samples: int, n_share: int, hidden: int, train_steps: int,
+                 lr: float, explore: float, seed: int, rng: np.random.Generator) -> None:
+        self.n, self.feature_dim, self.n_samples, self.n_share = n, feature_dim, n_samples, n_share
+        self.train_steps, self.explore, self.seed, self.rng = train_steps, explore, seed, rng
+        self.nets = _StackedUtilityNets([seed + r for r in range(n)], feature_dim, hidden, lr)
+        self.trained = np.zeros(n, dtype=bool)
+        self.mean = np.zeros((n, feature_dim), dtype=np.float32)
+        self.std = np.ones((n, feature_dim), dtype=np.float32)
+        self.n_updates = 0
+
+    def learn(self, x: np.ndarray, u: np.ndarray, size: np.ndarray) -> None:
+        """x (R, M, F), u (R, M), size (R,): robot r's training set is its first size[r] rows."""
+        mask = size > 0
+        if not mask.any():
+            return
+        valid = (np.arange(x.shape[1])[None, :] < size[:, None])[..., None]
+        count = np.maximum(size, 1)[:, None].astype(np.float64)
+        mean = np.where(valid, x, 0).sum(axis=1) / count
+        var = (np.where(valid, x - mean[:, None], 0) ** 2).sum(axis=1) / count
+        # Standardise with the training set's statistics (unit-norm embeddings have tiny coordinates); recomputed
+        # every round: the robot's model, hence its feature space, may have changed.
+        self.mean = np.where(mask[:, None], mean, self.mean).astype(np.float32)
+        self.std = np.where(mask[:, None], np.sqrt(var) + 1e-3, self.std).astype(np.float32)
+        z = torch.from_numpy(((x - self.mean[:, None]) / self.std[:, None]).astype(np.float32))
+        generator = torch.Generator().manual_seed(self.seed + 7919 * self.n_updates)
+        self.nets.train(z, torch.from_numpy(u.astype(np.float32)), torch.from_numpy(size.astype(np.float32)),
+                        torch.from_numpy(mask), self.train_steps, generator)
+        self.trained |= mask
+        self.n_updates += 1
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """(R, S) scores of the round's samples (R, S, F); a robot without feedback yet scores at random."""
+        z = torch.from_numpy(((features - self.mean[:, None]) / self.std[:, None]).astype(np.float32))
+        with torch.no_grad():
+            learned = 0.5 * torch.sigmoid(self.nets(z)).numpy().astype(np.float64)  # in [0, 0.5]
+        out = self.rng.random(learned.shape)
+        n_explore = round(self.explore * self.n_share)
+        for r in np.flatnonzero(self.trained):
+            scores = learned[r]
+            if n_explore:  # exploration picks go above every learned score
+                rest = np.argsort(-scores, kind="stable")[self.n_share - n_explore:]
+                scores[self.rng.choice(rest, size=n_explore, replace=False)] = 0.5 + 0.5 * self.rng.random(n_explore)
+            out[r] = scores
+        return out.astype(np.float32)
+
+
 class GUPolicy(_P2PBase):
     """The paper's global-utility model: per robot, an MLP on (embedding + prediction) -> utility, trained on the
-    peers' feedback (binary cross-entropy on the fraction of peers that found a sample novel)."""
+    peers' feedback (binary cross-entropy on the fraction of peers that found a sample novel). The robots' nets
+    are trained together (:class:`_StackedUtilityNets`), each on its own data."""
 
     name = "gu"
 
@@ -117,21 +225,14 @@ class GUPolicy(_P2PBase):
     def reset(self, seed: int | None = None) -> None:
         super().reset(seed)
         self._seed = int(self.rng.integers(2**62))
-        self._nets: dict[str, _UtilityNet] = {}
-        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._core: _GUCore | None = None
         self._buffer_x: dict[str, list[np.ndarray]] = {}
         self._buffer_u: dict[str, list[np.ndarray]] = {}
         self._last_features: dict[str, np.ndarray] = {}
-        self._scaling: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self.n_updates = 0
 
-    def _net(self, agent: str) -> _UtilityNet:
-        if agent not in self._nets:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self._seed + self.env.possible_agents.index(agent))
-                self._nets[agent] = _UtilityNet(self.feature_dim, self.hidden)
-            self._optimizers[agent] = torch.optim.Adam(self._nets[agent].parameters(), lr=self.lr)
-        return self._nets[agent]
+    @property
+    def n_updates(self) -> int:
+        return 0 if self._core is None else self._core.n_updates
 
     def _training_set(self, agent: str, info: dict) -> tuple[np.ndarray, np.ndarray] | None:
         """Everything this robot shared so far and the utility it earned. Preferred: the env's feedback memory,
@@ -154,49 +255,72 @@ class GUPolicy(_P2PBase):
         return (np.concatenate(self._buffer_x[agent])[-self.max_buffer:],
                 np.concatenate(self._buffer_u[agent])[-self.max_buffer:])
 
-    def _learn(self, agent: str, info: dict) -> None:
-        """Fit the utility model to the feedback (supervised, binary cross-entropy on the utility)."""
-        data = self._training_set(agent, info)
-        if data is None:
-            return
-        # Standardise with the training set's statistics (unit-norm embeddings have tiny coordinates); kept for
-        # scoring. Recomputed every round: the robot's model, hence its feature space, may have changed.
-        mean, std = data[0].mean(axis=0), data[0].std(axis=0) + 1e-3
-        self._scaling[agent] = (mean, std)
-        x, u = torch.from_numpy((data[0] - mean) / std), torch.from_numpy(data[1])
-        net, optimizer = self._net(agent), self._optimizers[agent]
-        generator = torch.Generator().manual_seed(self._seed + 7919 * self.n_updates)
-        net.train()
-        for _ in range(self.train_steps):
-            batch = torch.randint(len(x), (min(len(x), 128),), generator=generator)
-            loss = F.binary_cross_entropy_with_logits(net(x[batch]), u[batch]) + 1e-4 * sum(
-                (p ** 2).sum() for p in net.parameters())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        self.n_updates += 1
-
     def act(self, observations, infos):
-        actions = {}
+        agents = [a for a in self.env.possible_agents if a in observations]
+        if self._core is None:
+            self._core = _GUCore(len(self.env.possible_agents), self.feature_dim, self.n_samples, self.n_share,
+                                 self.hidden, self.train_steps, self.lr, self.explore, self._seed, self.rng)
+        index = [self.env.possible_agents.index(a) for a in agents]
+        data = {a: self._training_set(a, infos.get(a, {})) for a in agents}
+        width = max([len(d[0]) for d in data.values() if d is not None], default=0)
+        n = self._core.n
+        x = np.zeros((n, max(width, 1), self.feature_dim), dtype=np.float32)
+        u = np.zeros((n, max(width, 1)), dtype=np.float32)
+        size = np.zeros(n, dtype=np.int64)
+        for a, i in zip(agents, index):
+            if data[a] is not None and len(data[a][0]):
+                size[i] = len(data[a][0])
+                x[i, :size[i]], u[i, :size[i]] = data[a]
+        features = np.zeros((n, self.n_samples, self.feature_dim), dtype=np.float32)
+        for a, i in zip(agents, index):
+            features[i] = np.asarray(observations[a][self.samples], np.float32).reshape(self.n_samples,
+                                                                                        self.feature_dim)
+            self._last_features[a] = features[i]
         with limited_torch_threads(1):
-            for agent, obs in observations.items():
-                self._learn(agent, infos.get(agent, {}))
-                features = np.asarray(obs[self.samples], np.float32).reshape(self.n_samples, self.feature_dim)
-                self._last_features[agent] = features
-                if agent not in self._nets:  # no feedback yet: random sharing, as the paper's untrained GU model
-                    actions[agent] = self.rng.random(self.n_samples).astype(np.float32)
-                    continue
-                net = self._nets[agent].eval()
-                mean, std = self._scaling[agent]
-                with torch.inference_mode():
-                    scores = torch.sigmoid(net(torch.from_numpy((features - mean) / std))).numpy().astype(np.float64)
-                scores = 0.5 * scores  # learned utility in [0, 0.5]; exploration picks go above
-                n_explore = round(self.explore * self.n_share)
-                if n_explore:
-                    rest = np.argsort(-scores, kind="stable")[self.n_share - n_explore:]
-                    scores[self.rng.choice(rest, size=n_explore, replace=False)] = 0.5 + 0.5 * self.rng.random(n_explore)
-                actions[agent] = scores.astype(np.float32)
-        return actions
+            self._core.learn(x, u, size)
+            scores = self._core.scores(features)
+        return {a: scores[i] for a, i in zip(agents, index)}
+
+
+class BatchedGUPolicy:
+    """The ``gu`` rule over a batched p2p scenario (``make_batched``): ``act(obs (B, N, obs_dim), infos)`` ->
+    scores (B, N, obs_per_round), all B x N utility nets trained in one call per step. Reads the env's feedback
+    memory (``feedback_memory`` > 0 is required)."""
+
+    name = "gu"
+
+    def __init__(self, batch, hidden: int = 64, train_steps: int = 200, lr: float = 3e-3, explore: float = 0.1,
+                 max_buffer: int = 5000) -> None:
+        if not batch.config.feedback_memory:
+            raise ValueError("BatchedGUPolicy reads the feedback memory: feedback_memory must be > 0")
+        self.batch = batch
+        self.kwargs = dict(hidden=hidden, train_steps=train_steps, lr=lr, explore=explore)
+        self.max_buffer = max_buffer
+        self.reset(None)
+
+    def reset(self, seed: int | None = None) -> None:
+        rng = np.random.default_rng(seed)
+        b = self.batch
+        self.core = _GUCore(b.num_envs * b.n_robots, b.sample_feature_dim, b.n_samples, b.n_share,
+                            seed=int(rng.integers(2**62)), rng=rng, **self.kwargs)
+
+    def act(self, observations: np.ndarray, infos: dict) -> np.ndarray:
+        b = self.batch
+        shape = (b.num_envs * b.n_robots,)
+        full = np.asarray(infos["feedback_memory_size"]).reshape(shape)
+        size = np.minimum(full, self.max_buffer)
+        width = max(int(size.max()), 1)
+        x = np.asarray(infos["feedback_memory_features"], np.float32).reshape(*shape, -1, b.sample_feature_dim)
+        u = np.asarray(infos["feedback_memory_utilities"], np.float32).reshape(*shape, -1)
+        if (full > size).any():  # the last max_buffer rows, as GUPolicy
+            rows = np.minimum((full - size)[:, None] + np.arange(width)[None, :], x.shape[1] - 1)
+            x, u = np.take_along_axis(x, rows[..., None], axis=1), np.take_along_axis(u, rows, axis=1)
+        features = np.asarray(observations[..., b.obs_layout["samples"]], np.float32).reshape(
+            *shape, b.n_samples, b.sample_feature_dim)
+        with limited_torch_threads(1):
+            self.core.learn(x[:, :width], u[:, :width], size)
+            scores = self.core.scores(features)
+        return scores.reshape(b.num_envs, b.n_robots, b.n_samples)
 
 
 # a view of the p2p scenario's policies in the one registry of datagames_env.policy

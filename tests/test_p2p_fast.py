@@ -120,7 +120,7 @@ def test_utility_is_the_fraction_of_receivers_whose_head_found_the_sample_novel(
                 for j in np.flatnonzero(scenario._adjacency[b, i]):
                     ids = np.zeros((2, 3, 1), dtype=np.int64)
                     ids[b, j, 0] = sent_rows[b, i, slot]
-                    score = scenario.heads.predict(ids).novelty("mahalanobis")[b, j, 0]
+                    score = scenario.heads.predict(ids).novelty(scenario.config.perception.novelty)[b, j, 0]
                     votes.append(score > thresholds[b, j])
                 assert t.infos["feedback_utilities"][b, i, slot] == pytest.approx(np.mean(votes), abs=1e-6)
     assert (t.infos["trained"] == 0).all()
