@@ -154,10 +154,13 @@ def plot(summary: list[dict], path: Path, seeds) -> None:
 
     axes = [a for a in dict.fromkeys(r["axis"] for r in summary) if a != "base"]
     base = next(r for r in summary if r["axis"] == "base")
-    fig, grid = plt.subplots(1, len(axes), figsize=(3.2 * len(axes), 3.2), sharey=True, squeeze=False)
-    for ax, axis in zip(grid[0], axes):
+    cols = (len(axes) + 1) // 2
+    fig, grid = plt.subplots(2, cols, figsize=(3.4 * cols, 6.4), sharey=True, squeeze=False)
+    for ax in grid.flat[len(axes):]:
+        ax.set_visible(False)
+    for ax, axis in zip(grid.flat, axes):
         key = next(r["key"] for r in summary if r["axis"] == axis)
-        rows = [r for r in summary if r["axis"] == axis] + [{**base, "value": _base_value(key)}]
+        rows = [r for r in summary if r["axis"] == axis] + [{**base, "value": BASE[key]}]
         rows.sort(key=lambda r: float(r["value"]))
         x = [float(r["value"]) for r in rows]
         for b in BASELINES:
@@ -166,21 +169,17 @@ def plot(summary: list[dict], path: Path, seeds) -> None:
             ax.errorbar(x, y, yerr=s, marker="o", capsize=2, label=f"DUAL - {b.split('/')[0]}")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log")
+        ax.set_xticks(x, [f"{v:g}" for v in x], fontsize=7)
+        ax.minorticks_off()
         ax.set_title(key, fontsize=9)
-    grid[0][0].set_ylabel("final test accuracy gain (pp)")
-    grid[0][-1].legend(fontsize=7)
-    fig.suptitle(f"DUAL gain, fast tier, seeds {seeds[0]}-{seeds[-1]} (mean ± s.e.); base {BASE}", fontsize=8)
+    for row in grid:
+        row[0].set_ylabel("final test accuracy gain (pp)")
+    grid[0][0].legend(fontsize=7)
+    fig.suptitle(f"DUAL (submodular upload + labeling) minus each baseline, fast tier, dual_default digits, seeds "
+                 f"{seeds[0]}-{seeds[-1]} (mean ± s.e.); one knob at a time around label_budget 4, alpha 0.1, "
+                 "12 robots, initial cloud 10, public split 5%", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-
-
-def _base_value(key: str):
-    from datagames_env.scenarios import load_scenario_config as load
-    cfg = load("dual_default", **BASE)
-    obj = cfg
-    for part in key.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def confirm(args) -> None:
@@ -228,9 +227,16 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--axes", default="", help="comma-separated subset of " + ",".join(AXES))
     p.add_argument("--confirm", action="store_true")
+    p.add_argument("--replot", action="store_true", help="redraw sweep.png from summary.csv")
     p.add_argument("--out", default=str(ROOT / "docs/results/fidelity_dual"))
     args = p.parse_args()
-    confirm(args) if args.confirm else sweep(args)
+    if args.replot:
+        with open(Path(args.out) / "summary.csv") as f:
+            rows = [{k: (float(v) if k.startswith("gain") or k.endswith(("mean", "std")) else v) for k, v in r.items()}
+                    for r in csv.DictReader(f)]
+        plot(rows, Path(args.out) / "sweep.png", parse_seeds(args.seeds))
+    else:
+        confirm(args) if args.confirm else sweep(args)
 
 
 if __name__ == "__main__":

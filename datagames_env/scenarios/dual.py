@@ -136,9 +136,9 @@ class DualPerceptionConfig(PerceptionConfig):
 
 
 class DualPrivacyConfig(PrivacyConfig):
-    """The shared privacy block; DUAL's default stamps 10% of the pool private so the filter acts (issue 19)."""
+    """The shared privacy block; DUAL's default stamps 2% of the pool private so the filter acts (issue 19)."""
 
-    private_fraction: float = Field(0.1, ge=0.0, le=1.0, description="share of samples stamped private (synthetic)")
+    private_fraction: float = Field(0.02, ge=0.0, le=1.0, description="share of samples stamped private (synthetic)")
 
 
 class DualConfig(_Strict):
