@@ -142,7 +142,8 @@ def sweep(args) -> None:
     print(f"\nseeds {seeds[0]}..{seeds[-1]} ({len(seeds)}), base {BASE}, {time.time() - started:.0f} s")
     print(f"largest DUAL gain over random/random: {best['gain vs random/random pp']:+.2f} pp "
           f"(± {best['gain vs random/random pp std']:.2f}, {best['gain vs random/random %']:+.1f}%) at "
-          f"{best['axis']} {best['key']}={best['value']}; there vs entropy {best['gain vs entropy/entropy pp']:+.2f} pp, "
+          f"{best['axis']} {best['key']}={best['value']}; "
+          f"there vs entropy {best['gain vs entropy/entropy pp']:+.2f} pp, "
           f"vs margin {best['gain vs margin/margin pp']:+.2f} pp")
     plot(summary, out / "sweep.png", seeds)
 
