@@ -307,7 +307,7 @@ def test_ppo_trains_p2p_and_dual_with_the_vector_runner_and_the_checkpoint_plays
     from agents.rllib_train import train
     from datagames_env.harness.episode import run_episode
     from datagames_env.policy import make_policy
-    from datagames_env.scenarios import make_parallel_env
+    from datagames_env.faces.pettingzoo import parallel_env as make_parallel_env
 
     result = train(_other_settings(config, iterations=2, out=str(tmp_path), run_name=config), log=lambda *a: None)
     assert [h["agent_steps"] for h in result["history"]] == [12, 24]
