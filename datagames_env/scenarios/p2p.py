@@ -416,6 +416,25 @@ class _Robot:
 # ------------------------------------------------------------------------------------------------------------ env
 
 
+def observation_layout(n_domains: int, n_classes: int, n_samples: int,
+                       embedding_dim: int) -> tuple[dict[str, slice], np.ndarray]:
+    """The observation layout of the module docstring (name -> slice) and its float32 lower bounds (the upper
+    bound is 1 everywhere): shared by both perception tiers."""
+    layout, start = {}, 0
+    for name, width in (("domain_hist", n_domains), ("class_hist", n_classes), ("confidence", 3),
+                        ("last_feedback", 1), ("rounds_left", 1)):
+        layout[name] = slice(start, start + width)
+        start += width
+    sample_dim = embedding_dim + n_classes
+    layout["context"] = slice(0, start)
+    layout["samples"] = slice(start, start + n_samples * sample_dim)
+    low = np.zeros(layout["samples"].stop, dtype=np.float32)
+    per_sample_low = np.zeros((n_samples, sample_dim), dtype=np.float32)
+    per_sample_low[:, :embedding_dim] = -1.0  # L2-normalised embeddings; probabilities in [0, 1]
+    low[layout["samples"]] = per_sample_low.ravel()
+    return layout, low
+
+
 class P2PScenario(Scenario):
     """Peer-to-peer GU sharing (see the module docstring)."""
 
@@ -435,22 +454,11 @@ class P2PScenario(Scenario):
         self.n_samples = cfg.obs_per_round
         self.embedding_dim = cfg.perception.embedding_dim
         self.sample_feature_dim = self.embedding_dim + self.n_classes
-        d, c = self.n_domains, self.n_classes
-        layout, start = {}, 0
-        for name, width in (("domain_hist", d), ("class_hist", c), ("confidence", 3), ("last_feedback", 1),
-                            ("rounds_left", 1)):
-            layout[name] = slice(start, start + width)
-            start += width
-        self.context_dim = start
-        layout["context"] = slice(0, start)
-        layout["samples"] = slice(start, start + self.n_samples * self.sample_feature_dim)
-        self._layout = layout
-        self.obs_dim = layout["samples"].stop
-        low = np.zeros(self.obs_dim, dtype=np.float32)
-        per_sample_low = np.zeros((self.n_samples, self.sample_feature_dim), dtype=np.float32)
-        per_sample_low[:, :self.embedding_dim] = -1.0
-        low[layout["samples"]] = per_sample_low.ravel()
-        self.observation_low, self.observation_high = low, np.ones(self.obs_dim, dtype=np.float32)
+        self._layout, self.observation_low = observation_layout(self.n_domains, self.n_classes, self.n_samples,
+                                                                self.embedding_dim)
+        self.context_dim = self._layout["context"].stop
+        self.obs_dim = self._layout["samples"].stop
+        self.observation_high = np.ones(self.obs_dim, dtype=np.float32)
         self.sample_spec = SampleSpec(self.context_dim, self.n_samples, self.sample_feature_dim,
                                           self.embedding_dim, self.n_share)
         self.action_width = self.n_samples

@@ -55,7 +55,8 @@ from ..perception.fast import BatchedHeads, FastFeatures, cached_features
 from .base import (BatchedScenario, BatchTransition, SampleSpec, Scenario, SnapshotError, check_snapshot_array,
                    check_snapshot_int, check_snapshot_rng, fault_rng, snapshot_entry)
 from .batching import BatchOfOne
-from .p2p import METADATA, TOTALS, P2PConfig, P2PScenario, P2PWorld, aggregate_votes, build_world, load_p2p_config
+from .p2p import (METADATA, TOTALS, P2PConfig, P2PScenario, P2PWorld, aggregate_votes, build_world, load_p2p_config,
+                  observation_layout)
 
 __all__ = ["FastWorld", "P2PFastBatched", "batched_scenario", "get_fast_world", "make_scenario", "warm_fast_perception"]
 
@@ -199,21 +200,11 @@ class P2PFastBatched(BatchedScenario):
         self.n_share, self.n_samples = cfg.n_share, cfg.obs_per_round
         self.embedding_dim = self.world.extracted.extractor.dim
         self.sample_feature_dim = self.embedding_dim + self.n_classes
-        layout, start = {}, 0
-        for name, width in (("domain_hist", self.n_domains), ("class_hist", self.n_classes), ("confidence", 3),
-                            ("last_feedback", 1), ("rounds_left", 1)):
-            layout[name] = slice(start, start + width)
-            start += width
-        self.context_dim = start
-        layout["context"] = slice(0, start)
-        layout["samples"] = slice(start, start + self.n_samples * self.sample_feature_dim)
-        self.obs_layout = layout
-        self.obs_dim = layout["samples"].stop
-        low = np.zeros(self.obs_dim, dtype=np.float32)
-        per_sample_low = np.zeros((self.n_samples, self.sample_feature_dim), dtype=np.float32)
-        per_sample_low[:, :self.embedding_dim] = -1.0
-        low[layout["samples"]] = per_sample_low.ravel()
-        self.observation_low, self.observation_high = low, np.ones(self.obs_dim, dtype=np.float32)
+        self.obs_layout, self.observation_low = observation_layout(self.n_domains, self.n_classes, self.n_samples,
+                                                                   self.embedding_dim)
+        self.context_dim = self.obs_layout["context"].stop
+        self.obs_dim = self.obs_layout["samples"].stop
+        self.observation_high = np.ones(self.obs_dim, dtype=np.float32)
         self.sample_spec = SampleSpec(self.context_dim, self.n_samples, self.sample_feature_dim, self.embedding_dim,
                                       self.n_share)
         self.action_width = self.n_samples
