@@ -277,17 +277,18 @@ def init_ray(address: str | None, torch_threads: int | None = None) -> None:
     import os
 
     from datagames_env.data.datasets import DATA_DIR_ENV_VAR
+    from datagames_env.harness.ray_runtime import start_ray
 
     if address in (None, "local"):
         env_vars = {"OMP_NUM_THREADS": str(torch_threads)} if torch_threads else {}
         if os.environ.get(DATA_DIR_ENV_VAR):
             env_vars[DATA_DIR_ENV_VAR] = os.environ[DATA_DIR_ENV_VAR]
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": env_vars})
+        start_ray(None, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                  runtime_env={"env_vars": env_vars})
     else:  # a cluster: its nodes read the data folder given to `datagames train --data-dir`
         data_dir = os.environ.get(DATA_DIR_ENV_VAR)
-        ray.init(address=address, log_to_driver=False,
-                 runtime_env={"env_vars": {DATA_DIR_ENV_VAR: data_dir}} if data_dir else None)
+        start_ray(address, log_to_driver=False,
+                  runtime_env={"env_vars": {DATA_DIR_ENV_VAR: data_dir}} if data_dir else None)
 
 
 def ray_version() -> str:

@@ -49,6 +49,24 @@ def one_torch_thread():
 RUNNER_RESOURCE = "datagames_runner"
 
 
+def _start_two_node_cluster(cluster_class, attempts: int = 2):
+    """Ray gives each raylet a fixed 30 s to register (see datagames_env/harness/ray_runtime.py); on a loaded
+    two-core machine that can run out although nothing is wrong, so a cluster that times out is started again."""
+    from datagames_env.harness.ray_runtime import STARTUP_TIMEOUT_TEXT
+
+    for attempt in range(1, attempts + 1):
+        cluster = cluster_class(initialize_head=False)
+        try:
+            cluster.add_node(num_cpus=1, include_dashboard=False)  # the head
+            worker = cluster.add_node(num_cpus=1, resources={RUNNER_RESOURCE: 1})
+            cluster.wait_for_nodes()
+            return cluster, worker
+        except Exception as exc:
+            cluster.shutdown()
+            if STARTUP_TIMEOUT_TEXT not in str(exc) or attempt == attempts:
+                raise
+
+
 @pytest.fixture
 def two_node_cluster(monkeypatch):
     """A head node (driver, learner) and a second node that alone holds the env-runner resource. Both are
@@ -65,10 +83,8 @@ def two_node_cluster(monkeypatch):
     # (short: Unix socket paths are limited to 107 characters).
     temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
     monkeypatch.setenv("RAY_TMPDIR", temp_dir)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster, worker = _start_two_node_cluster(Cluster)
     try:
-        worker = cluster.add_node(num_cpus=1, resources={RUNNER_RESOURCE: 1})
-        cluster.wait_for_nodes()
         yield cluster, worker
     finally:
         ray.shutdown()

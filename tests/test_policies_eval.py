@@ -167,3 +167,46 @@ def test_interactive_sum_takes_the_same_actions_with_fewer_messages():
     assert full.last_stats["sweeps"] == summed.last_stats["sweeps"]
     assert full.last_stats["messages"] == n * (n - 1) * (1 + full.last_stats["sweeps"])
     assert summed.last_stats["messages"] == n + 2 * n * summed.last_stats["sweeps"]
+
+
+class _FakeRay:
+    """Stands in for the ``ray`` module: ``init`` raises the given errors in turn, then succeeds."""
+
+    def __init__(self, errors):
+        self.errors, self.inits, self.shutdowns = list(errors), [], 0
+
+    def is_initialized(self):
+        return False
+
+    def init(self, address=None, **kwargs):
+        self.inits.append(address)
+        if self.errors:
+            raise self.errors.pop(0)
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def test_a_local_ray_start_that_times_out_is_tried_again_and_a_cluster_address_is_not(monkeypatch):
+    import sys
+
+    from datagames_env.harness.ray_runtime import LOCAL_START_ATTEMPTS, start_ray
+
+    timeout = Exception("The current node timed out during startup. This could happen because ...")
+    fake = _FakeRay([timeout, timeout])
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    start_ray("local", log_to_driver=False)
+    assert fake.inits == [None, None, None] and fake.shutdowns == 2
+
+    fake = _FakeRay([timeout] * LOCAL_START_ATTEMPTS)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(Exception, match="timed out during startup"):
+        start_ray(None)
+    assert len(fake.inits) == LOCAL_START_ATTEMPTS
+
+    for address, error in (("ray://head:10001", timeout), (None, ConnectionError("refused"))):
+        fake = _FakeRay([error])
+        monkeypatch.setitem(sys.modules, "ray", fake)
+        with pytest.raises(type(error)):
+            start_ray(address)
+        assert fake.inits == [address] and fake.shutdowns == 0

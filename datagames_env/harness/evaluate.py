@@ -44,8 +44,9 @@ def _run_pool(jobs: list[Job], workers: int, on_done) -> list[dict]:
 def _run_ray(jobs: list[Job], address: str, on_done) -> list[dict]:
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, ignore_reinit_error=True, log_to_driver=False)
+    from datagames_env.harness.ray_runtime import start_ray
+
+    start_ray(address, ignore_reinit_error=True, log_to_driver=False)
     remote = ray.remote(num_cpus=1)(run_job)
     pending = [remote.remote(job) for job in jobs]
     results = []
