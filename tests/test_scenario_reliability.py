@@ -19,7 +19,7 @@ from datagames_env.scenarios.base import SnapshotError
 DATAGAMES = {"n_robots": 3, "rounds": 4, "obs_per_round": 20, "n_cache": 3}
 DUAL = {"n_robots": 3, "rounds": 4, "obs_per_round": 20, "n_cache": 3, "label_budget": 4,
         "initial_cloud_size": 30, "perception.train_steps": 30,
-        "privacy.private_fraction": 0.0}  # old default: with 0.02 a drift_mixes fault is not atomic
+        "privacy.private_fraction": 0.02}
 P2P = {"rounds": 4, "obs_per_round": 20, "perception.train_steps": 30, "ood.calibration_size": 20,
        "perception.tier": "paper"}  # these tests patch P2PScenario internals (the fast tier: test_p2p_fast.py)
 

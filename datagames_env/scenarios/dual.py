@@ -442,6 +442,8 @@ class DualScenario(Scenario):
         saved = dict(vars(self))
         saved["states"] = self.states.copy()  # the stream kernel advances it in place
         saved["_history_length"] = len(self.history)  # a step appends one record
+        if hasattr(self, "_row_view_cache"):  # a memo that the step grows in place (private rows are blurred)
+            saved["_row_view_cache"] = dict(self._row_view_cache)
         saved["_rng_state"] = self.rng.bit_generator.state
         return saved
 
