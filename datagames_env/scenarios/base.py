@@ -55,7 +55,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["FAULT_STREAMS", "SNAPSHOT_VERSION", "BatchTransition", "BatchedScenario", "SampleSpec", "fault_rng", "Scenario", "Snapshot", "SnapshotError", "Transition", "active_mask",
+__all__ = ["FAULT_STREAMS", "SNAPSHOT_VERSION", "BatchTransition", "BatchedScenario", "SampleSpec", "fault_rng", "Scenario", "Snapshot", "SnapshotDefaults", "SnapshotError", "Transition", "active_mask",
            "atomic_step", "check_snapshot_array", "check_snapshot_int", "check_snapshot_rng", "config_digest",
            "content_digest", "snapshot_entry"]
 
@@ -235,7 +235,25 @@ def atomic_step(step):
     return wrapper
 
 
-class Scenario(abc.ABC):
+class SnapshotDefaults:
+    """What a scenario without snapshots answers (both protocols below share it); scenarios with snapshots
+    override all four."""
+
+    def snapshot_state(self) -> dict:
+        raise NotImplementedError(f"{type(self).__name__} does not support snapshots")
+
+    def check_snapshot_state(self, state: dict) -> None:
+        """Raise :class:`SnapshotError` naming the field if ``state`` does not fit this scenario."""
+
+    def restore_state(self, state: dict) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support snapshots")
+
+    def content_arrays(self) -> tuple[Any, list[np.ndarray]]:
+        """``(owner, arrays)``: the data behind the scenario (hashed once per owner into the snapshot digest)."""
+        return None, []
+
+
+class Scenario(SnapshotDefaults, abc.ABC):
     """Base of the scenarios (see the module docstring)."""
 
     metadata: ClassVar[dict[str, Any]]
@@ -305,19 +323,6 @@ class Scenario(abc.ABC):
         vars(self).clear()
         vars(self).update(saved)
 
-    def snapshot_state(self) -> dict:
-        raise NotImplementedError(f"{type(self).__name__} does not support snapshots")
-
-    def check_snapshot_state(self, state: dict) -> None:
-        """Raise :class:`SnapshotError` naming the field if ``state`` does not fit this scenario."""
-
-    def restore_state(self, state: dict) -> None:
-        raise NotImplementedError(f"{type(self).__name__} does not support snapshots")
-
-    def content_arrays(self) -> tuple[Any, list[np.ndarray]]:
-        """``(owner, arrays)``: the data behind the scenario (hashed once per owner into the snapshot digest)."""
-        return None, []
-
     def snapshot_digest(self) -> str:
         """The digest a snapshot carries: the config and the content of the data (:func:`config_digest`)."""
         owner, arrays = self.content_arrays()
@@ -364,7 +369,7 @@ class BatchTransition:
     infos: dict[str, Any]     # fixed schema: ``robot_info_keys`` lead with (B, N), ``env_info_keys`` with (B,)
 
 
-class BatchedScenario(abc.ABC):
+class BatchedScenario(SnapshotDefaults, abc.ABC):
     """A scenario over B environments at once (VMAS's batched ``Scenario``, JaxMARL's ``step_env``): the contract
     every batched face (``vector_env``, ``torchrl_env``, BenchMARL, the SB3 and RLlib fast paths) is built on.
 
@@ -424,18 +429,6 @@ class BatchedScenario(abc.ABC):
     @abc.abstractmethod
     def privileged_view(self) -> dict[str, Any]:
         """Oracle-only truth of every env."""
-
-    def snapshot_state(self) -> dict:
-        raise NotImplementedError(f"{type(self).__name__} does not support snapshots")
-
-    def check_snapshot_state(self, state: dict) -> None:
-        """Raise :class:`SnapshotError` naming the field if ``state`` does not fit."""
-
-    def restore_state(self, state: dict) -> None:
-        raise NotImplementedError(f"{type(self).__name__} does not support snapshots")
-
-    def content_arrays(self) -> tuple[Any, list[np.ndarray]]:
-        return None, []
 
     def render(self, mode: str, b: int = 0) -> str | np.ndarray | None:
         raise NotImplementedError(f"{type(self).__name__} does not render")
