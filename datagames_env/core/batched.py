@@ -163,6 +163,9 @@ class BatchedCore:
         self.obs_layout = layout
         self.obs_dim = start
         self._check_memory()
+        # what _begin saves: every name of _STEP_STATE a step of this config sets (stream positions: selection)
+        self._step_state = tuple(name for name in self._STEP_STATE
+                                 if name != "stream_positions" or cfg.action_mode == "selection")
         self._versions = _VersionTable(self.world)
         self.round_index = 0
         self._needs_reset = True
@@ -302,7 +305,7 @@ class BatchedCore:
             where = f"env {b}, " if self.num_envs > 1 else ""
             raise ValueError(f"{where}robot_{i}: action contains {kind}: {actions[b, i]}")
         # a copy: the caller's array is never modified
-        return np.clip(actions, 0.0, 1.0) if self.cfg.action_mode == "allocation" else actions
+        return actions.clip(0.0, 1.0) if self.cfg.action_mode == "allocation" else actions
 
     def upload_counts(self, shares: np.ndarray) -> np.ndarray:
         """Allocation shares (validated) -> integer uploads per predicted class, (B, N, C)."""
@@ -327,10 +330,12 @@ class BatchedCore:
                    "ledger_predicted")
 
     def _begin(self) -> dict:
-        saved = {name: getattr(self, name) for name in self._STEP_STATE if hasattr(self, name)}
+        saved = {name: getattr(self, name) for name in self._step_state}
         saved["states"] = self.states.copy()            # the kernels advance the xoshiro states in place
         saved["robot_version"] = self.robot_version.copy()  # written in place by _assign_models
-        saved["rng_states"] = [rng.bit_generator.state for rng in self.rngs]
+        # only the drift of the mixes draws from the episode Generators during a step: without it they stay put
+        # (reading B generator states costs more than the rest of a small step)
+        saved["rng_states"] = [rng.bit_generator.state for rng in self.rngs] if self.cfg.stream.drift > 0 else None
         saved["versions"] = dict(vars(self._versions))  # reset/build rebind its members; the cache may stay
         return saved
 
@@ -339,12 +344,11 @@ class BatchedCore:
         for name in ("ledger_ids", "ledger_labels", "ledger_predicted"):
             if getattr(self, name) is saved[name] and r < saved[name].shape[1]:
                 saved[name][:, r] = -1  # the one row a step writes in place (it was empty: rounds go forward)
-        for name in self._STEP_STATE:
-            if name in saved:
-                setattr(self, name, saved[name])
+        for name in self._step_state:
+            setattr(self, name, saved[name])
         self.states[...] = saved["states"]
         self.robot_version[...] = saved["robot_version"]
-        for rng, state in zip(self.rngs, saved["rng_states"]):
+        for rng, state in zip(self.rngs, saved["rng_states"] or ()):
             rng.bit_generator.state = state
         derived = self._versions._derived  # a cache of pure functions of a version: keep what was computed
         vars(self._versions).clear()
@@ -372,7 +376,8 @@ class BatchedCore:
             ids = np.empty((b_n, n, k), dtype=np.int64)
             labels = np.empty_like(ids)
             predicted = np.empty_like(ids)
-            counts = self.upload_counts(actions)
+            counts = np.zeros(self.histograms.shape, dtype=np.int64)  # upload_counts without re-checking dtypes
+            kernels.allocate_uploads(actions, self.histograms, int(k), counts)
             if active is not None:
                 counts *= active[:, :, None]
             kernels.draw_uploads(self.states, counts, self.mixes, self.robot_version,

@@ -127,29 +127,38 @@ class FleetParallelEnv(ParallelEnv):
     def step(self, actions: dict):
         matrix = self._action_matrix(actions)
         agents = list(self.agents)
-        present = set(agents)  # membership tests on a set: O(N) per step, not O(N^2), at fleet sizes
-        active = np.array([a in present and a not in self._offline for a in self.possible_agents])
-        transition = self.scenario.step(matrix, None if active.all() else active)
+        if not self._offline and agents == self.possible_agents:
+            active = None  # every robot acts
+        else:
+            present = set(agents)  # membership tests on a set: O(N) per step, not O(N^2), at fleet sizes
+            active = np.array([a in present and a not in self._offline for a in self.possible_agents])
+        transition = self.scenario.step(matrix, None if active is None or active.all() else active)
         going, returning = self._fault_dropouts(transition.terminated, active)
         self._offline = (self._offline | set(going)) - set(returning)
-        observations = {a: transition.observations[self._index[a]] for a in agents}
+        if agents == self.possible_agents:  # every robot present, in order: rows by position
+            observations = dict(zip(agents, transition.observations))
+            rewards = dict(zip(agents, np.asarray(transition.rewards, dtype=np.float64).tolist()))
+        else:
+            observations = {a: transition.observations[self._index[a]] for a in agents}
+            rewards = {a: float(transition.rewards[self._index[a]]) for a in agents}
         infos = self._own_infos(transition.infos, agents)
-        rewards = {a: float(transition.rewards[self._index[a]]) for a in agents}
-        terminations = {a: bool(transition.terminated) for a in agents}
-        truncations = {a: False for a in agents}
+        terminations = dict.fromkeys(agents, bool(transition.terminated))
+        truncations = dict.fromkeys(agents, False)
         if transition.terminated:
             self.agents = []
         if self.render_mode == "human":
             self.render()
         return observations, rewards, terminations, truncations, infos
 
-    def _fault_dropouts(self, terminated: bool, active: np.ndarray) -> tuple[list[str], list[str]]:
+    def _fault_dropouts(self, terminated: bool, active: np.ndarray | None) -> tuple[list[str], list[str]]:
         """Who goes offline and who comes back after this step (module docstring): one uniform draw per robot per
         round from the scenario's ``agents`` fault generator, so a robot's draws do not depend on the others."""
         faults = self.scenario.faults
         if terminated or faults is None or not faults.dropout:
             return [], []
         draws = self.scenario.fault_rngs["agents"].random(len(self.possible_agents))
+        if active is None:
+            active = np.ones(len(self.possible_agents), dtype=bool)
         going = [a for a, on, u in zip(self.possible_agents, active, draws) if on and u < faults.dropout]
         returning = [a for a, u in zip(self.possible_agents, draws) if a in self._offline and u < faults.rejoin]
         return going, returning
@@ -191,6 +200,9 @@ class FleetParallelEnv(ParallelEnv):
         """``(n_robots, action_width)`` float64, row i robot i's action; every check names the robot at fault."""
         if not self.agents:
             raise RuntimeError("step() called before reset() or after the episode ended: call reset()")
+        fast = self._stacked_actions(actions)
+        if fast is not None:
+            return fast
         strangers = [a for a in self.agents if a not in self._index]
         if strangers:
             raise ValueError(f"agents holds unknown names {strangers}: robots may leave agents, not join it")
@@ -220,6 +232,23 @@ class FleetParallelEnv(ParallelEnv):
                 raise ValueError(f"{agent}: action contains NaN or inf: {row}")
             if agent not in self._offline:  # an offline robot's action is checked, then ignored
                 matrix[self._index[agent]] = row
+        return matrix
+
+    def _stacked_actions(self, actions: Any) -> np.ndarray | None:
+        """The action matrix in one conversion when every robot is present, online and in order, the dict has
+        exactly their actions and every one is a finite ``(width,)`` array; None otherwise (the checks of
+        :meth:`_action_matrix` then name the robot at fault)."""
+        if (type(actions) is not dict or self._offline or self.agents != self.possible_agents
+                or actions.keys() != self._index.keys()):
+            return None
+        try:
+            matrix = np.array([actions[a] for a in self.possible_agents], dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
+        if matrix.shape != (len(self.possible_agents), self.scenario.action_width):
+            return None
+        if self.scenario.checks_finite and not np.isfinite(matrix).all():
+            return None
         return matrix
 
     # -------------------------------------------------------------------------------------------- snapshots

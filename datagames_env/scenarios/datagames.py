@@ -211,28 +211,37 @@ class DataGamesScenario(Scenario):
     def _infos(self, result=None) -> list[dict]:
         # one fresh array per quantity per step; robots get row views of it (never mutated afterwards).
         # Fixed schema (TorchRL, seed_test): the same keys at reset and every step, numbers and arrays only.
+        # Built row by row with zip (no per-robot indexing): this runs every step of parallel_env.
         core = self.core
-        feasible = core.estimated_feasible_matrices()[0]
+        cfg = core.cfg
+        n, k = self.n_robots, cfg.n_cache
+        feasible = core.estimated_feasible_matrices()[0]  # fresh
         available = core.histograms[0].copy()
         mixes = core.estimated_mixes[0].copy()
-        n = self.n_robots
-        cloud = np.repeat(core.cloud_counts[:1], n, axis=0)  # a row per robot: no robot's array aliases another's
-        target = np.repeat(self._target_counts[None], n, axis=0)
+        cloud = np.empty((n, core.n_classes))  # a row per robot: no robot's array aliases another's
+        cloud[:] = core.cloud_counts[0]
+        target = np.empty((n, core.n_classes))
+        target[:] = self._target_counts
         distance = float(core.distance[0])
-        shared = {"n_cache": core.cfg.n_cache, "distance": distance}
-        if result is not None:
-            labels, predicted = result.uploaded_labels[0].copy(), result.uploaded_predicted[0].copy()
+        round_index = core.round_index
+        if result is not None:  # the step's upload arrays are fresh and the core keeps no reference to them
+            labels, predicted = result.uploaded_labels[0], result.uploaded_predicted[0]
         else:  # nothing uploaded yet: every slot unused
-            labels = np.full((self.n_robots, core.cfg.n_cache), -1, dtype=np.int64)
+            labels = np.full((n, k), -1, dtype=np.int64)
             predicted = labels.copy()
-        if core.cfg.final_accuracy:  # -1 until the episode's last step computed it
+        n_uploaded = np.count_nonzero(labels >= 0, axis=1).tolist()  # slots are filled from the left
+        rows = zip(available, feasible, mixes, cloud, target, labels, predicted, n_uploaded)
+        if cfg.final_accuracy:  # -1 until the episode's last step computed it
             final = result.final_test_accuracy if result is not None else None
-            shared["final_test_accuracy"] = float(final[0]) if final is not None else -1.0
-        n_uploaded = (labels >= 0).sum(axis=1).tolist()  # slots are filled from the left
-        return [{"available": available[i], "feasible_matrix": feasible[i], "estimated_mix": mixes[i],
-                 "round": core.round_index, "cloud_counts": cloud[i], "target_counts": target[i], **shared,
-                 "uploaded_true_labels": labels[i], "uploaded_predicted_labels": predicted[i],
-                 "n_uploaded": n_uploaded[i]} for i in range(n)]
+            final = float(final[0]) if final is not None else -1.0
+            return [{"available": a, "feasible_matrix": f, "estimated_mix": m, "round": round_index,
+                     "cloud_counts": cc, "target_counts": t, "n_cache": k, "distance": distance,
+                     "final_test_accuracy": final, "uploaded_true_labels": ul, "uploaded_predicted_labels": up,
+                     "n_uploaded": u} for a, f, m, cc, t, ul, up, u in rows]
+        return [{"available": a, "feasible_matrix": f, "estimated_mix": m, "round": round_index,
+                 "cloud_counts": cc, "target_counts": t, "n_cache": k, "distance": distance,
+                 "uploaded_true_labels": ul, "uploaded_predicted_labels": up, "n_uploaded": u}
+                for a, f, m, cc, t, ul, up, u in rows]
 
     # ------------------------------------------------------------------------------ global / privileged
     def state(self) -> np.ndarray:
