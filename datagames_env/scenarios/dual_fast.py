@@ -48,6 +48,7 @@ from ..core import draws, kernels
 from ..data.privacy import PrivacyFilter
 from ..perception import limited_torch_threads, uncertainty
 from ..perception.fast import BatchedHeads, FastFeatures, cached_features
+from ..selection.kernels import dense_greedy_picks
 from ..selection.submodular import FacilityLocation, block_rows_for, lazy_greedy
 from .base import BatchedScenario, BatchTransition, Scenario, SnapshotError, check_snapshot_array, check_snapshot_int
 from .base import check_snapshot_rng, snapshot_entry
@@ -132,6 +133,7 @@ class FastDual(BatchedScenario):
         set_observation_layout(self, cfg, c)
         self.state_dim = cfg.n_robots * self.obs_dim
         self.filter = PrivacyFilter.from_config(cfg.privacy)
+        self._position_buffer = np.full(len(w.features), -1, dtype=np.int64)  # row -> ground position, scratch
         self._filtered = np.full(len(w.robot_features), -1, dtype=np.int8)  # per sample id: the filter's verdict
         self.extracted = fast_features(cfg, w)
         if self.extracted.features.shape[1] != self.embedding_dim:
@@ -281,7 +283,13 @@ class FastDual(BatchedScenario):
         out = np.zeros((b_n, len(ground_rows)))
         if k == 0 or len(ground_rows) == 0:
             return out
-        ref_index = torch.from_numpy(np.where(valid, ref_rows, 0))
+        ref_np = np.where(valid, ref_rows, 0)
+        ref_index = torch.from_numpy(ref_np)
+        # each reference's position among the ground rows (distinct), -1 where it is not one
+        position = self._position_buffer
+        position[ground_rows] = np.arange(len(ground_rows))
+        ref_position = position[ref_np]
+        position[ground_rows] = -1
         ref = self._unit_t[ref_index]  # (B, K, d)
         mask = None if valid.all() else torch.from_numpy(~valid)[:, :, None]
         step = max(1, block_rows_for(b_n * k, cfg.max_block_bytes))
@@ -294,7 +302,9 @@ class FastDual(BatchedScenario):
                 if mask is not None:
                     dots.masked_fill_(mask, -float("inf"))
                 top = dots.amax(dim=1)  # (B, g); max with indices is 10x slower: the argmax only where it matters
-                itself = _argmax_is_itself(dots, ref_index, ground_rows[start:start + step])
+                in_chunk = (ref_position >= start) & (ref_position < start + step)
+                itself = _argmax_is_itself(dots, ref_np, np.where(in_chunk, ref_position - start, -1),
+                                           ground_rows[start:start + step])
                 nearest = top.mul_(-2.0).add_(2.0).clamp_(min=0.0).masked_fill_(itself, 0.0).sqrt_()
                 best = (nearest.square_().mul_(-0.5).add_(1.0) if cfg.kernel == "cosine"
                         else nearest.mul_(cfg.kernel_scale).add_(1.0).reciprocal_())
@@ -626,25 +636,14 @@ class FastDual(BatchedScenario):
             sims = (dist.square_().mul_(-0.5).add_(1.0) if cfg.kernel == "cosine"
                     else dist.mul_(cfg.kernel_scale).add_(1.0).reciprocal_())  # (E, cand, ground) float32
             sims.clamp_(min=0.0)
-            cov = torch.from_numpy(covered.astype(np.float32))
-            w = torch.from_numpy(weights.astype(np.float32))[:, :, None]
-            blocked = torch.from_numpy(~valid)
-            arange = torch.arange(e)
-            n_steps = int(steps.max())
-            picks = torch.full((e, n_steps), -1, dtype=torch.int64)
-            steps_t = torch.from_numpy(steps)
-            residual = torch.empty_like(sims)
-            for t in range(n_steps):
-                torch.sub(sims, cov[:, None, :], out=residual)
-                gains = torch.bmm(residual.clamp_(min=0.0), w)[:, :, 0].masked_fill_(blocked, -1.0)
-                best_gain, best = gains.max(dim=1)
-                active = (t < steps_t) & (best_gain > 0)  # gains only shrink: once none is positive, none will be
-                picks[:, t] = torch.where(active, best, -1)
-                cov = torch.where(active[:, None], torch.maximum(cov, sims[arange, best]), cov)
-                blocked[arange, best] |= active
-            value = (cov.double() * w[:, :, 0].double()).sum(dim=1).numpy()
-        picks_np = picks.numpy()
-        return [(row[row >= 0], float(value[j])) for j, row in enumerate(picks_np)]
+        # the steps: one compiled pass per env and step over its own (unpadded) block (selection.kernels)
+        cov = covered.astype(np.float32)
+        w = weights.astype(np.float32)
+        picks = np.full((e, max(int(steps.max()), 1)), -1, dtype=np.int64)
+        dense_greedy_picks(sims.numpy(), cov, w, valid.sum(axis=1), steps, picks)
+        with limited_torch_threads(1):
+            value = (torch.from_numpy(cov).double() * torch.from_numpy(w).double()).sum(dim=1).numpy()
+        return [(row[row >= 0], float(value[j])) for j, row in enumerate(picks)]
 
     # -------------------------------------------------------------------------------------- read-outs
     def _observations(self) -> np.ndarray:
@@ -823,25 +822,20 @@ class FastDual(BatchedScenario):
         return dataset, [dataset.features, dataset.labels]
 
 
-def _argmax_is_itself(dots: torch.Tensor, ref_index: torch.Tensor, ground: np.ndarray) -> torch.Tensor:
+def _argmax_is_itself(dots: torch.Tensor, ref_index: np.ndarray, ref_position: np.ndarray,
+                      ground: np.ndarray) -> torch.Tensor:
     """(B, g) bool: whether the first reference of largest dot product (``dots`` (B, K, g)) is the ground row
-    itself, as ``ref_index.gather(1, dots.max(dim=1).indices) == ground``. Only a ground row that is one of env b's
-    reference rows can be its own argmax, so the argmax runs on those (at most K) columns only. ``ground``: distinct
-    rows."""
+    itself, as ``ref_index.gather(1, dots.max(dim=1).indices) == ground`` (max with indices is ~10x slower than
+    ``amax``). Only a ground row that is one of env b's references can be its own argmax: the argmax runs on those
+    (at most K) columns only. ``ref_position`` (B, K): each reference's position in ``ground`` (-1: not in it)."""
     b_n, k, g = dots.shape
-    out = torch.zeros((b_n, g), dtype=torch.bool)
-    refs = ref_index.numpy()
-    order = np.argsort(ground, kind="stable")
-    at = np.minimum(np.searchsorted(ground[order], refs), g - 1)
-    env, slot = np.nonzero(ground[order][at] == refs)
-    if len(env) == 0:
-        return out
-    pairs = np.unique(env * g + order[at[env, slot]])  # (env, ground position), each once
-    env, pos = pairs // g, pairs % g
-    env_t, pos_t = torch.from_numpy(env), torch.from_numpy(pos)
-    first = dots[env_t, :, pos_t].max(dim=1).indices  # (P,) the same first-max rule on the same values
-    out[env_t, pos_t] = torch.from_numpy(refs[env, first.numpy()] == ground[pos])
-    return out
+    out = np.zeros((b_n, g), dtype=bool)
+    env, slot = np.nonzero(ref_position >= 0)
+    if len(env):
+        pos = ref_position[env, slot]
+        first = dots.numpy()[env, :, pos].argmax(axis=1)  # numpy's argmax: the first maximum too
+        out[env, pos] = ref_index[env, first] == ground[pos]
+    return torch.from_numpy(out)
 
 
 def _copied(value: Any) -> Any:
