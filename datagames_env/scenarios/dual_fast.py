@@ -48,7 +48,7 @@ from ..core import draws, kernels
 from ..data.privacy import PrivacyFilter
 from ..perception import limited_torch_threads, uncertainty
 from ..perception.fast import BatchedHeads, FastFeatures, cached_features
-from ..selection.kernels import dense_greedy_picks
+from ..selection.kernels import dense_greedy_picks, squared_unit_distances, unit_similarities
 from ..selection.submodular import FacilityLocation, block_rows_for, lazy_greedy
 from .base import BatchedScenario, BatchTransition, Scenario, SnapshotError, check_snapshot_array, check_snapshot_int
 from .base import check_snapshot_rng, snapshot_entry
@@ -630,17 +630,18 @@ class FastDual(BatchedScenario):
         with limited_torch_threads(1):
             x = self._unit_t[torch.from_numpy(rows)]
             # unit rows: |a - b|^2 = 2 - 2 a.b (one batched matmul); a row's distance to itself is 0
-            dist = (x @ x.transpose(1, 2)).mul_(-2.0).add_(2.0).clamp_(min=0.0)
-            dist.diagonal(dim1=1, dim2=2).zero_()
-            dist.sqrt_()
-            sims = (dist.square_().mul_(-0.5).add_(1.0) if cfg.kernel == "cosine"
-                    else dist.mul_(cfg.kernel_scale).add_(1.0).reciprocal_())  # (E, cand, ground) float32
-            sims.clamp_(min=0.0)
-        # the steps: one compiled pass per env and step over its own (unpadded) block (selection.kernels)
+            dots = x @ x.transpose(1, 2)
+            # the kernel, each env on its own block, then the greedy steps: compiled passes (selection.kernels);
+            # the square root stays torch's over the same padded block (its float32 sqrt is not always the
+            # correctly rounded one, and which of its paths an entry takes depends on where it lies)
+            sizes = valid.sum(axis=1)
+            squared_unit_distances(dots.numpy(), sizes)
+            sims = dots.sqrt_().numpy()
+        unit_similarities(sims, sizes, cfg.kernel == "cosine", np.float32(cfg.kernel_scale))
         cov = covered.astype(np.float32)
         w = weights.astype(np.float32)
         picks = np.full((e, max(int(steps.max()), 1)), -1, dtype=np.int64)
-        dense_greedy_picks(sims.numpy(), cov, w, valid.sum(axis=1), steps, picks)
+        dense_greedy_picks(sims, cov, w, sizes, steps, picks)
         with limited_torch_threads(1):
             value = (torch.from_numpy(cov).double() * torch.from_numpy(w).double()).sum(dim=1).numpy()
         return [(row[row >= 0], float(value[j])) for j, row in enumerate(picks)]
