@@ -19,39 +19,61 @@ __all__ = ["dense_greedy_picks", "squared_unit_distances", "unit_similarities"]
 
 
 @njit(cache=True)
+def _gain(sims, covered, weights, e, i, m):  # pragma: no cover - compiled
+    acc = np.float32(0.0)
+    for j in range(m):
+        residual = sims[e, i, j] - covered[e, j]
+        if residual > np.float32(0.0):
+            acc = acc + residual * weights[e, j]
+    return acc
+
+
+@njit(cache=True)
 def dense_greedy_picks(sims, covered, weights, sizes, steps, picks):  # pragma: no cover - compiled
     """Greedy facility location per problem e, each on its own ``sizes[e]`` leading rows and columns.
 
     ``sims`` float32 (E, M, M): similarity of candidate i to ground entry j; ``covered`` float32 (E, M): each
-    ground entry's coverage, raised in place by every pick; ``weights`` float32 (E, M); ``steps`` int64 (E,): at
-    most this many picks; ``picks`` int64 (E, T) filled from the left, -1 after the last pick. Each step picks the
-    first candidate of largest gain ``sum_j weights_j * max(sims_ij - covered_j, 0)`` among those not picked, and
-    stops when no gain is positive (gains only shrink). The gain is a float32 sum in column order: the arithmetic
-    of a (M, M) @ (M, 1) product of the clamped residuals (measured bit for bit against ``torch.bmm``), one pass
-    and no temporaries instead of three passes over a padded (E, M, M) block per step.
+    ground entry's coverage, raised in place by every pick; ``weights`` float32 (E, M), >= 0; ``steps`` int64
+    (E,): at most this many picks; ``picks`` int64 (E, T) filled from the left, -1 after the last pick. Each step
+    picks the first candidate of largest gain ``sum_j weights_j * max(sims_ij - covered_j, 0)`` among those not
+    picked, and stops when no gain is positive. The gain is a float32 sum in column order: the arithmetic of a
+    (M, M) @ (M, 1) product of the clamped residuals (measured bit for bit against ``torch.bmm``).
+
+    Lazy and still exact: every term of that sum can only shrink as coverage rises, and float32 rounding is
+    monotone, so a candidate's last computed gain bounds its gain now. After the first step (all gains), a step
+    evaluates candidates by decreasing bound and stops at the first bound below the best gain found; the pick is
+    the one the full scan makes (ties: the lower index).
     """
-    n_problems = sims.shape[0]
     zero = np.float32(0.0)
-    for e in range(n_problems):
+    for e in range(sims.shape[0]):
         m = sizes[e]
         picked = np.zeros(m, dtype=np.bool_)
+        bound = np.empty(m, dtype=np.float32)
+        for i in range(m):
+            bound[i] = _gain(sims, covered, weights, e, i, m)
         for t in range(steps[e]):
             best = -1
             best_gain = zero
-            for i in range(m):
-                if picked[i]:
-                    continue
-                acc = zero
-                for j in range(m):
-                    residual = sims[e, i, j] - covered[e, j]
-                    if residual > zero:
-                        acc = acc + residual * weights[e, j]
-                if acc > best_gain:
-                    best, best_gain = i, acc
+            if t == 0:
+                for i in range(m):
+                    if bound[i] > best_gain:
+                        best, best_gain = i, bound[i]
+            else:
+                order = np.argsort(-bound, kind="mergesort")  # decreasing bound, ties by index
+                for i in order:
+                    if picked[i]:
+                        continue
+                    if bound[i] < best_gain or bound[i] <= zero:
+                        break
+                    gain = _gain(sims, covered, weights, e, i, m)
+                    bound[i] = gain
+                    if gain > best_gain or (gain == best_gain and gain > zero and i < best):
+                        best, best_gain = i, gain
             if best < 0:
                 break
             picks[e, t] = best
             picked[best] = True
+            bound[best] = -np.inf
             for j in range(m):
                 if sims[e, best, j] > covered[e, j]:
                     covered[e, j] = sims[e, best, j]
