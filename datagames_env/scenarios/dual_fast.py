@@ -48,6 +48,7 @@ from ..core import draws, kernels
 from ..data.privacy import PrivacyFilter
 from ..perception import limited_torch_threads, uncertainty
 from ..perception.fast import BatchedHeads, FastFeatures, cached_features
+from ..selection.kernels import dense_greedy_picks, squared_unit_distances, unit_similarities
 from ..selection.submodular import FacilityLocation, block_rows_for, lazy_greedy
 from .base import BatchedScenario, BatchTransition, Scenario, SnapshotError, check_snapshot_array, check_snapshot_int
 from .base import check_snapshot_rng, snapshot_entry
@@ -132,6 +133,8 @@ class FastDual(BatchedScenario):
         set_observation_layout(self, cfg, c)
         self.state_dim = cfg.n_robots * self.obs_dim
         self.filter = PrivacyFilter.from_config(cfg.privacy)
+        self._position_buffer = np.full(len(w.features), -1, dtype=np.int64)  # row -> ground position, scratch
+        self._filtered = np.full(len(w.robot_features), -1, dtype=np.int8)  # per sample id: the filter's verdict
         self.extracted = fast_features(cfg, w)
         if self.extracted.features.shape[1] != self.embedding_dim:
             raise RuntimeError(f"fast features have width {self.extracted.features.shape[1]}, expected "
@@ -280,7 +283,13 @@ class FastDual(BatchedScenario):
         out = np.zeros((b_n, len(ground_rows)))
         if k == 0 or len(ground_rows) == 0:
             return out
-        ref_index = torch.from_numpy(np.where(valid, ref_rows, 0))
+        ref_np = np.where(valid, ref_rows, 0)
+        ref_index = torch.from_numpy(ref_np)
+        # each reference's position among the ground rows (distinct), -1 where it is not one
+        position = self._position_buffer
+        position[ground_rows] = np.arange(len(ground_rows))
+        ref_position = position[ref_np]
+        position[ground_rows] = -1
         ref = self._unit_t[ref_index]  # (B, K, d)
         mask = None if valid.all() else torch.from_numpy(~valid)[:, :, None]
         step = max(1, block_rows_for(b_n * k, cfg.max_block_bytes))
@@ -292,8 +301,10 @@ class FastDual(BatchedScenario):
                 dots = torch.matmul(ref, ground.T)  # (B, K, g): the max over K runs along whole rows
                 if mask is not None:
                     dots.masked_fill_(mask, -float("inf"))
-                top, where = dots.max(dim=1)
-                itself = torch.gather(ref_index, 1, where) == torch.from_numpy(ground_rows[start:start + step])[None]
+                top = dots.amax(dim=1)  # (B, g); max with indices is 10x slower: the argmax only where it matters
+                in_chunk = (ref_position >= start) & (ref_position < start + step)
+                itself = _argmax_is_itself(dots, ref_np, np.where(in_chunk, ref_position - start, -1),
+                                           ground_rows[start:start + step])
                 nearest = top.mul_(-2.0).add_(2.0).clamp_(min=0.0).masked_fill_(itself, 0.0).sqrt_()
                 best = (nearest.square_().mul_(-0.5).add_(1.0) if cfg.kernel == "cosine"
                         else nearest.mul_(cfg.kernel_scale).add_(1.0).reciprocal_())
@@ -408,14 +419,19 @@ class FastDual(BatchedScenario):
         where = np.flatnonzero(private)
         if len(where) == 0:
             return kept, blurred
-        result = self.filter.apply(w.as_images(w.robot_features[ids[where]]), np.ones(len(where), bool),
-                                   w.regions[ids[where]])
-        kept[where], blurred[where] = result.kept, result.blurred
-        if result.blurred.any():
-            rows = w.blurred_row[ids[where][result.blurred]]
-            out = result.sent[np.flatnonzero(result.blurred[result.kept])].reshape((len(rows), -1))
-            if (rows < 0).any() or not (out == w.features[rows].reshape((len(rows), -1))).all():
-                raise RuntimeError("privacy filter output differs from the interned blurred copy")
+        # the filter is a function of the sample alone: each private sample is filtered once, then looked up
+        memo = self._filtered
+        new = np.unique(ids[where][memo[ids[where]] < 0])
+        if len(new):
+            result = self.filter.apply(w.as_images(w.robot_features[new]), np.ones(len(new), bool), w.regions[new])
+            if result.blurred.any():
+                rows = w.blurred_row[new[result.blurred]]
+                out = result.sent[np.flatnonzero(result.blurred[result.kept])].reshape((len(rows), -1))
+                if (rows < 0).any() or not (out == w.features[rows].reshape((len(rows), -1))).all():
+                    raise RuntimeError("privacy filter output differs from the interned blurred copy")
+            memo[new] = result.kept.astype(np.int8) + result.blurred.astype(np.int8)  # 0 dropped, 1 kept, 2 blurred
+        code = memo[ids[where]]
+        kept[where], blurred[where] = code > 0, code == 2
         return kept, blurred
 
     def _step(self, actions: np.ndarray, active: np.ndarray) -> BatchTransition:
@@ -614,31 +630,21 @@ class FastDual(BatchedScenario):
         with limited_torch_threads(1):
             x = self._unit_t[torch.from_numpy(rows)]
             # unit rows: |a - b|^2 = 2 - 2 a.b (one batched matmul); a row's distance to itself is 0
-            dist = (x @ x.transpose(1, 2)).mul_(-2.0).add_(2.0).clamp_(min=0.0)
-            dist.diagonal(dim1=1, dim2=2).zero_()
-            dist.sqrt_()
-            sims = (dist.square_().mul_(-0.5).add_(1.0) if cfg.kernel == "cosine"
-                    else dist.mul_(cfg.kernel_scale).add_(1.0).reciprocal_())  # (E, cand, ground) float32
-            sims.clamp_(min=0.0)
-            cov = torch.from_numpy(covered.astype(np.float32))
-            w = torch.from_numpy(weights.astype(np.float32))[:, :, None]
-            blocked = torch.from_numpy(~valid)
-            arange = torch.arange(e)
-            n_steps = int(steps.max())
-            picks = torch.full((e, n_steps), -1, dtype=torch.int64)
-            steps_t = torch.from_numpy(steps)
-            residual = torch.empty_like(sims)
-            for t in range(n_steps):
-                torch.sub(sims, cov[:, None, :], out=residual)
-                gains = torch.bmm(residual.clamp_(min=0.0), w)[:, :, 0].masked_fill_(blocked, -1.0)
-                best_gain, best = gains.max(dim=1)
-                active = (t < steps_t) & (best_gain > 0)  # gains only shrink: once none is positive, none will be
-                picks[:, t] = torch.where(active, best, -1)
-                cov = torch.where(active[:, None], torch.maximum(cov, sims[arange, best]), cov)
-                blocked[arange, best] |= active
-            value = (cov.double() * w[:, :, 0].double()).sum(dim=1).numpy()
-        picks_np = picks.numpy()
-        return [(row[row >= 0], float(value[j])) for j, row in enumerate(picks_np)]
+            dots = x @ x.transpose(1, 2)
+            # the kernel, each env on its own block, then the greedy steps: compiled passes (selection.kernels);
+            # the square root stays torch's over the same padded block (its float32 sqrt is not always the
+            # correctly rounded one, and which of its paths an entry takes depends on where it lies)
+            sizes = valid.sum(axis=1)
+            squared_unit_distances(dots.numpy(), sizes)
+            sims = dots.sqrt_().numpy()
+        unit_similarities(sims, sizes, cfg.kernel == "cosine", np.float32(cfg.kernel_scale))
+        cov = covered.astype(np.float32)
+        w = weights.astype(np.float32)
+        picks = np.full((e, max(int(steps.max()), 1)), -1, dtype=np.int64)
+        dense_greedy_picks(sims, cov, w, sizes, steps, picks)
+        with limited_torch_threads(1):
+            value = (torch.from_numpy(cov).double() * torch.from_numpy(w).double()).sum(dim=1).numpy()
+        return [(row[row >= 0], float(value[j])) for j, row in enumerate(picks)]
 
     # -------------------------------------------------------------------------------------- read-outs
     def _observations(self) -> np.ndarray:
@@ -815,6 +821,22 @@ class FastDual(BatchedScenario):
     def content_arrays(self):
         dataset = self.world.dataset
         return dataset, [dataset.features, dataset.labels]
+
+
+def _argmax_is_itself(dots: torch.Tensor, ref_index: np.ndarray, ref_position: np.ndarray,
+                      ground: np.ndarray) -> torch.Tensor:
+    """(B, g) bool: whether the first reference of largest dot product (``dots`` (B, K, g)) is the ground row
+    itself, as ``ref_index.gather(1, dots.max(dim=1).indices) == ground`` (max with indices is ~10x slower than
+    ``amax``). Only a ground row that is one of env b's references can be its own argmax: the argmax runs on those
+    (at most K) columns only. ``ref_position`` (B, K): each reference's position in ``ground`` (-1: not in it)."""
+    b_n, k, g = dots.shape
+    out = np.zeros((b_n, g), dtype=bool)
+    env, slot = np.nonzero(ref_position >= 0)
+    if len(env):
+        pos = ref_position[env, slot]
+        first = dots.numpy()[env, :, pos].argmax(axis=1)  # numpy's argmax: the first maximum too
+        out[env, pos] = ref_index[env, first] == ground[pos]
+    return torch.from_numpy(out)
 
 
 def _copied(value: Any) -> Any:
