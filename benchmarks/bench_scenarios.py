@@ -13,13 +13,17 @@ case           setting
 ``dual_b16``   ``dual_default`` as 16 envs of the native batched dual (``make_batched``), whole episodes
                including reset, in robot-steps/s; a tree without ``make_batched`` (0dbebaf) runs one
                ``parallel_env("dual_default")`` instead (the issue-17 baseline)
+``p2p_b64``    ``p2p_default`` as 64 envs of the native batched p2p (``make_batched``: the fast tier), the same way;
+               a tree without ``make_batched`` runs one ``parallel_env("p2p_default")``
 =============  ==============================================================================================
 
 Each case runs in its own process (one torch thread): one reset (not timed: it trains the first models), then
 every step of the episode with seeded random actions; the figure is seconds per step (= per round; PettingZoo's
 ``performance_benchmark`` counts one AEC cycle per round, so cycles/s = 1 / that). With ``--baseline`` the two
 trees run alternately ``--repeat`` times and the ratio of their medians is printed: on a shared machine the
-absolute figures move with the load, the ratio much less.
+absolute figures move with the load, the ratio much less. The batched cases (``dual_b16``, ``p2p_b64``) time whole
+episodes after one warm-up episode (``--episodes``; default 6 for dual, or $BENCH_DUAL_EPISODES, 3 for p2p) and
+print robot-steps per wall second and per CPU second of the process (the steadier figure on a shared machine).
 """
 
 from __future__ import annotations
@@ -35,8 +39,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
-CASES = ("p2p_3", "p2p_40", "dual_500", "dual_b16")
-B16_EPISODES = int(os.environ.get("BENCH_DUAL_EPISODES", "6"))
+CASES = ("p2p_3", "p2p_40", "dual_500", "dual_b16", "p2p_b64")
+BATCHED = {  # case -> (config, envs, timed episodes by default)
+    "dual_b16": ("dual_default", 16, int(os.environ.get("BENCH_DUAL_EPISODES", "6"))),
+    "p2p_b64": ("p2p_default", 64, 3),
+}
 
 
 def _p2p_module():
@@ -66,10 +73,12 @@ def _make(case: str):
     return dual.parallel_env("dual_default", n_robots=500, rounds=3)
 
 
-def _robot_steps(episodes: int) -> dict:
-    """Whole episodes (reset included) of random actions: 16 native batched envs, or one parallel env in a
+def _robot_steps(case: str, episodes: int) -> dict:
+    """Whole episodes (reset included) of random actions: the case's native batched envs, or one parallel env in a
     tree without ``make_batched``. One warm-up episode first (numba, the cached extractor)."""
     import numpy as np
+
+    config, num_envs, _ = BATCHED[case]
 
     rng = np.random.default_rng(0)
     try:
@@ -77,19 +86,22 @@ def _robot_steps(episodes: int) -> dict:
     except ImportError:
         make_batched = None
     if make_batched is not None:
-        batch = make_batched("dual_default", 16)
+        batch = make_batched(config, num_envs)
         shape = (batch.num_envs, batch.n_robots, batch.action_width)
 
         def episode(seed: int) -> int:
-            batch.reset(np.arange(seed * 16, seed * 16 + 16))
+            batch.reset(np.arange(seed * num_envs, (seed + 1) * num_envs))
             for _ in range(batch.config.rounds):
                 batch.step(rng.random(shape))
             return batch.num_envs * batch.n_robots * batch.config.rounds
-        kind = f"{type(batch).__name__} x16"
+        kind = f"{type(batch).__name__} x{num_envs}"
     else:
-        from datagames_env.scenarios import dual
+        if case == "p2p_b64":
+            env = _p2p_module().parallel_env(config)
+        else:
+            from datagames_env.scenarios import dual
 
-        env = dual.parallel_env("dual_default")
+            env = dual.parallel_env(config)
 
         def episode(seed: int) -> int:
             env.reset(seed=seed)
@@ -100,14 +112,15 @@ def _robot_steps(episodes: int) -> dict:
             return steps
         kind = "parallel_env"
     episode(10_000)
-    start, steps = time.perf_counter(), 0
+    start, cpu_start, steps = time.perf_counter(), time.process_time(), 0
     for seed in range(episodes):
         steps += episode(seed)
-    seconds = time.perf_counter() - start
-    return {"case": "dual_b16", "kind": kind, "robot_steps_per_s": steps / seconds, "seconds_per_step": seconds / steps}
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return {"case": case, "kind": kind, "robot_steps_per_s": steps / seconds, "seconds_per_step": seconds / steps,
+            "robot_steps_per_cpu_s": steps / cpu_seconds}
 
 
-def run_case(case: str) -> dict:
+def run_case(case: str, episodes: int | None = None) -> dict:
     import warnings
 
     import numpy as np
@@ -115,8 +128,8 @@ def run_case(case: str) -> dict:
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
-    if case == "dual_b16":
-        return _robot_steps(B16_EPISODES)
+    if case in BATCHED:
+        return _robot_steps(case, episodes or BATCHED[case][2])
     env = _make(case)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
@@ -130,9 +143,10 @@ def run_case(case: str) -> dict:
             "seconds_per_step": float(np.mean(times)), "steps": len(times)}
 
 
-def _in_process(tree: Path, case: str) -> dict:
+def _in_process(tree: Path, case: str, episodes: int | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--case", case, "--json"], env=env,
+    more = ["--episodes", str(episodes)] if episodes else []
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--case", case, "--json", *more], env=env,
                          cwd=tree, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -142,27 +156,45 @@ def main() -> None:
     parser.add_argument("--case", choices=CASES, action="append", help="run only these cases (repeatable)")
     parser.add_argument("--baseline", type=Path, help="another source tree to compare with (ratios)")
     parser.add_argument("--repeat", type=int, default=1, help="alternating runs per tree (medians)")
+    parser.add_argument("--episodes", type=int, help="timed episodes of a batched case (after one warm-up)")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one case, in this process
     args = parser.parse_args()
     cases = args.case or list(CASES)
     if args.json:
-        print(json.dumps(run_case(cases[0])))
+        print(json.dumps(run_case(cases[0], args.episodes)))
         return
     for case in cases:
+        if case in BATCHED:
+            _report_batched(case, args)
+            continue
         ours, theirs = [], []
         for _ in range(args.repeat):
             ours.append(_in_process(ROOT, case)["seconds_per_step"])
             if args.baseline is not None:
                 theirs.append(_in_process(args.baseline, case)["seconds_per_step"])
         line = f"{case:<9} {statistics.median(ours):8.3f} s/step ({1 / statistics.median(ours):6.2f} cycles/s)"
-        if case == "dual_b16":
-            line = f"{case:<9} {1 / statistics.median(ours):10.1f} robot-steps/s"
-            if theirs:
-                line += (f"   baseline {1 / statistics.median(theirs):8.1f} robot-steps/s   "
-                         f"speed-up {statistics.median(theirs) / statistics.median(ours):6.1f}x")
-        elif theirs:
+        if theirs:
             line += (f"   baseline {statistics.median(theirs):8.3f} s/step   "
                      f"speed-up {statistics.median(theirs) / statistics.median(ours):5.1f}x")
+        print(line, flush=True)
+
+
+def _report_batched(case: str, args: argparse.Namespace) -> None:
+    """Robot-steps per wall and per CPU second of a batched case, the trees alternating, ratio of the medians."""
+    ours, theirs = [], []
+    for k in range(args.repeat):  # which tree goes first alternates too, so both see the same load
+        sides = [(ours, ROOT)] + ([(theirs, args.baseline)] if args.baseline is not None else [])
+        for out, tree in (sides if k % 2 == 0 else sides[::-1]):
+            out.append(_in_process(tree, case, args.episodes))
+    for key, unit in (("robot_steps_per_s", "robot-steps/s (wall)"), ("robot_steps_per_cpu_s", "robot-steps/CPU-s")):
+        mine = statistics.median(r[key] for r in ours)
+        line = f"{case:<9} {mine:10.1f} {unit} ({ours[0]['kind']}; runs " + ", ".join(f"{r[key]:.0f}" for r in ours)
+        if theirs:
+            base = statistics.median(r[key] for r in theirs)
+            line += (f")   baseline {base:8.1f} ({theirs[0]['kind']}; runs "
+                     + ", ".join(f"{r[key]:.1f}" for r in theirs) + f")   speed-up {mine / base:6.1f}x")
+        else:
+            line += ")"
         print(line, flush=True)
 
 
