@@ -17,6 +17,7 @@ domain cache after the first feedback (rounds 2..R: round 1 of ``gu`` is random 
     PYTHONPATH=. python benchmarks/sweep_p2p.py --mode signal --seeds 300-319  # the votes as a rarity signal
     PYTHONPATH=. python benchmarks/sweep_p2p.py --mode ablate --seeds 100-109  # the gu rule ablated (tuning) ...
     PYTHONPATH=. python benchmarks/sweep_p2p.py --mode ablate --seeds 300-319  # ... and on unseen seeds
+    PYTHONPATH=. python benchmarks/sweep_p2p.py --mode detectors --seeds 300-302  # paper tier: MC dropout etc.
 
 Writes ``docs/results/fidelity_p2p/{sweep,check,privacy,liars,signal,ablate}.csv`` (one row per point, policy and
 seed; ``ablate.csv`` keeps the rows of other seeds, so tuning and unseen runs share it) and ``sweep.png`` /
@@ -71,6 +72,9 @@ def run_point(config, policy: str, seeds: list[int], gu_batched: bool = True, gu
     :class:`BatchedGUPolicy` (every env's nets trained in one call, keyword arguments ``gu_kwargs``) unless
     ``gu_batched`` is False."""
     batch = make_batched(config, len(seeds), **overrides)
+    if not hasattr(batch, "n_samples"):  # the paper tier's LoopedBatch: its envs' read-outs
+        for name in ("n_samples", "n_share", "sample_feature_dim", "domain_names"):
+            setattr(batch, name, getattr(batch.envs[0], name))
     cfg = batch.config
     views = [EnvView(batch, b) for b in range(len(seeds))]
     agents = views[0].possible_agents
@@ -86,7 +90,8 @@ def run_point(config, policy: str, seeds: list[int], gu_batched: bool = True, gu
         p.reset(int(s))
     obs, infos = batch.reset(np.asarray(seeds))
     start_acc = infos["domain_accuracy"].copy()
-    rare_share_steps, t0 = [], time.perf_counter()
+    rare_ids = [batch.domain_names.index(d) for d in cfg.rare_domains]
+    rare_share_steps, rare_seen_steps, t0 = [], [], time.perf_counter()
     policy_time = 0.0
     for _ in range(cfg.rounds):
         t = time.perf_counter()
@@ -98,6 +103,7 @@ def run_point(config, policy: str, seeds: list[int], gu_batched: bool = True, gu
                           {a: _per_robot(infos, batch.robot_info_keys, b, i) for i, a in enumerate(agents)})
             actions[b] = np.stack([acted[a] for a in agents])
         policy_time += time.perf_counter() - t
+        rare_seen_steps.append(np.isin(batch.privileged_view()["observed_domains"], rare_ids).sum(axis=2))
         step = batch.step(actions)
         obs, infos = step.observations, step.infos
         rare_share_steps.append(infos["round_rare_share"].copy())
@@ -107,6 +113,10 @@ def run_point(config, policy: str, seeds: list[int], gu_batched: bool = True, gu
     rare_robots = np.flatnonzero(sees[:, rare].any(axis=1))
     final = infos["domain_accuracy"]
     shares = np.stack(rare_share_steps, axis=2)  # (B, N, rounds)
+    # recall: the fraction of the rare samples a rare-domain robot observed that it cached (the paper's "caches
+    # 88% of rare KMNIST data" read as recall; capped at share_fraction / rare frequency)
+    cached_rare = shares * batch.n_share
+    seen_rare = np.stack(rare_seen_steps, axis=2)
     rows = []
     for b, seed in enumerate(seeds):
         peer = [final[b, i, d] for d in rare for i in range(cfg.n_robots) if not sees[i, d]]
@@ -122,6 +132,9 @@ def run_point(config, policy: str, seeds: list[int], gu_batched: bool = True, gu
             "rare_share_after_first": float(shares[b, rare_robots, 1:].mean()) if cfg.rounds > 1 else float("nan"),
             "rare_share_last": float(shares[b, rare_robots, -1].mean()),
             "rare_share_cached": float(infos["rare_share_cached"][b, rare_robots].mean()),
+            "rare_recall_after_first": float(cached_rare[b, rare_robots, 1:].sum()
+                                             / max(seen_rare[b, rare_robots, 1:].sum(), 1)),
+            "rare_recall_last": float(cached_rare[b, rare_robots, -1].sum() / max(seen_rare[b, rare_robots, -1].sum(), 1)),
             "labeled_gain": float((infos["labeled_size"][b]).mean()),
             "n_kept": float(infos["n_kept"][b].mean()),
             "n_blurred": int(infos["total_blurred"][b].sum()) if "total_blurred" in infos else 0,
@@ -163,7 +176,7 @@ def feedback_signal(config, seeds: list[int], **overrides) -> dict:
 
 
 def summarise(rows: list[dict], key: str) -> tuple[float, float]:
-    values = np.array([r[key] for r in rows], dtype=np.float64)
+    values = np.array([r.get(key, float("nan")) for r in rows], dtype=np.float64)
     values = values[~np.isnan(values)]
     if not len(values):
         return float("nan"), float("nan")
@@ -216,6 +229,7 @@ ABLATE_ENV = [
     ("vote", "entropy q0.8", {"ood.calibration_quantile": 0.8}),
     ("rounds", 16, {"rounds": 16}),
     ("rounds", 32, {"rounds": 32}),
+    ("rare_freq", 0.05, {"robots": _robots(100, 100, 0.05)}),  # rarer than the share: recall can reach 100%
 ]
 ABLATE_GU = [
     ("hidden", 16, {"hidden": 16}),
@@ -234,8 +248,10 @@ def _variant(knob: str, value) -> str:
     return knob if knob == "default" else f"{knob}={value}"
 
 
-def run_ablation(config: str, seeds: list[int], only: set[str] | None = None, log=print) -> list[dict]:
-    """Rows of every ablation variant (``only``: these variant names, plus the default) on ``seeds``."""
+def run_ablation(config: str, seeds: list[int], only: set[str] | None = None, log=print,
+                 done=lambda rows: None) -> list[dict]:
+    """Rows of every ablation variant (``only``: these variant names, plus the default) on ``seeds``;
+    ``done(rows)`` after each variant (the CSV is written as the run goes)."""
     rows, t0 = [], time.perf_counter()
     points = [(k, v, env, {}) for k, v, env in ABLATE_ENV] + [(k, v, {}, gu) for k, v, gu in ABLATE_GU]
     for knob, value, env, gu in points:
@@ -246,6 +262,7 @@ def run_ablation(config: str, seeds: list[int], only: set[str] | None = None, lo
             for r in run_point(config, policy, seeds, gu_kwargs=gu, **env):
                 rows.append({"variant": name, "knob": knob, "value": value, **r})
         log(f"[{time.perf_counter() - t0:6.0f} s] {name}")
+        done(rows)
     return rows
 
 
@@ -263,15 +280,15 @@ def _paired(rows: list[dict], variant: str, first: str, second: str) -> list[flo
 
 
 def ablation_table(rows: list[dict]) -> str:
-    head = ("variant | n | gu rare share after 1st | last round | peer rare acc | gu - random (wins) | "
-            "oracle - gu (wins)")
-    lines = [head, "|".join(["---"] * 7)]
+    head = ("variant | n | gu rare share after 1st | last round | gu rare recall after 1st | peer rare acc | "
+            "gu - random (wins) | oracle - gu (wins)")
+    lines = [head, "|".join(["---"] * 8)]
     for variant in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == variant and r["policy"] == "gu"]
         if not mine:
             continue
         cells = [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in (summarise(mine, k) for k in (
-            "rare_share_after_first", "rare_share_last", "peer_rare_acc"))]
+            "rare_share_after_first", "rare_share_last", "rare_recall_after_first", "peer_rare_acc"))]
         for first, second in (("gu", "random"), ("oracle", "gu")):
             d = np.array(_paired(rows, variant, first, second))
             cells.append(f"{d.mean():+.1f} ± {d.std(ddof=1):.1f} ({(d > 0).sum()}/{len(d)})" if len(d) > 1 else "")
@@ -395,7 +412,7 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=("sweep", "check", "privacy", "liars", "signal", "ablate"), default="sweep")
+    parser.add_argument("--mode", choices=("sweep", "check", "privacy", "liars", "signal", "ablate", "detectors"), default="sweep")
     parser.add_argument("--config", default="p2p_default")
     parser.add_argument("--seeds", default="100-109")
     parser.add_argument("--policies", default="random,oracle")
@@ -427,13 +444,26 @@ def main(argv: list[str] | None = None) -> int:
         _plot(_with_base_values(rows, base_values), args.out / "sweep.png")
         print(_table(rows, ("receiver_keeps", "knob", "value", "policy")))
     elif args.mode == "ablate":
-        rows = run_ablation(args.config, seeds, {v for v in args.variants.split(",") if v})
-        print(ablation_table(rows))
         path = args.out / "ablate.csv"  # keep the rows of other seeds (tuning and unseen runs share the file)
-        ran = {(r["variant"], r["policy"]) for r in rows}
-        kept = [r for r in _read_csv(path) if r["seed"] not in seeds or (r["variant"], r["policy"]) not in ran]
-        _write(kept + rows, path)
-        _plot_ablation([r for r in kept + rows if r["seed"] >= 300] or kept + rows, args.out / "ablate.png")
+
+        def save(new: list[dict]) -> None:
+            ran = {(r["variant"], r["policy"]) for r in new}
+            kept = [r for r in _read_csv(path) if r["seed"] not in seeds or (r["variant"], r["policy"]) not in ran]
+            _write(kept + new, path)
+            _plot_ablation([r for r in kept + new if r["seed"] >= 300] or kept + new, args.out / "ablate.png")
+
+        rows = run_ablation(args.config, seeds, {v for v in args.variants.split(",") if v}, done=save)
+        print(ablation_table(rows))
+    elif args.mode == "detectors":  # the paper tier's OoD detectors as the receivers' vote (slow: a few seeds)
+        tier = {"perception.tier": "paper"}
+        runs = [("mc_dropout", "gu"), ("random", "random"), ("ensemble", "gu"), ("max_softmax", "gu")]
+        for detector, policy in runs:  # receivers keep all: random's accuracy does not depend on the detector
+            extra = {} if policy == "random" else {"ood.detector": detector}
+            for r in run_point(args.config, policy, seeds, gu_batched=False, **tier, **extra):
+                rows.append({"variant": f"paper {detector}", **r})
+            _write(rows, args.out / "detectors.csv")
+            print(f"[{time.perf_counter() - t0:6.0f} s] paper tier, {detector} {policy}", flush=True)
+        print(_table(rows, ("variant", "policy")))
     elif args.mode == "signal":  # the receivers' vote as a rarity signal, per novelty score and quantile
         for novelty in ("mahalanobis", "max_softmax", "entropy", "margin"):
             for quantile in (0.95, 0.9, 0.8):
