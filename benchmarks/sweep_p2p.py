@@ -250,13 +250,13 @@ def _variant(knob: str, value) -> str:
 
 def run_ablation(config: str, seeds: list[int], only: set[str] | None = None, log=print,
                  done=lambda rows: None) -> list[dict]:
-    """Rows of every ablation variant (``only``: these variant names, plus the default) on ``seeds``;
+    """Rows of every ablation variant (``only``: these variant names; the default only if named) on ``seeds``;
     ``done(rows)`` after each variant (the CSV is written as the run goes)."""
     rows, t0 = [], time.perf_counter()
     points = [(k, v, env, {}) for k, v, env in ABLATE_ENV] + [(k, v, {}, gu) for k, v, gu in ABLATE_GU]
     for knob, value, env, gu in points:
         name = _variant(knob, value)
-        if only and name not in only and name != "default":
+        if only and name not in only:
             continue
         for policy in (["random", "oracle", "gu"] if not gu else ["gu"]):
             for r in run_point(config, policy, seeds, gu_kwargs=gu, **env):
@@ -418,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policies", default="random,oracle")
     parser.add_argument("--gu-knobs", default="base", help="sweep: knobs (comma list) where gu runs too; '' none")
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--variants", default="", help="ablate: only these variants (comma list, e.g. hidden=16)")
+    parser.add_argument("--variants", default="", help="ablate: only these variants (comma list, e.g. default,hidden=16; gu variants pair with the "
+                             "default rows already in ablate.csv)")
     args = parser.parse_args(argv)
     seeds = _parse_seeds(args.seeds)
     policies = [p for p in args.policies.split(",") if p]
