@@ -390,7 +390,8 @@ class BatchedGUPolicy:
             x, u = np.take_along_axis(x, rows[..., None], axis=1), np.take_along_axis(u, rows, axis=1)
         features = np.asarray(observations[..., b.obs_layout["samples"]], np.float32).reshape(
             *shape, b.n_samples, b.sample_feature_dim)
-        added = np.asarray(infos["sent_mask"], dtype=bool).sum(axis=-1).reshape(shape)
+        added = np.asarray(infos["sent_mask"], dtype=bool).sum(axis=-1).reshape(shape) if "sent_mask" in infos \
+            else None  # without it the rows' rounds are unknown (only feedback 'zscore' needs them)
         with limited_torch_threads(1):
             self.core.learn(x[:, :width], u[:, :width], size, added)
             scores = self.core.scores(features)
