@@ -15,7 +15,8 @@ policy        reads / how it scores
               sample's features (embedding + predicted probabilities of the robot's own model) to the utility
               its peers returned; trained online (supervised) on all feedback received so far. Until the first
               feedback it scores at random, as in the paper; afterwards ``explore`` of the share slots still go
-              to random samples so that the model keeps seeing both kinds of feedback
+              to random samples so that the model keeps seeing both kinds of feedback. ``feedback`` picks how
+              the votes become training targets (:data:`FEEDBACK_TARGETS`; default ``fraction``)
 ============  ==================================================================================================
 
 ``make_p2p_policy(spec, env)``: ``spec`` is a name above, a name added with :func:`register_p2p_policy`, a
@@ -37,6 +38,7 @@ from datagames_env.perception import limited_torch_threads
 from datagames_env.policy import ScenarioPolicies, make_policy, register_policy
 
 __all__ = [
+    "FEEDBACK_TARGETS",
     "P2P_POLICIES",
     "BatchedGUPolicy",
     "GUPolicy",
@@ -45,6 +47,50 @@ __all__ = [
     "make_p2p_policy",
     "register_p2p_policy",
 ]
+
+
+# How the gu rule turns its peers' feedback (the env's utility of a shared sample: the fraction of its receivers
+# that voted it novel) into the targets of its utility net's binary cross-entropy (issue 19's ablation):
+FEEDBACK_TARGETS = (
+    "fraction",  # the utility as given (votes / receivers), the paper's target
+    "binary",  # 1 if any receiver voted the sample novel, else 0
+    "rank",  # the utility's mid-rank within the robot's training set, scaled to [0, 1]
+    "zscore",  # z-scored within the round it was shared in, mapped to (0, 1) by a logistic (sigmoid(1.7 z))
+)
+
+
+def feedback_targets(u: np.ndarray, size: np.ndarray, rounds: np.ndarray | None, kind: str) -> np.ndarray:
+    """Targets (R, M) in [0, 1] from utilities ``u`` (R, M) of which robot r's first ``size[r]`` rows are real;
+    ``rounds`` (R, M) int: the round each row was shared in (``zscore`` only). Padding rows come back as 0."""
+    if kind not in FEEDBACK_TARGETS:
+        raise ValueError(f"feedback must be one of {list(FEEDBACK_TARGETS)}, got {kind!r}")
+    u = np.asarray(u, dtype=np.float64)
+    valid = np.arange(u.shape[1])[None, :] < np.asarray(size)[:, None]
+    if kind == "fraction":
+        out = u
+    elif kind == "binary":
+        out = (u > 0).astype(np.float64)
+    elif kind == "rank":
+        out = np.zeros_like(u)
+        for r in np.flatnonzero(size > 1):
+            values = u[r, :size[r]]
+            order = np.sort(values)
+            mid = 0.5 * (np.searchsorted(order, values, "left") + np.searchsorted(order, values, "right") - 1)
+            out[r, :size[r]] = mid / (size[r] - 1)
+        out[size == 1] = 0.5
+    else:
+        if rounds is None:
+            raise ValueError("feedback 'zscore' needs the round of every row")
+        out = np.zeros_like(u)
+        for r in np.flatnonzero(size > 0):
+            values, groups = u[r, :size[r]], np.asarray(rounds)[r, :size[r]]
+            z = np.zeros_like(values)
+            for g in np.unique(groups):
+                here = groups == g
+                spread = values[here].std()
+                z[here] = (values[here] - values[here].mean()) / spread if spread > 0 else 0.0
+            out[r, :size[r]] = 1.0 / (1.0 + np.exp(-1.7 * z))
+    return np.where(valid, out, 0.0)
 
 
 class _P2PBase:
@@ -161,8 +207,13 @@ class _GUCore:
     training set, fit its utility net on it, score the round's samples, keep ``explore`` of the slots random."""
 
     def __init__(self, n: int, feature_dim: int, n_samples: int, n_share: int, hidden: int, train_steps: int,
-                 lr: float, explore: float, seed: int, rng: np.random.Generator) -> None:
+                 lr: float, explore: float, seed: int, rng: np.random.Generator, feedback: str = "fraction") -> None:
+        if feedback not in FEEDBACK_TARGETS:
+            raise ValueError(f"feedback must be one of {list(FEEDBACK_TARGETS)}, got {feedback!r}")
         self.n, self.feature_dim, self.n_samples, self.n_share = n, feature_dim, n_samples, n_share
+        self.feedback = feedback
+        self.sent_total = np.zeros(n, dtype=np.int64)  # rows ever added to each robot's training set
+        self.round_ends: list[np.ndarray] = []  # sent_total after each round: tells the rows' rounds apart
         self.train_steps, self.explore, self.seed, self.rng = train_steps, explore, seed, rng
         self.nets = _StackedUtilityNets([seed + r for r in range(n)], feature_dim, hidden, lr)
         self.trained = np.zeros(n, dtype=bool)
@@ -170,8 +221,20 @@ class _GUCore:
         self.std = np.ones((n, feature_dim), dtype=np.float32)
         self.n_updates = 0
 
-    def learn(self, x: np.ndarray, u: np.ndarray, size: np.ndarray) -> None:
-        """x (R, M, F), u (R, M), size (R,): robot r's training set is its first size[r] rows."""
+    def learn(self, x: np.ndarray, u: np.ndarray, size: np.ndarray, added: np.ndarray | None = None) -> None:
+        """x (R, M, F), u (R, M), size (R,): robot r's training set is its first size[r] rows (its last shares, in
+        order); ``added`` (R,): how many of them arrived this round (``zscore`` feedback needs it)."""
+        if added is not None:
+            self.sent_total = self.sent_total + np.asarray(added, dtype=np.int64)
+            self.round_ends.append(self.sent_total.copy())
+        rounds = None
+        if self.feedback == "zscore":
+            if added is None:
+                raise ValueError("feedback 'zscore' needs the rows added per round (added)")
+            ends = np.stack(self.round_ends, axis=1)  # (R, calls)
+            index = (self.sent_total - size)[:, None] + np.arange(x.shape[1])[None, :]  # each row's global index
+            rounds = np.stack([np.searchsorted(ends[r], index[r], "right") for r in range(len(size))])
+        u = feedback_targets(u, size, rounds, self.feedback)
         mask = size > 0
         if not mask.any():
             return
@@ -214,10 +277,13 @@ class GUPolicy(_P2PBase):
     name = "gu"
 
     def __init__(self, env, hidden: int = 64, train_steps: int = 200, lr: float = 3e-3, explore: float = 0.1,
-                 max_buffer: int = 5000) -> None:
+                 max_buffer: int = 5000, feedback: str = "fraction") -> None:
         super().__init__(env)
+        if feedback not in FEEDBACK_TARGETS:
+            raise ValueError(f"feedback must be one of {list(FEEDBACK_TARGETS)}, got {feedback!r}")
         self.samples = env.obs_layout["samples"]
         self.feature_dim = env.sample_feature_dim
+        self.feedback = feedback
         self.hidden, self.train_steps, self.lr = hidden, train_steps, lr
         self.explore, self.max_buffer = explore, max_buffer
         self.reset(None)
@@ -259,7 +325,8 @@ class GUPolicy(_P2PBase):
         agents = [a for a in self.env.possible_agents if a in observations]
         if self._core is None:
             self._core = _GUCore(len(self.env.possible_agents), self.feature_dim, self.n_samples, self.n_share,
-                                 self.hidden, self.train_steps, self.lr, self.explore, self._seed, self.rng)
+                                 self.hidden, self.train_steps, self.lr, self.explore, self._seed, self.rng,
+                                 self.feedback)
         index = [self.env.possible_agents.index(a) for a in agents]
         data = {a: self._training_set(a, infos.get(a, {})) for a in agents}
         width = max([len(d[0]) for d in data.values() if d is not None], default=0)
@@ -267,6 +334,10 @@ class GUPolicy(_P2PBase):
         x = np.zeros((n, max(width, 1), self.feature_dim), dtype=np.float32)
         u = np.zeros((n, max(width, 1)), dtype=np.float32)
         size = np.zeros(n, dtype=np.int64)
+        added = np.zeros(n, dtype=np.int64)  # rows shared last round (feedback came back for them now)
+        for a, i in zip(agents, index):
+            if "sent_mask" in infos.get(a, {}):
+                added[i] = int(np.asarray(infos[a]["sent_mask"], dtype=bool).sum())
         for a, i in zip(agents, index):
             if data[a] is not None and len(data[a][0]):
                 size[i] = len(data[a][0])
@@ -277,7 +348,7 @@ class GUPolicy(_P2PBase):
                                                                                         self.feature_dim)
             self._last_features[a] = features[i]
         with limited_torch_threads(1):
-            self._core.learn(x, u, size)
+            self._core.learn(x, u, size, added)
             scores = self._core.scores(features)
         return {a: scores[i] for a, i in zip(agents, index)}
 
@@ -290,11 +361,13 @@ class BatchedGUPolicy:
     name = "gu"
 
     def __init__(self, batch, hidden: int = 64, train_steps: int = 200, lr: float = 3e-3, explore: float = 0.1,
-                 max_buffer: int = 5000) -> None:
+                 max_buffer: int = 5000, feedback: str = "fraction") -> None:
         if not batch.config.feedback_memory:
             raise ValueError("BatchedGUPolicy reads the feedback memory: feedback_memory must be > 0")
+        if feedback not in FEEDBACK_TARGETS:
+            raise ValueError(f"feedback must be one of {list(FEEDBACK_TARGETS)}, got {feedback!r}")
         self.batch = batch
-        self.kwargs = dict(hidden=hidden, train_steps=train_steps, lr=lr, explore=explore)
+        self.kwargs = dict(hidden=hidden, train_steps=train_steps, lr=lr, explore=explore, feedback=feedback)
         self.max_buffer = max_buffer
         self.reset(None)
 
@@ -317,8 +390,10 @@ class BatchedGUPolicy:
             x, u = np.take_along_axis(x, rows[..., None], axis=1), np.take_along_axis(u, rows, axis=1)
         features = np.asarray(observations[..., b.obs_layout["samples"]], np.float32).reshape(
             *shape, b.n_samples, b.sample_feature_dim)
+        added = np.asarray(infos["sent_mask"], dtype=bool).sum(axis=-1).reshape(shape) if "sent_mask" in infos \
+            else None  # without it the rows' rounds are unknown (only feedback 'zscore' needs them)
         with limited_torch_threads(1):
-            self.core.learn(x[:, :width], u[:, :width], size)
+            self.core.learn(x[:, :width], u[:, :width], size, added)
             scores = self.core.scores(features)
         return scores.reshape(b.num_envs, b.n_robots, b.n_samples)
 

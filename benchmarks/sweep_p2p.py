@@ -15,9 +15,13 @@ domain cache after the first feedback (rounds 2..R: round 1 of ``gu`` is random 
     PYTHONPATH=. python benchmarks/sweep_p2p.py --mode privacy --seeds 300-319 # blur against drop against pass
     PYTHONPATH=. python benchmarks/sweep_p2p.py --mode liars --seeds 300-319   # do lying peers hurt themselves?
     PYTHONPATH=. python benchmarks/sweep_p2p.py --mode signal --seeds 300-319  # the votes as a rarity signal
+    PYTHONPATH=. python benchmarks/sweep_p2p.py --mode ablate --seeds 100-109  # the gu rule ablated (tuning) ...
+    PYTHONPATH=. python benchmarks/sweep_p2p.py --mode ablate --seeds 300-319  # ... and on unseen seeds
+    PYTHONPATH=. python benchmarks/sweep_p2p.py --mode detectors --seeds 300-302  # paper tier: MC dropout etc.
 
-Writes ``docs/results/fidelity_p2p/{sweep,check,privacy,liars,signal}.csv`` (one row per point, policy and seed) and
-``sweep.png``, and prints a table (mean ± sample std over seeds).
+Writes ``docs/results/fidelity_p2p/{sweep,check,privacy,liars,signal,ablate}.csv`` (one row per point, policy and
+seed; ``ablate.csv`` keeps the rows of other seeds, so tuning and unseen runs share it) and ``sweep.png`` /
+``ablate.png``, and prints a table (mean ± sample std over seeds).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from baselines.p2p_policies import BatchedGUPolicy, make_p2p_policy  # noqa: E402
+from baselines.p2p_policies import BatchedGUPolicy, GUPolicy, make_p2p_policy  # noqa: E402
 from datagames_env.scenarios import make_batched  # noqa: E402
 from datagames_env.scenarios.p2p import load_p2p_config  # noqa: E402
 
@@ -62,25 +66,32 @@ def _per_robot(infos: dict, keys, b: int, i: int) -> dict:
     return {k: infos[k][b, i] for k in keys}
 
 
-def run_point(config, policy: str, seeds: list[int], gu_batched: bool = True, **overrides) -> list[dict]:
+def run_point(config, policy: str, seeds: list[int], gu_batched: bool = True, gu_kwargs: dict | None = None,
+              **overrides) -> list[dict]:
     """One episode per seed (all seeds in one batch); one metrics dict per seed. ``gu`` is
-    :class:`BatchedGUPolicy` (every env's nets trained in one call) unless ``gu_batched`` is False."""
+    :class:`BatchedGUPolicy` (every env's nets trained in one call, keyword arguments ``gu_kwargs``) unless
+    ``gu_batched`` is False."""
     batch = make_batched(config, len(seeds), **overrides)
+    if not hasattr(batch, "n_samples"):  # the paper tier's LoopedBatch: its envs' read-outs
+        for name in ("n_samples", "n_share", "sample_feature_dim", "domain_names"):
+            setattr(batch, name, getattr(batch.envs[0], name))
     cfg = batch.config
     views = [EnvView(batch, b) for b in range(len(seeds))]
     agents = views[0].possible_agents
     if policy == "gu" and gu_batched:
         policies = []
-        batched = BatchedGUPolicy(batch)
+        batched = BatchedGUPolicy(batch, **(gu_kwargs or {}))
         batched.reset(int(seeds[0]))
     else:
         batched = None
-        policies = [make_p2p_policy(policy, v) for v in views]
+        policies = [make_p2p_policy(policy, v) if policy != "gu" or not gu_kwargs else GUPolicy(v, **gu_kwargs)
+                    for v in views]
     for p, s in zip(policies, seeds):
         p.reset(int(s))
     obs, infos = batch.reset(np.asarray(seeds))
     start_acc = infos["domain_accuracy"].copy()
-    rare_share_steps, t0 = [], time.perf_counter()
+    rare_ids = [batch.domain_names.index(d) for d in cfg.rare_domains]
+    rare_share_steps, rare_seen_steps, t0 = [], [], time.perf_counter()
     policy_time = 0.0
     for _ in range(cfg.rounds):
         t = time.perf_counter()
@@ -92,6 +103,7 @@ def run_point(config, policy: str, seeds: list[int], gu_batched: bool = True, **
                           {a: _per_robot(infos, batch.robot_info_keys, b, i) for i, a in enumerate(agents)})
             actions[b] = np.stack([acted[a] for a in agents])
         policy_time += time.perf_counter() - t
+        rare_seen_steps.append(np.isin(batch.privileged_view()["observed_domains"], rare_ids).sum(axis=2))
         step = batch.step(actions)
         obs, infos = step.observations, step.infos
         rare_share_steps.append(infos["round_rare_share"].copy())
@@ -101,6 +113,10 @@ def run_point(config, policy: str, seeds: list[int], gu_batched: bool = True, **
     rare_robots = np.flatnonzero(sees[:, rare].any(axis=1))
     final = infos["domain_accuracy"]
     shares = np.stack(rare_share_steps, axis=2)  # (B, N, rounds)
+    # recall: the fraction of the rare samples a rare-domain robot observed that it cached (the paper's "caches
+    # 88% of rare KMNIST data" read as recall; capped at share_fraction / rare frequency)
+    cached_rare = shares * batch.n_share
+    seen_rare = np.stack(rare_seen_steps, axis=2)
     rows = []
     for b, seed in enumerate(seeds):
         peer = [final[b, i, d] for d in rare for i in range(cfg.n_robots) if not sees[i, d]]
@@ -116,6 +132,9 @@ def run_point(config, policy: str, seeds: list[int], gu_batched: bool = True, **
             "rare_share_after_first": float(shares[b, rare_robots, 1:].mean()) if cfg.rounds > 1 else float("nan"),
             "rare_share_last": float(shares[b, rare_robots, -1].mean()),
             "rare_share_cached": float(infos["rare_share_cached"][b, rare_robots].mean()),
+            "rare_recall_after_first": float(cached_rare[b, rare_robots, 1:].sum()
+                                             / max(seen_rare[b, rare_robots, 1:].sum(), 1)),
+            "rare_recall_last": float(cached_rare[b, rare_robots, -1].sum() / max(seen_rare[b, rare_robots, -1].sum(), 1)),
             "labeled_gain": float((infos["labeled_size"][b]).mean()),
             "n_kept": float(infos["n_kept"][b].mean()),
             "n_blurred": int(infos["total_blurred"][b].sum()) if "total_blurred" in infos else 0,
@@ -126,6 +145,8 @@ def run_point(config, policy: str, seeds: list[int], gu_batched: bool = True, **
             unseen = [d for d in rare if not sees[i, d]]
             rows[-1][f"peer_rare_acc_r{i}"] = float(final[b, i, unseen].mean()) if unseen else float("nan")
             rows[-1][f"liar_r{i}"] = int(liars[b, i])
+        for t in range(cfg.rounds):  # the rare-domain robots' rare share of each round's cache
+            rows[-1][f"rare_share_round{t + 1}"] = float(shares[b, rare_robots, t].mean())
     for r in rows:
         r["policy_time_s"] = policy_time / len(seeds)
         r["wall_s"] = (time.perf_counter() - t0) / len(seeds)
@@ -155,7 +176,7 @@ def feedback_signal(config, seeds: list[int], **overrides) -> dict:
 
 
 def summarise(rows: list[dict], key: str) -> tuple[float, float]:
-    values = np.array([r[key] for r in rows], dtype=np.float64)
+    values = np.array([r.get(key, float("nan")) for r in rows], dtype=np.float64)
     values = values[~np.isnan(values)]
     if not len(values):
         return float("nan"), float("nan")
@@ -196,6 +217,135 @@ def sweep_points(base: dict) -> list[tuple[str, object, dict]]:
     points += [("rounds", v, {"rounds": v}) for v in (4, 16)]
     points += [("n_robots", 3 + v, {"robots": robots(extra=v)}) for v in (3,)]
     return points
+
+
+# --mode ablate: one knob at a time around p2p_default and the gu defaults. (knob, value, env overrides, gu
+# keyword arguments); an env knob re-runs random and the oracle too, a gu knob pairs with the default env's runs.
+ABLATE_ENV = [
+    ("default", "", {}),
+    ("vote", "mahalanobis", {"perception.novelty": "mahalanobis"}),
+    ("vote", "max_softmax", {"perception.novelty": "max_softmax"}),
+    ("vote", "margin", {"perception.novelty": "margin"}),
+    ("vote", "entropy q0.8", {"ood.calibration_quantile": 0.8}),
+    ("rounds", 16, {"rounds": 16}),
+    ("rounds", 32, {"rounds": 32}),
+    ("rare_freq", 0.05, {"robots": _robots(100, 100, 0.05)}),  # rarer than the share: recall can reach 100%
+]
+ABLATE_GU = [
+    ("hidden", 16, {"hidden": 16}),
+    ("hidden", 256, {"hidden": 256}),
+    ("train_steps", 50, {"train_steps": 50}),
+    ("train_steps", 800, {"train_steps": 800}),
+    ("feedback", "binary", {"feedback": "binary"}),
+    ("feedback", "rank", {"feedback": "rank"}),
+    ("feedback", "zscore", {"feedback": "zscore"}),
+    ("explore", 0.0, {"explore": 0.0}),
+    ("explore", 0.3, {"explore": 0.3}),
+]
+
+
+def _variant(knob: str, value) -> str:
+    return knob if knob == "default" else f"{knob}={value}"
+
+
+def run_ablation(config: str, seeds: list[int], only: set[str] | None = None, log=print,
+                 done=lambda rows: None) -> list[dict]:
+    """Rows of every ablation variant (``only``: these variant names; the default only if named) on ``seeds``;
+    ``done(rows)`` after each variant (the CSV is written as the run goes)."""
+    rows, t0 = [], time.perf_counter()
+    points = [(k, v, env, {}) for k, v, env in ABLATE_ENV] + [(k, v, {}, gu) for k, v, gu in ABLATE_GU]
+    for knob, value, env, gu in points:
+        name = _variant(knob, value)
+        if only and name not in only:
+            continue
+        for policy in (["random", "oracle", "gu"] if not gu else ["gu"]):
+            for r in run_point(config, policy, seeds, gu_kwargs=gu, **env):
+                rows.append({"variant": name, "knob": knob, "value": value, **r})
+        log(f"[{time.perf_counter() - t0:6.0f} s] {name}")
+        done(rows)
+    return rows
+
+
+def _paired(rows: list[dict], variant: str, first: str, second: str) -> list[float]:
+    """Per seed, ``first``'s peer rare accuracy minus ``second``'s, in points; random and the oracle of a gu-only
+    variant are the default env's."""
+    env = variant if any(r["variant"] == variant and r["policy"] != "gu" for r in rows) else "default"
+
+    def acc(policy):
+        v = variant if policy == "gu" else env
+        return {r["seed"]: r["peer_rare_acc"] for r in rows if r["variant"] == v and r["policy"] == policy}
+
+    a, b = acc(first), acc(second)
+    return [100 * (a[s] - b[s]) for s in sorted(set(a) & set(b))]
+
+
+def ablation_table(rows: list[dict]) -> str:
+    head = ("variant | n | gu rare share after 1st | last round | gu rare recall after 1st | peer rare acc | "
+            "gu - random (wins) | oracle - gu (wins)")
+    lines = [head, "|".join(["---"] * 8)]
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == variant and r["policy"] == "gu"]
+        if not mine:
+            continue
+        cells = [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in (summarise(mine, k) for k in (
+            "rare_share_after_first", "rare_share_last", "rare_recall_after_first", "peer_rare_acc"))]
+        for first, second in (("gu", "random"), ("oracle", "gu")):
+            d = np.array(_paired(rows, variant, first, second))
+            cells.append(f"{d.mean():+.1f} ± {d.std(ddof=1):.1f} ({(d > 0).sum()}/{len(d)})" if len(d) > 1 else "")
+        lines.append(f"{variant} | {len(mine)} | " + " | ".join(cells))
+    return "\n".join(lines)
+
+
+def _plot_ablation(rows: list[dict], path: Path) -> None:
+    """Rare share per round of the rare-domain robots' caches (mean over seeds) for the main variants."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    shown = [("rounds=32", "gu", "tab:green", "-"), ("rounds=32", "random", "tab:red", "-"),
+             ("rounds=32", "oracle", "tab:blue", "-"), ("default", "gu", "black", "-"),
+             ("vote=entropy q0.8", "gu", "tab:orange", "--"), ("vote=mahalanobis", "gu", "tab:gray", "--"),
+             ("explore=0.0", "gu", "tab:purple", ":"), ("hidden=256", "gu", "tab:brown", ":"),
+             ("feedback=binary", "gu", "tab:pink", ":")]
+    for variant, policy, color, line in shown:
+        mine = [r for r in rows if r["variant"] == variant and r["policy"] == policy]
+        if not mine:
+            continue
+        t = 1
+        values = []
+        while f"rare_share_round{t}" in mine[0] and mine[0][f"rare_share_round{t}"] not in ("", None):
+            values.append(100 * np.mean([float(r[f"rare_share_round{t}"]) for r in mine]))
+            t += 1
+        ax.plot(range(1, len(values) + 1), values, color=color, linestyle=line, marker=".",
+                label=f"{policy}, {variant} (n = {len(mine)})")
+    ax.axhline(88.2, color="k", linewidth=0.8, linestyle="-.", label="paper: 88.2% (KMNIST)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("rare share of the rare-domain robots' caches (%)")
+    ax.set_ylim(0, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("p2p_default, fast tier: the gu rule's rare share per round (mean over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    with path.open() as f:
+        for r in csv.DictReader(f):
+            row = {}
+            for k, v in r.items():
+                try:
+                    row[k] = int(v) if k in ("seed",) else (float(v) if k not in ("variant", "knob", "value",
+                                                                                    "policy") else v)
+                except ValueError:
+                    row[k] = float("nan") if v == "" else v
+            out.append(row)
+    return out
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -262,12 +412,14 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=("sweep", "check", "privacy", "liars", "signal"), default="sweep")
+    parser.add_argument("--mode", choices=("sweep", "check", "privacy", "liars", "signal", "ablate", "detectors"), default="sweep")
     parser.add_argument("--config", default="p2p_default")
     parser.add_argument("--seeds", default="100-109")
     parser.add_argument("--policies", default="random,oracle")
     parser.add_argument("--gu-knobs", default="base", help="sweep: knobs (comma list) where gu runs too; '' none")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--variants", default="", help="ablate: only these variants (comma list, e.g. default,hidden=16; gu variants pair with the "
+                             "default rows already in ablate.csv)")
     args = parser.parse_args(argv)
     seeds = _parse_seeds(args.seeds)
     policies = [p for p in args.policies.split(",") if p]
@@ -292,6 +444,27 @@ def main(argv: list[str] | None = None) -> int:
         _write(rows, args.out / "sweep.csv")
         _plot(_with_base_values(rows, base_values), args.out / "sweep.png")
         print(_table(rows, ("receiver_keeps", "knob", "value", "policy")))
+    elif args.mode == "ablate":
+        path = args.out / "ablate.csv"  # keep the rows of other seeds (tuning and unseen runs share the file)
+
+        def save(new: list[dict]) -> None:
+            ran = {(r["variant"], r["policy"]) for r in new}
+            kept = [r for r in _read_csv(path) if r["seed"] not in seeds or (r["variant"], r["policy"]) not in ran]
+            _write(kept + new, path)
+            _plot_ablation([r for r in kept + new if r["seed"] >= 300] or kept + new, args.out / "ablate.png")
+
+        rows = run_ablation(args.config, seeds, {v for v in args.variants.split(",") if v}, done=save)
+        print(ablation_table(rows))
+    elif args.mode == "detectors":  # the paper tier's OoD detectors as the receivers' vote (slow: a few seeds)
+        tier = {"perception.tier": "paper"}
+        runs = [("mc_dropout", "gu"), ("random", "random"), ("ensemble", "gu"), ("max_softmax", "gu")]
+        for detector, policy in runs:  # receivers keep all: random's accuracy does not depend on the detector
+            extra = {} if policy == "random" else {"ood.detector": detector}
+            for r in run_point(args.config, policy, seeds, gu_batched=False, **tier, **extra):
+                rows.append({"variant": f"paper {detector}", **r})
+            _write(rows, args.out / "detectors.csv")
+            print(f"[{time.perf_counter() - t0:6.0f} s] paper tier, {detector} {policy}", flush=True)
+        print(_table(rows, ("variant", "policy")))
     elif args.mode == "signal":  # the receivers' vote as a rarity signal, per novelty score and quantile
         for novelty in ("mahalanobis", "max_softmax", "entropy", "margin"):
             for quantile in (0.95, 0.9, 0.8):
