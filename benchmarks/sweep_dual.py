@@ -56,9 +56,12 @@ AXES = {  # axis -> (config key, values); every other key stays at BASE
 BADGE_SPECS = ("random/random", "entropy/entropy", "margin/margin", DUAL, "submodular-independent-badge/submodular",
                "submodular-independent/submodular-badge", "submodular-independent-badge/submodular-badge",
                "random/submodular-badge")
-BADGE_SETTINGS = (("base", {}), ("rounds = 10", {"rounds": 10}), ("n_robots = 24", {"n_robots": 24}),
-                  ("obs_per_round = 120", {"obs_per_round": 120}), ("label_budget = 16", {"label_budget": 16}),
-                  ("public_fraction = 0.02", {"perception.public_fraction": 0.02}))
+BADGE_SETTINGS = (  # name, overrides of BASE, the sweep row (axis, value) whose episodes can be reused
+    ("base", {}, ("base", "-")), ("rounds = 10", {"rounds": 10}, ("rounds", "10")),
+    ("n_robots = 24", {"n_robots": 24}, ("n_robots", "24")),
+    ("obs_per_round = 120", {"obs_per_round": 120}, ("redundancy_obs", "120")),
+    ("label_budget = 16", {"label_budget": 16}, ("label_budget", "16")),
+    ("public_fraction = 0.02", {"perception.public_fraction": 0.02}, ("public_fraction", "0.02")))
 
 # named regimes checked outside the fast-tier digits map (issue 19): the GUIDE's paper-tier regime (0dbebaf's
 # dual_default with budget 4, alpha 0.1, 12 robots, initial cloud 20: DUAL +17.9% over random on seeds 50-52), and
@@ -257,14 +260,30 @@ def confirm(args) -> None:
                 w.writerow([spec, seed, round(r["final"], 5)])
 
 
+def _stored(path: Path, match: dict) -> dict[tuple[str, int], dict]:
+    """(spec, seed) -> {final, rounds} of a stored CSV's rows that match ``match`` (column -> value)."""
+    if not path.exists():
+        return {}
+    out = {}
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            if all(r.get(k) == v for k, v in match.items()):
+                rounds = [float(a) for a in r.get("test_accuracy_per_round", "").split()]
+                out[(r["spec"], int(r["seed"]))] = {"final": float(r["final_test_accuracy"]), "rounds": rounds}
+    return out
+
+
 def badge(args) -> None:
-    """BADGE against feature embeddings: ``BADGE_SPECS`` in ``BADGE_SETTINGS`` (around ``BASE``) and in the config
-    itself (``dual_default``); ``badge.csv`` (one row per episode, written as it ends) and ``badge.md``."""
+    """BADGE against feature embeddings: ``BADGE_SPECS`` in ``BADGE_SETTINGS`` (around ``BASE``, seeds
+    ``--seeds``) and in the config itself (``--confirm-seeds``); ``badge.csv`` (one row per episode, written as it
+    ends) and ``badge.md``. With ``--reuse``, episodes already in ``sweep.csv`` / ``confirm.csv`` (same code,
+    same seeds: deterministic) are read instead of played again."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    seeds = parse_seeds(args.seeds)
     specs = args.specs.split(",") if args.specs else list(BADGE_SPECS)
-    settings = [(name, {**BASE, **ov}) for name, ov in BADGE_SETTINGS] + [(args.config, {})]
+    settings = [(name, {**BASE, **ov}, parse_seeds(args.seeds), (out / "sweep.csv", {"axis": a, "value": v}))
+                for name, ov, (a, v) in BADGE_SETTINGS]
+    settings.insert(1, (args.config, {}, parse_seeds(args.confirm_seeds), (out / "confirm.csv", {})))
     if args.settings:
         keep = args.settings.split(",")
         settings = [x for x in settings if x[0] in keep]
@@ -272,15 +291,22 @@ def badge(args) -> None:
     texts = []
     with open(out / "badge.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["setting", "spec", "seed", "final_test_accuracy", "test_accuracy_per_round"])
-        for name, ov in settings:
+        w.writerow(["setting", "spec", "seed", "final_test_accuracy", "test_accuracy_per_round", "reused"])
+        for name, ov, seeds, (stored_path, match) in settings:
             t = time.time()
+            stored = _stored(stored_path, match) if args.reuse else {}
             res: dict[str, list[dict]] = {}
             for spec in specs:
-                res[spec] = play(args.config, ov, [spec], seeds)[spec]
-                for seed, r in zip(seeds, res[spec]):
-                    w.writerow([name, spec, seed, round(r["final"], 5), " ".join(f"{a:.4f}" for a in r["rounds"])])
-                f.flush()
+                res[spec] = []
+                for seed in seeds:
+                    r = stored.get((spec, seed))
+                    reused = r is not None
+                    if r is None:
+                        r = play(args.config, ov, [spec], [seed])[spec][0]
+                    res[spec].append(r)
+                    w.writerow([name, spec, seed, round(r["final"], 5), " ".join(f"{a:.4f}" for a in r["rounds"]),
+                                int(reused)])
+                    f.flush()
             texts.append(summary_text(f"### {name}", res, seeds, time.time() - t))
             d = {s: np.array([r["final"] for r in res[s]]) for s in res}
             print(f"{name}: " + "  ".join(f"{s} {d[s].mean():.3f}" for s in specs) + f" ({time.time() - t:.0f}s)",
@@ -350,6 +376,9 @@ def main() -> None:
     p.add_argument("--confirm", action="store_true")
     p.add_argument("--regime", default="", help="run one named regime: " + ",".join(REGIMES))
     p.add_argument("--badge", action="store_true", help="BADGE against feature embeddings (BADGE_SETTINGS)")
+    p.add_argument("--reuse", action="store_true", help="with --badge: read episodes stored in sweep.csv / "
+                   "confirm.csv instead of playing them again")
+    p.add_argument("--confirm-seeds", default="300-309", help="with --badge: seeds of the config's own row")
     p.add_argument("--settings", default="", help="with --badge: comma-separated subset of the setting names")
     p.add_argument("--specs", default="", help="comma-separated policy specs (default: the sweep's)")
     p.add_argument("--replot", action="store_true", help="redraw sweep.png from summary.csv")
