@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from baselines.dual_badge import BadgeLabelFastDual, badge_parallel_env
+from baselines.dual_badge import BadgeLabelDualScenario, BadgeLabelFastDual, badge_parallel_env
 from baselines.dual_policies import (SubmodularIndependentBadgePolicy, SubmodularIndependentPolicy,
                                      badge_embeddings, badge_origin_coverage)
 from datagames_env.config import ConfigError
@@ -113,3 +113,19 @@ def test_badge_scenario_leaves_other_labelers_alone():
     a = _episode(badge_env, SubmodularIndependentPolicy(badge_env), 7)
     b = _episode(plain, SubmodularIndependentPolicy(plain), 7)
     assert a[0] == b[0] and all(np.array_equal(x, y) for x, y in zip(a[1], b[1]))
+
+
+def test_badge_labeler_on_the_paper_tier():
+    cfg = {**SMALL, "perception.tier": "paper", "perception.train_steps": 30}
+    env, plain = badge_parallel_env("dual_default", **cfg), DualParallelEnv("dual_default", **cfg)
+    assert isinstance(env.scenario, BadgeLabelDualScenario)
+
+    def labeled_after_one_round(e):
+        obs, infos = e.reset(seed=2)
+        e.step(SubmodularIndependentPolicy(e).act(obs, infos))
+        cloud = e.scenario._cloud
+        return np.sort(cloud["row"][cloud["labeled"]])
+
+    first, again, other = labeled_after_one_round(env), labeled_after_one_round(env), labeled_after_one_round(plain)
+    assert np.array_equal(first, again)
+    assert len(first) == len(other) and not np.array_equal(first, other)
