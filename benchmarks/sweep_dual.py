@@ -9,6 +9,9 @@ spec: mean, sample std, DUAL's gain), ``sweep.png`` and prints the table and the
     PYTHONPATH=$PWD python benchmarks/sweep_dual.py --quick               # 3 seeds, fewer points
     PYTHONPATH=$PWD python benchmarks/sweep_dual.py --confirm --seeds 300-319 --out docs/results/fidelity_dual/confirm
         # dual_default only, unseen seeds, plus the privacy modes (blur / drop / pass)
+    PYTHONPATH=$PWD python benchmarks/sweep_dual.py --badge --reuse --seeds 100-109   # BADGE against features
+    PYTHONPATH=$PWD python benchmarks/sweep_dual.py --regime guide_paper --seeds 50-59  # the paper tier (also mnist,
+        # kmnist with DATAGAMES_DATA_DIR); specs `submodular-*-badge` upload / `submodular-badge` labeler = BADGE
 
 Gains are in accuracy points (pp) and relative to the baseline (%); spread = sample std over seeds.
 """
