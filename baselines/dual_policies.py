@@ -16,6 +16,9 @@ policy                      what it reads / does
                             (``k`` per robot) and folds them into its coverage vector (Fleet-AL "interactive")
 ``submodular-centralized``  PRIVILEGED: every robot's raw samples in one place; one greedy over the fleet's
                             round with at most ``n_cache`` per robot (Fleet-AL "centralized")
+``submodular-*-badge``      the three above (class names ``Submodular*BadgePolicy``) on BADGE gradient embeddings
+                            (``embedding = "badge"``, Fleet-AL's ``unc_type: badge``): diversity and uncertainty
+                            mixed; the cloud's embeddings are taken as 0 (see :func:`badge_embeddings`)
 ``greedy``                  class-count game (Data Games Problem 2) on the robot's estimated feasible matrix,
                             quotas per predicted class -> the most confident samples of each class
 ``interactive``             the same with Algorithm 1 (best responses, messages = others' P_k a_k)
@@ -38,6 +41,43 @@ from datagames_env.policy import ScenarioPolicies, make_policy
 
 from .solvers import solve_greedy, solve_interactive, solve_oracle
 from .submodular import fleet_centralized, fleet_independent, fleet_interactive
+
+__all__ = ["DUAL_POLICIES", "EMBEDDINGS", "DualPolicy", "EntropyDualPolicy", "GreedyDualPolicy",
+           "InteractiveDualPolicy", "MarginDualPolicy", "OracleDualPolicy", "RandomDualPolicy",
+           "SubmodularCentralizedBadgePolicy", "SubmodularCentralizedPolicy", "SubmodularIndependentBadgePolicy",
+           "SubmodularIndependentPolicy", "SubmodularInteractiveBadgePolicy", "SubmodularInteractivePolicy",
+           "badge_embeddings", "badge_origin_coverage", "make_dual_policy"]
+
+EMBEDDINGS = ("features", "badge")  # what facility location runs on (the submodular policies' ``embedding``)
+
+
+def badge_embeddings(embeddings: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """BADGE gradient embeddings ``(n, C * E)`` float32: ``(onehot(argmax p) - p) (x) e``, the gradient of the
+    cross-entropy loss at the predicted label with respect to a linear last layer on the features ``e``
+    (Ash et al. 2020; Fleet-AL's ``unc_type: badge``). Its norm is ``|onehot - p| * |e|``: a confident sample
+    sits near 0, so facility location over these mixes diversity with uncertainty.
+
+    ``embeddings`` ``(n, E)``, ``probs`` ``(n, C)`` rows of class probabilities (argmax ties: the lowest class)."""
+    e = np.asarray(embeddings, dtype=np.float32)
+    p = np.asarray(probs, dtype=np.float32)
+    if e.ndim != 2 or p.ndim != 2 or len(e) != len(p):
+        raise ValueError(f"badge_embeddings needs embeddings (n, E) and probs (n, C) with the same n, got shapes "
+                         f"{e.shape} and {p.shape}")
+    if not (np.isfinite(e).all() and np.isfinite(p).all()):
+        raise ValueError("badge_embeddings: embeddings or probs contain NaN or inf")
+    g = -p
+    g[np.arange(len(p)), p.argmax(axis=1)] += 1.0
+    return (g[:, :, None] * e[:, None, :]).reshape(len(e), -1)
+
+
+def badge_origin_coverage(badge: np.ndarray, kernel: str, scale: float) -> np.ndarray:
+    """Coverage of BADGE embeddings by the cloud when the cloud's own embeddings are taken as 0 (a model fits its
+    training set: confident, zero gradient): the kernel's similarity to the origin, ``1 / (1 + scale |g|)``.
+    A robot does not see the cloud's samples, only their coverage in feature space; this stands in for them."""
+    if kernel != "inverse_distance":
+        raise ValueError(f"config key 'kernel': BADGE embeddings need kernel 'inverse_distance' (a distance to the "
+                         f"zero gradient of a confident sample), got '{kernel}'")
+    return 1.0 / (1.0 + scale * np.linalg.norm(np.asarray(badge, dtype=np.float64), axis=1))
 
 
 class DualPolicy:
@@ -106,12 +146,31 @@ class MarginDualPolicy(UncertaintyDualPolicy):
 
 
 class _SubmodularDualPolicy(DualPolicy):
+    """Facility location on ``embedding``: ``features`` (the observation's embeddings and their cloud coverage)
+    or ``badge`` (:func:`badge_embeddings` of embeddings and class probabilities, the cloud at the origin)."""
+
     variant = staticmethod(fleet_independent)
+    embedding = "features"
+
+    def __init__(self, env, embedding: str | None = None) -> None:
+        super().__init__(env)
+        if embedding is not None:
+            self.embedding = embedding
+        if self.embedding not in EMBEDDINGS:
+            raise ValueError(f"{self.name}: embedding must be one of {list(EMBEDDINGS)}, got '{self.embedding}'")
+        if self.embedding == "badge":
+            badge_origin_coverage(np.zeros((0, 1)), env.config.kernel, env.config.kernel_scale)  # kernel check
 
     def act(self, observations, infos):
         agents = list(observations)
         embeddings = [self.per_sample(observations[a], "embedding") for a in agents]
-        coverages = [self.per_sample(observations[a], "coverage")[:, 0].astype(np.float64) for a in agents]
+        if self.embedding == "badge":
+            embeddings = [badge_embeddings(e, self.per_sample(observations[a], "probs"))
+                          for e, a in zip(embeddings, agents)]
+            coverages = [badge_origin_coverage(e, self.env.config.kernel, self.env.config.kernel_scale)
+                         for e in embeddings]
+        else:
+            coverages = [self.per_sample(observations[a], "coverage")[:, 0].astype(np.float64) for a in agents]
         with limited_torch_threads(1):
             result = self.variant(embeddings, self.n_cache, coverages, **self.kernel_kwargs)
         self.last_stats = {"messages": int(result.messages), "evaluations": int(result.evaluations)}
@@ -138,6 +197,23 @@ class SubmodularCentralizedPolicy(_SubmodularDualPolicy):
     name = "submodular-centralized"
     privileged = True
     variant = staticmethod(fleet_centralized)
+
+
+class SubmodularIndependentBadgePolicy(SubmodularIndependentPolicy):
+    """``submodular-independent`` on BADGE gradient embeddings (Fleet-AL's ``badge``)."""
+
+    name = "submodular-independent-badge"
+    embedding = "badge"
+
+
+class SubmodularInteractiveBadgePolicy(SubmodularInteractivePolicy):
+    name = "submodular-interactive-badge"
+    embedding = "badge"
+
+
+class SubmodularCentralizedBadgePolicy(SubmodularCentralizedPolicy):
+    name = "submodular-centralized-badge"
+    embedding = "badge"
 
 
 class _ClassCountDualPolicy(DualPolicy):

@@ -9,6 +9,9 @@ spec: mean, sample std, DUAL's gain), ``sweep.png`` and prints the table and the
     PYTHONPATH=$PWD python benchmarks/sweep_dual.py --quick               # 3 seeds, fewer points
     PYTHONPATH=$PWD python benchmarks/sweep_dual.py --confirm --seeds 300-319 --out docs/results/fidelity_dual/confirm
         # dual_default only, unseen seeds, plus the privacy modes (blur / drop / pass)
+    PYTHONPATH=$PWD python benchmarks/sweep_dual.py --badge --reuse --seeds 100-109   # BADGE against features
+    PYTHONPATH=$PWD python benchmarks/sweep_dual.py --regime guide_paper --seeds 50-59  # the paper tier (also mnist,
+        # kmnist with DATAGAMES_DATA_DIR); specs `submodular-*-badge` upload / `submodular-badge` labeler = BADGE
 
 Gains are in accuracy points (pp) and relative to the baseline (%); spread = sample std over seeds.
 """
@@ -51,6 +54,29 @@ AXES = {  # axis -> (config key, values); every other key stays at BASE
     "public_fraction": ("perception.public_fraction", [0.02, 0.05, 0.1, 0.3]),
     "rounds": ("rounds", [2, 5, 10]),
 }
+# Fleet-AL's embedding (issue 19): facility location on BADGE gradient embeddings at stage 1, stage 2 or both,
+# against DUAL on the frozen features, in the sweep's base and the settings with the largest gains
+BADGE_SPECS = ("random/random", "entropy/entropy", "margin/margin", DUAL, "submodular-independent-badge/submodular",
+               "submodular-independent/submodular-badge", "submodular-independent-badge/submodular-badge",
+               "random/submodular-badge")
+BADGE_SETTINGS = (  # name, overrides of BASE, the sweep row (axis, value) whose episodes can be reused
+    ("base", {}, ("base", "-")), ("rounds = 10", {"rounds": 10}, ("rounds", "10")),
+    ("n_robots = 24", {"n_robots": 24}, ("n_robots", "24")),
+    ("obs_per_round = 120", {"obs_per_round": 120}, ("redundancy_obs", "120")),
+    ("label_budget = 16", {"label_budget": 16}, ("label_budget", "16")),
+    ("public_fraction = 0.02", {"perception.public_fraction": 0.02}, ("public_fraction", "0.02")))
+
+# named regimes checked outside the fast-tier digits map (issue 19): the GUIDE's paper-tier regime (0dbebaf's
+# dual_default with budget 4, alpha 0.1, 12 robots, initial cloud 20: DUAL +17.9% over random on seeds 50-52), and
+# the MNIST / KMNIST configs on the fast tier (DATAGAMES_DATA_DIR must point at the IDX files)
+REGIMES = {
+    "guide_paper": ("dual_default", {"perception.tier": "paper", "n_robots": 12, "label_budget": 4,
+                                     "stream.alpha": 0.1, "initial_cloud_size": 20,
+                                     "privacy.private_fraction": 0.0}),
+    "mnist": ("dual_mnist", {}),
+    "kmnist": ("dual_kmnist", {}),
+}
+
 QUICK_AXES = {k: (key, vals[:: max(1, len(vals) // 2)]) for k, (key, vals) in AXES.items()}
 
 
@@ -61,6 +87,21 @@ def parse_seeds(text: str) -> list[int]:
     return [int(s) for s in text.split(",")]
 
 
+def resolve(spec: str, cfg: dict) -> tuple[str, object]:
+    """A sweep spec -> (policy spec, env or None). ``submodular-*-badge`` uploads are the BADGE policies of
+    ``baselines.dual_policies``; the labeler ``submodular-badge`` is ``submodular`` in the scenario of
+    ``baselines.dual_badge`` (fast tier)."""
+    upload, _, labeler = spec.partition("/")
+    if upload.endswith("-badge"):
+        variant = upload[len("submodular-"):-len("-badge")].capitalize()
+        upload = f"baselines.dual_policies:Submodular{variant}BadgePolicy"
+    if labeler == "submodular-badge":
+        from baselines.dual_badge import badge_parallel_env
+
+        return f"{upload}/submodular", badge_parallel_env({**cfg, "labeler": "submodular"})
+    return f"{upload}/{labeler}" if labeler else upload, None
+
+
 def play(config: str, overrides: dict, specs, seeds) -> dict[str, list[dict]]:
     """spec -> per seed {final, rounds (test accuracy per round), privacy counts, labels used}."""
     cfg = load_scenario_config(config, **overrides).model_dump()
@@ -68,7 +109,8 @@ def play(config: str, overrides: dict, specs, seeds) -> dict[str, list[dict]]:
     for spec in specs:
         rows = []
         for seed in seeds:
-            rec = run_job(Job(cfg, spec, seed))
+            policy, env = resolve(spec, cfg)
+            rec = run_job(Job(cfg, policy, seed), env=env)
             acc = [r["test_accuracy"] for r in rec["rounds"]]
             priv = {k: int(sum(r["privacy_total"][k] for r in rec["rounds"][1:])) for k in
                     ("private", "dropped", "blurred", "passed_private")}
@@ -221,6 +263,113 @@ def confirm(args) -> None:
                 w.writerow([spec, seed, round(r["final"], 5)])
 
 
+def _stored(path: Path, match: dict) -> dict[tuple[str, int], dict]:
+    """(spec, seed) -> {final, rounds} of a stored CSV's rows that match ``match`` (column -> value)."""
+    if not path.exists():
+        return {}
+    out = {}
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            if all(r.get(k) == v for k, v in match.items()):
+                rounds = [float(a) for a in r.get("test_accuracy_per_round", "").split()]
+                out[(r["spec"], int(r["seed"]))] = {"final": float(r["final_test_accuracy"]), "rounds": rounds}
+    return out
+
+
+def badge(args) -> None:
+    """BADGE against feature embeddings: ``BADGE_SPECS`` in ``BADGE_SETTINGS`` (around ``BASE``, seeds
+    ``--seeds``) and in the config itself (``--confirm-seeds``); ``badge.csv`` (one row per episode, written as it
+    ends) and ``badge.md``. With ``--reuse``, episodes already in ``sweep.csv`` / ``confirm.csv`` (same code,
+    same seeds: deterministic) are read instead of played again."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = args.specs.split(",") if args.specs else list(BADGE_SPECS)
+    settings = [(name, {**BASE, **ov}, parse_seeds(args.seeds), (out / "sweep.csv", {"axis": a, "value": v}))
+                for name, ov, (a, v) in BADGE_SETTINGS]
+    settings.insert(1, (args.config, {}, parse_seeds(args.confirm_seeds), (out / "confirm.csv", {})))
+    if args.settings:
+        keep = args.settings.split(",")
+        settings = [x for x in settings if x[0] in keep]
+    started = time.time()
+    texts = []
+    with open(out / "badge.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["setting", "spec", "seed", "final_test_accuracy", "test_accuracy_per_round", "reused"])
+        for name, ov, seeds, (stored_path, match) in settings:
+            t = time.time()
+            stored = _stored(stored_path, match) if args.reuse else {}
+            res: dict[str, list[dict]] = {}
+            for spec in specs:
+                res[spec] = []
+                for seed in seeds:
+                    r = stored.get((spec, seed))
+                    reused = r is not None
+                    if r is None:
+                        r = play(args.config, ov, [spec], [seed])[spec][0]
+                    res[spec].append(r)
+                    w.writerow([name, spec, seed, round(r["final"], 5), " ".join(f"{a:.4f}" for a in r["rounds"]),
+                                int(reused)])
+                    f.flush()
+            texts.append(summary_text(f"### {name}", res, seeds, time.time() - t))
+            d = {s: np.array([r["final"] for r in res[s]]) for s in res}
+            print(f"{name}: " + "  ".join(f"{s} {d[s].mean():.3f}" for s in specs) + f" ({time.time() - t:.0f}s)",
+                  flush=True)
+    text = "\n\n".join(texts) + f"\n\ntotal {time.time() - started:.0f} s"
+    print(text)
+    (out / "badge.md").write_text(text + "\n")
+
+
+def regime(args) -> None:
+    """One named regime (``REGIMES``) for ``--specs`` on ``--seeds``: seed by seed (every spec of a seed before the
+    next seed, so a stopped run still pairs), one CSV row per episode as it ends, then a markdown summary."""
+    config, overrides = REGIMES[args.regime]
+    specs = args.specs.split(",") if args.specs else list(SPECS)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = parse_seeds(args.seeds)
+    stem = out / f"regime_{args.regime}"
+    res: dict[str, list[dict]] = {s: [] for s in specs}
+    started = time.time()
+    with open(f"{stem}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["spec", "seed", "final_test_accuracy", "test_accuracy_per_round", "wall_s"])
+        for seed in seeds:
+            for spec in specs:
+                t = time.time()
+                row = play(config, overrides, [spec], [seed])[spec][0]
+                res[spec].append(row)
+                w.writerow([spec, seed, round(row["final"], 5), " ".join(f"{a:.4f}" for a in row["rounds"]),
+                            round(time.time() - t, 1)])
+                f.flush()
+                print(f"seed {seed} {spec}: {row['final']:.4f} ({time.time() - t:.0f}s)", flush=True)
+    text = summary_text(f"regime {args.regime}: {config} with {overrides}", res, seeds, time.time() - started)
+    print(text)
+    Path(f"{stem}.md").write_text(text + "\n")
+
+
+def summary_text(title: str, res: dict, seeds, seconds: float) -> str:
+    """Per spec mean ± sample std, and DUAL's (or the best badge spec's) paired gains with seed wins."""
+    lines = [f"{title}; seeds {seeds[0]}..{seeds[-1]} ({len(seeds)}); final test accuracy, mean ± sample std",
+             "", "| policy (upload/labeler) | final test accuracy | vs random/random (paired pp) | higher on |",
+             "|---|---|---|---|"]
+    base = np.array([r["final"] for r in res.get("random/random", [])])
+    for spec, rows in res.items():
+        v = np.array([r["final"] for r in rows])
+        m, s = stats(v)
+        cell, wins = "", ""
+        if len(base) and spec != "random/random":
+            d = 100 * (v - base[:len(v)])
+            cell = f"{d.mean():+.2f} ± {d.std(ddof=1) if len(d) > 1 else 0:.2f} ({100 * (m / base.mean() - 1):+.1f}%)"
+            wins = f"{int((d > 0).sum())}/{len(d)}"
+        lines.append(f"| {spec} | {m:.3f} ± {s:.3f} | {cell} | {wins} |")
+    if DUAL in res:
+        lines += ["", "DUAL's paired gains (pp, mean ± sample std; relative %):"]
+        for b, (dm, ds, rel) in gains(res).items():
+            lines.append(f"- vs {b}: {dm:+.2f} ± {ds:.2f} pp ({rel:+.1f}%)")
+    lines += ["", f"{seconds:.0f} s"]
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="dual_default")
@@ -228,6 +377,13 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--axes", default="", help="comma-separated subset of " + ",".join(AXES))
     p.add_argument("--confirm", action="store_true")
+    p.add_argument("--regime", default="", help="run one named regime: " + ",".join(REGIMES))
+    p.add_argument("--badge", action="store_true", help="BADGE against feature embeddings (BADGE_SETTINGS)")
+    p.add_argument("--reuse", action="store_true", help="with --badge: read episodes stored in sweep.csv / "
+                   "confirm.csv instead of playing them again")
+    p.add_argument("--confirm-seeds", default="300-309", help="with --badge: seeds of the config's own row")
+    p.add_argument("--settings", default="", help="with --badge: comma-separated subset of the setting names")
+    p.add_argument("--specs", default="", help="comma-separated policy specs (default: the sweep's)")
     p.add_argument("--replot", action="store_true", help="redraw sweep.png from summary.csv")
     p.add_argument("--out", default=str(ROOT / "docs/results/fidelity_dual"))
     args = p.parse_args()
@@ -236,6 +392,10 @@ def main() -> None:
             rows = [{k: (float(v) if k.startswith("gain") or k.endswith(("mean", "std")) else v) for k, v in r.items()}
                     for r in csv.DictReader(f)]
         plot(rows, Path(args.out) / "sweep.png", parse_seeds(args.seeds))
+    elif args.regime:
+        regime(args)
+    elif args.badge:
+        badge(args)
     else:
         confirm(args) if args.confirm else sweep(args)
 
