@@ -13,6 +13,10 @@
   are the means of a Gaussian on the shares. Equivariant to relabelling
   classes, so it learns from every class at once. The plain alternative is RLlib's default PPO MLP
   (``--model mlp``).
+* :class:`GapFractionModule` (allocation mode, ``--model gap-fraction``): a structured action, one fraction f in
+  [0, 1] per robot (a Beta, :class:`FractionBeta`); the robot then runs Greedy towards ``cloud + f (target -
+  cloud)`` (``baselines.fraction``). The map runs outside the module, in the vector runner and in ``rllib:``
+  evaluation, because Greedy needs the robot's infos (its feasible matrix, availability and the counts).
 
 Both read the flat observation through a layout given in ``model_config``: ``context_dim`` (the context block
 comes first), ``n_samples`` and ``sample_dim`` (selection), ``n_classes`` (allocation).
@@ -25,10 +29,12 @@ state. Evaluation feeds zeros in the state slot: the actor never reads it (teste
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.distribution.distribution import Distribution
 from ray.rllib.core.rl_module.apis import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
@@ -173,3 +179,127 @@ class ClassScoringModule(_ScoringBase):
         per_class = per_class * self.block_scale
         context = torch.cat([obs[..., k * c:k * c + self.n_scalars], per_class.mean(dim=-2)], dim=-1)
         return context, per_class
+
+
+class FractionBeta(Distribution):
+    """A fraction f in [0, 1] per row: Beta(m k, (1 - m) k) with mean ``m = sigmoid(x0)`` and concentration
+    ``k = k0 exp(x1)`` (clamped to [2, 1000]) from the module's two outputs (x0, x1).
+
+    Encoded for RLlib's action normalisation as CountsMultinomial is (module actions in [-1, 1] map to the action
+    box [0, 1]): the action is ``2 f - 1``, the env-side value is f. The deterministic action is the mean m.
+    Entropy and KL are the Beta's own (exact), so PPO's entropy bonus and KL penalty work unchanged."""
+
+    initial_concentration: float = 8.0
+    _EPS = 1e-4  # f is kept off 0 and 1, where a Beta's log-density can be infinite
+
+    def __init__(self, inputs: torch.Tensor) -> None:
+        super().__init__()
+        self.inputs = inputs
+        self.mean = torch.sigmoid(inputs[..., 0])
+        log_k = math.log(self.initial_concentration) + inputs[..., 1]
+        k = torch.exp(log_k.clamp(math.log(2.0), math.log(1000.0)))
+        mean = self.mean.clamp(self._EPS, 1.0 - self._EPS)
+        self.beta = torch.distributions.Beta(mean * k, (1.0 - mean) * k)
+
+    def _encode(self, f: torch.Tensor) -> torch.Tensor:
+        return (2.0 * f - 1.0).unsqueeze(-1)
+
+    @classmethod
+    def decode(cls, action: torch.Tensor) -> torch.Tensor:
+        return ((action[..., 0] + 1.0) * 0.5).clamp(cls._EPS, 1.0 - cls._EPS)
+
+    def sample(self, *, sample_shape=None, return_logp: bool = False, **kwargs):
+        with torch.no_grad():
+            action = self._encode(self.beta.sample())
+        return (action, self.logp(action)) if return_logp else action
+
+    def rsample(self, *, sample_shape=None, **kwargs):
+        return self._encode(self.beta.rsample())
+
+    def logp(self, value: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.beta.log_prob(self.decode(value))
+
+    def entropy(self) -> torch.Tensor:
+        return self.beta.entropy()
+
+    def kl(self, other: FractionBeta) -> torch.Tensor:
+        return torch.distributions.kl_divergence(self.beta, other.beta)
+
+    @staticmethod
+    def required_input_dim(space, **kwargs) -> int:
+        return 2
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, **kwargs) -> FractionBeta:
+        return cls(logits)
+
+    def to_deterministic(self) -> _FractionMean:
+        return _FractionMean(self)
+
+
+class _FractionMean(Distribution):
+    """The Beta's mean, encoded like a sample (evaluation)."""
+
+    def __init__(self, dist: FractionBeta) -> None:
+        super().__init__()
+        self.dist = dist
+
+    def sample(self, *, sample_shape=None, **kwargs) -> torch.Tensor:
+        return self.dist._encode(self.dist.mean)
+
+    def rsample(self, *, sample_shape=None, **kwargs):
+        return self.sample()
+
+    def logp(self, value: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.zeros(value.shape[:-1], dtype=value.dtype, device=value.device)
+
+    def entropy(self, **kwargs):
+        raise RuntimeError("a deterministic distribution has no entropy")
+
+    def kl(self, other, **kwargs):
+        raise RuntimeError("a deterministic distribution has no KL")
+
+    @staticmethod
+    def required_input_dim(space, **kwargs) -> int:
+        return 2
+
+    def to_deterministic(self) -> _FractionMean:
+        return self
+
+
+class GapFractionModule(ClassScoringModule):
+    """The gap-fraction policy (``--model gap-fraction``, allocation mode): one number f in [0, 1] per robot, the
+    fraction of the gap it aims at; the environment's action is Greedy towards ``cloud + f (target - cloud)``
+    (``baselines.fraction.greedy_fraction_shares``, applied by the vector runner and by ``rllib:`` evaluation,
+    both of which read ``env_action``). The module's action space is ``Box(0, 1, (1,))``.
+
+    The same per-class features as :class:`ClassScoringModule` go through a network shared across classes; their
+    mean and max over classes plus the context give the Beta's mean and concentration (:class:`FractionBeta`)."""
+
+    env_action = "greedy-fraction"  # what turns the module's f into the environment's action
+
+    def setup(self) -> None:
+        _require(self.model_config, ("n_classes",), "GapFractionModule")
+        if self.action_space is not None and tuple(self.action_space.shape) != (1,):
+            raise ValueError(f"GapFractionModule: the action space must be Box(0, 1, (1,)) (the fraction), got shape "
+                             f"{tuple(self.action_space.shape)}")
+        self.n_classes = int(self.model_config["n_classes"])
+        self.class_blocks = tuple(self.model_config.get("class_blocks") or CLASS_BLOCKS)
+        self.n_scalars = int(self.model_config.get("n_scalars", 1))
+        self._setup_critic_split(len(self.class_blocks) * self.n_classes + self.n_scalars)
+        self.context_dim = self.n_scalars + len(self.class_blocks)
+        scale = [float(self.n_classes) if b in DISTRIBUTION_BLOCKS else 1.0 for b in self.class_blocks]
+        self.register_buffer("block_scale", torch.tensor(scale), persistent=False)
+        hidden = list(self.model_config.get("hidden", [64, 64]))
+        item_dim = len(self.class_blocks)
+        self.encoder = _mlp([item_dim + self.context_dim, *hidden])
+        self.head = _mlp([2 * hidden[-1] + self.context_dim, hidden[-1], 2], out_gain=0.01)
+        self.value_head = _mlp([self.context_dim + item_dim + self.state_dim, *hidden, 1], out_gain=1.0)
+        self.action_dist_cls = FractionBeta
+
+    def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        context, items = self._items(batch[Columns.OBS][..., :self.actor_obs_dim])
+        expanded = context.unsqueeze(-2).expand(*items.shape[:-1], context.shape[-1])
+        encoded = torch.tanh(self.encoder(torch.cat([items, expanded], dim=-1)))
+        pooled = torch.cat([encoded.mean(dim=-2), encoded.amax(dim=-2), context], dim=-1)
+        return {Columns.ACTION_DIST_INPUTS: self.head(pooled)}

@@ -95,11 +95,16 @@ class RLlibCheckpointPolicy(_CheckpointPolicy):
         if self.message_sweeps:
             self.gap_slice, self.n_classes = env.obs_layout["gap"], env.n_classes
         self.action_space = env.action_space(env.possible_agents[0])
+        # a structured action (gap-fraction): the module acts in its own space, mapped to the env's as in training
+        self.env_action = getattr(first, "env_action", None)
+        if self.env_action is not None:
+            self.action_space, self.n_cache, self.loss = first.action_space, env.config.n_cache, env.config.loss
         self.last_stats: dict = {}
 
     def act(self, observations: dict, infos: dict) -> dict:
         if not self.message_sweeps:
-            return self._decide(observations)
+            actions = self._decide(observations)
+            return actions if self.env_action is None else self._env_actions(actions, infos)
         from datagames_env.faces.comm import MessageSweeps
 
         agents = list(observations)
@@ -112,6 +117,19 @@ class RLlibCheckpointPolicy(_CheckpointPolicy):
             protocol.announce(np.stack([actions[a] for a in agents]))
         self.last_stats = {"messages": protocol.message_count(), "sweeps": self.message_sweeps}
         return actions
+
+    def _env_actions(self, fractions: dict, infos: dict) -> dict:
+        """Greedy towards each robot's fraction of the gap, from its own infos (``baselines.fraction``; the vector
+        runner's map in training, ``agents.rllib_vector_runner.greedy_fraction_actions``)."""
+        from baselines.fraction import greedy_fraction_shares
+
+        agents = list(fractions)
+        first = infos[agents[0]]
+        shares = greedy_fraction_shares(np.stack([infos[a]["feasible_matrix"] for a in agents])[None],
+                                        np.asarray(first["cloud_counts"])[None], np.asarray(first["target_counts"]),
+                                        np.stack([fractions[a][0] for a in agents])[None], self.n_cache,
+                                        np.stack([infos[a]["available"] for a in agents])[None], self.loss)[0]
+        return {a: shares[k].astype(np.float32) for k, a in enumerate(agents)}
 
     def _decide(self, observations: dict) -> dict:
         from ray.rllib.core.columns import Columns

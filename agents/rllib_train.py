@@ -32,7 +32,7 @@ class TrainSettings:
     config: Any = "default"
     overrides: dict = field(default_factory=dict)
     iterations: int = 20
-    model: str = "auto"                  # auto | scoring | mlp
+    model: str = "auto"                  # auto | scoring | mlp | gap-fraction (vector runner only)
     selection_dist: str = "plackett-luce"  # selection mode: plackett-luce (top-k picks) | gaussian (scores)
     allocation_dist: str = "multinomial"   # allocation mode: multinomial (n_cache draws) | gaussian (shares)
     per_robot: bool = False
@@ -118,11 +118,13 @@ def module_spec(par_env, settings: TrainSettings):
     if settings.critic == "central" and (model != "scoring" or not hasattr(par_env, "state_space")):
         raise ValueError("--critic central needs the scoring modules (--model scoring) and a scenario with a global "
                          f"state (state_space); got model {model}, scenario {type(par_env).__name__}")
+    if model == "gap-fraction":
+        return _gap_fraction_spec(layout, settings)
     if model == "mlp":
         return RLModuleSpec(model_config=DefaultModelConfig(fcnet_hiddens=list(settings.hidden),
                                                             fcnet_activation="tanh", vf_share_layers=False))
     if model != "scoring":
-        raise ValueError(f"--model: '{settings.model}' is not one of auto, scoring, mlp")
+        raise ValueError(f"--model: '{settings.model}' is not one of auto, scoring, mlp, gap-fraction")
     if layout["kind"] == "flat":
         raise ValueError("--model scoring needs an observation layout with per-class blocks or per-sample features; "
                          "this scenario has neither: use --model mlp")
@@ -149,6 +151,26 @@ def module_spec(par_env, settings: TrainSettings):
     return RLModuleSpec(module_class=module_class, model_config=config)
 
 
+def _gap_fraction_spec(layout: dict, settings: TrainSettings):
+    """``--model gap-fraction``: one fraction per robot (:class:`agents.modules.GapFractionModule`), which the
+    vector runner and ``rllib:`` evaluation turn into Greedy towards that fraction of the gap."""
+    import gymnasium as gym
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from .modules import GapFractionModule
+
+    if layout["kind"] != "classes":
+        raise ValueError("--model gap-fraction needs the cloud game in allocation mode (per-class observation blocks)")
+    if not settings.vector_runner:
+        raise ValueError("--model gap-fraction needs --vector-runner (it applies Greedy's map from the fraction to "
+                         "the environment's action)")
+    if settings.critic != "local" or settings.message_sweeps or settings.imitate:
+        raise ValueError("--model gap-fraction supports none of --critic central, --message-sweeps, --imitate")
+    config = {"n_classes": layout["n_classes"], "hidden": list(settings.hidden)}
+    return RLModuleSpec(module_class=GapFractionModule, model_config=config,
+                        action_space=gym.spaces.Box(0.0, 1.0, (1,), dtype=np.float32))
+
+
 def _shared_policy(agent_id, episode=None, **kwargs) -> str:
     return SHARED_MODULE
 
@@ -172,7 +194,9 @@ def probe_spec(settings: TrainSettings):
     face = RLlibMultiAgentEnv(env_config_of(settings))
     spec = module_spec(face.par_env, settings)
     first = face.possible_agents[0]
-    spec.observation_space, spec.action_space = face.observation_spaces[first], face.action_spaces[first]
+    spec.observation_space = face.observation_spaces[first]
+    if spec.action_space is None:  # a structured action (gap-fraction) brings its own
+        spec.action_space = face.action_spaces[first]
     return face, spec
 
 

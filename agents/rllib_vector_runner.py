@@ -30,6 +30,10 @@ Scenarios              every one (``datagames``, ``p2p``, ``dual``): ``vector_en
                        batched where the scenario has it (p2p / dual: the fast perception tier), else
                        ``LoopedBatch`` (correct, as slow as B single envs); the module is the run's spec
                        (p2p / dual: ``SampleScoringModule`` with Plackett-Luce top-k picks, as RLlib's runner)
+Structured actions     a module with ``env_action`` (``--model gap-fraction``: one fraction per robot)
+                       acts in its own action space; the runner maps its actions to the env's
+                       (:func:`greedy_fraction_actions`: Greedy towards that fraction of the gap) and
+                       stores the module's actions for the learner
 Not supported          ``--critic central`` (global state), ``--message-sweeps`` and ``faults.dropout``
                        (the vector env has none of them): a clear error
 =====================  ============================================================================
@@ -286,12 +290,12 @@ class VectorEnvRunner(MultiAgentEnvRunner):
         vector, b, n = self.vector, self.num_envs, self.vector.n_robots
         rounds = vector.config.rounds
         if self._needs_initial_reset and self._seed is not None:
-            observations, _ = vector.reset(seed=TRAIN_FIRST_SEED + int(self._seed) * b)
+            observations, infos = vector.reset(seed=TRAIN_FIRST_SEED + int(self._seed) * b)
         else:
-            observations, _ = vector.reset(seed=None)  # a fresh draw from the vector env's seeded generator
+            observations, infos = vector.reset(seed=None)  # a fresh draw from the vector env's seeded generator
         self._needs_initial_reset = False
         started = time.perf_counter()
-        space = vector.single_action_space
+        space, env_action = self._module_action()
         obs_dim, act_dim = observations.shape[-1], space.shape[0]
         obs = np.empty((rounds + 1, b, n, obs_dim), np.float32)
         actions = np.empty((rounds, b, n, act_dim), np.float32)
@@ -311,7 +315,10 @@ class VectorEnvRunner(MultiAgentEnvRunner):
                     logp[t][:, rows] = lp.reshape(b, len(rows))
                     dist_inputs[t][:, rows] = inputs.reshape(b, len(rows), -1)
             with self.metrics.log_time(ENV_STEP_TIMER):
-                observations, rewards[t], terminateds[t], truncations, _ = vector.step(self._to_env(actions[t], space))
+                env_actions = self._to_env(actions[t], space)
+                if env_action is not None:  # a structured action (gap-fraction): the module's f -> Greedy's shares
+                    env_actions = env_action(vector, env_actions, infos)
+                observations, rewards[t], terminateds[t], truncations, infos = vector.step(env_actions)
             if truncations.any() or (terminateds[t].any() and t < rounds - 1):
                 raise RuntimeError(f"vector env ended an episode at round {t + 1} of {rounds}: the vector runner needs "
                                    "every env to run exactly `rounds` steps")
@@ -330,6 +337,17 @@ class VectorEnvRunner(MultiAgentEnvRunner):
         return [RobotEpisodes(rows_of(obs, e), rows_of(actions, e), rows_of(logp, e), rows_of(dist_inputs, e),
                               rows_of(rewards, e), rows_of(terminateds, e), module_of_robot, agent_ids)
                 for e in range(b)]
+
+    def _module_action(self):
+        """The modules' action space and the map from it to the env's action (None: the env's own box)."""
+        modules = [self.module[m] for m in self._module_rows()]
+        kinds = {getattr(m.unwrapped(), "env_action", None) for m in modules}
+        if len(kinds) > 1:
+            raise ValueError(f"vector runner: the modules map their actions differently ({sorted(map(str, kinds))})")
+        kind = kinds.pop()
+        if kind is None:
+            return self.vector.single_action_space, None
+        return modules[0].unwrapped().action_space, env_action_map(kind)
 
     def _act(self, module_id: str, obs: np.ndarray, explore: bool):
         """Actions, their log-probabilities and the distribution inputs for ``obs`` rows, as RLlib's
@@ -389,6 +407,27 @@ class VectorEnvRunner(MultiAgentEnvRunner):
 
     def get_metrics(self):
         return self.metrics.reduce()
+
+
+def greedy_fraction_actions(vector, fractions: np.ndarray, infos: dict) -> np.ndarray:
+    """``(B, N, 1)`` fractions in [0, 1] -> ``(B, N, C)`` shares: each robot's Greedy towards ``cloud + f (target -
+    cloud)`` from its own estimated feasible matrix and availability (``baselines.fraction``), as ``rllib:``
+    evaluation computes them from the parallel env's infos."""
+    from baselines.fraction import greedy_fraction_shares
+
+    batched = vector.batched
+    if not hasattr(batched, "estimated_feasible_matrices") or vector.config.action_mode != "allocation":
+        raise ValueError("gap-fraction actions need the cloud game in allocation mode (estimated feasible matrices)")
+    return greedy_fraction_shares(batched.estimated_feasible_matrices(), infos["cloud_counts"],
+                                  batched.core.target_counts, fractions[..., 0], vector.config.n_cache,
+                                  infos["available"], vector.config.loss).astype(np.float32)
+
+
+def env_action_map(kind: str):
+    """The map of a module's ``env_action`` (see :class:`agents.modules.GapFractionModule`)."""
+    if kind != "greedy-fraction":
+        raise ValueError(f"unknown module env_action '{kind}' (known: greedy-fraction)")
+    return greedy_fraction_actions
 
 
 def use_vector_runner(config):

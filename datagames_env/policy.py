@@ -12,6 +12,8 @@ One spec grammar serves every scenario (``make_policy(spec, env)``, ``--policy``
 spec                       policy
 =========================  ==========================================================================
 ``NAME``                   registered for the env's scenario (``registered_policies(scenario)``)
+``NAME:ARG``               a registered policy built with one argument, ``factory(env, ARG)``
+                           (``greedy-fraction:0.35``)
 ``rllib:PATH``             an RLlib checkpoint of ``datagames train``, deterministic actions
 ``rllib-sample:PATH``      the same policy, sampled (seeded by ``reset(seed)``)
 ``sb3:PATH``               a Stable-Baselines3 checkpoint (``model.zip`` or its folder), deterministic
@@ -162,6 +164,7 @@ class PolicySpec:
     checkpoint_kind: str | None = None
     labeler: str | None = None
     env_overrides: dict = field(default_factory=dict)
+    argument: str | None = None  # NAME:ARG
 
     @property
     def label(self) -> str:
@@ -205,17 +208,21 @@ def parse_policy_spec(spec: str, scenario: str) -> PolicySpec:
                 raise ValueError(f"policy spec '{spec}': labeler '{tail}' is not one of {list(_labelers(scenario))}")
             text, labeler = body, tail
     overrides = {"labeler": labeler} if labeler else {}
+    argument = None
     if ":" in text and head in CHECKPOINT_KINDS:
         kind, target, checkpoint_kind = "checkpoint", text.partition(":")[2], head
         if not target:
             raise ValueError(f"policy spec '{spec}': {head}:PATH needs a path")
+    elif ":" in text and (scenario, head) in _REGISTRY:
+        kind, target, checkpoint_kind = "name", head, None
+        argument = text.partition(":")[2]
     elif ":" in text:
         kind, target, checkpoint_kind = "entry_point", text, None
     elif (scenario, text) in _REGISTRY:
         kind, target, checkpoint_kind = "name", text, None
     else:
         raise ValueError(f"unknown policy '{text}' for scenario '{scenario}'; known {spec_grammar(scenario)}")
-    return PolicySpec(spec.strip(), scenario, kind, target, checkpoint_kind, labeler, overrides)
+    return PolicySpec(spec.strip(), scenario, kind, target, checkpoint_kind, labeler, overrides, argument)
 
 
 def missing_checkpoint(spec: PolicySpec) -> bool:
@@ -250,7 +257,8 @@ def make_policy(spec: Any, env, scenario: str | None = None) -> Policy:
         return loader(env, parsed.target, explore=explore)
     if parsed.kind == "entry_point":
         return load_entry_point(parsed.target)(env)
-    return load_entry_point(_REGISTRY[(scenario, parsed.target)])(env)
+    factory = load_entry_point(_REGISTRY[(scenario, parsed.target)])
+    return factory(env) if parsed.argument is None else factory(env, parsed.argument)
 
 
 def _register_builtin() -> None:

@@ -58,7 +58,8 @@ SCENARIOS: dict[str, ScenarioInfo] = {
         "datagames/DataGames-v0", "default", f"{_REPORTS}.datagames:DataGamesReporter",
         (("random", "datagames_env.policy:RandomPolicy"), ("uniform", "datagames_env.policy:UniformPolicy"),
          ("greedy", "baselines.policies:GreedyPolicy"), ("interactive", "baselines.policies:InteractivePolicy"),
-         ("interactive-sum", "baselines.policies:InteractiveSumPolicy"), ("oracle", "baselines.policies:OraclePolicy")),
+         ("interactive-sum", "baselines.policies:InteractiveSumPolicy"), ("oracle", "baselines.policies:OraclePolicy"),
+         ("greedy-fraction", "baselines.fraction:GreedyFractionPolicy")),
         batched="batched"),
     "p2p": ScenarioInfo(
         "datagames_env.scenarios.p2p", "P2PScenario", "datagames_env.scenarios.p2p_fast:make_scenario", "datagames_env.scenarios.p2p:load_p2p_config",
