@@ -15,6 +15,7 @@ domain cache after the first feedback (rounds 2..R: round 1 of ``gu`` is random 
     PYTHONPATH=. python benchmarks/sweep_p2p.py --mode privacy --seeds 300-319 # blur against drop against pass
     PYTHONPATH=. python benchmarks/sweep_p2p.py --mode liars --seeds 300-319   # do lying peers hurt themselves?
     PYTHONPATH=. python benchmarks/sweep_p2p.py --mode signal --seeds 300-319  # the votes as a rarity signal
+    PYTHONPATH=. python benchmarks/sweep_p2p.py --mode check --seeds 300-319 --policies random,rllib:checkpoints/p2p-gu
 
 Writes ``docs/results/fidelity_p2p/{sweep,check,privacy,liars,signal}.csv`` (one row per point, policy and seed) and
 ``sweep.png``, and prints a table (mean ± sample std over seeds).
@@ -50,6 +51,16 @@ class EnvView:
         self.obs_layout, self.sample_feature_dim = batch.obs_layout, batch.sample_feature_dim
         self.possible_agents = [f"robot_{i}" for i in range(batch.n_robots)]
         self.config = batch.config
+
+    def observation_space(self, agent: str):  # the face's spaces: what rllib:PATH checks and maps actions to
+        from gymnasium import spaces
+
+        return spaces.Box(self.batch.observation_low, self.batch.observation_high, dtype=np.float32)
+
+    def action_space(self, agent: str):
+        from gymnasium import spaces
+
+        return spaces.Box(0.0, 1.0, (self.batch.action_width,), dtype=np.float32)
 
     def privileged_view(self) -> dict:
         view, b = self.batch.privileged_view(), self.b
