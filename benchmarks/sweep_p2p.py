@@ -18,6 +18,7 @@ domain cache after the first feedback (rounds 2..R: round 1 of ``gu`` is random 
     PYTHONPATH=. python benchmarks/sweep_p2p.py --mode ablate --seeds 100-109  # the gu rule ablated (tuning) ...
     PYTHONPATH=. python benchmarks/sweep_p2p.py --mode ablate --seeds 300-319  # ... and on unseen seeds
     PYTHONPATH=. python benchmarks/sweep_p2p.py --mode detectors --seeds 300-302  # paper tier: MC dropout etc.
+    PYTHONPATH=. python benchmarks/sweep_p2p.py --mode check --seeds 300-319 --policies random,rllib:checkpoints/p2p-gu
 
 Writes ``docs/results/fidelity_p2p/{sweep,check,privacy,liars,signal,ablate}.csv`` (one row per point, policy and
 seed; ``ablate.csv`` keeps the rows of other seeds, so tuning and unseen runs share it) and ``sweep.png`` /
@@ -54,6 +55,16 @@ class EnvView:
         self.obs_layout, self.sample_feature_dim = batch.obs_layout, batch.sample_feature_dim
         self.possible_agents = [f"robot_{i}" for i in range(batch.n_robots)]
         self.config = batch.config
+
+    def observation_space(self, agent: str):  # the face's spaces: what rllib:PATH checks and maps actions to
+        from gymnasium import spaces
+
+        return spaces.Box(self.batch.observation_low, self.batch.observation_high, dtype=np.float32)
+
+    def action_space(self, agent: str):
+        from gymnasium import spaces
+
+        return spaces.Box(0.0, 1.0, (self.batch.action_width,), dtype=np.float32)
 
     def privileged_view(self) -> dict:
         view, b = self.batch.privileged_view(), self.b

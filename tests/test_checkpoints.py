@@ -49,7 +49,7 @@ def test_shipped_checkpoint_loads_and_plays_one_episode_from_a_copy(name, copied
     meta = json.loads((copied / name / "datagames_meta.json").read_text())
     settings = meta["settings"]
     overrides = dict(settings["overrides"], rounds=2)
-    if settings["config"] != "default":  # the MNIST checkpoints: the data folder comes from the loading machine
+    if settings["config"] not in ("default", "p2p_default"):  # MNIST: the data folder comes from the loading machine
         from datagames_env.data.datasets import DATA_DIR_ENV_VAR
 
         monkeypatch.setenv(DATA_DIR_ENV_VAR, str(request.getfixturevalue("shared_datasets")))
@@ -58,7 +58,8 @@ def test_shipped_checkpoint_loads_and_plays_one_episode_from_a_copy(name, copied
     env = make_parallel_env(settings["config"], **overrides)
     policy = make_policy(f"rllib:checkpoints/{name}", env)
     record = run_episode(env, policy, seed=300)
-    assert np.isfinite(record["final_distance"]) and len(record["rounds"]) == 3  # the reset and 2 rounds
+    assert len(record["rounds"]) == 3  # the reset and 2 rounds
+    assert np.isfinite(record.get("final_distance", 0.0))  # the cloud game's distance; p2p records none
     if settings["message_sweeps"]:
         assert policy.last_stats["sweeps"] == settings["message_sweeps"] and policy.last_stats["messages"] > 0
     env.close()

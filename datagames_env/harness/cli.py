@@ -86,8 +86,8 @@ def int_range(low: int, high: int | None = None):
     return parse
 
 
-def float_range(low: float | None = None, positive: bool = False):
-    """An argparse ``type``: a finite float, ``> 0`` (``positive``) or ``>= low``."""
+def float_range(low: float | None = None, positive: bool = False, high: float | None = None):
+    """An argparse ``type``: a finite float, ``> 0`` (``positive``) or ``>= low``, and ``<= high``."""
     import math
 
     def parse(text: str) -> float:
@@ -101,6 +101,8 @@ def float_range(low: float | None = None, positive: bool = False):
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         if low is not None and value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low:g}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text}")
         return value
 
     parse.__name__ = "number"
@@ -285,7 +287,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_envs_per_env_runner=args.num_envs_per_env_runner, num_learners=args.num_learners,
         num_gpus_per_learner=args.num_gpus_per_learner, ray_address=args.ray_address, tune=args.tune,
         seed=args.seed, lr=args.lr, train_batch_size=args.train_batch_size, minibatch_size=args.minibatch_size,
-        num_epochs=args.num_epochs, entropy_coeff=args.entropy_coeff, initial_log_std=args.initial_log_std,
+        num_epochs=args.num_epochs, entropy_coeff=args.entropy_coeff, gamma=args.gamma, initial_log_std=args.initial_log_std,
         out=args.out, run_name=args.name, resume=args.resume, checkpoint_every=args.checkpoint_every,
         torch_threads=args.torch_threads or None, progress=not args.no_progress,
         critic=args.critic, imitate=args.imitate, imitation_episodes=args.imitation_episodes,
@@ -412,6 +414,8 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
     tr.add_argument("--minibatch-size", type=int_range(1), default=250)
     tr.add_argument("--num-epochs", type=int_range(1), default=10)
     tr.add_argument("--entropy-coeff", type=float_range(low=0.0), default=0.0)
+    tr.add_argument("--gamma", type=float_range(low=0.0, high=1.0), default=0.99,
+                    help="discount (0: each round's reward credits that round's action only, e.g. p2p's feedback)")
     tr.add_argument("--initial-log-std", type=float_range(), default=-1.0,
                     help="initial log std of the Gaussian exploration (scoring modules, SB3)")
     tr.add_argument("--seed", type=int_range(0, SEED_MAX), default=0)
