@@ -34,7 +34,7 @@ from datagames_env.config import ConfigError
 from datagames_env.perception import limited_torch_threads
 from datagames_env.scenarios.batching import BatchOfOne
 from datagames_env.scenarios.dual import DualScenario, load_dual_config
-from datagames_env.scenarios.dual_fast import FastDual
+from datagames_env.scenarios.dual_fast import FastDual, distinct_in_upload_order
 from datagames_env.selection.submodular import FacilityLocation, lazy_greedy, max_similarity
 
 from .dual_policies import badge_embeddings, badge_origin_coverage
@@ -79,13 +79,7 @@ class BadgeLabelFastDual(FastDual):
         for b, cand in enumerate(candidates):
             if len(cand) == 0:
                 continue
-            entry_rows = self.ledger["row"][b, cand]
-            distinct, first, inverse = np.unique(entry_rows, return_index=True, return_inverse=True)
-            order = np.argsort(first, kind="stable")  # distinct rows in order of first upload
-            rank = np.empty_like(order)
-            rank[order] = np.arange(len(order))
-            rows, first, inverse = distinct[order], first[order], rank[inverse.reshape(-1)]
-            copies = np.bincount(inverse, minlength=len(rows)).astype(np.float64)
+            rows, first, inverse, copies = distinct_in_upload_order(self.ledger["row"][b, cand])
             ledger_rows = self.ledger["row"][b, :used]
             labeled = np.unique(ledger_rows[self.ledger["labeled"][b, :used] & (ledger_rows >= 0)])
             prepared.append((b, cand, rows, first, copies, labeled, min(cfg.label_budget, len(cand))))
@@ -120,13 +114,7 @@ class BadgeLabelDualScenario(DualScenario):
         if cfg.labeler != "submodular" or len(candidates) == 0:
             return super()._label(candidates)
         budget = min(cfg.label_budget, len(candidates))
-        entry_rows = self._cloud["row"][candidates]
-        distinct, first, inverse = np.unique(entry_rows, return_index=True, return_inverse=True)
-        order = np.argsort(first, kind="stable")  # distinct rows in order of first upload
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        rows, first, inverse = distinct[order], first[order], rank[inverse.reshape(-1)]
-        copies = np.bincount(inverse, minlength=len(rows)).astype(np.float64)
+        rows, first, _, copies = distinct_in_upload_order(self._cloud["row"][candidates])
         probs, emb = self._cloud_view(rows)
         labeled_probs, labeled_emb = self._cloud_view(self._distinct(self._labeled_rows()))
         result = _badge_greedy(emb, probs, labeled_emb, labeled_probs, copies, budget, cfg)

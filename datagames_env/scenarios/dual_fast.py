@@ -56,7 +56,7 @@ from .batching import BatchOfOne
 from .dual import (METADATA, PRIVACY_COUNTS, DualConfig, DualScenario, DualWorld, get_dual_world, load_dual_config,
                    set_observation_layout)
 
-__all__ = ["FastDual", "batched_scenario", "dual_scenario", "fast_features", "warm_fast_perception"]
+__all__ = ["FastDual", "batched_scenario", "distinct_in_upload_order", "dual_scenario", "fast_features", "warm_fast_perception"]
 
 ROBOT_INFO_KEYS = ("available", "feasible_matrix", "estimated_mix", "uploaded", "uploaded_sample_ids",
                    "labeled_from_robot", *(f"privacy_{k}" for k in PRIVACY_COUNTS))
@@ -109,6 +109,17 @@ def batched_scenario(cfg: DualConfig, num_envs: int) -> FastDual | None:
     if cfg.perception.tier != "fast":
         return None
     return FastDual(cfg, num_envs)
+
+
+def distinct_in_upload_order(entry_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct rows of ledger entries in order of first upload: ``(rows, first entry of each, entry ->
+    its distinct row, copies of each as float64)`` (the labelers' ground set, each row weighted by its copies)."""
+    distinct, first, inverse = np.unique(entry_rows, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    rows, first, inverse = distinct[order], first[order], rank[inverse.reshape(-1)]
+    return rows, first, inverse, np.bincount(inverse, minlength=len(rows)).astype(np.float64)
 
 
 class FastDual(BatchedScenario):
@@ -557,13 +568,7 @@ class FastDual(BatchedScenario):
         for b, cand in enumerate(candidates):
             if len(cand) == 0:
                 continue
-            entry_rows = self.ledger["row"][b, cand]
-            distinct, first, inverse = np.unique(entry_rows, return_index=True, return_inverse=True)
-            order = np.argsort(first, kind="stable")  # distinct rows in order of first upload
-            rank = np.empty_like(order)
-            rank[order] = np.arange(len(order))
-            rows, first, inverse = distinct[order], first[order], rank[inverse.reshape(-1)]
-            copies = np.bincount(inverse, minlength=len(rows)).astype(np.float64)
+            rows, first, inverse, copies = distinct_in_upload_order(self.ledger["row"][b, cand])
             covered = self.cov_labeled[b, self.cloud_slot[rows]]
             budget = min(cfg.label_budget, len(cand))
             prepared.append((b, cand, rows, first, inverse, copies, covered, budget))
