@@ -261,9 +261,34 @@ def _report_overrides(args: argparse.Namespace) -> dict:
     return {reporter(config.get("scenario", "datagames")).data_dir_key: str(Path(args.data_dir).resolve())}
 
 
+def train_settings(args: argparse.Namespace, TrainSettings, overrides: dict):
+    """``TrainSettings`` of the parsed ``datagames train`` flags: with ``--preset`` the preset's values for the flags
+    left unset (``TrainSettings.from_preset``), else the defaults; explicit flags win."""
+    preset_fields = {k: v for k, v in (("train_batch_size", args.train_batch_size),
+                                       ("minibatch_size", args.minibatch_size), ("num_epochs", args.num_epochs),
+                                       ("vector_runner", args.vector_runner or None)) if v is not None}
+    fields = dict(
+        config=args.config, overrides=overrides, iterations=args.iterations, model=args.model,
+        selection_dist=args.selection_dist, allocation_dist=args.allocation_dist,
+        per_robot=args.per_robot, num_env_runners=args.num_env_runners,
+        num_envs_per_env_runner=args.num_envs_per_env_runner, num_learners=args.num_learners,
+        num_gpus_per_learner=args.num_gpus_per_learner, ray_address=args.ray_address, tune=args.tune,
+        seed=args.seed, lr=args.lr, entropy_coeff=args.entropy_coeff, gamma=args.gamma, initial_log_std=args.initial_log_std,
+        out=args.out, run_name=args.name, resume=args.resume, checkpoint_every=args.checkpoint_every,
+        torch_threads=args.torch_threads or None, progress=not args.no_progress,
+        critic=args.critic, imitate=args.imitate, imitation_episodes=args.imitation_episodes,
+        imitation_epochs=args.imitation_epochs, message_sweeps=args.message_sweeps,
+        imitation_dagger_rounds=args.imitation_dagger_rounds,
+        env_runner_resources=dict(args.env_runner_resource))
+    fields.update(preset_fields)
+    return TrainSettings.from_preset(args.preset, **fields) if args.preset else TrainSettings(**fields)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..policy import load_entry_point
 
+    if args.preset and args.algo != "ppo":
+        raise SystemExit(f"datagames train --preset {args.preset} is for --algo ppo (RLlib), not --algo {args.algo}")
     console = make_console()
     try:  # the trainers live in agents/ (a layer above): loaded by entry point, never imported here
         TrainSettings = load_entry_point(TRAINERS["settings"])
@@ -280,20 +305,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .warmup import notice_if_compiling
 
     notice_if_compiling(console)
-    settings = TrainSettings(
-        config=args.config, overrides=overrides, iterations=args.iterations, model=args.model,
-        selection_dist=args.selection_dist, allocation_dist=args.allocation_dist,
-        per_robot=args.per_robot, num_env_runners=args.num_env_runners,
-        num_envs_per_env_runner=args.num_envs_per_env_runner, num_learners=args.num_learners,
-        num_gpus_per_learner=args.num_gpus_per_learner, ray_address=args.ray_address, tune=args.tune,
-        seed=args.seed, lr=args.lr, train_batch_size=args.train_batch_size, minibatch_size=args.minibatch_size,
-        num_epochs=args.num_epochs, entropy_coeff=args.entropy_coeff, gamma=args.gamma, initial_log_std=args.initial_log_std,
-        out=args.out, run_name=args.name, resume=args.resume, checkpoint_every=args.checkpoint_every,
-        torch_threads=args.torch_threads or None, progress=not args.no_progress,
-        critic=args.critic, imitate=args.imitate, imitation_episodes=args.imitation_episodes,
-        imitation_epochs=args.imitation_epochs, message_sweeps=args.message_sweeps,
-        imitation_dagger_rounds=args.imitation_dagger_rounds,
-        env_runner_resources=dict(args.env_runner_resource), vector_runner=args.vector_runner)
+    settings = train_settings(args, TrainSettings, overrides)
     with quiet_third_party():
         result = train(settings, log=console.print)
     console.print(f"{training_counts(result)}; {result['elapsed_s']:.0f} s; checkpoint {result['checkpoint']}")
@@ -410,9 +422,14 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
                     help="sample through vector_env in bulk and hand PPO arrays (agents/rllib_vector_runner.py; "
                          "any scenario; for throughput: --train-batch-size 32000 --minibatch-size 4000 --num-epochs 2)")
     tr.add_argument("--lr", type=float_range(positive=True), default=3e-4)
-    tr.add_argument("--train-batch-size", type=int_range(1), default=2000, help="agent steps per iteration")
-    tr.add_argument("--minibatch-size", type=int_range(1), default=250)
-    tr.add_argument("--num-epochs", type=int_range(1), default=10)
+    tr.add_argument("--preset", default=None, choices=["throughput"],
+                    help="RLlib PPO settings by name; explicit flags win. throughput: --vector-runner "
+                         "--train-batch-size 32000 --minibatch-size 4000 --num-epochs 2 (about 12x the agent-steps/s "
+                         "of the defaults on `default`; docs/rllib_speed.md)")
+    tr.add_argument("--train-batch-size", type=int_range(1), default=None,
+                    help="agent steps per iteration (default 2000, or the preset's)")
+    tr.add_argument("--minibatch-size", type=int_range(1), default=None, help="default 250, or the preset's")
+    tr.add_argument("--num-epochs", type=int_range(1), default=None, help="default 10, or the preset's")
     tr.add_argument("--entropy-coeff", type=float_range(low=0.0), default=0.0)
     tr.add_argument("--gamma", type=float_range(low=0.0, high=1.0), default=0.99,
                     help="discount (0: each round's reward credits that round's action only, e.g. p2p's feedback)")
