@@ -298,7 +298,9 @@ class GapFractionModule(ClassScoringModule):
     both of which read ``env_action``). The module's action space is ``Box(0, 1, (1,))``.
 
     The same per-class features as :class:`ClassScoringModule` go through a network shared across classes; their
-    mean and max over classes plus the context give the Beta's mean and concentration (:class:`FractionBeta`)."""
+    mean and max over classes plus the context give the Beta's mean and concentration (:class:`FractionBeta`).
+    ``model_config`` keys ``initial_fraction`` (default 0.5) and ``initial_concentration`` (default 8) set the
+    starting Beta's mean and concentration (``--initial-fraction``, ``--fraction-concentration``)."""
 
     env_action = "greedy-fraction"  # what turns the module's f into the environment's action
 
@@ -318,6 +320,18 @@ class GapFractionModule(ClassScoringModule):
         item_dim = len(self.class_blocks)
         self.encoder = _mlp([item_dim + self.context_dim, *hidden])
         self.head = _mlp([2 * hidden[-1] + self.context_dim, hidden[-1], 2], out_gain=0.01)
+        # The starting Beta is set through the output bias (x0 = logit of the mean, x1 = log of k / k0), so the
+        # distribution class and old checkpoints (whose state overwrites the bias) mean the same as before.
+        fraction = float(self.model_config.get("initial_fraction", 0.5))
+        concentration = float(self.model_config.get("initial_concentration", FractionBeta.initial_concentration))
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"GapFractionModule: initial_fraction must be in (0, 1), got {fraction}")
+        if not 2.0 <= concentration <= 1000.0:
+            raise ValueError(f"GapFractionModule: initial_concentration must be in [2, 1000] (the Beta's clamp), got "
+                             f"{concentration}")
+        with torch.no_grad():
+            self.head[-1].bias.copy_(torch.tensor([math.log(fraction / (1.0 - fraction)),
+                                                   math.log(concentration / FractionBeta.initial_concentration)]))
         self.value_head = _mlp([self.context_dim + item_dim + self.state_dim, *hidden, 1], out_gain=1.0)
         self.action_dist_cls = FractionBeta
 

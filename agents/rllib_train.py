@@ -68,6 +68,9 @@ class TrainSettings:
     imitation_dagger_rounds: int = 1     # with message sweeps: DAgger rounds on the clone's own announcements
     env_runner_resources: dict = field(default_factory=dict)  # custom Ray resources per env runner: node placement
     vector_runner: bool = False          # sample vector_env in bulk (agents/rllib_vector_runner.py)
+    lr_final: float | None = None        # linear decay from lr to lr_final over the run's iterations (None: constant)
+    fraction_concentration: float = 8.0  # gap-fraction: the starting Beta's concentration (FractionBeta)
+    initial_fraction: float = 0.5        # gap-fraction: the starting Beta's mean
 
     @classmethod
     def from_preset(cls, preset: str | None, **fields) -> TrainSettings:
@@ -137,6 +140,9 @@ def module_spec(par_env, settings: TrainSettings):
                          f"state (state_space); got model {model}, scenario {type(par_env).__name__}")
     if model == "gap-fraction":
         return _gap_fraction_spec(layout, settings)
+    if (settings.fraction_concentration, settings.initial_fraction) != (8.0, 0.5):
+        raise ValueError("--fraction-concentration and --initial-fraction need --model gap-fraction; got --model "
+                         f"{settings.model}")
     if model == "mlp":
         return RLModuleSpec(model_config=DefaultModelConfig(fcnet_hiddens=list(settings.hidden),
                                                             fcnet_activation="tanh", vf_share_layers=False))
@@ -184,6 +190,9 @@ def _gap_fraction_spec(layout: dict, settings: TrainSettings):
     if settings.critic != "local" or settings.message_sweeps or settings.imitate:
         raise ValueError("--model gap-fraction supports none of --critic central, --message-sweeps, --imitate")
     config = {"n_classes": layout["n_classes"], "hidden": list(settings.hidden)}
+    if (settings.fraction_concentration, settings.initial_fraction) != (8.0, 0.5):  # old runs' config unchanged
+        config.update(initial_concentration=float(settings.fraction_concentration),
+                      initial_fraction=float(settings.initial_fraction))
     return RLModuleSpec(module_class=GapFractionModule, model_config=config,
                         action_space=gym.spaces.Box(0.0, 1.0, (1,), dtype=np.float32))
 
@@ -221,6 +230,18 @@ def env_config_of(settings: TrainSettings) -> dict:
     config_ref = settings.config if isinstance(settings.config, (str, dict)) else settings.config.model_dump()
     return {"config": config_ref, "overrides": dict(settings.overrides), "global_state": settings.critic == "central",
             "message_sweeps": settings.message_sweeps}
+
+
+def lr_schedule(settings: TrainSettings, n_agents: int) -> float | list[list[float]]:
+    """``settings.lr``, or with ``lr_final`` RLlib's piecewise-linear schedule from ``lr`` to ``lr_final`` over
+    ``iterations`` iterations. RLlib's learner reads the schedule at the lifetime count of *environment* steps
+    sampled (every robot acts once per environment step), so the run's agent steps are divided by the robots."""
+    if settings.lr_final is None:
+        return settings.lr
+    if not (math.isfinite(settings.lr_final) and settings.lr_final > 0):
+        raise ValueError(f"--lr-final must be a positive number, got {settings.lr_final}")
+    end = max(1, settings.iterations * settings.train_batch_size // max(1, n_agents))
+    return [[0, settings.lr], [end, settings.lr_final]]
 
 
 def build_ppo_config(settings: TrainSettings):
@@ -265,7 +286,7 @@ def build_ppo_config(settings: TrainSettings):
                      rollout_fragment_length=per_env_agent_steps(num_envs), batch_mode="truncate_episodes")
         .learners(num_learners=settings.num_learners, num_gpus_per_learner=settings.num_gpus_per_learner,
                   learner_class=MaskedPPOTorchLearner)  # advantages standardised over real rows (ppo_learner.py)
-        .training(lr=settings.lr, gamma=settings.gamma, lambda_=settings.lambda_, entropy_coeff=settings.entropy_coeff,
+        .training(lr=lr_schedule(settings, len(agents)), gamma=settings.gamma, lambda_=settings.lambda_, entropy_coeff=settings.entropy_coeff,
                   train_batch_size_per_learner=settings.train_batch_size // max(1, settings.num_learners),
                   minibatch_size=settings.minibatch_size, num_epochs=settings.num_epochs)
         .debugging(seed=settings.seed, log_level="ERROR")

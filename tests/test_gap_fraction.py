@@ -117,10 +117,18 @@ def test_gap_fraction_trains_and_its_checkpoint_evaluates_through_rllib(tmp_path
     try:
         result = train(TrainSettings(config="default", overrides=dict(SMALL), model="gap-fraction", vector_runner=True,
                                      train_batch_size=36, minibatch_size=18, num_epochs=1, iterations=2,
-                                     progress=False, checkpoint_every=0, out="runs"))
+                                     progress=False, checkpoint_every=0, out="runs", lr=1e-3, lr_final=1e-4,
+                                     fraction_concentration=40.0, initial_fraction=0.3))
     finally:
         ray.shutdown()
     assert [h["agent_steps"] for h in result["history"]] == [36, 72]
+    # the learning rate decays linearly over the run (logged after each update: 1e-3 -> 5.5e-4 -> 1e-4)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / result["run_dir"] / "tensorboard"))
+    events.Reload()
+    lrs = [e.value for e in events.Scalars("learners/shared/default_optimizer_learning_rate")]
+    np.testing.assert_allclose(lrs, [5.5e-4, 1e-4], rtol=1e-5)
     checkpoint = tmp_path / "moved"
     (tmp_path / result["checkpoint"]).rename(checkpoint)
     assert absolute_paths_in(checkpoint) == {}
@@ -134,9 +142,83 @@ def test_gap_fraction_trains_and_its_checkpoint_evaluates_through_rllib(tmp_path
     actions = policy.act(observations, infos)
     fractions = policy._decide(observations)
     assert all(0.0 <= fractions[a][0] <= 1.0 for a in fractions)
+    # two small updates leave the policy near its configured start (--initial-fraction 0.3)
+    assert all(abs(fractions[a][0] - 0.3) < 0.05 for a in fractions)
     expected = {a: solve_greedy_fraction(infos[a]["feasible_matrix"][None], infos[a]["cloud_counts"],
                                          infos[a]["target_counts"], SMALL["n_cache"], fractions[a][0],
                                          infos[a]["available"][None])[0] / SMALL["n_cache"] for a in actions}
     for agent in actions:
         assert env.action_space(agent).contains(actions[agent])
         np.testing.assert_allclose(actions[agent], expected[agent], rtol=0, atol=1e-6)
+
+
+def _gap_fraction_module(**settings):
+    pytest.importorskip("ray.rllib")
+    from agents.rllib_train import TrainSettings, probe_spec
+
+    face, spec = probe_spec(TrainSettings(config="default", overrides=dict(SMALL), model="gap-fraction",
+                                          vector_runner=True, **settings))
+    face.close()
+    return spec.build(), face
+
+
+def _starting_beta(module, face):
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    observations, _ = face.par_env.reset(seed=100)
+    obs = torch.as_tensor(np.stack([observations[a] for a in face.par_env.possible_agents]), dtype=torch.float32)
+    with torch.no_grad():
+        dist = module.action_dist_cls.from_logits(module.forward_inference({Columns.OBS: obs})[
+            Columns.ACTION_DIST_INPUTS])
+    return dist.mean.numpy(), (dist.beta.concentration0 + dist.beta.concentration1).numpy()
+
+
+def test_initial_fraction_and_concentration_set_the_starting_beta_and_the_defaults_are_unchanged():
+    """``--initial-fraction`` / ``--fraction-concentration`` start the Beta there (the head's outputs are small,
+    gain 0.01, so the start is within a few percent); the defaults leave the old start (mean 0.5, k = 8) and the
+    old module config, so old checkpoints and commands mean the same."""
+    module, face = _gap_fraction_module(fraction_concentration=40.0, initial_fraction=0.3)
+    mean, k = _starting_beta(module, face)
+    np.testing.assert_allclose(mean, 0.3, atol=0.02)
+    np.testing.assert_allclose(k, 40.0, rtol=0.05)
+    default, face = _gap_fraction_module()
+    assert "initial_concentration" not in default.model_config and "initial_fraction" not in default.model_config
+    assert not default.head[-1].bias.detach().numpy().any()
+    mean, k = _starting_beta(default, face)
+    np.testing.assert_allclose(mean, 0.5, atol=0.02)
+    np.testing.assert_allclose(k, 8.0, rtol=0.05)
+
+
+def test_fraction_options_name_bad_values_and_need_the_gap_fraction_model():
+    pytest.importorskip("ray.rllib")
+    from agents.rllib_train import TrainSettings, build_ppo_config, lr_schedule
+
+    with pytest.raises(ValueError, match="initial_concentration must be in \\[2, 1000\\]"):
+        _gap_fraction_module(fraction_concentration=1.0)
+    with pytest.raises(ValueError, match="initial_fraction must be in \\(0, 1\\)"):
+        _gap_fraction_module(initial_fraction=1.0)
+    with pytest.raises(ValueError, match="--fraction-concentration and --initial-fraction need --model gap-fraction"):
+        build_ppo_config(TrainSettings(config="default", overrides=dict(SMALL), fraction_concentration=40.0))
+    # the learning-rate schedule: RLlib's learner reads it at the lifetime env steps (agent steps / robots)
+    assert lr_schedule(TrainSettings(lr=1e-3), 3) == 1e-3
+    settings = TrainSettings(lr=1e-3, lr_final=1e-4, iterations=10, train_batch_size=300)
+    assert lr_schedule(settings, 3) == [[0, 1e-3], [1000, 1e-4]]
+    with pytest.raises(ValueError, match="--lr-final"):
+        lr_schedule(TrainSettings(lr_final=-1.0), 3)
+
+
+def test_train_cli_takes_the_schedule_and_fraction_options():
+    from datagames_env.harness.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--lr-final", "1e-4", "--fraction-concentration", "40",
+                              "--initial-fraction", "0.4"])
+    assert (args.lr_final, args.fraction_concentration, args.initial_fraction) == (1e-4, 40.0, 0.4)
+    defaults = parser.parse_args(["train"])
+    assert (defaults.lr_final, defaults.fraction_concentration, defaults.initial_fraction) == (None, 8.0, 0.5)
+    for bad in (["--fraction-concentration", "1"], ["--initial-fraction", "1"], ["--lr-final", "0"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["train", *bad])
+    help_text = parser._subparsers._group_actions[0].choices["train"].format_help()
+    assert "--lr-final" in help_text and "--fraction-concentration" in help_text and "--initial-fraction" in help_text

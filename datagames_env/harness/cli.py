@@ -279,7 +279,8 @@ def train_settings(args: argparse.Namespace, TrainSettings, overrides: dict):
         critic=args.critic, imitate=args.imitate, imitation_episodes=args.imitation_episodes,
         imitation_epochs=args.imitation_epochs, message_sweeps=args.message_sweeps,
         imitation_dagger_rounds=args.imitation_dagger_rounds,
-        env_runner_resources=dict(args.env_runner_resource))
+        env_runner_resources=dict(args.env_runner_resource), lr_final=args.lr_final,
+        fraction_concentration=args.fraction_concentration, initial_fraction=args.initial_fraction)
     fields.update(preset_fields)
     return TrainSettings.from_preset(args.preset, **fields) if args.preset else TrainSettings(**fields)
 
@@ -422,6 +423,13 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
                     help="sample through vector_env in bulk and hand PPO arrays (agents/rllib_vector_runner.py; "
                          "any scenario; for throughput: --train-batch-size 32000 --minibatch-size 4000 --num-epochs 2)")
     tr.add_argument("--lr", type=float_range(positive=True), default=3e-4)
+    tr.add_argument("--lr-final", type=float_range(positive=True), default=None,
+                    help="decay the learning rate linearly from --lr to this over --iterations (default: constant)")
+    tr.add_argument("--fraction-concentration", type=float_range(low=2.0, high=1000.0), default=8.0,
+                    help="--model gap-fraction: the starting Beta's concentration (default 8: about 0.17 std in f "
+                         "at f = 0.5; 40: about 0.08)")
+    tr.add_argument("--initial-fraction", type=float_range(low=0.01, high=0.99), default=0.5,
+                    help="--model gap-fraction: the starting Beta's mean fraction of the gap (default 0.5)")
     tr.add_argument("--preset", default=None, choices=["throughput"],
                     help="RLlib PPO settings by name; explicit flags win. throughput: --vector-runner "
                          "--train-batch-size 32000 --minibatch-size 4000 --num-epochs 2 (about 12x the agent-steps/s "
