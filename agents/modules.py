@@ -305,6 +305,9 @@ class GapFractionModule(ClassScoringModule):
         return {Columns.ACTION_DIST_INPUTS: self.head(pooled)}
 
 
+INITIAL_SWEEP_FRACTION = 0.9
+
+
 class SweepFractionModule(GapFractionModule):
     """Learned communication with a structured action (``--model sweep-fraction --message-sweeps K``): the same
     network and Beta as :class:`GapFractionModule` (one fraction f per robot, from the robot's own observation);
@@ -317,4 +320,10 @@ class SweepFractionModule(GapFractionModule):
         from datagames_env.faces.comm import check_sweeps
 
         self.env_action = f"interactive-fraction:{check_sweeps(int(self.model_config.get('sweeps', 3)))}"
+        # start near f = 1 (Interactive capped at K sweeps, the solver alone) rather than the Beta's 0.5
+        f0 = float(self.model_config.get("initial_fraction", INITIAL_SWEEP_FRACTION))
+        if not 0.0 < f0 < 1.0:
+            raise ValueError(f"SweepFractionModule: initial_fraction must be in (0, 1), got {f0}")
+        with torch.no_grad():
+            self.head[-1].bias[0] = math.log(f0 / (1.0 - f0))
 
