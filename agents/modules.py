@@ -341,3 +341,27 @@ class GapFractionModule(ClassScoringModule):
         encoded = torch.tanh(self.encoder(torch.cat([items, expanded], dim=-1)))
         pooled = torch.cat([encoded.mean(dim=-2), encoded.amax(dim=-2), context], dim=-1)
         return {Columns.ACTION_DIST_INPUTS: self.head(pooled)}
+
+
+INITIAL_SWEEP_FRACTION = 0.9
+
+
+class SweepFractionModule(GapFractionModule):
+    """Learned communication with a structured action (``--model sweep-fraction --message-sweeps K``): the same
+    network and Beta as :class:`GapFractionModule` (one fraction f per robot, from the robot's own observation);
+    the environment's action is ``datagames_env.faces.comm.interactive_fraction_shares``: Greedy towards f of the
+    gap as the first announcement, then K Gauss-Seidel sweeps of best responses (Greedy's solver) towards f of the
+    gap the others' announcements leave. What is learned: f. What is solver: everything after it."""
+
+    def setup(self) -> None:
+        super().setup()
+        from datagames_env.faces.comm import check_sweeps
+
+        self.env_action = f"interactive-fraction:{check_sweeps(int(self.model_config.get('sweeps', 3)))}"
+        # start near f = 1 (Interactive capped at K sweeps, the solver alone) rather than the Beta's 0.5
+        f0 = float(self.model_config.get("initial_fraction", INITIAL_SWEEP_FRACTION))
+        if not 0.0 < f0 < 1.0:
+            raise ValueError(f"SweepFractionModule: initial_fraction must be in (0, 1), got {f0}")
+        with torch.no_grad():
+            self.head[-1].bias[0] = math.log(f0 / (1.0 - f0))
+

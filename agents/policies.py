@@ -90,6 +90,8 @@ class RLlibCheckpointPolicy(_CheckpointPolicy):
         self.meta = _read_meta(self.path)
         # learned communication: the module was trained on observations with the message blocks (datagames_env.faces.comm)
         self.message_sweeps = int(self.meta.get("settings", {}).get("message_sweeps", 0) or 0)
+        if str(getattr(first, "env_action", None)).startswith("interactive-fraction:"):
+            self.message_sweeps = 0  # the sweeps are the solver's (faces.comm), not the module's decisions
         message_dim = 2 * env.n_classes + 1 if self.message_sweeps else 0
         _check_space(env, (first.observation_space.shape[0] - self.state_dim - message_dim,), self.path)
         if self.message_sweeps:
@@ -125,6 +127,16 @@ class RLlibCheckpointPolicy(_CheckpointPolicy):
 
         agents = list(fractions)
         first = infos[agents[0]]
+        if self.env_action.startswith("interactive-fraction:"):  # agents.modules.SweepFractionModule
+            from datagames_env.faces.comm import interactive_fraction_shares, sweep_messages
+
+            sweeps = int(self.env_action.partition(":")[2])
+            shares = interactive_fraction_shares(
+                np.stack([infos[a]["feasible_matrix"] for a in agents])[None], np.asarray(first["cloud_counts"])[None],
+                np.asarray(first["target_counts"]), np.stack([fractions[a][0] for a in agents])[None], self.n_cache,
+                np.stack([infos[a]["available"] for a in agents])[None], sweeps)[0]
+            self.last_stats = {"messages": sweep_messages(len(agents), sweeps), "sweeps": sweeps}
+            return {a: shares[k].astype(np.float32) for k, a in enumerate(agents)}
         shares = greedy_fraction_shares(np.stack([infos[a]["feasible_matrix"] for a in agents])[None],
                                         np.asarray(first["cloud_counts"])[None], np.asarray(first["target_counts"]),
                                         np.stack([fractions[a][0] for a in agents])[None], self.n_cache,

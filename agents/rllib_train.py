@@ -32,7 +32,7 @@ class TrainSettings:
     config: Any = "default"
     overrides: dict = field(default_factory=dict)
     iterations: int = 20
-    model: str = "auto"                  # auto | scoring | mlp | gap-fraction (vector runner only)
+    model: str = "auto"                  # auto | scoring | mlp | gap-fraction | sweep-fraction (vector runner only)
     selection_dist: str = "plackett-luce"  # selection mode: plackett-luce (top-k picks) | gaussian (scores)
     allocation_dist: str = "multinomial"   # allocation mode: multinomial (n_cache draws) | gaussian (shares)
     per_robot: bool = False
@@ -138,7 +138,7 @@ def module_spec(par_env, settings: TrainSettings):
     if settings.critic == "central" and (model != "scoring" or not hasattr(par_env, "state_space")):
         raise ValueError("--critic central needs the scoring modules (--model scoring) and a scenario with a global "
                          f"state (state_space); got model {model}, scenario {type(par_env).__name__}")
-    if model == "gap-fraction":
+    if model in ("gap-fraction", "sweep-fraction"):
         return _gap_fraction_spec(layout, settings)
     if (settings.fraction_concentration, settings.initial_fraction) != (8.0, 0.5):
         raise ValueError("--fraction-concentration and --initial-fraction need --model gap-fraction; got --model "
@@ -147,7 +147,7 @@ def module_spec(par_env, settings: TrainSettings):
         return RLModuleSpec(model_config=DefaultModelConfig(fcnet_hiddens=list(settings.hidden),
                                                             fcnet_activation="tanh", vf_share_layers=False))
     if model != "scoring":
-        raise ValueError(f"--model: '{settings.model}' is not one of auto, scoring, mlp, gap-fraction")
+        raise ValueError(f"--model: '{settings.model}' is not one of auto, scoring, mlp, gap-fraction, sweep-fraction")
     if layout["kind"] == "flat":
         raise ValueError("--model scoring needs an observation layout with per-class blocks or per-sample features; "
                          "this scenario has neither: use --model mlp")
@@ -187,13 +187,23 @@ def _gap_fraction_spec(layout: dict, settings: TrainSettings):
     if not settings.vector_runner:
         raise ValueError("--model gap-fraction needs --vector-runner (it applies Greedy's map from the fraction to "
                          "the environment's action)")
-    if settings.critic != "local" or settings.message_sweeps or settings.imitate:
-        raise ValueError("--model gap-fraction supports none of --critic central, --message-sweeps, --imitate")
     config = {"n_classes": layout["n_classes"], "hidden": list(settings.hidden)}
+    module_class = GapFractionModule
+    if settings.model == "sweep-fraction":  # learned communication, structured: f per robot, then solver sweeps
+        from .modules import SweepFractionModule
+
+        if not 1 <= settings.message_sweeps <= 3:
+            raise ValueError(f"--model sweep-fraction needs --message-sweeps 1..3 (the solver's Gauss-Seidel sweeps), "
+                             f"got {settings.message_sweeps}")
+        if settings.critic != "local" or settings.imitate:
+            raise ValueError("--model sweep-fraction supports none of --critic central, --imitate")
+        module_class, config["sweeps"] = SweepFractionModule, int(settings.message_sweeps)
+    elif settings.critic != "local" or settings.message_sweeps or settings.imitate:
+        raise ValueError("--model gap-fraction supports none of --critic central, --message-sweeps, --imitate")
     if (settings.fraction_concentration, settings.initial_fraction) != (8.0, 0.5):  # old runs' config unchanged
         config.update(initial_concentration=float(settings.fraction_concentration),
                       initial_fraction=float(settings.initial_fraction))
-    return RLModuleSpec(module_class=GapFractionModule, model_config=config,
+    return RLModuleSpec(module_class=module_class, model_config=config,
                         action_space=gym.spaces.Box(0.0, 1.0, (1,), dtype=np.float32))
 
 
@@ -229,7 +239,13 @@ def probe_spec(settings: TrainSettings):
 def env_config_of(settings: TrainSettings) -> dict:
     config_ref = settings.config if isinstance(settings.config, (str, dict)) else settings.config.model_dump()
     return {"config": config_ref, "overrides": dict(settings.overrides), "global_state": settings.critic == "central",
-            "message_sweeps": settings.message_sweeps}
+            "message_sweeps": face_sweeps(settings)}
+
+
+def face_sweeps(settings: TrainSettings) -> int:
+    """Announcement sub-steps the RLlib face plays per round: ``--message-sweeps`` for the learned announcements;
+    0 for ``--model sweep-fraction``, whose sweeps run inside the action map (faces.comm)."""
+    return 0 if settings.model == "sweep-fraction" else settings.message_sweeps
 
 
 def lr_schedule(settings: TrainSettings, n_agents: int) -> float | list[list[float]]:
@@ -258,7 +274,7 @@ def build_ppo_config(settings: TrainSettings):
     face, spec = probe_spec(settings)
     agents = list(face.possible_agents)
     # an episode is `rounds` decisions per robot, (K + 1) per round with K message sweeps
-    episode_len = int(getattr(getattr(face.par_env, "config", None), "rounds", 0) or 10) * (1 + settings.message_sweeps)
+    episode_len = int(getattr(getattr(face.par_env, "config", None), "rounds", 0) or 10) * (1 + face_sweeps(settings))
     face.close()
     module_ids = agents if settings.per_robot else [SHARED_MODULE]
     env_config = env_config_of(settings)

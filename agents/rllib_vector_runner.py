@@ -423,10 +423,28 @@ def greedy_fraction_actions(vector, fractions: np.ndarray, infos: dict) -> np.nd
                                   infos["available"], vector.config.loss).astype(np.float32)
 
 
+def interactive_fraction_actions(sweeps: int):
+    """The map of ``interactive-fraction:K`` (:class:`agents.modules.SweepFractionModule`): fractions -> the shares
+    after the first announcements and K Gauss-Seidel sweeps (``datagames_env.faces.comm``)."""
+    from datagames_env.faces.comm import interactive_fraction_shares
+
+    def act(vector, fractions: np.ndarray, infos: dict) -> np.ndarray:
+        batched = vector.batched
+        if not hasattr(batched, "estimated_feasible_matrices") or vector.config.action_mode != "allocation":
+            raise ValueError("sweep-fraction actions need the cloud game in allocation mode (estimated feasible matrices)")
+        return interactive_fraction_shares(batched.estimated_feasible_matrices(), infos["cloud_counts"],
+                                           batched.core.target_counts, fractions[..., 0], vector.config.n_cache,
+                                           infos["available"], sweeps).astype(np.float32)
+
+    return act
+
+
 def env_action_map(kind: str):
     """The map of a module's ``env_action`` (see :class:`agents.modules.GapFractionModule`)."""
+    if kind.startswith("interactive-fraction:"):
+        return interactive_fraction_actions(int(kind.partition(":")[2]))
     if kind != "greedy-fraction":
-        raise ValueError(f"unknown module env_action '{kind}' (known: greedy-fraction)")
+        raise ValueError(f"unknown module env_action '{kind}' (known: greedy-fraction, interactive-fraction:K)")
     return greedy_fraction_actions
 
 

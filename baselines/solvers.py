@@ -97,6 +97,7 @@ __all__ = [
 LOSSES = ("l2", "kl")
 BACKENDS = ("auto", "native", "cvxpy")
 BROADCASTS = ("all", "sum")
+ORDERS = ("gauss-seidel", "jacobi")  # who a robot answers within a sweep: the earlier robots' new plans, or last sweep's
 EMPTY_COLUMN = 1e-12  # a column of P_i with less mass than this is a predicted class robot i cannot produce
 _CACHE = True  # numba caches compiled code in __pycache__: a fresh process skips most compile time
 
@@ -1037,7 +1038,8 @@ _PERFECT = (np.zeros((0, 0, 0)), np.zeros((0, 0), dtype=np.bool_), np.zeros(0), 
 
 def solve_interactive(P, cloud, target, n_cache, available=None, tol: float = TOL, max_sweeps: int = MAX_SWEEPS,
                       loss: str = "l2", backend: str = "auto", broadcast: str = "all",
-                      solver: str | None = None, channel: Channel | None = None) -> InteractiveResult:
+                      solver: str | None = None, channel: Channel | None = None,
+                      order: str = "gauss-seidel") -> InteractiveResult:
     """Algorithm 1 (Problem 3): Greedy start, then sweeps of best responses until no robot's contribution moves.
 
     In a sweep robot i = 1..N solves ``min_{a_i in S_i} L(cloud + sum_{k != i} P_k a_k + P_i a_i)`` exactly,
@@ -1050,6 +1052,11 @@ def solve_interactive(P, cloud, target, n_cache, available=None, tol: float = TO
     ``channel``: an unreliable channel (:class:`Channel`); the robots then best-respond to what they *believe*
     the others contribute, the stopping rule also waits until no message is in flight, and messages are the
     per-receiver ones of ``broadcast="all"`` (lost ones included). None: the perfect channel.
+
+    ``order``: ``"gauss-seidel"`` (Algorithm 1, the default: robot i answers the new contributions of robots < i
+    of the same sweep) or ``"jacobi"`` (every robot answers the contributions of the previous sweep, all at once;
+    perfect channel only). Same message count. With a small ``max_sweeps`` this is the sweep-capped Interactive
+    (docs/learned.md, "Communication").
     """
     feasible_matrices, cloud_counts, target_counts, budget, caps = _validate(P, cloud, target, n_cache, available)
     backend = _pick_backend(backend, loss)
@@ -1059,6 +1066,9 @@ def solve_interactive(P, cloud, target, n_cache, available=None, tol: float = TO
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
     if isinstance(max_sweeps, bool) or not float(max_sweeps).is_integer() or max_sweeps < 1:
         raise ValueError(f"max_sweeps must be an integer >= 1, got {max_sweeps!r}")
+    order = _validate_choice(order, "order", ORDERS)
+    if channel is not None and order != "gauss-seidel":
+        raise ValueError(f"a channel runs the Gauss-Seidel sweeps of Algorithm 1, got order={order!r}")
     if channel is not None and broadcast != "all":
         raise ValueError(f"a channel carries the per-receiver messages of broadcast='all', got broadcast={broadcast!r}")
     max_sweeps = int(max_sweeps)
@@ -1070,10 +1080,10 @@ def solve_interactive(P, cloud, target, n_cache, available=None, tol: float = TO
     actions = _greedy(feasible_matrices, cloud_counts, target_counts, budget, caps, loss, backend, solver)
     if backend == "native":
         sweep, contributions, start_loss = _native_sweeps(feasible_matrices, cloud_counts, target_counts, budget,
-                                                          caps, actions, wire)
+                                                          caps, actions, wire, order == "jacobi")
     else:
         sweep, contributions, start_loss = _cvxpy_sweeps(feasible_matrices, cloud_counts, target_counts, budget,
-                                                         caps, loss, actions, wire, solver)
+                                                         caps, loss, actions, wire, solver, order == "jacobi")
     if wire is not None:
         wire.broadcast(contributions)
     history = [start_loss]
@@ -1100,8 +1110,10 @@ def solve_interactive(P, cloud, target, n_cache, available=None, tol: float = TO
                              broadcast=broadcast, contributions=contributions)
 
 
-def _native_sweeps(feasible_matrices, cloud_counts, target_counts, budget, caps, actions, wire):
-    """(sweep(arrive) -> (moved, loss), contributions, start loss) of the compiled backend; state in place."""
+def _native_sweeps(feasible_matrices, cloud_counts, target_counts, budget, caps, actions, wire, jacobi=False):
+    """(sweep(arrive) -> (moved, loss), contributions, start loss) of the compiled backend; state in place.
+    ``jacobi``: the channel's belief path with every robot believing last sweep's contributions and no message
+    arriving within the sweep (the same kernel; the beliefs are refreshed between sweeps)."""
     n_robots, n_classes = caps.shape
     PT = _columns(feasible_matrices)
     d = target_counts - cloud_counts
@@ -1114,8 +1126,14 @@ def _native_sweeps(feasible_matrices, cloud_counts, target_counts, budget, caps,
     believed, _, factor, sent = _PERFECT if wire is None else (wire.believed, None, wire.factor, wire.sent)
     bounded = wire is not None and wire.bounded
     n_cache = 0.0 if wire is None else wire.n_cache
+    if jacobi:
+        believed, factor, sent = np.zeros((n_robots, n_robots, n_classes)), np.ones(n_robots), np.zeros((n_robots, n_classes))
+        silent = np.zeros((n_robots, n_robots), dtype=np.bool_)
 
     def sweep(arrive):
+        if jacobi:
+            believed[:] = contributions[None]
+            arrive = silent
         moved, loss = _sweep_native(feasible_matrices, PT, caps, budget, d, actions, contributions, total, max_iter,
                                     ws, d_i, new, believed, arrive, factor, bounded, n_cache, sent)
         return float(moved), float(loss)
@@ -1123,8 +1141,9 @@ def _native_sweeps(feasible_matrices, cloud_counts, target_counts, budget, caps,
     return sweep, contributions, float(np.sqrt(((total - d) ** 2).sum()))
 
 
-def _cvxpy_sweeps(feasible_matrices, cloud_counts, target_counts, budget, caps, loss, actions, wire, solver):
-    """The reference backend's sweep, the same rules as :func:`_sweep_native` (channel included)."""
+def _cvxpy_sweeps(feasible_matrices, cloud_counts, target_counts, budget, caps, loss, actions, wire, solver,
+                  jacobi=False):
+    """The reference backend's sweep, the same rules as :func:`_sweep_native` (channel and Jacobi included)."""
     n_robots, n_classes = caps.shape
     best_response = _BestResponseCvxpy(n_classes, target_counts, budget, loss,
                                        _scale(cloud_counts, target_counts, budget), solver)
@@ -1133,9 +1152,10 @@ def _cvxpy_sweeps(feasible_matrices, cloud_counts, target_counts, budget, caps, 
 
     def sweep(arrive):
         total = state["total"]
+        start = contributions.copy() if jacobi else None
         moved = 0.0
         for i in range(n_robots):
-            others = total - contributions[i]
+            others = total - contributions[i] if start is None else start.sum(axis=0) - start[i]
             believed_others = others
             if wire is not None:  # the truth plus what robot i's beliefs get wrong (exact zeros when nothing did)
                 wrong = wire.believed[i] - contributions
