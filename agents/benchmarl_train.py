@@ -16,6 +16,8 @@ flag                               BenchMARL
                                    epochs x frames per batch / minibatch frames
 ``--lr``, ``--seed``               ``lr``, the experiment seed (environment seeds follow it)
 ``--checkpoint-every``             BenchMARL checkpoint and evaluation (10 episodes) every k iterations
+``--model gap-fraction``           the task's ``action: gap-fraction`` (one fraction of the gap per robot,
+                                   mapped to Greedy's shares towards it); ``auto`` / ``mlp``: the env's action
 =================================  ==================================================================
 
 Writes ``<out>/<run>/``: BenchMARL's experiment folder (``benchmarl/<exp>/``: csv logs, its marl-eval JSON of
@@ -140,7 +142,11 @@ def train_benchmarl(settings: TrainSettings, algo: str, log=print) -> dict:
     for hint in slow_training_hints(settings):
         log(f"note: {hint}")
     set_torch_threads(settings.torch_threads)
-    task = make_task(settings.config, **settings.overrides)
+    if settings.model not in ("auto", "mlp", "gap-fraction"):
+        raise ValueError(f"--model {settings.model}: BenchMARL trains its MLP on the env's action (auto, mlp) or on "
+                         "the gap-fraction action (gap-fraction)")
+    action = "gap-fraction" if settings.model == "gap-fraction" else "env"
+    task = make_task(settings.config, action=action, **settings.overrides)
     env_cfg = task.env_config
     algorithm_config = getattr(algorithms, ALGORITHMS[algo]).get_from_yaml()
     run_dir = run_dir_for(settings, algo)
@@ -164,6 +170,7 @@ def train_benchmarl(settings: TrainSettings, algo: str, log=print) -> dict:
     torch.save(actor, checkpoint / POLICY_FILE)
     agent_steps = history[-1]["agent_steps"] if history else 0
     meta = {"framework": "benchmarl", "algo": algo, "benchmarl_experiment": str(experiment.folder_name),
+            "action": action,  # gap-fraction: the actor emits f, evaluation maps it as the env did
             "iterations": len(history), "agent_steps": agent_steps, "training_time_s": elapsed,
             "observation_shape": [env_cfg.n_robots, int(task.observation_spec(experiment.test_env)[
                 "robots", "observation"].shape[-1])],
