@@ -18,6 +18,8 @@ flag                               BenchMARL
 ``--checkpoint-every``             BenchMARL checkpoint and evaluation (10 episodes) every k iterations
 ``--model gap-fraction``           the task's ``action: gap-fraction`` (one fraction of the gap per robot,
                                    mapped to Greedy's shares towards it); ``auto`` / ``mlp``: the env's action
+``--initial-log-std``, ``--entropy-coeff``  gap-fraction only: ``scale_mapping`` = ``biased_softplus_<exp(it)>``
+                                   (the TanhNormal's initial scale), ``entropy_coef``
 =================================  ==================================================================
 
 Writes ``<out>/<run>/``: BenchMARL's experiment folder (``benchmarl/<exp>/``: csv logs, its marl-eval JSON of
@@ -30,6 +32,7 @@ plays it (``agents.torchrl_policy``).
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -149,6 +152,14 @@ def train_benchmarl(settings: TrainSettings, algo: str, log=print) -> dict:
     task = make_task(settings.config, action=action, **settings.overrides)
     env_cfg = task.env_config
     algorithm_config = getattr(algorithms, ALGORITHMS[algo]).get_from_yaml()
+    if action == "gap-fraction":
+        # one number per robot: start from the TanhNormal scale exp(--initial-log-std) (BenchMARL's default is 1.0,
+        # which spreads f over most of [0, 1] and drowns each robot's share of the common reward in noise)
+        algorithm_config.scale_mapping = f"biased_softplus_{math.exp(settings.initial_log_std):.4g}"
+        if hasattr(algorithm_config, "entropy_coef"):
+            algorithm_config.entropy_coef = settings.entropy_coeff
+        if hasattr(algorithm_config, "lmbda"):
+            algorithm_config.lmbda = settings.lambda_
     run_dir = run_dir_for(settings, algo)
     (run_dir / "benchmarl").mkdir(parents=True, exist_ok=True)
     cfg = experiment_config(settings, env_cfg.n_robots, env_cfg.rounds, run_dir, algorithm_config.on_policy())
