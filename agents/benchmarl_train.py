@@ -97,7 +97,7 @@ def _history_callback(n_robots: int, log=None):
             def __init__(self, n_robots: int, log=None) -> None:
                 super().__init__()
                 self.n_robots, self.log, self.history = n_robots, log, []
-                self.started = time.perf_counter()
+                self.started = self.last_end = time.perf_counter()
 
             def __getstate__(self):
                 return {k: v for k, v in self.__dict__.items() if k not in ("log", "experiment")}
@@ -105,8 +105,10 @@ def _history_callback(n_robots: int, log=None):
             def on_batch_collected(self, batch) -> None:
                 exp = self.experiment
                 frames = exp.total_frames  # already counts this batch
+                now = time.perf_counter()
                 row = {"iteration": exp.n_iters_performed + 1, "frames": frames, "agent_steps": frames * self.n_robots,
-                       "elapsed_s": time.perf_counter() - self.started}
+                       "elapsed_s": now - self.started,
+                       "collect_s": now - self.last_end}  # collector (env + policy) since the last update ended
                 done = batch.get(("next", "done")).squeeze(-1)
                 if done.any():
                     rewards = batch.get(("next", "robots", "episode_reward"))  # RewardSum: per robot, over rounds
@@ -120,6 +122,13 @@ def _history_callback(n_robots: int, log=None):
                                  f"{row['episode_return_per_robot']:.3f}{distance}, "
                                  f"{row['agent_steps']:,} agent steps, {row['elapsed_s']:.0f} s")
                 self.history.append(row)
+                self.collected = now
+
+            def on_train_end(self, training_td, group: str) -> None:
+                # GAE (process_batch), buffer and the minibatch updates of this iteration
+                self.last_end = time.perf_counter()
+                if self.history:
+                    self.history[-1]["train_s"] = self.last_end - self.collected
 
         _HistoryCallback.__qualname__ = "_HistoryCallback"
     return _HistoryCallback(n_robots, log)
