@@ -287,7 +287,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_envs_per_env_runner=args.num_envs_per_env_runner, num_learners=args.num_learners,
         num_gpus_per_learner=args.num_gpus_per_learner, ray_address=args.ray_address, tune=args.tune,
         seed=args.seed, lr=args.lr, train_batch_size=args.train_batch_size, minibatch_size=args.minibatch_size,
-        num_epochs=args.num_epochs, entropy_coeff=args.entropy_coeff, gamma=args.gamma, initial_log_std=args.initial_log_std,
+        num_epochs=args.num_epochs, entropy_coeff=args.entropy_coeff, gamma=args.gamma, lambda_=args.gae_lambda,
+        initial_log_std=args.initial_log_std,
         out=args.out, run_name=args.name, resume=args.resume, checkpoint_every=args.checkpoint_every,
         torch_threads=args.torch_threads or None, progress=not args.no_progress,
         critic=args.critic, imitate=args.imitate, imitation_episodes=args.imitation_episodes,
@@ -416,6 +417,8 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
     tr.add_argument("--entropy-coeff", type=float_range(low=0.0), default=0.0)
     tr.add_argument("--gamma", type=float_range(low=0.0, high=1.0), default=0.99,
                     help="discount (0: each round's reward credits that round's action only, e.g. p2p's feedback)")
+    tr.add_argument("--lambda", dest="gae_lambda", type=float_range(low=0.0, high=1.0), default=0.95,
+                    help="GAE lambda (RLlib PPO; BenchMARL with --model gap-fraction)")
     tr.add_argument("--initial-log-std", type=float_range(), default=-1.0,
                     help="initial log std of the Gaussian exploration (scoring modules, SB3)")
     tr.add_argument("--seed", type=int_range(0, SEED_MAX), default=0)
