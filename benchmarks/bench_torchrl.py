@@ -100,6 +100,7 @@ def _train_once(config: str, iterations: int, recipe: str, model: str) -> dict:
 
 def bench_training(config: str, short: int, long: int, recipe: str = "throughput", model: str = "auto") -> dict:
     """Marginal end-to-end MAPPO rate between a ``short``- and a ``long``-iteration run (module docstring)."""
+    _train_once(config, 1, recipe, model)  # imports and numba compilation: neither timed run pays them
     a = _train_once(config, short, recipe, model)
     b = _train_once(config, long, recipe, model)
     steps = b["agent_steps"] - a["agent_steps"]
