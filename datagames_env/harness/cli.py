@@ -379,7 +379,8 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
     tr.add_argument("--iterations", type=int_range(1), default=20, help="training iterations (PPO updates)")
     tr.add_argument("--model", default="auto", choices=["auto", "scoring", "mlp", "gap-fraction"],
                     help="RLlib module: scoring (per-class / per-sample shared network, the GU model), mlp, or "
-                         "gap-fraction (one fraction per robot, Greedy towards it; PPO with --vector-runner, or benchmarl-*)")
+                         "gap-fraction (one fraction per robot, Greedy towards it; PPO with --vector-runner, "
+                         "or benchmarl-*)")
     tr.add_argument("--selection-dist", default="plackett-luce", choices=["plackett-luce", "gaussian"],
                     help="selection mode: Plackett-Luce over the top-k picks (default) or a Gaussian on the scores")
     tr.add_argument("--allocation-dist", default="multinomial", choices=["multinomial", "gaussian"],
