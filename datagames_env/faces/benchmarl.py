@@ -54,7 +54,8 @@ from ..scenarios import load_scenario_config
 
 from .torchrl import ACTIONS, GROUP, torchrl_env
 
-__all__ = ["ACTIONS", "DataGamesClass", "DataGamesTask", "HYDRA_CONFIG_DIR", "make_task", "register", "task_config_path"]
+__all__ = ["ACTIONS", "DataGamesClass", "DataGamesTask", "HYDRA_CONFIG_DIR", "make_task", "register",
+           "task_config_path"]
 
 TASK_KEYS = ("config", "overrides", "action")
 ENV_NAME = "datagames"
