@@ -18,8 +18,9 @@ flag                               BenchMARL
 ``--checkpoint-every``             BenchMARL checkpoint and evaluation (10 episodes) every k iterations
 ``--model gap-fraction``           the task's ``action: gap-fraction`` (one fraction of the gap per robot,
                                    mapped to Greedy's shares towards it); ``auto`` / ``mlp``: the env's action
-``--initial-log-std``, ``--entropy-coeff``  gap-fraction only: ``scale_mapping`` = ``biased_softplus_<exp(it)>``
-                                   (the TanhNormal's initial scale), ``entropy_coef``
+``--initial-log-std``              gap-fraction only: ``scale_mapping`` = ``biased_softplus_<exp(it)>`` (the
+                                   TanhNormal's initial scale; BenchMARL's YAML otherwise)
+``--entropy-coeff``, ``--lambda``  gap-fraction only: ``entropy_coef``, GAE ``lmbda``
 =================================  ==================================================================
 
 Writes ``<out>/<run>/``: BenchMARL's experiment folder (``benchmarl/<exp>/``: csv logs, its marl-eval JSON of
