@@ -79,7 +79,7 @@ RECIPES = {  # name -> (train batch, minibatch, epochs) in agent steps
 }
 
 
-def _train_once(config: str, iterations: int, recipe: str, model: str) -> dict:
+def _train_once(config: str, iterations: int, recipe: str, model: str, threads: int = 1) -> dict:
     import tempfile
 
     from agents.benchmarl_train import train_mappo
@@ -89,7 +89,7 @@ def _train_once(config: str, iterations: int, recipe: str, model: str) -> dict:
     with tempfile.TemporaryDirectory() as out:
         settings = TrainSettings(config=config, iterations=iterations, out=out, run_name="bench", checkpoint_every=0,
                                  progress=False, train_batch_size=batch, minibatch_size=minibatch, num_epochs=epochs,
-                                 model=model, lr=1e-3)
+                                 model=model, lr=1e-3, torch_threads=threads)
         wall, cpu = time.perf_counter(), time.process_time()
         result = train_mappo(settings, log=lambda *a, **k: None)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -100,11 +100,12 @@ def _train_once(config: str, iterations: int, recipe: str, model: str) -> dict:
             "train_s": float(np.mean([r.get("train_s", np.nan) for r in rows]))}
 
 
-def bench_training(config: str, short: int, long: int, recipe: str = "throughput", model: str = "auto") -> dict:
+def bench_training(config: str, short: int, long: int, recipe: str = "throughput", model: str = "auto",
+                   threads: int = 1) -> dict:
     """Marginal end-to-end MAPPO rate between a ``short``- and a ``long``-iteration run (module docstring)."""
-    _train_once(config, 1, recipe, model)  # imports and numba compilation: neither timed run pays them
-    a = _train_once(config, short, recipe, model)
-    b = _train_once(config, long, recipe, model)
+    _train_once(config, 1, recipe, model, threads)  # imports and numba compilation: neither timed run pays them
+    a = _train_once(config, short, recipe, model, threads)
+    b = _train_once(config, long, recipe, model, threads)
     steps = b["agent_steps"] - a["agent_steps"]
     return {"wall_rate": steps / max(b["wall_s"] - a["wall_s"], 1e-9),
             "cpu_rate": steps / max(b["cpu_s"] - a["cpu_s"], 1e-9),
@@ -124,16 +125,17 @@ def main() -> None:
     parser.add_argument("--recipes", default="throughput", help=f"comma list of {sorted(RECIPES)}")
     parser.add_argument("--models", default="auto,gap-fraction", help="comma list: auto (env action), gap-fraction")
     parser.add_argument("--skip-collection", action="store_true")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads of the MAPPO runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not args.skip_collection:
         report_collection(args)
     if args.train_iterations:
-        print(f"BenchMARL MAPPO on {args.config}, end to end, marginal rate between {args.short} and {args.long} "
+        print(f"BenchMARL MAPPO on {args.config}, {args.torch_threads} torch thread(s), end to end, marginal rate between {args.short} and {args.long} "
               "iterations (goal: 50,000 agent-steps/s)")
         for recipe in args.recipes.split(","):
             for model in args.models.split(","):
-                t = bench_training(args.config, args.short, args.long, recipe, model)
+                t = bench_training(args.config, args.short, args.long, recipe, model, args.torch_threads)
                 print(f"  {recipe:>12} {model:>12} ({t['batch']:,} agent steps/iter): {t['wall_rate']:>9,.0f} "
                       f"agent-steps/s wall, {t['cpu_rate']:>9,.0f} per CPU-second ({t['cpu_rate'] / 50_000:.2f}x "
                       f"the goal); per iteration: collection {t['collect_s']:.2f} s, GAE + updates "
