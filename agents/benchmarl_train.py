@@ -16,6 +16,11 @@ flag                               BenchMARL
                                    epochs x frames per batch / minibatch frames
 ``--lr``, ``--seed``               ``lr``, the experiment seed (environment seeds follow it)
 ``--checkpoint-every``             BenchMARL checkpoint and evaluation (10 episodes) every k iterations
+``--model gap-fraction``           the task's ``action: gap-fraction`` (one fraction of the gap per robot,
+                                   mapped to Greedy's shares towards it); ``auto`` / ``mlp``: the env's action
+``--initial-log-std``              gap-fraction only: ``scale_mapping`` = ``biased_softplus_<exp(it)>`` (the
+                                   TanhNormal's initial scale; BenchMARL's YAML otherwise)
+``--entropy-coeff``, ``--lambda``  gap-fraction only: ``entropy_coef``, GAE ``lmbda``
 =================================  ==================================================================
 
 Writes ``<out>/<run>/``: BenchMARL's experiment folder (``benchmarl/<exp>/``: csv logs, its marl-eval JSON of
@@ -28,6 +33,7 @@ plays it (``agents.torchrl_policy``).
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -92,7 +98,7 @@ def _history_callback(n_robots: int, log=None):
             def __init__(self, n_robots: int, log=None) -> None:
                 super().__init__()
                 self.n_robots, self.log, self.history = n_robots, log, []
-                self.started = time.perf_counter()
+                self.started = self.last_end = time.perf_counter()
 
             def __getstate__(self):
                 return {k: v for k, v in self.__dict__.items() if k not in ("log", "experiment")}
@@ -100,8 +106,10 @@ def _history_callback(n_robots: int, log=None):
             def on_batch_collected(self, batch) -> None:
                 exp = self.experiment
                 frames = exp.total_frames  # already counts this batch
+                now = time.perf_counter()
                 row = {"iteration": exp.n_iters_performed + 1, "frames": frames, "agent_steps": frames * self.n_robots,
-                       "elapsed_s": time.perf_counter() - self.started}
+                       "elapsed_s": now - self.started,
+                       "collect_s": now - self.last_end}  # collector (env + policy) since the last update ended
                 done = batch.get(("next", "done")).squeeze(-1)
                 if done.any():
                     rewards = batch.get(("next", "robots", "episode_reward"))  # RewardSum: per robot, over rounds
@@ -115,6 +123,13 @@ def _history_callback(n_robots: int, log=None):
                                  f"{row['episode_return_per_robot']:.3f}{distance}, "
                                  f"{row['agent_steps']:,} agent steps, {row['elapsed_s']:.0f} s")
                 self.history.append(row)
+                self.collected = now
+
+            def on_train_end(self, training_td, group: str) -> None:
+                # GAE (process_batch), buffer and the minibatch updates of this iteration
+                self.last_end = time.perf_counter()
+                if self.history:
+                    self.history[-1]["train_s"] = self.last_end - self.collected
 
         _HistoryCallback.__qualname__ = "_HistoryCallback"
     return _HistoryCallback(n_robots, log)
@@ -140,9 +155,21 @@ def train_benchmarl(settings: TrainSettings, algo: str, log=print) -> dict:
     for hint in slow_training_hints(settings):
         log(f"note: {hint}")
     set_torch_threads(settings.torch_threads)
-    task = make_task(settings.config, **settings.overrides)
+    if settings.model not in ("auto", "mlp", "gap-fraction"):
+        raise ValueError(f"--model {settings.model}: BenchMARL trains its MLP on the env's action (auto, mlp) or on "
+                         "the gap-fraction action (gap-fraction)")
+    action = "gap-fraction" if settings.model == "gap-fraction" else "env"
+    task = make_task(settings.config, action=action, **settings.overrides)
     env_cfg = task.env_config
     algorithm_config = getattr(algorithms, ALGORITHMS[algo]).get_from_yaml()
+    if action == "gap-fraction":
+        # one number per robot: start from the TanhNormal scale exp(--initial-log-std) (BenchMARL's default is 1.0,
+        # which spreads f over most of [0, 1] and drowns each robot's share of the common reward in noise)
+        algorithm_config.scale_mapping = f"biased_softplus_{math.exp(settings.initial_log_std):.4g}"
+        if hasattr(algorithm_config, "entropy_coef"):
+            algorithm_config.entropy_coef = settings.entropy_coeff
+        if hasattr(algorithm_config, "lmbda"):
+            algorithm_config.lmbda = settings.lambda_
     run_dir = run_dir_for(settings, algo)
     (run_dir / "benchmarl").mkdir(parents=True, exist_ok=True)
     cfg = experiment_config(settings, env_cfg.n_robots, env_cfg.rounds, run_dir, algorithm_config.on_policy())
@@ -164,6 +191,7 @@ def train_benchmarl(settings: TrainSettings, algo: str, log=print) -> dict:
     torch.save(actor, checkpoint / POLICY_FILE)
     agent_steps = history[-1]["agent_steps"] if history else 0
     meta = {"framework": "benchmarl", "algo": algo, "benchmarl_experiment": str(experiment.folder_name),
+            "action": action,  # gap-fraction: the actor emits f, evaluation maps it as the env did
             "iterations": len(history), "agent_steps": agent_steps, "training_time_s": elapsed,
             "observation_shape": [env_cfg.n_robots, int(task.observation_spec(experiment.test_env)[
                 "robots", "observation"].shape[-1])],

@@ -7,7 +7,9 @@ module reading ``("robots", "observation")`` of shape ``(..., N, obs_dim)`` and 
 Actions are deterministic (``ExplorationType.DETERMINISTIC``: BenchMARL's TanhNormal gives tanh of the Gaussian
 mean, scaled to [0, 1]); ``benchmarl-sample:PATH`` / ``torchrl-sample:PATH`` sample the policy, seeded by the
 episode seed. The actor reads only the robots' own observations: not privileged (MAPPO's and MASAC's critics read
-the global state in training only).
+the global state in training only). A checkpoint trained on the gap-fraction action (meta ``"action":
+"gap-fraction"``) emits one fraction per robot; the policy maps it to Greedy's shares towards that fraction of
+the gap from each robot's own infos (``baselines.fraction``), as the training env did.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class TorchRLCheckpointPolicy(_CheckpointPolicy):
                              f"features, this environment has {shape[0]} x {shape[1]}; evaluate it on the config it "
                              "was trained on")
         self.action_space = env.action_space(env.possible_agents[0])
+        self.action = self.meta.get("action", "env")
+        if self.action == "gap-fraction":
+            self.n_cache, self.loss = env.config.n_cache, env.config.loss
         self.last_stats: dict = {}
 
     def act(self, observations: dict, infos: dict) -> dict:
@@ -71,8 +76,21 @@ class TorchRLCheckpointPolicy(_CheckpointPolicy):
         mode = ExplorationType.RANDOM if self.explore else ExplorationType.DETERMINISTIC
         with torch.no_grad(), set_exploration_type(mode), self._sampling():
             action = self.module(td).get((GROUP, "action"))[0].numpy()
+        if self.action == "gap-fraction":
+            return self._fraction_shares(agents, action, infos)
         low, high = self.action_space.low, self.action_space.high
         return dict(zip(agents, np.clip(action, low, high).astype(np.float32)))
+
+    def _fraction_shares(self, agents: list, fractions: np.ndarray, infos: dict) -> dict:
+        """(N, 1) fractions -> each robot's Greedy towards its fraction of the gap, from its own infos."""
+        from baselines.fraction import greedy_fraction_shares
+
+        first = infos[agents[0]]
+        shares = greedy_fraction_shares(np.stack([infos[a]["feasible_matrix"] for a in agents])[None],
+                                        np.asarray(first["cloud_counts"])[None], np.asarray(first["target_counts"]),
+                                        np.clip(fractions[:, 0], 0.0, 1.0)[None], self.n_cache,
+                                        np.stack([infos[a]["available"] for a in agents])[None], self.loss)[0]
+        return {a: shares[k].astype(np.float32) for k, a in enumerate(agents)}
 
 
 class BenchMARLCheckpointPolicy(TorchRLCheckpointPolicy):

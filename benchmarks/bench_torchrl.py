@@ -6,8 +6,17 @@
 1. ``torchrl_env(B)``: agent-steps/s of ``env.rollout`` with uniform-random actions (TorchRL's own loop: spec
    sampling, step_mdp, stacking), against TorchRL's ``PettingZooWrapper`` over ``parallel_env`` (one env, the
    same config), and the ratio. Also the batched core alone (``vector_env.step``) for reference.
-2. BenchMARL MAPPO training on ``default`` (``datagames train --algo benchmarl-mappo`` settings: 2,000 agent steps
-   per iteration, minibatch 250, 10 epochs): agent-steps/s over the iterations after the first (setup excluded).
+2. BenchMARL MAPPO training on ``default``, end to end (``train_benchmarl``: experiment setup, collection, GAE,
+   updates, the final checkpoint), at the throughput recipe (``--train-batch-size 32000 --minibatch-size 4000
+   --num-epochs 2``: 320 batched envs, 16 updates per iteration, evaluation and logging off the hot path) and at
+   the results recipe (``quality``: 4 epochs, 32 updates per iteration) and the CLI's defaults (2,000 / 250 /
+   10), for the env's action and the gap-fraction action. The rate is a
+   marginal one: a short and a longer run of the same recipe, ``(steps_long - steps_short) / (t_long - t_short)``,
+   so start-up does not count; wall time and this process's CPU time both (on a shared machine the CPU-time rate
+   is the steadier). Where the time goes: collection (env + policy) and training (GAE + updates) per iteration.
+
+    python benchmarks/bench_torchrl.py --num-envs 256 --train-iterations 0          # collection only
+    python benchmarks/bench_torchrl.py --skip-collection --short 3 --long 12         # training rates only
 
 Everything runs in this process on one torch thread; on a shared machine prefer the ratio (both sides see the
 same load) and run it twice.
@@ -63,20 +72,45 @@ def bench_collection(config: str, num_envs: int, steps: int, repeats: int) -> di
             "n_robots": n}
 
 
-def bench_training(config: str, iterations: int) -> dict:
+RECIPES = {  # name -> (train batch, minibatch, epochs) in agent steps
+    "throughput": (32000, 4000, 2),
+    "quality": (32000, 4000, 4),  # the gap-fraction results recipe (docs/benchmarl.md)
+    "cli-defaults": (2000, 250, 10),
+}
+
+
+def _train_once(config: str, iterations: int, recipe: str, model: str, threads: int = 1) -> dict:
     import tempfile
 
     from agents.benchmarl_train import train_mappo
     from agents.rllib_train import TrainSettings
 
+    batch, minibatch, epochs = RECIPES[recipe]
     with tempfile.TemporaryDirectory() as out:
         settings = TrainSettings(config=config, iterations=iterations, out=out, run_name="bench", checkpoint_every=0,
-                                 progress=False)
+                                 progress=False, train_batch_size=batch, minibatch_size=minibatch, num_epochs=epochs,
+                                 model=model, lr=1e-3, torch_threads=threads)
+        wall, cpu = time.perf_counter(), time.process_time()
         result = train_mappo(settings, log=lambda *a, **k: None)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     history = result["history"]
-    first, last = history[0], history[-1]
-    rate = (last["agent_steps"] - first["agent_steps"]) / (last["elapsed_s"] - first["elapsed_s"])
-    return {"agent_steps_per_s": rate, "iterations": len(history), "elapsed_s": result["elapsed_s"]}
+    rows = history[1:] or history  # per-iteration split, first iteration (warm-up) left out
+    return {"agent_steps": history[-1]["agent_steps"], "wall_s": wall, "cpu_s": cpu,
+            "collect_s": float(np.mean([r.get("collect_s", np.nan) for r in rows])),
+            "train_s": float(np.mean([r.get("train_s", np.nan) for r in rows]))}
+
+
+def bench_training(config: str, short: int, long: int, recipe: str = "throughput", model: str = "auto",
+                   threads: int = 1) -> dict:
+    """Marginal end-to-end MAPPO rate between a ``short``- and a ``long``-iteration run (module docstring)."""
+    _train_once(config, 1, recipe, model, threads)  # imports and numba compilation: neither timed run pays them
+    a = _train_once(config, short, recipe, model, threads)
+    b = _train_once(config, long, recipe, model, threads)
+    steps = b["agent_steps"] - a["agent_steps"]
+    return {"wall_rate": steps / max(b["wall_s"] - a["wall_s"], 1e-9),
+            "cpu_rate": steps / max(b["cpu_s"] - a["cpu_s"], 1e-9),
+            "startup_s": a["wall_s"] - short * (b["wall_s"] - a["wall_s"]) / (long - short),
+            "collect_s": b["collect_s"], "train_s": b["train_s"], "batch": RECIPES[recipe][0]}
 
 
 def main() -> None:
@@ -85,9 +119,30 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=256)
     parser.add_argument("--steps", type=int, default=40, help="rollout steps per timing (episodes auto-reset)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--train-iterations", type=int, default=6, help="BenchMARL MAPPO iterations (0: skip)")
+    parser.add_argument("--train-iterations", type=int, default=1, help="0: skip the MAPPO training rates")
+    parser.add_argument("--short", type=int, default=3, help="iterations of the short MAPPO run")
+    parser.add_argument("--long", type=int, default=12, help="iterations of the long MAPPO run")
+    parser.add_argument("--recipes", default="throughput", help=f"comma list of {sorted(RECIPES)}")
+    parser.add_argument("--models", default="auto,gap-fraction", help="comma list: auto (env action), gap-fraction")
+    parser.add_argument("--skip-collection", action="store_true")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads of the MAPPO runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if not args.skip_collection:
+        report_collection(args)
+    if args.train_iterations:
+        print(f"BenchMARL MAPPO on {args.config}, {args.torch_threads} torch thread(s), end to end, marginal rate between {args.short} and {args.long} "
+              "iterations (goal: 50,000 agent-steps/s)")
+        for recipe in args.recipes.split(","):
+            for model in args.models.split(","):
+                t = bench_training(args.config, args.short, args.long, recipe, model, args.torch_threads)
+                print(f"  {recipe:>12} {model:>12} ({t['batch']:,} agent steps/iter): {t['wall_rate']:>9,.0f} "
+                      f"agent-steps/s wall, {t['cpu_rate']:>9,.0f} per CPU-second ({t['cpu_rate'] / 50_000:.2f}x "
+                      f"the goal); per iteration: collection {t['collect_s']:.2f} s, GAE + updates "
+                      f"{t['train_s']:.2f} s; start-up {t['startup_s']:.1f} s")
+
+
+def report_collection(args) -> None:
     c = bench_collection(args.config, args.num_envs, args.steps, args.repeats)
     print(f"config {args.config}, {c['n_robots']} robots, one torch thread")
     print(f"torchrl_env({args.num_envs}) rollout:        {c['batched']:>12,.0f} agent-steps/s")
@@ -95,10 +150,6 @@ def main() -> None:
     print(f"ratio:                                   {c['batched'] / c['wrapper']:>12,.1f}x  (goal >= 50x)")
     print(f"vector_env({args.num_envs}).step alone:      {c['core']:>12,.0f} agent-steps/s  "
           f"(TorchRL's share of a batched step: {1 - c['batched'] / c['core']:.0%})")
-    if args.train_iterations > 1:
-        t = bench_training(args.config, args.train_iterations)
-        print(f"BenchMARL MAPPO training:                {t['agent_steps_per_s']:>12,.0f} agent-steps/s "
-              f"({t['iterations']} iterations of 2,000 agent steps, {t['elapsed_s']:.1f} s with setup)")
 
 
 if __name__ == "__main__":

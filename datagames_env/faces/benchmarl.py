@@ -9,18 +9,22 @@ Tasks                  ``DEFAULT`` (digits, 10 robots, 10 rounds), ``MNIST_DATAG
                        setting with retraining off: needs the MNIST files, ``$DATAGAMES_DATA_DIR``),
                        ``DIGITS_RARE`` (rare specialists, ``action_mode: selection``: a score per sample);
                        ``P2P_DEFAULT`` (peer-to-peer GU sharing, ``p2p_default``), ``DUAL_DEFAULT`` (two-stage
-                       upload + labeling, ``dual_default``); YAML in ``configs/benchmarl/task/datagames/<task>.yaml``:
-                       ``config`` (a config of any scenario) + ``overrides``
+                       upload + labeling, ``dual_default``); ``DEFAULT_FRACTION`` (``default`` with the
+                       gap-fraction action); YAML in ``configs/benchmarl/task/datagames/<task>.yaml``:
+                       ``config`` (a config of any scenario) + ``overrides`` (+ ``action``)
 Agents                 one group ``"robots"`` of N agents (``group_map``), parameter sharing by default
 Observation            ``observation_spec``: ``("robots", "observation")`` unbatched ``(N, obs_dim)``;
                        ``state_spec``: ``"state"`` ``(state_dim,)`` (the scenario's ``state()``; cloud game
                        ``3C + 1 + 3NC``) for centralised critics (MAPPO, MASAC)
 Action                 continuous only: ``("robots", "action")`` ``(N, A)`` in [0, 1]: shares per predicted class
-                       or scores per sample (BenchMARL's TanhNormal maps to the bounds)
+                       or scores per sample (BenchMARL's TanhNormal maps to the bounds); ``action: gap-fraction``:
+                       ``(N, 1)``, one fraction of the gap per robot, mapped to Greedy's shares towards it
+                       (:func:`~datagames_env.faces.torchrl.torchrl_env`)
 Reward                 ``("robots", "reward")`` ``(N, 1)``, the scenario's reward (cloud game: the shared
                        potential gain)
 Episode end            ``max_steps = rounds``; the last round is a termination (never a truncation)
-Arguments              a task's config dict: ``config`` (name, path or dict), ``overrides`` (dotted keys)
+Arguments              a task's config dict: ``config`` (name, path or dict), ``overrides`` (dotted keys),
+                       ``action`` (``env``, the default, or ``gap-fraction``)
 =====================  =====================================================================================
 
 The p2p and dual tasks run at the speed of their scenario's batched implementation (``make_batched``: native where
@@ -48,11 +52,12 @@ from torchrl.envs import EnvBase
 from ..config import CONFIG_DIR, resolve_config_path
 from ..scenarios import load_scenario_config
 
-from .torchrl import GROUP, torchrl_env
+from .torchrl import ACTIONS, GROUP, torchrl_env
 
-__all__ = ["DataGamesClass", "DataGamesTask", "HYDRA_CONFIG_DIR", "make_task", "register", "task_config_path"]
+__all__ = ["ACTIONS", "DataGamesClass", "DataGamesTask", "HYDRA_CONFIG_DIR", "make_task", "register",
+           "task_config_path"]
 
-TASK_KEYS = ("config", "overrides")
+TASK_KEYS = ("config", "overrides", "action")
 ENV_NAME = "datagames"
 # a hydra config root: task/datagames/<task>.yaml, the layout of BenchMARL's own benchmarl/conf
 HYDRA_CONFIG_DIR = CONFIG_DIR / "benchmarl"
@@ -69,7 +74,7 @@ def _base(env: EnvBase) -> EnvBase:
 
 
 class DataGamesClass(TaskClass):
-    """A datagames task: ``config = {"config": <a config of any scenario>, "overrides": {...}}``."""
+    """A datagames task: ``config = {"config": <a config of any scenario>, "overrides": {...}, "action": "env"}``."""
 
     def __init__(self, name: str, config: dict[str, Any] | None) -> None:
         config = dict(config or {})
@@ -78,15 +83,25 @@ class DataGamesClass(TaskClass):
             raise ValueError(f"datagames task {name}: unknown keys {unknown}; a task config has {list(TASK_KEYS)}")
         config.setdefault("config", "default")
         config["overrides"] = dict(config.get("overrides") or {})
+        config["action"] = config.get("action") or "env"
         super().__init__(name, config)
         # validate now: a bad key fails when the task is built, not inside a collector
         self.env_config = load_scenario_config(config["config"], **config["overrides"])
+        action = config["action"]
+        if action not in ACTIONS:
+            raise ValueError(f"datagames task {name}: action '{action}' is not one of {sorted(ACTIONS)}")
+        mode = getattr(self.env_config, "action_mode", None)
+        if action == "gap-fraction" and mode != "allocation":
+            raise ValueError(f"datagames task {name}: action 'gap-fraction' needs the cloud game in allocation mode "
+                             f"(this config's action_mode is {mode!r})")
+        self.action = action
 
     def get_env_fun(self, num_envs: int, continuous_actions: bool, seed: int | None, device):
         if not continuous_actions:
             raise ValueError("datagames tasks have continuous actions only (shares or scores in [0, 1])")
         env_config = self.env_config
-        return lambda: torchrl_env(num_envs, config=env_config, device=device, seed=seed)
+        action = self.action
+        return lambda: torchrl_env(num_envs, config=env_config, device=device, seed=seed, action=action)
 
     def supports_continuous_actions(self) -> bool:
         return True
@@ -140,6 +155,7 @@ class DataGamesTask(Task):
     DIGITS_RARE = None
     P2P_DEFAULT = None
     DUAL_DEFAULT = None
+    DEFAULT_FRACTION = None
 
     @staticmethod
     def associated_class():
@@ -150,11 +166,11 @@ class DataGamesTask(Task):
         return self.get_task(config=config)
 
 
-def make_task(config="default", name: str | None = None, **overrides) -> DataGamesClass:
+def make_task(config="default", name: str | None = None, action: str = "env", **overrides) -> DataGamesClass:
     """A task from any datagames config and overrides (what ``datagames train --algo benchmarl-*`` trains on);
-    ``name`` defaults to the config's stem in capitals."""
+    ``name`` defaults to the config's stem in capitals; ``action``: ``env`` or ``gap-fraction`` (module table)."""
     name = name or (Path(str(config)).stem.upper() if isinstance(config, (str, Path)) else "CUSTOM")
-    return DataGamesClass(name, {"config": config, "overrides": overrides})
+    return DataGamesClass(name, {"config": config, "overrides": overrides, "action": action})
 
 
 def register() -> None:

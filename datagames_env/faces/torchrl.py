@@ -15,7 +15,9 @@ Observation            ``("robots", "observation")``: ``(B, N, obs_dim)`` float3
                        true mixes), for centralised critics; cloud game only: ``"distance"`` ``(B, 1)`` the
                        cloud's distance to the target (for logging)
 Action                 ``("robots", "action")``: ``(B, N, A)`` in [0, 1]: the scenario's per-robot action
-                       (cloud game: shares or scores; p2p, dual: a score per observed sample)
+                       (cloud game: shares or scores; p2p, dual: a score per observed sample); with
+                       ``action="gap-fraction"`` (cloud game, allocation mode) ``(B, N, 1)``: one fraction f per
+                       robot, which the env maps to Greedy's shares towards ``cloud + f (target - cloud)``
 Reward                 ``("robots", "reward")``: ``(B, N, 1)``, the scenario's reward
 Episode end            after ``rounds`` steps: ``done = terminated = True`` at the root ``(B, 1)`` and per robot
                        ``("robots", "done" | "terminated")`` ``(B, N, 1)``; ``truncated`` is always False (the
@@ -24,7 +26,7 @@ Reset                  ``_reset`` mask ``(B, 1)`` honoured: only the masked envs
                        go on where they were (see below)
 Arguments              ``num_envs``, ``config`` (name, path, dict or a scenario's config object), ``device``
                        (where tensors live; the scenario runs on CPU arrays), ``seed`` (as ``set_seed``),
-                       ``**overrides``
+                       ``action`` (``"env"``: the scenario's action, default; ``"gap-fraction"``), ``**overrides``
 =====================  =====================================================================================
 
 Partial resets. A batched scenario steps its B environments in lockstep (one round counter). A ``_reset`` mask
@@ -40,6 +42,12 @@ Seeds follow ``vector_env``: ``set_seed(s)`` makes the next full reset give env 
 generator from ``s`` that draws the seeds of every later reset (``vector_env.reset(seed=s)`` then
 ``reset()``), so a whole run of episodes equals ``vector_env``'s; a partial reset draws its envs' seeds from
 that generator.
+
+The gap-fraction action (``action="gap-fraction"``) is the action of RLlib's ``--model gap-fraction``: robot i
+with fraction ``f_i`` runs Greedy's solver towards ``cloud + f_i (target - cloud)`` from its own estimated
+feasible matrix and availability (``baselines.fraction.greedy_fraction_shares``, loaded by entry point when the
+env is built, as policies are: this package never imports ``baselines`` at import time). f = 1 is Greedy's
+action, f = 0 uploads nothing. A learner then outputs one number per robot instead of C shares.
 """
 
 from __future__ import annotations
@@ -50,13 +58,16 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from ..scenarios import load_scenario_config
+from ..policy import load_entry_point
+from ..scenarios import load_scenario_config, scenario_of
 from .vector import VectorEnv
 
 
 GROUP = "robots"
+# actions a learner may emit instead of the scenario's own (``action=``): name -> entry point of the map
+ACTIONS = {"env": None, "gap-fraction": "baselines.fraction:greedy_fraction_shares"}
 
-__all__ = ["GROUP", "DataGamesTorchRLEnv", "FleetTorchRLEnv", "global_state", "torchrl_env"]
+__all__ = ["ACTIONS", "GROUP", "DataGamesTorchRLEnv", "FleetTorchRLEnv", "global_state", "torchrl_env"]
 
 
 def global_state(venv, observations: np.ndarray | None = None) -> np.ndarray:
@@ -73,6 +84,7 @@ class _Cohort:
         self.venv = venv
         self.rows = np.asarray(rows, dtype=np.int64)
         self.ended = False
+        self.infos: dict = {}  # the vector env's last infos (the gap-fraction map reads counts and availability)
 
     @property
     def identity(self) -> bool:
@@ -84,8 +96,14 @@ class FleetTorchRLEnv(EnvBase):
 
     batch_locked = True
 
-    def __init__(self, num_envs: int = 1, config=None, device="cpu", seed: int | None = None, **overrides) -> None:
+    def __init__(self, num_envs: int = 1, config=None, device="cpu", seed: int | None = None, action: str = "env",
+                 **overrides) -> None:
         cfg = load_scenario_config(config, **overrides)
+        if action not in ACTIONS:
+            raise ValueError(f"torchrl_env: action '{action}' is not one of {sorted(ACTIONS)}")
+        if action == "gap-fraction" and (scenario_of(cfg) != "datagames" or cfg.action_mode != "allocation"):
+            raise ValueError(f"torchrl_env: action 'gap-fraction' needs the cloud game in allocation mode (scenario "
+                             f"'{scenario_of(cfg)}', action_mode '{getattr(cfg, 'action_mode', None)}')")
         main = VectorEnv(num_envs, cfg)  # checks num_envs and the config before torchrl sees anything
         super().__init__(device=device, batch_size=torch.Size([num_envs]))
         self.config = cfg
@@ -100,7 +118,10 @@ class FleetTorchRLEnv(EnvBase):
         self.n_classes = getattr(main.batched, "n_classes", None)  # the cloud game's C (None where not exposed)
         obs_space = main.single_observation_space
         self.obs_dim = obs_space.shape[0]
-        self.action_dim = main.single_action_space.shape[0]
+        self.action = action
+        self._action_map = None if ACTIONS[action] is None else load_entry_point(ACTIONS[action])
+        self.env_action_dim = main.single_action_space.shape[0]  # what the scenario steps
+        self.action_dim = 1 if self._action_map is not None else self.env_action_dim  # what the learner emits
         if main.state_dim is None:  # a looped batch learns its state's width at its first reset
             main.reset(seed=0)
         self.state_dim = int(main.state_dim)
@@ -201,12 +222,22 @@ class FleetTorchRLEnv(EnvBase):
                 live = cohort.rows >= 0
                 rows_actions = np.zeros((len(cohort.rows),) + actions.shape[1:])
                 rows_actions[live] = actions[cohort.rows[live]]
+            if self._action_map is not None:
+                rows_actions = self._fraction_shares(cohort, rows_actions)
             obs, rew, term, _trunc, infos = cohort.venv.step(rows_actions)
             cohort.ended = bool(term.all())
             self._read(cohort, obs, infos, reward=reward, rewards=rew, done=cohort.ended)
         return self._output(reward=reward)
 
     # ----------------------------------------------------------------------------------------------- helpers
+    def _fraction_shares(self, cohort: _Cohort, fractions: np.ndarray) -> np.ndarray:
+        """``(rows, N, 1)`` fractions -> ``(rows, N, C)`` shares: each robot's Greedy towards its fraction of the gap
+        (module docstring), from the cohort's estimated feasible matrices and last infos."""
+        venv, infos = cohort.venv, cohort.infos
+        return self._action_map(venv.batched.estimated_feasible_matrices(), infos["cloud_counts"],
+                                venv.batched.core.target_counts, np.clip(fractions[..., 0], 0.0, 1.0),
+                                venv.config.n_cache, infos["available"], venv.config.loss)
+
     def _retire(self, cohort: _Cohort) -> None:
         """Keep the vector env of a cohort that no longer owns a row, for a later cohort of its size."""
         if cohort.venv is not self._main:
@@ -222,6 +253,7 @@ class FleetTorchRLEnv(EnvBase):
             rows = np.arange(len(envs))
             cohort.ended = False
         full = len(rows) == len(cohort.rows)
+        cohort.infos = infos
         state = cohort.venv.state()
         pick = (lambda a: a) if full else (lambda a: a[rows])
         self._obs[envs] = pick(obs)
@@ -254,15 +286,16 @@ class FleetTorchRLEnv(EnvBase):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(scenario={self.scenario!r}, num_envs={self.num_envs}, "
-                f"n_robots={self.n_robots}, action_dim={self.action_dim}, device={self.device})")
+                f"n_robots={self.n_robots}, action={self.action!r}, action_dim={self.action_dim}, "
+                f"device={self.device})")
 
 
 # the name of the cloud game's TorchRL env before every scenario had one
 DataGamesTorchRLEnv = FleetTorchRLEnv
 
 
-def torchrl_env(num_envs: int = 1, config=None, device="cpu", seed: int | None = None,
+def torchrl_env(num_envs: int = 1, config=None, device="cpu", seed: int | None = None, action: str = "env",
                 **overrides) -> FleetTorchRLEnv:
     """``datagames_env.torchrl_env(num_envs=256, config="p2p_default")``: any scenario's batched env as a TorchRL
     ``EnvBase`` (module table)."""
-    return FleetTorchRLEnv(num_envs, config, device=device, seed=seed, **overrides)
+    return FleetTorchRLEnv(num_envs, config, device=device, seed=seed, action=action, **overrides)

@@ -280,7 +280,8 @@ def train_settings(args: argparse.Namespace, TrainSettings, overrides: dict):
         imitation_epochs=args.imitation_epochs, message_sweeps=args.message_sweeps,
         imitation_dagger_rounds=args.imitation_dagger_rounds,
         env_runner_resources=dict(args.env_runner_resource), lr_final=args.lr_final,
-        fraction_concentration=args.fraction_concentration, initial_fraction=args.initial_fraction)
+        fraction_concentration=args.fraction_concentration, initial_fraction=args.initial_fraction,
+        lambda_=args.gae_lambda)
     fields.update(preset_fields)
     return TrainSettings.from_preset(args.preset, **fields) if args.preset else TrainSettings(**fields)
 
@@ -391,7 +392,7 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
     tr.add_argument("--iterations", type=int_range(1), default=20, help="training iterations (PPO updates)")
     tr.add_argument("--model", default="auto", choices=["auto", "scoring", "mlp", "gap-fraction", "sweep-fraction"],
                     help="RLlib module: scoring (per-class / per-sample shared network, the GU model), mlp, or "
-                         "gap-fraction (one fraction per robot, Greedy towards it; with --vector-runner); "
+                         "gap-fraction (one fraction per robot, Greedy towards it; PPO with --vector-runner, or benchmarl-*); "
                          "sweep-fraction (the same f, then --message-sweeps K Gauss-Seidel solver sweeps towards f of "
                          "the gap the others' announcements leave)")
     tr.add_argument("--selection-dist", default="plackett-luce", choices=["plackett-luce", "gaussian"],
@@ -443,6 +444,8 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
     tr.add_argument("--entropy-coeff", type=float_range(low=0.0), default=0.0)
     tr.add_argument("--gamma", type=float_range(low=0.0, high=1.0), default=0.99,
                     help="discount (0: each round's reward credits that round's action only, e.g. p2p's feedback)")
+    tr.add_argument("--lambda", dest="gae_lambda", type=float_range(low=0.0, high=1.0), default=0.95,
+                    help="GAE lambda (RLlib PPO; BenchMARL with --model gap-fraction)")
     tr.add_argument("--initial-log-std", type=float_range(), default=-1.0,
                     help="initial log std of the Gaussian exploration (scoring modules, SB3)")
     tr.add_argument("--seed", type=int_range(0, SEED_MAX), default=0)
