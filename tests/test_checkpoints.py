@@ -49,7 +49,7 @@ def test_shipped_checkpoint_loads_and_plays_one_episode_from_a_copy(name, copied
     meta = json.loads((copied / name / "datagames_meta.json").read_text())
     settings = meta["settings"]
     overrides = dict(settings["overrides"], rounds=2)
-    if settings["config"] not in ("default", "p2p_default"):  # MNIST: the data folder comes from the loading machine
+    if settings["config"] not in ("default", "p2p_default", "dual_default"):  # MNIST: the loading machine's data folder
         from datagames_env.data.datasets import DATA_DIR_ENV_VAR
 
         monkeypatch.setenv(DATA_DIR_ENV_VAR, str(request.getfixturevalue("shared_datasets")))
