@@ -11,6 +11,8 @@ dual ``vector_env(16, "dual_default")``    one ``parallel_env("dual_default")`` 
 p2p ``torchrl_env(256, "p2p_default")``    TorchRL's ``PettingZooWrapper`` over this tree's        50x
                                            ``parallel_env("p2p_default")`` (as bench_torchrl.py)
 dual ``torchrl_env(256, "dual_default")``  the same for ``dual_default``                           50x
+p2p ``torchrl_env(256)`` (row "... b")     the wrapper over the BASELINE's ``parallel_env``        50x
+dual ``torchrl_env(256)`` (row "... b")    the same for ``dual_default``                           50x
 cloud ``vector_env(256, "default")``       the same call on the baseline                          0.95x
 cloud ``parallel_env("default")``          the same call on the baseline                          0.95x
 =========================================  =====================================================  ======
@@ -21,7 +23,9 @@ construction is not timed. Each (tree, case) runs in its own process with one to
 the two sides of a row run alternately k times and the ratio of the medians is printed (on a shared machine the
 absolute figures move with the load, the ratio much less). Without ``--baseline`` the rows against the baseline
 use this tree's own figures and say so. ``--p2p-envs`` / ``--dual-envs`` / ``--torchrl-envs`` / ``--cloud-envs``
-change B (short runs); the table names the B that ran.
+change B (short runs); the table names the B that ran. ``--clock cpu`` divides by each process's CPU time instead
+of wall time (every case runs one torch thread, so this is the figure of one busy core; use it when the machine is
+shared and wall time moves with the others' load).
 """
 
 from __future__ import annotations
@@ -41,15 +45,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def _episodes(run_episode, robot_steps_per_episode: int, seconds: float) -> dict:
     """Robot-steps/s of ``run_episode()`` (one whole episode, reset included) after one warm-up episode."""
     run_episode()
-    episodes, started = 0, time.perf_counter()
+    episodes, started, cpu_started = 0, time.perf_counter(), time.process_time()
     while True:
         run_episode()
         episodes += 1
         elapsed = time.perf_counter() - started
         if elapsed >= seconds:
             break
-    return {"robot_steps_per_s": episodes * robot_steps_per_episode / elapsed, "episodes": episodes,
-            "seconds": elapsed}
+    cpu = time.process_time() - cpu_started  # one torch thread: steadier than wall time on a shared machine
+    return {"robot_steps_per_s": episodes * robot_steps_per_episode / elapsed,
+            "robot_steps_per_cpu_s": episodes * robot_steps_per_episode / cpu, "episodes": episodes,
+            "seconds": elapsed, "cpu_seconds": cpu}
 
 
 def _parallel_case(config: str, seconds: float) -> dict:
@@ -144,6 +150,8 @@ def main() -> None:
     parser.add_argument("--dual-envs", type=int, default=16)
     parser.add_argument("--torchrl-envs", type=int, default=256)
     parser.add_argument("--cloud-envs", type=int, default=256)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="robot-steps per wall second, or per CPU second of the process (a loaded machine)")
     parser.add_argument("--row", action="append", help="run only rows whose name starts with this (repeatable)")
     parser.add_argument("--run", help=argparse.SUPPRESS)  # one case in this process
     parser.add_argument("--num-envs", type=int, default=1, help=argparse.SUPPRESS)
@@ -163,6 +171,10 @@ def main() -> None:
          "PettingZooWrapper(parallel_env)", 50.0),
         (f"dual torchrl_env({args.torchrl_envs})", (ROOT, "dual:torchrl", args.torchrl_envs),
          (ROOT, "dual:wrapper", 1), "PettingZooWrapper(parallel_env)", 50.0),
+        (f"p2p torchrl_env({args.torchrl_envs}) b", (ROOT, "p2p:torchrl", args.torchrl_envs),
+         (base, "p2p:wrapper", 1), f"PettingZooWrapper(parallel_env), {tag}", 50.0),
+        (f"dual torchrl_env({args.torchrl_envs}) b", (ROOT, "dual:torchrl", args.torchrl_envs),
+         (base, "dual:wrapper", 1), f"PettingZooWrapper(parallel_env), {tag}", 50.0),
         (f"cloud vector_env({args.cloud_envs})", (ROOT, "cloud:vector", args.cloud_envs),
          (base, "cloud:vector", args.cloud_envs), f"vector_env({args.cloud_envs}), {tag}", 0.95),
         ("cloud parallel_env", (ROOT, "cloud:parallel", 1), (base, "cloud:parallel", 1), f"parallel_env, {tag}", 0.95),
@@ -170,9 +182,11 @@ def main() -> None:
     if args.row:
         rows = [r for r in rows if any(r[0].startswith(p) for p in args.row)]
     print(f"baseline: {base}")
-    print(f"robot-steps/s, whole episodes with resets, random actions, one torch thread, {args.seconds:g} s per run, "
-          f"median of {args.repeat}")
-    header = f"{'row':<26} {'robot-steps/s':>14} {'against':<40} {'robot-steps/s':>14} {'ratio':>9} {'goal':>7}  pass"
+    unit = "robot-steps/s" if args.clock == "wall" else "robot-steps per CPU second"
+    key = "robot_steps_per_s" if args.clock == "wall" else "robot_steps_per_cpu_s"
+    print(f"{unit}, whole episodes with resets, random actions, one torch thread, {args.seconds:g} s per run, "
+          f"median of {args.repeat}; rows ending in ' b' divide by the baseline's wrapper")
+    header = f"{'row':<28} {'per s' if args.clock == 'wall' else 'per CPU s':>14} {'against':<40} {'per s' if args.clock == 'wall' else 'per CPU s':>14} {'ratio':>9} {'goal':>7}  pass"
     print(header)
     print("-" * len(header))
     results = []
@@ -181,13 +195,13 @@ def main() -> None:
         for k in range(args.repeat):  # alternating, and which side goes first too, so both see the same load
             sides = [(ours, (tree, case, b)), (theirs, (base_tree, base_case, base_b))]
             for out, call in (sides if k % 2 == 0 else sides[::-1]):
-                out.append(_in_process(*call, args.seconds)["robot_steps_per_s"])
+                out.append(_in_process(*call, args.seconds)[key])
         num, den = statistics.median(ours), statistics.median(theirs)
         ratio = num / den
         ok = ratio >= goal
-        results.append({"row": name, "robot_steps_per_s": num, "against": against, "against_robot_steps_per_s": den,
+        results.append({"row": name, "clock": args.clock, "robot_steps_per_s": num, "against": against, "against_robot_steps_per_s": den,
                         "ratio": ratio, "goal": goal, "pass": ok})
-        print(f"{name:<26} {num:>14,.0f} {against:<40} {den:>14,.1f} {ratio:>8.2f}x {goal:>6g}x  "
+        print(f"{name:<28} {num:>14,.0f} {against:<40} {den:>14,.1f} {ratio:>8.2f}x {goal:>6g}x  "
               f"{'PASS' if ok else 'FAIL'}", flush=True)
     print(json.dumps(results))
 
