@@ -144,8 +144,9 @@ def test_the_wheel_ships_the_configs(tmp_path):
         pytest.skip(f"cannot build wheels here: {build.stderr[-200:]}")
     assert build.returncode == 0, build.stderr
     names = zipfile.ZipFile(next((tmp_path / "dist").glob("*.whl"))).namelist()
-    shipped = {Path(n).name for n in names if n.startswith("datagames_env/configs/")}
-    assert shipped == {p.name for p in (ROOT / "configs").glob("*.yaml")}
+    shipped = {n.removeprefix("datagames_env/configs/") for n in names if n.startswith("datagames_env/configs/")}
+    expected = {p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.yaml")}
+    assert expected <= shipped, sorted(expected - shipped)  # the top-level configs and the BenchMARL task files
     assert any(n.endswith("entry_points.txt") for n in names)
 
 
