@@ -4,6 +4,7 @@
 | policy               | reads                                                 | solves                                        |
 |----------------------|-------------------------------------------------------|-----------------------------------------------|
 | `greedy-fraction:<f>`| as `greedy`: its own estimated feasible matrix + availability, the public cloud and target counts | Problem 2 towards ``cloud + f (target - cloud)`` |
+| `greedy-share:<m>`   | as `greedy-fraction`, plus its own last uploads (true labels) and the public cloud's last change | Problem 2 towards ``cloud + F_c (target - cloud)_c``, a fraction per class |
 
 Robot i with fraction ``f_i`` in [0, 1] solves Greedy's problem (``baselines.solvers.solve_greedy``, same
 Wolfe solver, same caps and budget cut) for the target ``cloud + f_i (target - cloud)``:
@@ -17,6 +18,13 @@ Wolfe solver, same caps and budget cut) for the target ``cloud + f_i (target - c
   the classes they all can reach. On ``default`` the rule with ``f = 0.35`` (scanned on seeds 100-119) scores about
   0.78x Greedy's final distance on seeds 300-319 (docs/learned.md).
 
+``greedy-share:<m>`` (no messages) gives each class its own fraction: the robot's share of the fleet's uploads of
+class c last round, ``F_c = max(m, own_c / fleet_c)`` (``fleet_c``: the public cloud's change; a class nobody
+uploaded, and every class in round 1, gets 0.35; a class at or over its target gets 1, Greedy's aim). A robot that
+was the only one to upload a class keeps aiming at all of its gap; where many upload, each aims at m of it. On
+``default``, m = 0.3 (scanned with the multiplier of the share on seeds 100-119) scores about 0.69x Greedy there
+(docs/learned.md, "A better default-ppo (round 5)").
+
 ``loss: kl`` configs go through cvxpy robot by robot (slow, but the same solver as Greedy's).
 """
 
@@ -29,9 +37,11 @@ from .policies import _SolverPolicy
 from .solvers import (_CACHE, _columns, _max_iter, _min_norm_point, _needed_budget, _validate, _workspace,
                       solve_greedy)
 
-__all__ = ["GreedyFractionPolicy", "greedy_fraction_shares", "solve_greedy_fraction"]
+__all__ = ["GreedyFractionPolicy", "GreedySharePolicy", "class_fraction_shares", "greedy_fraction_shares",
+           "share_fractions", "solve_greedy_fraction"]
 
 DEFAULT_FRACTION = 0.35  # the rule's best fraction on seeds 100-119 of `default` (docs/learned.md)
+DEFAULT_SHARE_MIN = 0.3  # greedy-share's floor, scanned on seeds 100-119 of `default` (docs/learned.md)
 
 
 @njit(cache=_CACHE)
@@ -137,3 +147,87 @@ class GreedyFractionPolicy(_SolverPolicy):
         feasible, cloud, target, available = self._problem(infos, agents)
         self.last_stats = {"messages": 0, "sweeps": 0}
         return solve_greedy_fraction(feasible, cloud, target, self.n_cache, self.fraction, available, self.loss)
+
+
+def class_fraction_shares(feasible, cloud, target, fractions, n_cache, available=None) -> np.ndarray:
+    """:func:`greedy_fraction_shares` (``loss: l2``) with a fraction per robot and class: ``fractions`` (B, N, C) in
+    [0, 1]; robot i of env b runs Greedy towards ``cloud + fractions[b, i] * (target - cloud)`` (elementwise).
+    Returns shares (B, N, C)."""
+    feasible = np.asarray(feasible, dtype=np.float64)
+    if feasible.ndim != 4 or feasible.shape[2] != feasible.shape[3]:
+        raise ValueError(f"feasible must have shape (B, N, C, C), got {feasible.shape}")
+    b, n, c = feasible.shape[:3]
+    cloud = np.asarray(cloud, dtype=np.float64)
+    target = np.broadcast_to(np.asarray(target, dtype=np.float64), (b, c))
+    if cloud.shape != (b, c):
+        raise ValueError(f"cloud must have shape (B, C) = ({b}, {c}), got {cloud.shape}")
+    if np.shape(fractions) != (b, n, c):
+        raise ValueError(f"fractions must have shape (B, N, C) = ({b}, {n}, {c}), got {np.shape(fractions)}")
+    if available is not None and np.shape(available) != (b, n, c):
+        raise ValueError(f"available must have shape (B, N, C) = ({b}, {n}, {c}), got {np.shape(available)}")
+    f = _check_fractions(fractions, (b, n, c)).reshape(b * n, c)
+    P, caps, budgets, gaps = _row_problems(feasible, cloud, target, n_cache, available, "l2")
+    counts = _greedy_rows_native(P, _columns(P), caps, budgets, gaps * f, _max_iter(c))
+    return np.clip(counts.reshape(b, n, c) / max(float(n_cache), 1.0), 0.0, 1.0)
+
+
+def share_fractions(gap, own_last, fleet_last, floor: float = DEFAULT_SHARE_MIN,
+                    unseen: float = DEFAULT_FRACTION) -> np.ndarray:
+    """``greedy-share``'s fraction per robot and class (module docstring): ``gap`` (..., C) target - cloud,
+    ``own_last`` (..., N, C) each robot's uploads of last round by true class, ``fleet_last`` (..., C) the cloud's
+    change over last round, or None in the first round. Returns (..., N, C) in [0, 1]."""
+    own_last = np.asarray(own_last, dtype=np.float64)
+    gap = np.asarray(gap, dtype=np.float64)[..., None, :]
+    if fleet_last is None:
+        f = np.full(own_last.shape, unseen)
+    else:
+        fleet = np.asarray(fleet_last, dtype=np.float64)[..., None, :]
+        share = own_last / np.maximum(fleet, 1.0)
+        f = np.where(fleet > 0, np.clip(np.maximum(floor, share), 0.0, 1.0), unseen)
+    return np.where(gap > 0, f, 1.0)
+
+
+class GreedySharePolicy(_SolverPolicy):
+    """``greedy-share:<m>``: Greedy towards a fraction of the gap per class, ``max(m, own share of last round's
+    uploads of the class)`` (module docstring); ``greedy-share`` alone uses m = 0.3. No messages: a robot reads
+    its own last uploads and the public cloud counts, and remembers last round's cloud. Allocation mode, ``loss:
+    l2``."""
+
+    name = "greedy-share"
+
+    def __init__(self, env, floor: float | str = DEFAULT_SHARE_MIN) -> None:
+        super().__init__(env)
+        try:
+            value = float(floor)
+        except (TypeError, ValueError):
+            raise ValueError(f"greedy-share:<m>: m must be a number in [0, 1], got {floor!r}") from None
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"greedy-share:<m>: m must be in [0, 1], got {value}")
+        if self.action_mode != "allocation" or self.loss != "l2":
+            raise ValueError(f"greedy-share needs action_mode 'allocation' and loss 'l2', got "
+                             f"'{self.action_mode}' and '{self.loss}'")
+        self.floor = value
+        self.name = f"greedy-share:{value:g}"
+        self._last_cloud: np.ndarray | None = None
+
+    def reset(self, seed: int | None = None) -> None:
+        super().reset(seed)
+        self._last_cloud = None
+
+    def _solve(self, observations, infos, agents):
+        feasible, cloud, target, available = self._problem(infos, agents)
+        first = infos[agents[0]]
+        if int(first.get("round", 0)) == 0:  # a new episode, whether or not reset() was called
+            self._last_cloud = None
+        c = cloud.shape[0]
+        own = np.zeros((len(agents), c))
+        for k, agent in enumerate(agents):
+            labels = np.asarray(infos[agent].get("uploaded_true_labels", ()), dtype=np.int64)
+            labels = labels[(labels >= 0) & (labels < c)]
+            np.add.at(own[k], labels, 1.0)
+        fleet = None if self._last_cloud is None else cloud - self._last_cloud
+        fractions = share_fractions(target - cloud, own, fleet, self.floor)
+        self._last_cloud = cloud.copy()
+        self.last_stats = {"messages": 0, "sweeps": 0}
+        return class_fraction_shares(feasible[None], cloud[None], target, fractions[None], self.n_cache,
+                                     available[None])[0] * max(float(self.n_cache), 1.0)

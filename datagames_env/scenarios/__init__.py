@@ -59,7 +59,8 @@ SCENARIOS: dict[str, ScenarioInfo] = {
         (("random", "datagames_env.policy:RandomPolicy"), ("uniform", "datagames_env.policy:UniformPolicy"),
          ("greedy", "baselines.policies:GreedyPolicy"), ("interactive", "baselines.policies:InteractivePolicy"),
          ("interactive-sum", "baselines.policies:InteractiveSumPolicy"), ("oracle", "baselines.policies:OraclePolicy"),
-         ("greedy-fraction", "baselines.fraction:GreedyFractionPolicy")),
+         ("greedy-fraction", "baselines.fraction:GreedyFractionPolicy"),
+         ("greedy-share", "baselines.fraction:GreedySharePolicy")),
         batched="batched"),
     "p2p": ScenarioInfo(
         "datagames_env.scenarios.p2p", "P2PScenario", "datagames_env.scenarios.p2p_fast:make_scenario", "datagames_env.scenarios.p2p:load_p2p_config",
