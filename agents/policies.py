@@ -137,6 +137,18 @@ class RLlibCheckpointPolicy(_CheckpointPolicy):
                 np.stack([infos[a]["available"] for a in agents])[None], sweeps)[0]
             self.last_stats = {"messages": sweep_messages(len(agents), sweeps), "sweeps": sweeps}
             return {a: shares[k].astype(np.float32) for k, a in enumerate(agents)}
+        if self.env_action == "greedy-share":  # agents.share_module.GapShareModule: one map per policy (memory)
+            from baselines.fraction import ShareMap
+
+            if getattr(self, "_share_map", None) is None:
+                self._share_map = ShareMap()
+            shares = self._share_map(
+                np.stack([infos[a]["feasible_matrix"] for a in agents])[None], np.asarray(first["cloud_counts"])[None],
+                np.asarray(first["target_counts"]), np.stack([fractions[a][0] for a in agents])[None],
+                np.stack([infos[a]["uploaded_true_labels"] for a in agents])[None], np.asarray([first["round"]]),
+                self.n_cache, np.stack([infos[a]["available"] for a in agents])[None])[0]
+            self.last_stats = {"messages": 0, "sweeps": 0}
+            return {a: shares[k].astype(np.float32) for k, a in enumerate(agents)}
         shares = greedy_fraction_shares(np.stack([infos[a]["feasible_matrix"] for a in agents])[None],
                                         np.asarray(first["cloud_counts"])[None], np.asarray(first["target_counts"]),
                                         np.stack([fractions[a][0] for a in agents])[None], self.n_cache,

@@ -32,7 +32,7 @@ class TrainSettings:
     config: Any = "default"
     overrides: dict = field(default_factory=dict)
     iterations: int = 20
-    model: str = "auto"                  # auto | scoring | mlp | gap-fraction | sweep-fraction (vector runner only)
+    model: str = "auto"                  # auto | scoring | mlp | gap-fraction | sweep-fraction | gap-share (vector runner only)
     selection_dist: str = "plackett-luce"  # selection mode: plackett-luce (top-k picks) | gaussian (scores)
     allocation_dist: str = "multinomial"   # allocation mode: multinomial (n_cache draws) | gaussian (shares)
     per_robot: bool = False
@@ -138,7 +138,7 @@ def module_spec(par_env, settings: TrainSettings):
     if settings.critic == "central" and (model != "scoring" or not hasattr(par_env, "state_space")):
         raise ValueError("--critic central needs the scoring modules (--model scoring) and a scenario with a global "
                          f"state (state_space); got model {model}, scenario {type(par_env).__name__}")
-    if model in ("gap-fraction", "sweep-fraction"):
+    if model in ("gap-fraction", "sweep-fraction", "gap-share"):
         return _gap_fraction_spec(layout, settings)
     if (settings.fraction_concentration, settings.initial_fraction) != (8.0, 0.5):
         raise ValueError("--fraction-concentration and --initial-fraction need --model gap-fraction; got --model "
@@ -198,6 +198,11 @@ def _gap_fraction_spec(layout: dict, settings: TrainSettings):
         if settings.critic != "local" or settings.imitate:
             raise ValueError("--model sweep-fraction supports none of --critic central, --imitate")
         module_class, config["sweeps"] = SweepFractionModule, int(settings.message_sweeps)
+    elif settings.model == "gap-share" and settings.critic == "local" and not (settings.message_sweeps or
+                                                                            settings.imitate):
+        from .share_module import GapShareModule  # greedy-share's floor per robot (baselines.fraction)
+
+        module_class = GapShareModule
     elif settings.critic != "local" or settings.message_sweeps or settings.imitate:
         raise ValueError("--model gap-fraction supports none of --critic central, --message-sweeps, --imitate")
     if (settings.fraction_concentration, settings.initial_fraction) != (8.0, 0.5):  # old runs' config unchanged

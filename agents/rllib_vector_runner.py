@@ -439,12 +439,34 @@ def interactive_fraction_actions(sweeps: int):
     return act
 
 
+def greedy_share_actions():
+    """The map of ``greedy-share`` (:class:`agents.share_module.GapShareModule`): floors -> ``greedy-share``'s
+    shares (``baselines.fraction.ShareMap``, which remembers last round's public cloud)."""
+    from baselines.fraction import ShareMap
+
+    share_map = ShareMap()
+
+    def act(vector, floors: np.ndarray, infos: dict) -> np.ndarray:
+        batched = vector.batched
+        if not hasattr(batched, "estimated_feasible_matrices") or vector.config.action_mode != "allocation" or \
+                vector.config.loss != "l2":
+            raise ValueError("gap-share actions need the cloud game in allocation mode with loss l2")
+        return share_map(batched.estimated_feasible_matrices(), infos["cloud_counts"], batched.core.target_counts,
+                         floors[..., 0], infos["uploaded_labels"], infos["round"], vector.config.n_cache,
+                         infos["available"]).astype(np.float32)
+
+    return act
+
+
 def env_action_map(kind: str):
     """The map of a module's ``env_action`` (see :class:`agents.modules.GapFractionModule`)."""
     if kind.startswith("interactive-fraction:"):
         return interactive_fraction_actions(int(kind.partition(":")[2]))
+    if kind == "greedy-share":
+        return greedy_share_actions()
     if kind != "greedy-fraction":
-        raise ValueError(f"unknown module env_action '{kind}' (known: greedy-fraction, interactive-fraction:K)")
+        raise ValueError(f"unknown module env_action '{kind}' (known: greedy-fraction, greedy-share, "
+                         "interactive-fraction:K)")
     return greedy_fraction_actions
 
 

@@ -37,8 +37,8 @@ from .policies import _SolverPolicy
 from .solvers import (_CACHE, _columns, _max_iter, _min_norm_point, _needed_budget, _validate, _workspace,
                       solve_greedy)
 
-__all__ = ["GreedyFractionPolicy", "GreedySharePolicy", "class_fraction_shares", "greedy_fraction_shares",
-           "share_fractions", "solve_greedy_fraction"]
+__all__ = ["GreedyFractionPolicy", "GreedySharePolicy", "ShareMap", "class_fraction_shares", "greedy_fraction_shares",
+           "own_class_counts", "share_fractions", "solve_greedy_fraction"]
 
 DEFAULT_FRACTION = 0.35  # the rule's best fraction on seeds 100-119 of `default` (docs/learned.md)
 DEFAULT_SHARE_MIN = 0.3  # greedy-share's floor, scanned on seeds 100-119 of `default` (docs/learned.md)
@@ -175,9 +175,12 @@ def share_fractions(gap, own_last, fleet_last, floor: float = DEFAULT_SHARE_MIN,
                     unseen: float = DEFAULT_FRACTION) -> np.ndarray:
     """``greedy-share``'s fraction per robot and class (module docstring): ``gap`` (..., C) target - cloud,
     ``own_last`` (..., N, C) each robot's uploads of last round by true class, ``fleet_last`` (..., C) the cloud's
-    change over last round, or None in the first round. Returns (..., N, C) in [0, 1]."""
+    change over last round, or None in the first round; ``floor`` a number or one per robot (..., N). Returns
+    (..., N, C) in [0, 1]."""
     own_last = np.asarray(own_last, dtype=np.float64)
     gap = np.asarray(gap, dtype=np.float64)[..., None, :]
+    floor = np.asarray(floor, dtype=np.float64)
+    floor = floor[..., None] if floor.ndim else floor  # one floor per robot (..., N), or one for all
     if fleet_last is None:
         f = np.full(own_last.shape, unseen)
     else:
@@ -185,6 +188,34 @@ def share_fractions(gap, own_last, fleet_last, floor: float = DEFAULT_SHARE_MIN,
         share = own_last / np.maximum(fleet, 1.0)
         f = np.where(fleet > 0, np.clip(np.maximum(floor, share), 0.0, 1.0), unseen)
     return np.where(gap > 0, f, 1.0)
+
+
+def own_class_counts(labels, n_classes: int) -> np.ndarray:
+    """(..., k) uploaded true labels (-1: unused slot) -> (..., C) counts per class."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return np.stack([(labels == j).sum(-1) for j in range(n_classes)], -1).astype(np.float64)
+
+
+class ShareMap:
+    """The action map of ``--model gap-share`` (``agents.share_module.GapShareModule``): a floor m in [0, 1] per
+    robot -> ``greedy-share``'s shares with that floor. It remembers last round's public cloud (B, C), and forgets
+    it when a round-0 observation comes (a new episode)."""
+
+    def __init__(self) -> None:
+        self.last_cloud: np.ndarray | None = None
+
+    def __call__(self, feasible, cloud, target, floors, own_labels, rounds, n_cache, available) -> np.ndarray:
+        cloud = np.asarray(cloud, dtype=np.float64)
+        b, c = cloud.shape
+        target = np.broadcast_to(np.asarray(target, dtype=np.float64), (b, c))
+        floors = _check_fractions(floors, np.shape(floors))
+        if np.any(np.asarray(rounds) == 0) or self.last_cloud is None or self.last_cloud.shape != cloud.shape:
+            fleet = None
+        else:
+            fleet = cloud - self.last_cloud
+        fractions = share_fractions(target - cloud, own_class_counts(own_labels, c), fleet, floors)
+        self.last_cloud = cloud.copy()
+        return class_fraction_shares(feasible, cloud, target, fractions, n_cache, available)
 
 
 class GreedySharePolicy(_SolverPolicy):
