@@ -96,3 +96,71 @@ def test_greedy_share_names_bad_arguments():
     env.close()
     with pytest.raises(ValueError, match="greedy-share needs action_mode 'allocation' and loss 'l2'"):
         make_policy("greedy-share", datagames_env.parallel_env("default", loss="kl", **SMALL))
+
+
+def test_share_map_with_the_rules_floor_is_greedy_share():
+    """``--model gap-share``'s map (``ShareMap``) with every floor at m acts as ``greedy-share:m`` over an episode
+    (the same arithmetic), and forgets the last cloud at round 0."""
+    from baselines.fraction import ShareMap
+
+    env = datagames_env.parallel_env("default", **SMALL)
+    policy, share_map = make_policy("greedy-share:0.3", env), ShareMap()
+    agents = env.possible_agents
+    for seed in (100, 101):
+        observations, infos = env.reset(seed=seed)
+        for _ in range(SMALL["rounds"]):
+            actions = policy.act(observations, infos)
+            first = infos[agents[0]]
+            mapped = share_map(np.stack([infos[a]["feasible_matrix"] for a in agents])[None], first["cloud_counts"][None],
+                               first["target_counts"], np.full((1, len(agents)), 0.3),
+                               np.stack([infos[a]["uploaded_true_labels"] for a in agents])[None],
+                               np.asarray([first["round"]]), SMALL["n_cache"],
+                               np.stack([infos[a]["available"] for a in agents])[None])[0]
+            for k, agent in enumerate(agents):
+                np.testing.assert_array_equal(mapped[k], actions[agent])
+            observations, _, _, _, infos = env.step(actions)
+    env.close()
+
+
+@pytest.mark.xdist_group("ray")
+def test_gap_share_trains_and_its_checkpoint_evaluates_through_rllib(tmp_path, monkeypatch, one_torch_thread):
+    """Two PPO updates of ``--model gap-share``; ``rllib:`` plays the checkpoint through greedy-share's map with the
+    module's floors."""
+    pytest.importorskip("ray.rllib")
+    import ray
+
+    from agents.rllib_train import TrainSettings, init_ray, train
+    from baselines.fraction import ShareMap
+    from datagames_env.harness.episode import run_episode
+
+    monkeypatch.chdir(tmp_path)
+    ray.shutdown()
+    init_ray(None, 1)
+    try:
+        result = train(TrainSettings(config="default", overrides=dict(SMALL), model="gap-share", vector_runner=True,
+                                     train_batch_size=36, minibatch_size=18, num_epochs=1, iterations=2,
+                                     progress=False, checkpoint_every=0, out="runs", lr=1e-4,
+                                     fraction_concentration=40.0, initial_fraction=0.3))
+    finally:
+        ray.shutdown()
+    assert [h["agent_steps"] for h in result["history"]] == [36, 72]
+    env = datagames_env.parallel_env("default", **SMALL)
+    policy = make_policy(f"rllib:{tmp_path / result['checkpoint']}", env)
+    assert policy.env_action == "greedy-share"
+    record = run_episode(env, policy, seed=300)
+    assert np.isfinite(record["final_distance"]) and policy.last_stats["messages"] == 0
+    observations, infos = env.reset(seed=301)
+    actions = policy.act(observations, infos)
+    floors = policy._decide(observations)
+    assert all(abs(floors[a][0] - 0.3) < 0.05 for a in floors)  # near the configured start after two updates
+    agents = env.possible_agents
+    first = infos[agents[0]]
+    expected = ShareMap()(np.stack([infos[a]["feasible_matrix"] for a in agents])[None], first["cloud_counts"][None],
+                          first["target_counts"], np.stack([floors[a][0] for a in agents])[None],
+                          np.stack([infos[a]["uploaded_true_labels"] for a in agents])[None],
+                          np.asarray([first["round"]]), SMALL["n_cache"],
+                          np.stack([infos[a]["available"] for a in agents])[None])[0]
+    for k, agent in enumerate(agents):
+        assert env.action_space(agent).contains(actions[agent])
+        np.testing.assert_allclose(actions[agent], expected[k], rtol=0, atol=1e-6)
+    env.close()
