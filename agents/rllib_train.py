@@ -32,7 +32,7 @@ class TrainSettings:
     config: Any = "default"
     overrides: dict = field(default_factory=dict)
     iterations: int = 20
-    model: str = "auto"                  # auto | scoring | mlp | gap-fraction | sweep-fraction | gap-share (vector runner only)
+    model: str = "auto"                  # auto | scoring | mlp | gap-fraction | sweep-fraction | gap-share (vector runner)
     selection_dist: str = "plackett-luce"  # selection mode: plackett-luce (top-k picks) | gaussian (scores)
     allocation_dist: str = "multinomial"   # allocation mode: multinomial (n_cache draws) | gaussian (shares)
     per_robot: bool = False

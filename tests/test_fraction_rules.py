@@ -111,8 +111,8 @@ def test_share_map_with_the_rules_floor_is_greedy_share():
         for _ in range(SMALL["rounds"]):
             actions = policy.act(observations, infos)
             first = infos[agents[0]]
-            mapped = share_map(np.stack([infos[a]["feasible_matrix"] for a in agents])[None], first["cloud_counts"][None],
-                               first["target_counts"], np.full((1, len(agents)), 0.3),
+            mapped = share_map(np.stack([infos[a]["feasible_matrix"] for a in agents])[None],
+                               first["cloud_counts"][None], first["target_counts"], np.full((1, len(agents)), 0.3),
                                np.stack([infos[a]["uploaded_true_labels"] for a in agents])[None],
                                np.asarray([first["round"]]), SMALL["n_cache"],
                                np.stack([infos[a]["available"] for a in agents])[None])[0]
