@@ -221,8 +221,8 @@ class ShareMap:
 class GreedySharePolicy(_SolverPolicy):
     """``greedy-share:<m>``: Greedy towards a fraction of the gap per class, ``max(m, own share of last round's
     uploads of the class)`` (module docstring); ``greedy-share`` alone uses m = 0.3. No messages: a robot reads
-    its own last uploads and the public cloud counts, and remembers last round's cloud. Allocation mode, ``loss:
-    l2``."""
+    its own last uploads and the public cloud counts, and remembers last round's cloud. ``loss: l2``; in selection
+    mode its counts become per-sample scores as Greedy's do."""
 
     name = "greedy-share"
 
@@ -234,9 +234,8 @@ class GreedySharePolicy(_SolverPolicy):
             raise ValueError(f"greedy-share:<m>: m must be a number in [0, 1], got {floor!r}") from None
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"greedy-share:<m>: m must be in [0, 1], got {value}")
-        if self.action_mode != "allocation" or self.loss != "l2":
-            raise ValueError(f"greedy-share needs action_mode 'allocation' and loss 'l2', got "
-                             f"'{self.action_mode}' and '{self.loss}'")
+        if self.loss != "l2":
+            raise ValueError(f"greedy-share needs loss 'l2' (its per-class map is Greedy's L2 solver), got '{self.loss}'")
         self.floor = value
         self.name = f"greedy-share:{value:g}"
         self._last_cloud: np.ndarray | None = None

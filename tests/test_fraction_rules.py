@@ -94,8 +94,19 @@ def test_greedy_share_names_bad_arguments():
         with pytest.raises(ValueError, match="greedy-share"):
             make_policy(f"greedy-share:{bad}", env)
     env.close()
-    with pytest.raises(ValueError, match="greedy-share needs action_mode 'allocation' and loss 'l2'"):
+    with pytest.raises(ValueError, match="greedy-share needs loss 'l2'"):
         make_policy("greedy-share", datagames_env.parallel_env("default", loss="kl", **SMALL))
+
+
+def test_greedy_share_plays_selection_mode():
+    env = datagames_env.parallel_env("default", action_mode="selection", **SMALL)
+    policy = make_policy("greedy-share", env)
+    observations, infos = env.reset(seed=3)
+    while env.agents:
+        observations, _, _, _, infos = env.step(policy.act(observations, infos))
+    assert len(env.distance_history) == SMALL["rounds"] + 1
+    assert len(env.ledger()["sample_id"]) <= SMALL["rounds"] * SMALL["n_robots"] * SMALL["n_cache"]
+    env.close()
 
 
 def test_share_map_with_the_rules_floor_is_greedy_share():
