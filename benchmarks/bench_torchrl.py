@@ -22,7 +22,7 @@
 ``--map-rate B``: robot-steps per CPU-second of ``torchrl_env(B, action="gap-fraction")`` stepped with random
 fractions (the env, the gap-fraction map ``baselines.fraction.greedy_fraction_shares`` and TorchRL's bookkeeping,
 no policy), best of 3 x 40 steps: the collection side of the gap-fraction recipes, steadier under load than a
-training run (run it against another checkout with ``PYTHONPATH`` to compare).
+training run.
 
 Everything runs in this process on one torch thread; on a shared machine prefer the ratio (both sides see the
 same load) and run it twice.
