@@ -19,7 +19,7 @@ flag                               BenchMARL
 ``--model gap-fraction``           the task's ``action: gap-fraction`` (one fraction of the gap per robot,
                                    mapped to Greedy's shares towards it); ``auto`` / ``mlp``: the env's action
 ``--model sample-scoring``         the actor is ``agents.benchmarl_models.SampleScoring`` (one MLP of
-                                   ``--hidden`` shared across the samples of a selection layout: p2p, dual);
+                                   ``TrainSettings.hidden`` shared across the samples of a selection layout: p2p, dual);
                                    the critic stays BenchMARL's MLP
 ``--initial-log-std``              gap-fraction, sample-scoring: ``scale_mapping`` = ``biased_softplus_<exp(it)>`` (the
                                    TanhNormal's initial scale; BenchMARL's YAML otherwise)
