@@ -18,9 +18,12 @@ flag                               BenchMARL
 ``--checkpoint-every``             BenchMARL checkpoint and evaluation (10 episodes) every k iterations
 ``--model gap-fraction``           the task's ``action: gap-fraction`` (one fraction of the gap per robot,
                                    mapped to Greedy's shares towards it); ``auto`` / ``mlp``: the env's action
-``--initial-log-std``              gap-fraction only: ``scale_mapping`` = ``biased_softplus_<exp(it)>`` (the
+``--model sample-scoring``         the actor is ``agents.benchmarl_models.SampleScoring`` (one MLP of
+                                   ``TrainSettings.hidden`` shared across the samples of a selection layout: p2p, dual);
+                                   the critic stays BenchMARL's MLP
+``--initial-log-std``              gap-fraction, sample-scoring: ``scale_mapping`` = ``biased_softplus_<exp(it)>`` (the
                                    TanhNormal's initial scale; BenchMARL's YAML otherwise)
-``--entropy-coeff``, ``--lambda``  gap-fraction only: ``entropy_coef``, GAE ``lmbda``
+``--entropy-coeff``, ``--lambda``  gap-fraction, sample-scoring: ``entropy_coef``, GAE ``lmbda``
 =================================  ==================================================================
 
 Writes ``<out>/<run>/``: BenchMARL's experiment folder (``benchmarl/<exp>/``: csv logs, its marl-eval JSON of
@@ -155,26 +158,31 @@ def train_benchmarl(settings: TrainSettings, algo: str, log=print) -> dict:
     for hint in slow_training_hints(settings):
         log(f"note: {hint}")
     set_torch_threads(settings.torch_threads)
-    if settings.model not in ("auto", "mlp", "gap-fraction"):
+    if settings.model not in ("auto", "mlp", "gap-fraction", "sample-scoring"):
         raise ValueError(f"--model {settings.model}: BenchMARL trains its MLP on the env's action (auto, mlp) or on "
-                         "the gap-fraction action (gap-fraction)")
+                         "the gap-fraction action (gap-fraction), or a per-sample scorer (sample-scoring)")
     action = "gap-fraction" if settings.model == "gap-fraction" else "env"
     task = make_task(settings.config, action=action, **settings.overrides)
     env_cfg = task.env_config
     algorithm_config = getattr(algorithms, ALGORITHMS[algo]).get_from_yaml()
-    if action == "gap-fraction":
-        # one number per robot: start from the TanhNormal scale exp(--initial-log-std) (BenchMARL's default is 1.0,
+    if action == "gap-fraction" or settings.model == "sample-scoring":
+        # one number per robot (per sample): start from the TanhNormal scale exp(--initial-log-std) (BenchMARL's default is 1.0,
         # which spreads f over most of [0, 1] and drowns each robot's share of the common reward in noise)
         algorithm_config.scale_mapping = f"biased_softplus_{math.exp(settings.initial_log_std):.4g}"
         if hasattr(algorithm_config, "entropy_coef"):
             algorithm_config.entropy_coef = settings.entropy_coeff
         if hasattr(algorithm_config, "lmbda"):
             algorithm_config.lmbda = settings.lambda_
+    if settings.model == "sample-scoring":  # refuses layouts without sample rows, before any experiment is built
+        from .benchmarl_models import SampleScoringConfig
+
+        model_config = SampleScoringConfig.from_config(env_cfg, settings.hidden)
+    else:
+        model_config = MlpConfig.get_from_yaml()
+        model_config.num_cells = list(settings.hidden)
     run_dir = run_dir_for(settings, algo)
     (run_dir / "benchmarl").mkdir(parents=True, exist_ok=True)
     cfg = experiment_config(settings, env_cfg.n_robots, env_cfg.rounds, run_dir, algorithm_config.on_policy())
-    model_config = MlpConfig.get_from_yaml()
-    model_config.num_cells = list(settings.hidden)
     critic_config = MlpConfig.get_from_yaml()
     critic_config.num_cells = list(settings.hidden)
 
@@ -192,6 +200,7 @@ def train_benchmarl(settings: TrainSettings, algo: str, log=print) -> dict:
     agent_steps = history[-1]["agent_steps"] if history else 0
     meta = {"framework": "benchmarl", "algo": algo, "benchmarl_experiment": str(experiment.folder_name),
             "action": action,  # gap-fraction: the actor emits f, evaluation maps it as the env did
+            "model": settings.model,
             "iterations": len(history), "agent_steps": agent_steps, "training_time_s": elapsed,
             "observation_shape": [env_cfg.n_robots, int(task.observation_spec(experiment.test_env)[
                 "robots", "observation"].shape[-1])],

@@ -34,8 +34,8 @@ import numpy as np
 from numba import njit
 
 from .policies import _SolverPolicy
-from .solvers import (_CACHE, _columns, _max_iter, _min_norm_point, _needed_budget, _validate, _workspace,
-                      solve_greedy)
+from .solvers import (_CACHE, EMPTY_COLUMN, _columns, _max_iter, _min_norm_point, _scan_message, _scan_problem,
+                      _validate_n_cache, _workspace, solve_greedy)
 
 __all__ = ["GreedyFractionPolicy", "GreedySharePolicy", "ShareMap", "class_fraction_shares", "greedy_fraction_shares",
            "own_class_counts", "share_fractions", "solve_greedy_fraction"]
@@ -66,22 +66,59 @@ def _check_fractions(fraction, shape: tuple) -> np.ndarray:
     return f
 
 
+@njit(cache=_CACHE)
+def _scan_envs(P, cloud, target, available, budget, caps):
+    """``baselines.solvers._scan_problem`` over B envs in one pass: value checks and caps (B, N, C). Returns
+    (code, env, i, j, value) with ``_scan_problem``'s codes (0 = valid)."""
+    n_envs, n_robots, n_classes = caps.shape
+    has_available = available.shape[0] > 0
+    none = np.zeros((0, 0))
+    for e in range(n_envs):
+        code, i, j, value = _scan_problem(P[e], cloud[e], target[e], available[e] if has_available else none,
+                                          budget, caps[e])
+        if code:
+            return code, e, i, j, value
+    return 0, 0, 0, 0, 0.0
+
+
 def _row_problems(feasible, cloud, target, n_cache, available, loss):
-    """Validated arrays of every env's problem: P (B*N, C, C), caps (B*N, C), budgets (B*N,), gaps d (B*N, C)."""
+    """Validated arrays of every env's problem: P (B*N, C, C), caps (B*N, C), budgets (B*N,), gaps d (B*N, C).
+
+    The per-env ``_validate`` + ``_needed_budget`` of ``solve_greedy`` as array ops over all envs (one compiled
+    scan, then the L2 cut per env vectorised): the same arithmetic, bit for bit (tests/test_fraction_vectorised.py),
+    without a Python loop over envs (it held the gap-fraction map to ~120k robot-steps/s at B = 512)."""
     b, n, c = feasible.shape[:3]
-    Ps, caps, budgets, gaps = [], [], np.empty(b * n), np.empty((b * n, c))
-    for e in range(b):
-        P, cloud_e, target_e, budget, cap = _validate(feasible[e], cloud[e], target[e], n_cache,
-                                                      None if available is None else available[e])
-        if loss == "l2":  # the same cut as solve_greedy: exact, and valid for any f <= 1 (the gap only shrinks)
-            budget, cap = _needed_budget(P, cloud_e, target_e, budget, cap)
-        if not cap.any():
-            budget = 0.0
-        Ps.append(P)
-        caps.append(cap)
-        budgets[e * n:(e + 1) * n] = budget
-        gaps[e * n:(e + 1) * n] = target_e - cloud_e
-    return np.concatenate(Ps), np.concatenate(caps), budgets, gaps
+    P = np.ascontiguousarray(feasible, dtype=np.float64)
+    cloud = np.ascontiguousarray(cloud, dtype=np.float64)
+    target = np.ascontiguousarray(target, dtype=np.float64)
+    avail = np.zeros((0, 0, 0)) if available is None else np.ascontiguousarray(available, dtype=np.float64)
+    budget = _validate_n_cache(n_cache)
+    caps = np.empty((b, n, c))
+    code, e, i, j, value = _scan_envs(P, cloud, target, avail, budget, caps)
+    if code:
+        raise ValueError(f"env {e}: {_scan_message(code, i, j, value)}")
+    budgets = np.full(b, budget)
+    if loss == "l2":  # the same cut as solve_greedy: exact, and valid for any f <= 1 (the gap only shrinks)
+        budgets, caps = _needed_budgets(P, cloud, target, budget, caps)
+    budgets = np.where(caps.reshape(b, n * c).any(axis=1), budgets, 0.0)
+    gaps = np.repeat(target - cloud, n, axis=0)
+    return P.reshape(b * n, c, c), caps.reshape(b * n, c), np.repeat(budgets, n), gaps
+
+
+def _needed_budgets(P, cloud, target, budget, caps):
+    """``baselines.solvers._needed_budget`` (Greedy's factor 2) for every env at once: budgets (B,), caps (B, N, C)."""
+    b, n, c = caps.shape
+    masses = P.sum(axis=2)  # (B, N, C): each column's mass, summed over y in the same order as per env
+    smallest = np.where(masses >= EMPTY_COLUMN, masses, np.inf).reshape(b, n * c).min(axis=1)
+    d = target - cloud
+    # matmul of (1, C) @ (C, 1) is BLAS's dot, as np.linalg.norm of a vector is (einsum rounds differently)
+    norms = np.sqrt(np.matmul(d[:, None, :], d[:, :, None])[:, 0, 0])
+    need = np.sqrt(c) * 2 * norms
+    need = need / np.where(np.isfinite(smallest), smallest, 1.0) * 1.01 + 1.0
+    cut = np.isfinite(smallest) & (need < budget)  # no available column, or the cut is no tighter: unchanged
+    budgets = np.where(cut, need, budget)
+    caps = np.where(cut[:, None, None], np.minimum(caps, need[:, None, None]), caps)
+    return budgets, caps
 
 
 def greedy_fraction_shares(feasible, cloud, target, fraction, n_cache, available=None, loss: str = "l2"

@@ -17,6 +17,12 @@
 
     python benchmarks/bench_torchrl.py --num-envs 256 --train-iterations 0          # collection only
     python benchmarks/bench_torchrl.py --skip-collection --short 3 --long 12         # training rates only
+    python benchmarks/bench_torchrl.py --skip-collection --train-iterations 0 --map-rate 320   # gap-fraction collection
+
+``--map-rate B``: robot-steps per CPU-second of ``torchrl_env(B, action="gap-fraction")`` stepped with random
+fractions (the env, the gap-fraction map ``baselines.fraction.greedy_fraction_shares`` and TorchRL's bookkeeping,
+no policy), best of 3 x 40 steps: the collection side of the gap-fraction recipes, steadier under load than a
+training run.
 
 Everything runs in this process on one torch thread; on a shared machine prefer the ratio (both sides see the
 same load) and run it twice.
@@ -113,6 +119,30 @@ def bench_training(config: str, short: int, long: int, recipe: str = "throughput
             "collect_s": b["collect_s"], "train_s": b["train_s"], "batch": RECIPES[recipe][0]}
 
 
+def bench_map(num_envs: int, steps: int = 40, repeats: int = 3) -> float:
+    """Robot-steps per CPU-second of ``torchrl_env(num_envs, action="gap-fraction")`` (module docstring)."""
+    import datagames_env
+
+    env = datagames_env.torchrl_env(num_envs, config="default", seed=0, action="gap-fraction")
+    gen = torch.Generator().manual_seed(0)
+    rounds = env.config.rounds
+
+    def run(n: int) -> None:
+        td = env.reset()
+        for t in range(n):
+            td.set(("robots", "action"), torch.rand(num_envs, env.n_robots, 1, generator=gen))
+            out = env.step(td)
+            td = env.reset() if (t + 1) % rounds == 0 else env.step_mdp(out)
+
+    run(rounds)  # warm-up: numba, first allocations
+    best = 0.0
+    for _ in range(repeats):
+        cpu = time.process_time()
+        run(steps)
+        best = max(best, steps * num_envs * env.n_robots / (time.process_time() - cpu))
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="default")
@@ -126,10 +156,15 @@ def main() -> None:
     parser.add_argument("--models", default="auto,gap-fraction", help="comma list: auto (env action), gap-fraction")
     parser.add_argument("--skip-collection", action="store_true")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads of the MAPPO runs")
+    parser.add_argument("--map-rate", type=int, default=0, metavar="B",
+                        help="also the gap-fraction collection rate of torchrl_env(B) per CPU-second (0: skip)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not args.skip_collection:
         report_collection(args)
+    if args.map_rate:
+        print(f"torchrl_env({args.map_rate}, action='gap-fraction') with random fractions: "
+              f"{bench_map(args.map_rate):,.0f} robot-steps per CPU-second (best of 3 x 40 steps)")
     if args.train_iterations:
         print(f"BenchMARL MAPPO on {args.config}, {args.torch_threads} torch thread(s), end to end, marginal rate between {args.short} and {args.long} "
               "iterations (goal: 50,000 agent-steps/s)")

@@ -391,12 +391,14 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
                     "on the batched TorchRL env (the benchmarl extra; agents/benchmarl_train.py)")
     tr.add_argument("--iterations", type=int_range(1), default=20, help="training iterations (PPO updates)")
     tr.add_argument("--model", default="auto", choices=["auto", "scoring", "mlp", "gap-fraction", "sweep-fraction",
-                                                         "gap-share"],
+                                                         "gap-share", "sample-scoring"],
                     help="RLlib module: scoring (per-class / per-sample shared network, the GU model), mlp, or "
                          "gap-fraction (one fraction per robot, Greedy towards it; PPO with --vector-runner, or benchmarl-*); "
                          "sweep-fraction (the same f, then --message-sweeps K Gauss-Seidel solver sweeps towards f of "
                          "the gap the others' announcements leave); gap-share (the same f as greedy-share's floor "
-                         "per robot: a fraction per class from its share of last round's uploads; --vector-runner)")
+                         "per robot: a fraction per class from its share of last round's uploads; --vector-runner); "
+                         "sample-scoring (benchmarl-* on p2p / dual / selection: one MLP shared across the samples, "
+                         "agents.benchmarl_models)")
     tr.add_argument("--selection-dist", default="plackett-luce", choices=["plackett-luce", "gaussian"],
                     help="selection mode: Plackett-Luce over the top-k picks (default) or a Gaussian on the scores")
     tr.add_argument("--allocation-dist", default="multinomial", choices=["multinomial", "gaussian"],
