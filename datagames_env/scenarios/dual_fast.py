@@ -228,7 +228,7 @@ class FastDual(BatchedScenario):
     def _probs(self, rows: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """(B, m, C) float32 probabilities of env b's head (last fit) on its feature rows ``rows`` (B, m)."""
         with limited_torch_threads(1):
-            return self.heads.predict(rows[:, None, :], None if valid is None else valid[:, None, :]).probs[:, 0]
+            return self.heads.probabilities(rows[:, None, :], None if valid is None else valid[:, None, :])[:, 0]
 
     def _fit(self) -> None:
         """Refit every env's head: one batched call."""
