@@ -54,23 +54,34 @@ def _p2p_module():
     return p2p
 
 
+def _parallel_env(module, config: str, **overrides):
+    """``module.parallel_env`` where a (baseline) tree has one, else the package's ``parallel_env`` (this layout:
+    the scenario modules hold no face)."""
+    if hasattr(module, "parallel_env"):
+        return module.parallel_env(config, **overrides)
+    import datagames_env
+
+    return datagames_env.parallel_env(config, **overrides)
+
+
 def _make(case: str):
     if case.startswith("p2p"):
         p2p = _p2p_module()
         if case == "p2p_3":
             mnist = (SHARED / "MNIST" / "t10k-images-idx3-ubyte.gz").is_file()
-            return p2p.parallel_env("p2p_toy", data_dir=str(SHARED)) if mnist else p2p.parallel_env("p2p_default")
+            return (_parallel_env(p2p, "p2p_toy", data_dir=str(SHARED)) if mnist
+                    else _parallel_env(p2p, "p2p_default"))
         kinds = [r.model_dump() for r in p2p.load_p2p_config("p2p_default").robots]
         robots = [dict(kinds[i % 3]) for i in range(40)]
         for robot in robots:
             robot["initial_labeled"] = {k: max(1, v // 10) for k, v in robot["initial_labeled"].items()}
-        return p2p.parallel_env("p2p_default", robots=robots, **{"ood.calibration_size": 10})
+        return _parallel_env(p2p, "p2p_default", robots=robots, **{"ood.calibration_size": 10})
     try:
         from datagames_env.scenarios import dual
     except ImportError:
         from datagames_env import dual
 
-    return dual.parallel_env("dual_default", n_robots=500, rounds=3)
+    return _parallel_env(dual, "dual_default", n_robots=500, rounds=3)
 
 
 def _robot_steps(case: str, episodes: int) -> dict:
@@ -97,11 +108,13 @@ def _robot_steps(case: str, episodes: int) -> dict:
         kind = f"{type(batch).__name__} x{num_envs}"
     else:
         if case == "p2p_b64":
-            env = _p2p_module().parallel_env(config)
+            env = _parallel_env(_p2p_module(), config)
         else:
-            from datagames_env.scenarios import dual
-
-            env = dual.parallel_env(config)
+            try:
+                from datagames_env.scenarios import dual
+            except ImportError:
+                from datagames_env import dual
+            env = _parallel_env(dual, config)
 
         def episode(seed: int) -> int:
             env.reset(seed=seed)
