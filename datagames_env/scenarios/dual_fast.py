@@ -48,7 +48,7 @@ from ..core import draws, kernels
 from ..data.privacy import PrivacyFilter
 from ..perception import limited_torch_threads, uncertainty
 from ..perception.fast import BatchedHeads, FastFeatures, cached_features
-from ..selection.kernels import dense_greedy_picks, squared_unit_distances, unit_similarities
+from ..selection.kernels import dense_greedy_picks, first_argmax_columns, squared_unit_distances, unit_similarities
 from ..selection.submodular import FacilityLocation, block_rows_for, lazy_greedy
 from .base import BatchedScenario, BatchTransition, Scenario, SnapshotError, check_snapshot_array, check_snapshot_int
 from .base import check_snapshot_rng, snapshot_entry
@@ -848,7 +848,7 @@ def _argmax_is_itself(dots: torch.Tensor, ref_index: np.ndarray, ref_position: n
     env, slot = np.nonzero(ref_position >= 0)
     if len(env):
         pos = ref_position[env, slot]
-        first = dots.numpy()[env, :, pos].argmax(axis=1)  # numpy's argmax: the first maximum too
+        first = first_argmax_columns(dots.numpy(), env, pos)  # the first maximum, as numpy's argmax
         out[env, pos] = ref_index[env, first] == ground[pos]
     return torch.from_numpy(out)
 
