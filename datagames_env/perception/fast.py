@@ -16,7 +16,8 @@ Name                     What it is
 ``cached_features``      pretrain (or load from the disk cache) and embed a whole feature array -> FastFeatures
 ``cache_dir``            ``$DATAGAMES_CACHE_DIR``, else ``platformdirs.user_cache_dir("datagames_env")``
 ``BatchedHeads``         per-(env, robot) heads, shape (B, N): ``add`` rows, ``fit`` all at once, ``predict``
-                         probabilities and Mahalanobis OoD scores, ``calibrate`` OoD thresholds, ``reset`` envs
+                         probabilities and Mahalanobis OoD scores (``probabilities``: without the scores),
+                         ``calibrate`` OoD thresholds, ``reset`` envs
 ``HeadOutput``           ``probs`` (B, N, m, C), ``mahalanobis`` (B, N, m); ``novelty(kind)``, ``uncertainty(kind)``
 =======================  ===================================================================================
 

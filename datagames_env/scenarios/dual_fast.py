@@ -65,6 +65,7 @@ ENV_INFO_KEYS = ("round", "cloud_counts", "target_counts", "n_cache", "label_bud
                  "upload_objective_gain", "label_objective", "coverage_gain",
                  *(f"privacy_total_{k}" for k in PRIVACY_COUNTS))
 _CACHE_BLOCK_BYTES = 4 << 20  # the similarity blocks of one group of envs in the greedy labeler (see _dense_greedy)
+_SQRT_ALIGN = 64  # entries: a group starts where a whole-batch pass would start a vector (torch's sqrt_ paths)
 _LEDGER = {"row": "i", "labeled": "b", "robot": "i", "round": "i", "labeled_round": "i", "private": "b",
            "blurred": "b"}
 
@@ -641,7 +642,7 @@ class FastDual(BatchedScenario):
         # envs' blocks at once were up to 130 MB at B = 256); every env keeps the padded width m of the whole batch
         # and a group holds a multiple of 64 entries, so each entry sees the arithmetic of one whole-batch pass
         group = max(1, _CACHE_BLOCK_BYTES // (4 * m * m))
-        align = 64 // np.gcd(m * m, 64)
+        align = _SQRT_ALIGN // np.gcd(m * m, _SQRT_ALIGN)
         group = max(align, group // align * align)
         for lo in range(0, e, group):
             hi = min(e, lo + group)
