@@ -18,7 +18,8 @@ case           setting
 =============  ==============================================================================================
 
 Each case runs in its own process (one torch thread): one reset (not timed: it trains the first models), then
-every step of the episode with seeded random actions; the figure is seconds per step (= per round; PettingZoo's
+every step of the episode with seeded random actions; the figure is seconds per step (wall, and CPU seconds of the
+process: the steadier figure on a shared machine; = per round; PettingZoo's
 ``performance_benchmark`` counts one AEC cycle per round, so cycles/s = 1 / that). With ``--baseline`` the two
 trees run alternately ``--repeat`` times and the ratio of their medians is printed: on a shared machine the
 absolute figures move with the load, the ratio much less. The batched cases (``dual_b16``, ``p2p_b64``) time whole
@@ -54,23 +55,34 @@ def _p2p_module():
     return p2p
 
 
+def _parallel_env(module, config: str, **overrides):
+    """``module.parallel_env`` where a (baseline) tree has one, else the package's ``parallel_env`` (this layout:
+    the scenario modules hold no face)."""
+    if hasattr(module, "parallel_env"):
+        return module.parallel_env(config, **overrides)
+    import datagames_env
+
+    return datagames_env.parallel_env(config, **overrides)
+
+
 def _make(case: str):
     if case.startswith("p2p"):
         p2p = _p2p_module()
         if case == "p2p_3":
             mnist = (SHARED / "MNIST" / "t10k-images-idx3-ubyte.gz").is_file()
-            return p2p.parallel_env("p2p_toy", data_dir=str(SHARED)) if mnist else p2p.parallel_env("p2p_default")
+            return (_parallel_env(p2p, "p2p_toy", data_dir=str(SHARED)) if mnist
+                    else _parallel_env(p2p, "p2p_default"))
         kinds = [r.model_dump() for r in p2p.load_p2p_config("p2p_default").robots]
         robots = [dict(kinds[i % 3]) for i in range(40)]
         for robot in robots:
             robot["initial_labeled"] = {k: max(1, v // 10) for k, v in robot["initial_labeled"].items()}
-        return p2p.parallel_env("p2p_default", robots=robots, **{"ood.calibration_size": 10})
+        return _parallel_env(p2p, "p2p_default", robots=robots, **{"ood.calibration_size": 10})
     try:
         from datagames_env.scenarios import dual
     except ImportError:
         from datagames_env import dual
 
-    return dual.parallel_env("dual_default", n_robots=500, rounds=3)
+    return _parallel_env(dual, "dual_default", n_robots=500, rounds=3)
 
 
 def _robot_steps(case: str, episodes: int) -> dict:
@@ -97,11 +109,13 @@ def _robot_steps(case: str, episodes: int) -> dict:
         kind = f"{type(batch).__name__} x{num_envs}"
     else:
         if case == "p2p_b64":
-            env = _p2p_module().parallel_env(config)
+            env = _parallel_env(_p2p_module(), config)
         else:
-            from datagames_env.scenarios import dual
-
-            env = dual.parallel_env(config)
+            try:
+                from datagames_env.scenarios import dual
+            except ImportError:
+                from datagames_env import dual
+            env = _parallel_env(dual, config)
 
         def episode(seed: int) -> int:
             env.reset(seed=seed)
@@ -133,14 +147,16 @@ def run_case(case: str, episodes: int | None = None) -> dict:
     env = _make(case)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
-    times = []
+    times, cpu_times = [], []
     while env.agents:
         actions = {a: rng.random(env.action_space(a).shape).astype(np.float32) for a in env.agents}
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         env.step(actions)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     return {"case": case, "config": env.config.model_dump().get("scenario"), "robots": len(env.possible_agents),
-            "seconds_per_step": float(np.mean(times)), "steps": len(times)}
+            "seconds_per_step": float(np.mean(times)), "cpu_seconds_per_step": float(np.mean(cpu_times)),
+            "steps": len(times)}
 
 
 def _in_process(tree: Path, case: str, episodes: int | None = None) -> dict:
@@ -167,16 +183,21 @@ def main() -> None:
         if case in BATCHED:
             _report_batched(case, args)
             continue
-        ours, theirs = [], []
+        runs: dict[str, list[dict]] = {"ours": [], "theirs": []}
         for _ in range(args.repeat):
-            ours.append(_in_process(ROOT, case)["seconds_per_step"])
+            runs["ours"].append(_in_process(ROOT, case))
             if args.baseline is not None:
-                theirs.append(_in_process(args.baseline, case)["seconds_per_step"])
-        line = f"{case:<9} {statistics.median(ours):8.3f} s/step ({1 / statistics.median(ours):6.2f} cycles/s)"
-        if theirs:
-            line += (f"   baseline {statistics.median(theirs):8.3f} s/step   "
-                     f"speed-up {statistics.median(theirs) / statistics.median(ours):5.1f}x")
-        print(line, flush=True)
+                runs["theirs"].append(_in_process(args.baseline, case))
+        for key, unit in (("seconds_per_step", "s/step"), ("cpu_seconds_per_step", "CPU s/step")):
+            ours = [r[key] for r in runs["ours"] if key in r]
+            theirs = [r[key] for r in runs["theirs"] if key in r]
+            if not ours:
+                continue
+            line = f"{case:<9} {statistics.median(ours):8.3f} {unit} ({1 / statistics.median(ours):6.2f} cycles/s)"
+            if theirs:
+                line += (f"   baseline {statistics.median(theirs):8.3f} {unit}   "
+                         f"speed-up {statistics.median(theirs) / statistics.median(ours):5.1f}x")
+            print(line, flush=True)
 
 
 def _report_batched(case: str, args: argparse.Namespace) -> None:

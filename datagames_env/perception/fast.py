@@ -16,7 +16,8 @@ Name                     What it is
 ``cached_features``      pretrain (or load from the disk cache) and embed a whole feature array -> FastFeatures
 ``cache_dir``            ``$DATAGAMES_CACHE_DIR``, else ``platformdirs.user_cache_dir("datagames_env")``
 ``BatchedHeads``         per-(env, robot) heads, shape (B, N): ``add`` rows, ``fit`` all at once, ``predict``
-                         probabilities and Mahalanobis OoD scores, ``calibrate`` OoD thresholds, ``reset`` envs
+                         probabilities and Mahalanobis OoD scores (``probabilities``: without the scores),
+                         ``calibrate`` OoD thresholds, ``reset`` envs
 ``HeadOutput``           ``probs`` (B, N, m, C), ``mahalanobis`` (B, N, m); ``novelty(kind)``, ``uncertainty(kind)``
 =======================  ===================================================================================
 
@@ -612,6 +613,12 @@ class BatchedHeads:
         index, _ = self._checked_ids(ids, valid)
         return self._output(self._table32[index], mahalanobis)
 
+    def probabilities(self, ids: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """``predict(ids, valid).probs`` bit for bit (the same arithmetic), without computing the OoD scores that
+        it would discard: float32 (B, N, m, C)."""
+        index, _ = self._checked_ids(ids, valid)
+        return self._output(self._table32[index], mahalanobis=True, scores=False).probs
+
     def predict_features(self, features: np.ndarray) -> HeadOutput:
         """Outputs for explicit features: ``(m, d)`` scored by every head, or ``(B, N, m, d)`` one set per head."""
         x = np.asarray(features)
@@ -694,12 +701,13 @@ class BatchedHeads:
         """``x`` float32 (B, N, m, d) -> squared Mahalanobis distances (B, N, m, C)."""
         return self._distance(x @ self._project_t, self._white_norms)
 
-    def _output(self, x: torch.Tensor, mahalanobis: bool = True) -> HeadOutput:
-        """``x`` float32 (B, N, m, d) -> probabilities and Mahalanobis scores (``mahalanobis=False``: None)."""
+    def _output(self, x: torch.Tensor, mahalanobis: bool = True, scores: bool = True) -> HeadOutput:
+        """``x`` float32 (B, N, m, d) -> probabilities and Mahalanobis scores (``mahalanobis=False``: None, and the
+        probabilities of the scaled-logit path; ``scores=False``: the distance path's probabilities, no scores)."""
         if not mahalanobis and self.head != "ridge":
             return HeadOutput(torch.softmax(self._scaled_logits(x), dim=-1).numpy(), None)
         distance = self._distances(x)
-        scores = distance.amin(dim=-1).numpy() if mahalanobis else None
+        scores = distance.amin(dim=-1).numpy() if mahalanobis and scores else None
         if self.head == "student":  # in place: offset - slope * log1p(distance * rate)
             logits = distance.mul_(self._rate).log1p_().mul_(self._slope).neg_().add_(self._offset)
         elif self.head == "lda":
@@ -723,7 +731,7 @@ class BatchedHeads:
         if kind not in NOVELTY_KINDS:
             raise ValueError(f"novelty kind must be one of {list(NOVELTY_KINDS)}, got {kind!r}")
         if kind != "mahalanobis":
-            return self.predict(ids, valid).novelty(kind)
+            return HeadOutput(self.probabilities(ids, valid), None).novelty(kind)
         index, _ = self._checked_ids(ids, valid)
         return self._distances(self._table32[index]).amin(dim=-1).numpy().astype(np.float64)
 

@@ -48,7 +48,7 @@ from ..core import draws, kernels
 from ..data.privacy import PrivacyFilter
 from ..perception import limited_torch_threads, uncertainty
 from ..perception.fast import BatchedHeads, FastFeatures, cached_features
-from ..selection.kernels import dense_greedy_picks, squared_unit_distances, unit_similarities
+from ..selection.kernels import dense_greedy_picks, first_argmax_columns, squared_unit_distances, unit_similarities
 from ..selection.submodular import FacilityLocation, block_rows_for, lazy_greedy
 from .base import BatchedScenario, BatchTransition, Scenario, SnapshotError, check_snapshot_array, check_snapshot_int
 from .base import check_snapshot_rng, snapshot_entry
@@ -64,6 +64,8 @@ ENV_INFO_KEYS = ("round", "cloud_counts", "target_counts", "n_cache", "label_bud
                  "cloud_unlabeled", "validation_accuracy", "test_accuracy", "labeled", "upload_objective",
                  "upload_objective_gain", "label_objective", "coverage_gain",
                  *(f"privacy_total_{k}" for k in PRIVACY_COUNTS))
+_CACHE_BLOCK_BYTES = 4 << 20  # the similarity blocks of one group of envs in the greedy labeler (see _dense_greedy)
+_SQRT_ALIGN = 64  # entries: a group starts where a whole-batch pass would start a vector (torch's sqrt_ paths)
 _LEDGER = {"row": "i", "labeled": "b", "robot": "i", "round": "i", "labeled_round": "i", "private": "b",
            "blurred": "b"}
 
@@ -228,7 +230,7 @@ class FastDual(BatchedScenario):
     def _probs(self, rows: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """(B, m, C) float32 probabilities of env b's head (last fit) on its feature rows ``rows`` (B, m)."""
         with limited_torch_threads(1):
-            return self.heads.predict(rows[:, None, :], None if valid is None else valid[:, None, :]).probs[:, 0]
+            return self.heads.probabilities(rows[:, None, :], None if valid is None else valid[:, None, :])[:, 0]
 
     def _fit(self) -> None:
         """Refit every env's head: one batched call."""
@@ -632,21 +634,29 @@ class FastDual(BatchedScenario):
         for j, (_b, _cand, r, _first, _inv, copies, cov, budget) in enumerate(prepared):
             rows[j, :len(r)], valid[j, :len(r)], weights[j, :len(r)], covered[j, :len(r)] = r, True, copies, cov
             steps[j] = min(budget, len(r))
-        with limited_torch_threads(1):
-            x = self._unit_t[torch.from_numpy(rows)]
-            # unit rows: |a - b|^2 = 2 - 2 a.b (one batched matmul); a row's distance to itself is 0
-            dots = x @ x.transpose(1, 2)
-            # the kernel, each env on its own block, then the greedy steps: compiled passes (selection.kernels);
-            # the square root stays torch's over the same padded block (its float32 sqrt is not always the
-            # correctly rounded one, and which of its paths an entry takes depends on where it lies)
-            sizes = valid.sum(axis=1)
-            squared_unit_distances(dots.numpy(), sizes)
-            sims = dots.sqrt_().numpy()
-        unit_similarities(sims, sizes, cfg.kernel == "cosine", np.float32(cfg.kernel_scale))
+        sizes = valid.sum(axis=1)
         cov = covered.astype(np.float32)
         w = weights.astype(np.float32)
         picks = np.full((e, max(int(steps.max()), 1)), -1, dtype=np.int64)
-        dense_greedy_picks(sims, cov, w, sizes, steps, picks)
+        # a few envs at a time, so that each (M, M) block is still in cache for the passes after the product (all
+        # envs' blocks at once were up to 130 MB at B = 256); every env keeps the padded width m of the whole batch
+        # and a group holds a multiple of 64 entries, so each entry sees the arithmetic of one whole-batch pass
+        group = max(1, _CACHE_BLOCK_BYTES // (4 * m * m))
+        align = _SQRT_ALIGN // np.gcd(m * m, _SQRT_ALIGN)
+        group = max(align, group // align * align)
+        for lo in range(0, e, group):
+            hi = min(e, lo + group)
+            with limited_torch_threads(1):
+                x = self._unit_t[torch.from_numpy(rows[lo:hi])]
+                # unit rows: |a - b|^2 = 2 - 2 a.b (one batched matmul); a row's distance to itself is 0
+                dots = x @ x.transpose(1, 2)
+                # the kernel, each env on its own block, then the greedy steps: compiled passes (selection.kernels);
+                # the square root stays torch's over the same padded block (its float32 sqrt is not always the
+                # correctly rounded one, and which of its paths an entry takes depends on where it lies)
+                squared_unit_distances(dots.numpy(), sizes[lo:hi])
+                sims = dots.sqrt_().numpy()
+            unit_similarities(sims, sizes[lo:hi], cfg.kernel == "cosine", np.float32(cfg.kernel_scale))
+            dense_greedy_picks(sims, cov[lo:hi], w[lo:hi], sizes[lo:hi], steps[lo:hi], picks[lo:hi])
         with limited_torch_threads(1):
             value = (torch.from_numpy(cov).double() * torch.from_numpy(w).double()).sum(dim=1).numpy()
         return [(row[row >= 0], float(value[j])) for j, row in enumerate(picks)]
@@ -839,7 +849,7 @@ def _argmax_is_itself(dots: torch.Tensor, ref_index: np.ndarray, ref_position: n
     env, slot = np.nonzero(ref_position >= 0)
     if len(env):
         pos = ref_position[env, slot]
-        first = dots.numpy()[env, :, pos].argmax(axis=1)  # numpy's argmax: the first maximum too
+        first = first_argmax_columns(dots.numpy(), env, pos)  # the first maximum, as numpy's argmax
         out[env, pos] = ref_index[env, first] == ground[pos]
     return torch.from_numpy(out)
 

@@ -31,6 +31,9 @@ test rows of every domain. Observation embeddings (``E = perception.embedding_di
 the frozen features L2-normalised; probabilities, novelty scores (``perception.novelty``, default Mahalanobis;
 ``ood.detector`` is the paper tier's) and ``domain_accuracy`` come from the heads. Thresholds are calibrated per
 head on its calibration rows (``ood.calibration_quantile``; ``ood.threshold`` when that is null) after each fit.
+``feedback_memory_features`` / ``feedback_memory_utilities`` are padded to ``min(feedback_memory, rounds *
+n_share)`` rows (the most a memory can hold in one episode; the paper tier pads to ``feedback_memory``): the first
+``feedback_memory_size`` rows are real, zeros below, as on the paper tier.
 
 Env b equals the B = 1 scenario reset with ``seeds[b]``: the same draws as :class:`~.p2p.P2PScenario` makes
 (topology and streams from ``[seed, 1]``, initial sets from ``[world_seed or seed, robot, 7]``, fault generators
@@ -585,9 +588,10 @@ class P2PFastBatched(BatchedScenario):
                  "rare_share_cached": np.where(totals[..., 3] > 0, totals[..., 4] / np.maximum(totals[..., 3], 1),
                                                0.0)}
         infos.update({key: np.array(value, copy=True) for key, value in self._round_stats.items()})
-        memory = self.config.feedback_memory
-        if memory:  # padded to feedback_memory rows: the first feedback_memory_size are real, zeros below
-            size, e = self._memory_size, self.embedding_dim
+        if self.config.feedback_memory:  # padded to _memory_width rows: the first feedback_memory_size are real
+            # (a memory never holds more than an episode's shares: 80 rows of p2p_default, not 1000; a fresh
+            # (B, N, 1000, E + C) array costs its 80 MB of zero pages every step)
+            size, e, memory = self._memory_size, self.embedding_dim, self._memory_width
             used = int(size.max())  # memories are left-aligned: no column beyond the fullest holds anything
             real = (np.arange(used)[None, None, :] < size[..., None])[..., None]
             features = np.zeros((b_, n, memory, self.sample_feature_dim), dtype=np.float32)
