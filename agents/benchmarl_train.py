@@ -38,10 +38,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-from .rllib_train import META_FILE, TrainSettings, run_dir_for, set_torch_threads, slow_training_hints
+from .rllib_train import META_FILE, TrainSettings, portable_settings, run_dir_for, set_torch_threads, slow_training_hints
 
 POLICY_FILE = "policy.pt"
 ALGORITHMS = {"benchmarl-mappo": "MappoConfig", "benchmarl-ippo": "IppoConfig", "benchmarl-masac": "MasacConfig"}
@@ -198,13 +197,18 @@ def train_benchmarl(settings: TrainSettings, algo: str, log=print) -> dict:
     actor = experiment.policy.select_subsequence(out_keys=[("robots", "action")])
     torch.save(actor, checkpoint / POLICY_FILE)
     agent_steps = history[-1]["agent_steps"] if history else 0
-    meta = {"framework": "benchmarl", "algo": algo, "benchmarl_experiment": str(experiment.folder_name),
+    # relative to the run folder and without this machine's folders, as RLlib's metadata (agents/portable.py)
+    experiment_folder = Path(str(experiment.folder_name))
+    if experiment_folder.is_absolute() and experiment_folder.is_relative_to(run_dir.resolve()):
+        experiment_folder = experiment_folder.relative_to(run_dir.resolve())
+    meta = {"framework": "benchmarl", "algo": algo,
+            "benchmarl_experiment": experiment_folder.as_posix() if not experiment_folder.is_absolute() else None,
             "action": action,  # gap-fraction: the actor emits f, evaluation maps it as the env did
             "model": settings.model,
             "iterations": len(history), "agent_steps": agent_steps, "training_time_s": elapsed,
             "observation_shape": [env_cfg.n_robots, int(task.observation_spec(experiment.test_env)[
                 "robots", "observation"].shape[-1])],
-            "task": task.config, "settings": {k: v for k, v in asdict(settings).items() if k != "progress"}}
+            "task": task.config, "settings": portable_settings(settings)}
     (checkpoint / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     counts = {"iterations": len(history), "agent_steps": agent_steps}  # no --resume: this run is every run

@@ -181,6 +181,10 @@ def test_benchmarl_mappo_trains_and_evaluates(tmp_path):
     assert [row["iteration"] for row in history] == [1, 2] and history[-1]["agent_steps"] == 1200
     meta = json.loads((run / "checkpoint" / "datagames_meta.json").read_text())
     assert meta["algo"] == "benchmarl-mappo" and meta["observation_shape"] == [10, 81]
+    from agents.portable import absolute_paths_in
+
+    assert not absolute_paths_in(run / "checkpoint"), "the metadata names a folder of this machine"
+    assert (run / meta["benchmarl_experiment"]).is_dir() and meta["settings"]["out"] is None
     assert list(run.glob("benchmarl/*/checkpoints/*.pt"))  # BenchMARL's own checkpoint, to resume with its tools
     spec = f"benchmarl:{run / 'checkpoint'}"
     out = tmp_path / "eval"
