@@ -309,6 +309,7 @@ class GapFractionModule(ClassScoringModule):
 
     env_action = "greedy-fraction"  # what turns the module's f into the environment's action
     concentration_floor: float | None = None
+    concentration_pinned: bool = False  # the floor is also a ceiling: the concentration is the schedule's
 
     def setup(self) -> None:
         _require(self.model_config, ("n_classes",), "GapFractionModule")
@@ -349,18 +350,19 @@ class GapFractionModule(ClassScoringModule):
         out = self.head(pooled)
         if self.concentration_floor is not None:  # x1 = log(k / k0) >= log(floor / k0)
             floor = math.log(self.concentration_floor / FractionBeta.initial_concentration)
-            out = torch.cat([out[..., :1], out[..., 1:].clamp(min=floor)], dim=-1)
+            x1 = out[..., 1:].clamp(min=floor, max=floor) if self.concentration_pinned else out[..., 1:].clamp(min=floor)
+            out = torch.cat([out[..., :1], x1], dim=-1)
         return {Columns.ACTION_DIST_INPUTS: out}
 
-    def set_concentration_floor(self, floor: float | None) -> None:
+    def set_concentration_floor(self, floor: float | None, pinned: bool = False) -> None:
         """Bound the Beta's concentration below by ``floor`` (in [2, 1000], the Beta's clamp), or lift the bound
-        (None)."""
+        (None); ``pinned``: the concentration is ``floor`` (above too), the learned output is not used."""
         if floor is not None:
             floor = float(floor)
             if not (math.isfinite(floor) and 2.0 <= floor <= 1000.0):
                 raise ValueError(f"GapFractionModule: the concentration floor must be in [2, 1000] (the Beta's "
                                  f"clamp), got {floor}")
-        self.concentration_floor = floor
+        self.concentration_floor, self.concentration_pinned = floor, bool(pinned) and floor is not None
 
 
 INITIAL_SWEEP_FRACTION = 0.9

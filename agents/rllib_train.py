@@ -73,6 +73,7 @@ class TrainSettings:
     initial_fraction: float = 0.5        # gap-fraction: the starting Beta's mean
     fraction_concentration_final: float | None = None  # gap-fraction: the Beta's concentration floor rises to this
     fraction_concentration_schedule: str = "linear"     # ... linearly or geometrically from 2 over the iterations
+    fraction_concentration_pinned: bool = False         # ... and is also a ceiling, from fraction_concentration
 
     @classmethod
     def from_preset(cls, preset: str | None, **fields) -> TrainSettings:
@@ -145,8 +146,9 @@ def module_spec(par_env, settings: TrainSettings):
     if (settings.fraction_concentration, settings.initial_fraction) != (8.0, 0.5):
         raise ValueError("--fraction-concentration and --initial-fraction need --model gap-fraction; got --model "
                          f"{settings.model}")
-    if settings.fraction_concentration_final is not None:
-        raise ValueError(f"--fraction-concentration-final needs --model gap-fraction; got --model {settings.model}")
+    if settings.fraction_concentration_final is not None or settings.fraction_concentration_pinned:
+        raise ValueError("--fraction-concentration-final and --fraction-concentration-pinned need --model "
+                         f"gap-fraction; got --model {settings.model}")
     if model == "mlp":
         return RLModuleSpec(model_config=DefaultModelConfig(fcnet_hiddens=list(settings.hidden),
                                                             fcnet_activation="tanh", vf_share_layers=False))
@@ -224,6 +226,8 @@ def concentration_floor(settings: TrainSettings, iteration: int) -> float | None
     if schedule not in ("linear", "geometric"):
         raise ValueError(f"--fraction-concentration-schedule: '{schedule}' is not one of linear, geometric")
     if final is None:
+        if settings.fraction_concentration_pinned:
+            raise ValueError("--fraction-concentration-pinned needs --fraction-concentration-final")
         return None
     final = float(final)
     if not (math.isfinite(final) and CONCENTRATION_FLOOR_START <= final <= 1000.0):
@@ -232,19 +236,22 @@ def concentration_floor(settings: TrainSettings, iteration: int) -> float | None
         raise ValueError("--fraction-concentration-final is applied by `datagames train`'s own loop, not by a Ray "
                          "Tune sweep (--tune)")
     progress = min(1.0, max(0, iteration) / max(1, settings.iterations - 1))
+    # pinned: the concentration is the schedule's, from the starting one (2 would be a uniform Beta at f = 0.5)
+    start = float(settings.fraction_concentration) if settings.fraction_concentration_pinned else CONCENTRATION_FLOOR_START
     if schedule == "geometric":
-        return CONCENTRATION_FLOOR_START * (final / CONCENTRATION_FLOOR_START) ** progress
-    return CONCENTRATION_FLOOR_START + (final - CONCENTRATION_FLOOR_START) * progress
+        return start * (final / start) ** progress
+    return start + (final - start) * progress
 
 
-def set_concentration_floor(algo, floor: float | None) -> None:
-    """Set the floor on the modules that have one (gap-fraction) in the learner(s) and in every env runner, local
-    and remote, so that the sampled Beta and the one PPO's loss evaluates are the same."""
+def set_concentration_floor(algo, floor: float | None, pinned: bool = False) -> None:
+    """Set the floor (``pinned``: the concentration) on the modules that have one (gap-fraction) in the learner(s)
+    and in every env runner, local and remote, so that the sampled Beta and the one PPO's loss evaluates are the
+    same."""
     def apply(multi_module) -> None:
         for module_id in multi_module.keys():
             module = multi_module[module_id].unwrapped()
             if hasattr(module, "set_concentration_floor"):
-                module.set_concentration_floor(floor)
+                module.set_concentration_floor(floor, pinned)
 
     algo.learner_group.foreach_learner(lambda learner: apply(learner.module))
     algo.env_runner_group.foreach_env_runner(lambda runner: apply(runner.module), local_env_runner=True)
@@ -570,7 +577,7 @@ def train(settings: TrainSettings, log=print) -> dict:
             for i in range(settings.iterations):
                 floor = concentration_floor(settings, int(algo.iteration or 0))
                 if floor is not None:  # the same floor for this iteration's sampling and its updates
-                    set_concentration_floor(algo, floor)
+                    set_concentration_floor(algo, floor, settings.fraction_concentration_pinned)
                 result = algo.train()
                 summary = iteration_summary(result)
                 summary["elapsed_s"] = time.perf_counter() - started

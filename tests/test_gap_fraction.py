@@ -239,7 +239,10 @@ def test_concentration_floor_bounds_the_beta_below_and_leaves_its_mean():
     np.testing.assert_allclose(floored_k, 100.0, rtol=1e-4)
     module.set_concentration_floor(4.0)  # below the learned concentration: no effect
     np.testing.assert_allclose(_starting_beta(module, face)[1], k, rtol=1e-5)
+    module.set_concentration_floor(4.0, pinned=True)  # pinned: the floor is also a ceiling
+    np.testing.assert_allclose(_starting_beta(module, face), (mean, np.full_like(k, 4.0)), rtol=1e-4, atol=1e-6)
     module.set_concentration_floor(None)
+    assert not module.concentration_pinned
     np.testing.assert_allclose(_starting_beta(module, face)[1], k, rtol=1e-5)
     for bad in (1.0, 2000.0, float("nan")):
         with pytest.raises(ValueError, match="concentration floor must be in \\[2, 1000\\]"):
@@ -261,11 +264,16 @@ def test_concentration_schedule_rises_from_two_to_the_final_floor_and_is_off_by_
     geometric = TrainSettings(iterations=3, fraction_concentration_final=200.0,
                               fraction_concentration_schedule="geometric")
     np.testing.assert_allclose([concentration_floor(geometric, i) for i in range(3)], [2, 20, 200])
+    pinned = TrainSettings(iterations=3, fraction_concentration_final=200.0, fraction_concentration=8.0,
+                           fraction_concentration_schedule="geometric", fraction_concentration_pinned=True)
+    np.testing.assert_allclose([concentration_floor(pinned, i) for i in range(3)], [8, 40, 200])
+    with pytest.raises(ValueError, match="--fraction-concentration-pinned needs --fraction-concentration-final"):
+        concentration_floor(TrainSettings(fraction_concentration_pinned=True), 0)
     with pytest.raises(ValueError, match="--fraction-concentration-final must be in \\[2, 1000\\]"):
         concentration_floor(TrainSettings(fraction_concentration_final=1e4), 0)
     with pytest.raises(ValueError, match="--fraction-concentration-schedule: 'cosine'"):
         concentration_floor(TrainSettings(fraction_concentration_schedule="cosine"), 0)
-    with pytest.raises(ValueError, match="--fraction-concentration-final needs --model gap-fraction"):
+    with pytest.raises(ValueError, match="--fraction-concentration-final and --fraction-concentration-pinned need"):
         build_ppo_config(TrainSettings(config="default", overrides=dict(SMALL), fraction_concentration_final=100.0))
     with pytest.raises(ValueError, match="not by a Ray Tune sweep"):
         build_ppo_config(TrainSettings(config="default", overrides=dict(SMALL), model="gap-fraction",
@@ -281,6 +289,8 @@ def test_train_cli_takes_the_concentration_schedule():
     assert (args.fraction_concentration_final, args.fraction_concentration_schedule) == (200.0, "geometric")
     defaults = parser.parse_args(["train"])
     assert (defaults.fraction_concentration_final, defaults.fraction_concentration_schedule) == (None, "linear")
+    assert not defaults.fraction_concentration_pinned and parser.parse_args(
+        ["train", "--fraction-concentration-pinned"]).fraction_concentration_pinned
     for bad in (["--fraction-concentration-final", "1"], ["--fraction-concentration-schedule", "cosine"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["train", *bad])

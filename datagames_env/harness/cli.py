@@ -283,6 +283,7 @@ def train_settings(args: argparse.Namespace, TrainSettings, overrides: dict):
         fraction_concentration=args.fraction_concentration, initial_fraction=args.initial_fraction,
         fraction_concentration_final=args.fraction_concentration_final,
         fraction_concentration_schedule=args.fraction_concentration_schedule,
+        fraction_concentration_pinned=args.fraction_concentration_pinned,
         lambda_=args.gae_lambda)
     fields.update(preset_fields)
     return TrainSettings.from_preset(args.preset, **fields) if args.preset else TrainSettings(**fields)
@@ -440,6 +441,9 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
                          "rises from 2 to this over --iterations (default: no floor; 200: about 0.03 std in f)")
     tr.add_argument("--fraction-concentration-schedule", choices=["linear", "geometric"], default="linear",
                     help="how the floor of --fraction-concentration-final rises (default linear)")
+    tr.add_argument("--fraction-concentration-pinned", action="store_true",
+                    help="the floor is also a ceiling: the concentration follows the schedule exactly, from "
+                         "--fraction-concentration to --fraction-concentration-final (the learned one is not used)")
     tr.add_argument("--preset", default=None, choices=["throughput"],
                     help="RLlib PPO settings by name; explicit flags win. throughput: --vector-runner "
                          "--train-batch-size 32000 --minibatch-size 4000 --num-epochs 2 (about 12x the agent-steps/s "
