@@ -311,8 +311,9 @@ def test_training_applies_the_floor_to_the_learner_and_the_sampling_runner(tmp_p
     seen = []
     real = rllib_train.set_concentration_floor
 
-    def spy(algo, floor):
-        real(algo, floor)
+    def spy(algo, floor, pinned=False):
+        assert not pinned
+        real(algo, floor, pinned)
         learner_floors = [r.get() for r in algo.learner_group.foreach_learner(
             lambda learner: learner.module["shared"].unwrapped().concentration_floor)]
         runner = algo.env_runner_group.local_env_runner
