@@ -350,7 +350,7 @@ class GapFractionModule(ClassScoringModule):
         out = self.head(pooled)
         if self.concentration_floor is not None:  # x1 = log(k / k0) >= log(floor / k0)
             floor = math.log(self.concentration_floor / FractionBeta.initial_concentration)
-            x1 = out[..., 1:].clamp(min=floor, max=floor) if self.concentration_pinned else out[..., 1:].clamp(min=floor)
+            x1 = out[..., 1:].clamp(min=floor, max=floor if self.concentration_pinned else None)
             out = torch.cat([out[..., :1], x1], dim=-1)
         return {Columns.ACTION_DIST_INPUTS: out}
 

@@ -237,7 +237,9 @@ def concentration_floor(settings: TrainSettings, iteration: int) -> float | None
                          "Tune sweep (--tune)")
     progress = min(1.0, max(0, iteration) / max(1, settings.iterations - 1))
     # pinned: the concentration is the schedule's, from the starting one (2 would be a uniform Beta at f = 0.5)
-    start = float(settings.fraction_concentration) if settings.fraction_concentration_pinned else CONCENTRATION_FLOOR_START
+    start = CONCENTRATION_FLOOR_START
+    if settings.fraction_concentration_pinned:
+        start = float(settings.fraction_concentration)
     if schedule == "geometric":
         return start * (final / start) ** progress
     return start + (final - start) * progress
