@@ -300,9 +300,16 @@ class GapFractionModule(ClassScoringModule):
     The same per-class features as :class:`ClassScoringModule` go through a network shared across classes; their
     mean and max over classes plus the context give the Beta's mean and concentration (:class:`FractionBeta`).
     ``model_config`` keys ``initial_fraction`` (default 0.5) and ``initial_concentration`` (default 8) set the
-    starting Beta's mean and concentration (``--initial-fraction``, ``--fraction-concentration``)."""
+    starting Beta's mean and concentration (``--initial-fraction``, ``--fraction-concentration``).
+
+    ``concentration_floor`` (None: off, the default) is a lower bound on the Beta's concentration, applied to the
+    module's output so that sampling, the stored ``action_dist_inputs`` and the learner's forward pass see the same
+    Beta. ``--fraction-concentration-final`` raises it over training (:meth:`set_concentration_floor`, called on
+    the learner's and every env runner's module each iteration); it is not part of the module's state."""
 
     env_action = "greedy-fraction"  # what turns the module's f into the environment's action
+    concentration_floor: float | None = None
+    concentration_pinned: bool = False  # the floor is also a ceiling: the concentration is the schedule's
 
     def setup(self) -> None:
         _require(self.model_config, ("n_classes",), "GapFractionModule")
@@ -340,7 +347,22 @@ class GapFractionModule(ClassScoringModule):
         expanded = context.unsqueeze(-2).expand(*items.shape[:-1], context.shape[-1])
         encoded = torch.tanh(self.encoder(torch.cat([items, expanded], dim=-1)))
         pooled = torch.cat([encoded.mean(dim=-2), encoded.amax(dim=-2), context], dim=-1)
-        return {Columns.ACTION_DIST_INPUTS: self.head(pooled)}
+        out = self.head(pooled)
+        if self.concentration_floor is not None:  # x1 = log(k / k0) >= log(floor / k0)
+            floor = math.log(self.concentration_floor / FractionBeta.initial_concentration)
+            x1 = out[..., 1:].clamp(min=floor, max=floor if self.concentration_pinned else None)
+            out = torch.cat([out[..., :1], x1], dim=-1)
+        return {Columns.ACTION_DIST_INPUTS: out}
+
+    def set_concentration_floor(self, floor: float | None, pinned: bool = False) -> None:
+        """Bound the Beta's concentration below by ``floor`` (in [2, 1000], the Beta's clamp), or lift the bound
+        (None); ``pinned``: the concentration is ``floor`` (above too), the learned output is not used."""
+        if floor is not None:
+            floor = float(floor)
+            if not (math.isfinite(floor) and 2.0 <= floor <= 1000.0):
+                raise ValueError(f"GapFractionModule: the concentration floor must be in [2, 1000] (the Beta's "
+                                 f"clamp), got {floor}")
+        self.concentration_floor, self.concentration_pinned = floor, bool(pinned) and floor is not None
 
 
 INITIAL_SWEEP_FRACTION = 0.9

@@ -71,6 +71,9 @@ class TrainSettings:
     lr_final: float | None = None        # linear decay from lr to lr_final over the run's iterations (None: constant)
     fraction_concentration: float = 8.0  # gap-fraction: the starting Beta's concentration (FractionBeta)
     initial_fraction: float = 0.5        # gap-fraction: the starting Beta's mean
+    fraction_concentration_final: float | None = None  # gap-fraction: the Beta's concentration floor rises to this
+    fraction_concentration_schedule: str = "linear"     # ... linearly or geometrically from 2 over the iterations
+    fraction_concentration_pinned: bool = False         # ... and is also a ceiling, from fraction_concentration
 
     @classmethod
     def from_preset(cls, preset: str | None, **fields) -> TrainSettings:
@@ -143,6 +146,9 @@ def module_spec(par_env, settings: TrainSettings):
     if (settings.fraction_concentration, settings.initial_fraction) != (8.0, 0.5):
         raise ValueError("--fraction-concentration and --initial-fraction need --model gap-fraction; got --model "
                          f"{settings.model}")
+    if settings.fraction_concentration_final is not None or settings.fraction_concentration_pinned:
+        raise ValueError("--fraction-concentration-final and --fraction-concentration-pinned need --model "
+                         f"gap-fraction; got --model {settings.model}")
     if model == "mlp":
         return RLModuleSpec(model_config=DefaultModelConfig(fcnet_hiddens=list(settings.hidden),
                                                             fcnet_activation="tanh", vf_share_layers=False))
@@ -205,11 +211,57 @@ def _gap_fraction_spec(layout: dict, settings: TrainSettings):
         module_class = GapShareModule
     elif settings.critic != "local" or settings.message_sweeps or settings.imitate:
         raise ValueError("--model gap-fraction supports none of --critic central, --message-sweeps, --imitate")
+    concentration_floor(settings, 0)  # checks the schedule's settings before anything is built
     if (settings.fraction_concentration, settings.initial_fraction) != (8.0, 0.5):  # old runs' config unchanged
         config.update(initial_concentration=float(settings.fraction_concentration),
                       initial_fraction=float(settings.initial_fraction))
     return RLModuleSpec(module_class=module_class, model_config=config,
                         action_space=gym.spaces.Box(0.0, 1.0, (1,), dtype=np.float32))
+
+
+CONCENTRATION_FLOOR_START = 2.0  # the Beta's own clamp (FractionBeta): no floor beyond it at the start
+
+
+def concentration_floor(settings: TrainSettings, iteration: int) -> float | None:
+    """``--fraction-concentration-final``: the floor on the Beta's concentration at 0-based ``iteration`` (None
+    without the option). It rises from 2 at iteration 0 to the final value at the last of ``iterations``
+    (``linear``, or ``geometric``: equal ratios per iteration), and stays there after, so exploration noise is
+    annealed as TD3/DDPG anneal theirs; the learned concentration is used wherever it is above the floor."""
+    final, schedule = settings.fraction_concentration_final, settings.fraction_concentration_schedule
+    if schedule not in ("linear", "geometric"):
+        raise ValueError(f"--fraction-concentration-schedule: '{schedule}' is not one of linear, geometric")
+    if final is None:
+        if settings.fraction_concentration_pinned:
+            raise ValueError("--fraction-concentration-pinned needs --fraction-concentration-final")
+        return None
+    final = float(final)
+    if not (math.isfinite(final) and CONCENTRATION_FLOOR_START <= final <= 1000.0):
+        raise ValueError(f"--fraction-concentration-final must be in [2, 1000] (the Beta's clamp), got {final}")
+    if settings.tune:
+        raise ValueError("--fraction-concentration-final is applied by `datagames train`'s own loop, not by a Ray "
+                         "Tune sweep (--tune)")
+    progress = min(1.0, max(0, iteration) / max(1, settings.iterations - 1))
+    # pinned: the concentration is the schedule's, from the starting one (2 would be a uniform Beta at f = 0.5)
+    start = CONCENTRATION_FLOOR_START
+    if settings.fraction_concentration_pinned:
+        start = float(settings.fraction_concentration)
+    if schedule == "geometric":
+        return start * (final / start) ** progress
+    return start + (final - start) * progress
+
+
+def set_concentration_floor(algo, floor: float | None, pinned: bool = False) -> None:
+    """Set the floor (``pinned``: the concentration) on the modules that have one (gap-fraction) in the learner(s)
+    and in every env runner, local and remote, so that the sampled Beta and the one PPO's loss evaluates are the
+    same."""
+    def apply(multi_module) -> None:
+        for module_id in multi_module.keys():
+            module = multi_module[module_id].unwrapped()
+            if hasattr(module, "set_concentration_floor"):
+                module.set_concentration_floor(floor, pinned)
+
+    algo.learner_group.foreach_learner(lambda learner: apply(learner.module))
+    algo.env_runner_group.foreach_env_runner(lambda runner: apply(runner.module), local_env_runner=True)
 
 
 def _shared_policy(agent_id, episode=None, **kwargs) -> str:
@@ -530,9 +582,14 @@ def train(settings: TrainSettings, log=print) -> dict:
         with bar:
             task = bar.add_task("PPO", total=settings.iterations, status="")
             for i in range(settings.iterations):
+                floor = concentration_floor(settings, int(algo.iteration or 0))
+                if floor is not None:  # the same floor for this iteration's sampling and its updates
+                    set_concentration_floor(algo, floor, settings.fraction_concentration_pinned)
                 result = algo.train()
                 summary = iteration_summary(result)
                 summary["elapsed_s"] = time.perf_counter() - started
+                if floor is not None:
+                    summary["concentration_floor"] = floor
                 history.append(summary)
                 step = summary["agent_steps"]
                 for name, value in _flat_scalars(result).items():

@@ -222,3 +222,124 @@ def test_train_cli_takes_the_schedule_and_fraction_options():
             parser.parse_args(["train", *bad])
     help_text = parser._subparsers._group_actions[0].choices["train"].format_help()
     assert "--lr-final" in help_text and "--fraction-concentration" in help_text and "--initial-fraction" in help_text
+
+
+# --fraction-concentration-final: an annealed floor on the Beta's concentration (exploration noise schedule)
+
+
+def test_concentration_floor_bounds_the_beta_below_and_leaves_its_mean():
+    """The floor lifts the module's concentration output (k ~ 8 at the start) to at least the floor, where the
+    learned one is below it; the mean is unchanged; None (the default) lifts the bound; bad floors are named."""
+    module, face = _gap_fraction_module()
+    assert module.concentration_floor is None
+    mean, k = _starting_beta(module, face)
+    module.set_concentration_floor(100.0)
+    floored_mean, floored_k = _starting_beta(module, face)
+    np.testing.assert_allclose(floored_mean, mean, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(floored_k, 100.0, rtol=1e-4)
+    module.set_concentration_floor(4.0)  # below the learned concentration: no effect
+    np.testing.assert_allclose(_starting_beta(module, face)[1], k, rtol=1e-5)
+    module.set_concentration_floor(4.0, pinned=True)  # pinned: the floor is also a ceiling
+    np.testing.assert_allclose(_starting_beta(module, face), (mean, np.full_like(k, 4.0)), rtol=1e-4, atol=1e-6)
+    module.set_concentration_floor(None)
+    assert not module.concentration_pinned
+    np.testing.assert_allclose(_starting_beta(module, face)[1], k, rtol=1e-5)
+    for bad in (1.0, 2000.0, float("nan")):
+        with pytest.raises(ValueError, match="concentration floor must be in \\[2, 1000\\]"):
+            module.set_concentration_floor(bad)
+    assert module.concentration_floor is None
+    # not part of the module's state: checkpoints with and without the schedule hold the same keys
+    module.set_concentration_floor(50.0)
+    assert set(module.state_dict()) == set(_gap_fraction_module()[0].state_dict())
+
+
+def test_concentration_schedule_rises_from_two_to_the_final_floor_and_is_off_by_default():
+    pytest.importorskip("ray.rllib")
+    from agents.rllib_train import TrainSettings, build_ppo_config, concentration_floor
+
+    assert TrainSettings().fraction_concentration_final is None
+    assert all(concentration_floor(TrainSettings(iterations=5), i) is None for i in range(5))
+    linear = TrainSettings(iterations=5, fraction_concentration_final=202.0)
+    np.testing.assert_allclose([concentration_floor(linear, i) for i in range(7)], [2, 52, 102, 152, 202, 202, 202])
+    geometric = TrainSettings(iterations=3, fraction_concentration_final=200.0,
+                              fraction_concentration_schedule="geometric")
+    np.testing.assert_allclose([concentration_floor(geometric, i) for i in range(3)], [2, 20, 200])
+    pinned = TrainSettings(iterations=3, fraction_concentration_final=200.0, fraction_concentration=8.0,
+                           fraction_concentration_schedule="geometric", fraction_concentration_pinned=True)
+    np.testing.assert_allclose([concentration_floor(pinned, i) for i in range(3)], [8, 40, 200])
+    with pytest.raises(ValueError, match="--fraction-concentration-pinned needs --fraction-concentration-final"):
+        concentration_floor(TrainSettings(fraction_concentration_pinned=True), 0)
+    with pytest.raises(ValueError, match="--fraction-concentration-final must be in \\[2, 1000\\]"):
+        concentration_floor(TrainSettings(fraction_concentration_final=1e4), 0)
+    with pytest.raises(ValueError, match="--fraction-concentration-schedule: 'cosine'"):
+        concentration_floor(TrainSettings(fraction_concentration_schedule="cosine"), 0)
+    with pytest.raises(ValueError, match="--fraction-concentration-final and --fraction-concentration-pinned need"):
+        build_ppo_config(TrainSettings(config="default", overrides=dict(SMALL), fraction_concentration_final=100.0))
+    with pytest.raises(ValueError, match="not by a Ray Tune sweep"):
+        build_ppo_config(TrainSettings(config="default", overrides=dict(SMALL), model="gap-fraction",
+                                       vector_runner=True, tune=True, fraction_concentration_final=100.0))
+
+
+def test_train_cli_takes_the_concentration_schedule():
+    from datagames_env.harness.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--fraction-concentration-final", "200",
+                              "--fraction-concentration-schedule", "geometric"])
+    assert (args.fraction_concentration_final, args.fraction_concentration_schedule) == (200.0, "geometric")
+    defaults = parser.parse_args(["train"])
+    assert (defaults.fraction_concentration_final, defaults.fraction_concentration_schedule) == (None, "linear")
+    assert not defaults.fraction_concentration_pinned and parser.parse_args(
+        ["train", "--fraction-concentration-pinned"]).fraction_concentration_pinned
+    for bad in (["--fraction-concentration-final", "1"], ["--fraction-concentration-schedule", "cosine"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["train", *bad])
+
+
+@ray_group
+def test_training_applies_the_floor_to_the_learner_and_the_sampling_runner(tmp_path, monkeypatch, one_torch_thread):
+    """Each iteration sets the schedule's floor on the learner's module and the env runner's before sampling, so
+    the sampled Beta (its stored ``action_dist_inputs``) and the learner's forward pass use the same floor."""
+    pytest.importorskip("ray.rllib")
+    import ray
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    import agents.rllib_train as rllib_train
+    from agents.modules import FractionBeta
+
+    seen = []
+    real = rllib_train.set_concentration_floor
+
+    def spy(algo, floor, pinned=False):
+        assert not pinned
+        real(algo, floor, pinned)
+        learner_floors = [r.get() for r in algo.learner_group.foreach_learner(
+            lambda learner: learner.module["shared"].unwrapped().concentration_floor)]
+        runner = algo.env_runner_group.local_env_runner
+        episodes = runner.sample(explore=True)
+        inputs = torch.as_tensor(np.concatenate([e.dist_inputs.reshape(-1, 2) for e in episodes]))
+        beta = FractionBeta.from_logits(inputs).beta
+        obs = torch.as_tensor(np.concatenate([e.obs[:, :-1].reshape(-1, e.obs.shape[-1]) for e in episodes]))
+        with torch.no_grad():
+            learner_inputs = [r.get() for r in algo.learner_group.foreach_learner(
+                lambda learner: learner.module["shared"].unwrapped().forward_train({Columns.OBS: obs})[
+                    Columns.ACTION_DIST_INPUTS].numpy())]
+        seen.append((floor, learner_floors, (beta.concentration0 + beta.concentration1).min().item()))
+        np.testing.assert_allclose(learner_inputs[0], inputs.numpy(), rtol=0, atol=1e-5)
+
+    monkeypatch.setattr(rllib_train, "set_concentration_floor", spy)
+    monkeypatch.chdir(tmp_path)
+    ray.shutdown()
+    rllib_train.init_ray(None, 1)
+    try:
+        result = rllib_train.train(rllib_train.TrainSettings(
+            config="default", overrides=dict(SMALL), model="gap-fraction", vector_runner=True, train_batch_size=36,
+            minibatch_size=18, num_epochs=1, iterations=2, progress=False, checkpoint_every=0, out="runs",
+            fraction_concentration_final=100.0))
+    finally:
+        ray.shutdown()
+    assert [h["concentration_floor"] for h in result["history"]] == [2.0, 100.0]
+    assert [(floor, learners) for floor, learners, _ in seen] == [(2.0, [2.0]), (100.0, [100.0])]
+    assert seen[1][2] >= 100.0 * (1 - 1e-4)  # every sampled Beta at least as concentrated as the floor
+    assert seen[0][2] < 20.0  # the floor of 2 leaves the learned concentration (about 8)

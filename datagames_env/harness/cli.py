@@ -281,6 +281,9 @@ def train_settings(args: argparse.Namespace, TrainSettings, overrides: dict):
         imitation_dagger_rounds=args.imitation_dagger_rounds,
         env_runner_resources=dict(args.env_runner_resource), lr_final=args.lr_final,
         fraction_concentration=args.fraction_concentration, initial_fraction=args.initial_fraction,
+        fraction_concentration_final=args.fraction_concentration_final,
+        fraction_concentration_schedule=args.fraction_concentration_schedule,
+        fraction_concentration_pinned=args.fraction_concentration_pinned,
         lambda_=args.gae_lambda)
     fields.update(preset_fields)
     return TrainSettings.from_preset(args.preset, **fields) if args.preset else TrainSettings(**fields)
@@ -437,6 +440,14 @@ def build_parser(default_config: str | None = None, prog: str = "datagames") -> 
                          "at f = 0.5; 40: about 0.08)")
     tr.add_argument("--initial-fraction", type=float_range(low=0.01, high=0.99), default=0.5,
                     help="--model gap-fraction: the starting Beta's mean fraction of the gap (default 0.5)")
+    tr.add_argument("--fraction-concentration-final", type=float_range(low=2.0, high=1000.0), default=None,
+                    help="--model gap-fraction: anneal the exploration noise; a floor on the Beta's concentration "
+                         "rises from 2 to this over --iterations (default: no floor; 200: about 0.03 std in f)")
+    tr.add_argument("--fraction-concentration-schedule", choices=["linear", "geometric"], default="linear",
+                    help="how the floor of --fraction-concentration-final rises (default linear)")
+    tr.add_argument("--fraction-concentration-pinned", action="store_true",
+                    help="the floor is also a ceiling: the concentration follows the schedule exactly, from "
+                         "--fraction-concentration to --fraction-concentration-final (the learned one is not used)")
     tr.add_argument("--preset", default=None, choices=["throughput"],
                     help="RLlib PPO settings by name; explicit flags win. throughput: --vector-runner "
                          "--train-batch-size 32000 --minibatch-size 4000 --num-epochs 2 (about 12x the agent-steps/s "
