@@ -29,8 +29,7 @@ from .policies import _SolverPolicy
 from .solvers import (_CACHE, _columns, _max_iter, _min_norm_point, _needed_budget, _validate, _workspace,
                       solve_greedy)
 
-__all__ = ["GreedyFractionPolicy", "greedy_fraction_shares", "interactive_fraction_shares",
-           "solve_greedy_fraction"]
+__all__ = ["GreedyFractionPolicy", "greedy_fraction_shares", "solve_greedy_fraction"]
 
 DEFAULT_FRACTION = 0.35  # the rule's best fraction on seeds 100-119 of `default` (docs/learned.md)
 
@@ -105,49 +104,6 @@ def greedy_fraction_shares(feasible, cloud, target, fraction, n_cache, available
                 counts[e * n + i] = solve_greedy(feasible[e, i:i + 1], cloud[e], np.maximum(aim, 0.0), n_cache,
                                                  None if available is None else available[e, i:i + 1], loss=loss)[0]
     return np.clip(counts.reshape(b, n, c) / max(float(n_cache), 1.0), 0.0, 1.0)
-
-
-def interactive_fraction_shares(feasible, cloud, target, fraction, n_cache, available, sweeps: int) -> np.ndarray:
-    """Greedy towards a fraction of the gap, then ``sweeps`` Gauss-Seidel sweeps of best responses towards the
-    fraction of the gap the others leave: the action map of ``--model sweep-fraction``
-    (``datagames_env.faces.comm.interactive_fraction_shares``, which checks ``sweeps`` against its protocol's limit
-    and calls this by entry point). ``feasible`` (B, N, C, C) estimated feasible matrices, ``cloud`` (B, C),
-    ``target`` (B, C) or (C,), ``fraction`` (B, N) in [0, 1], ``available`` (B, N, C). Returns shares
-    ``counts / n_cache`` (B, N, C) in [0, 1]. L2 loss only (Wolfe, compiled)."""
-    if int(sweeps) != sweeps or sweeps < 0:
-        raise ValueError(f"sweeps must be a non-negative integer, got {sweeps!r}")
-    sweeps = int(sweeps)
-    feasible = np.asarray(feasible, dtype=np.float64)
-    if feasible.ndim != 4 or feasible.shape[2] != feasible.shape[3]:
-        raise ValueError(f"feasible must have shape (B, N, C, C), got {feasible.shape}")
-    b, n, c = feasible.shape[:3]
-    cloud = np.asarray(cloud, dtype=np.float64)
-    target = np.broadcast_to(np.asarray(target, dtype=np.float64), (b, c))
-    if cloud.shape != (b, c):
-        raise ValueError(f"cloud must have shape (B, C) = ({b}, {c}), got {cloud.shape}")
-    if np.shape(available) != (b, n, c):
-        raise ValueError(f"available must have shape (B, N, C) = ({b}, {n}, {c}), got {np.shape(available)}")
-    f = _check_fractions(fraction, (b, n))
-    P = np.empty((b, n, c, c))
-    caps, budgets = np.empty((b, n, c)), np.empty((b, n))
-    for e in range(b):  # Interactive's validation and budget cut, per env
-        P[e], cloud_e, target_e, budget, caps[e] = _validate(feasible[e], cloud[e], target[e], n_cache, available[e])
-        budget, caps[e] = _needed_budget(P[e], cloud_e, target_e, budget, caps[e], interactive=True)
-        budgets[e] = budget if caps[e].any() else 0.0
-    d = target - cloud
-    PT = _columns(P.reshape(b * n, c, c)).reshape(b, n, c, c)
-    max_iter = _max_iter(c)
-    counts = _greedy_rows_native(P.reshape(b * n, c, c), PT.reshape(b * n, c, c), caps.reshape(b * n, c),
-                                 budgets.reshape(b * n), np.repeat(d, n, axis=0) * f.reshape(b * n, 1),
-                                 max_iter).reshape(b, n, c)
-    contributions = np.einsum("bnyj,bnj->bny", P, counts)
-    for _ in range(sweeps):
-        for i in range(n):  # robot i of every env at once
-            others = contributions.sum(axis=1) - contributions[:, i]
-            counts[:, i] = _greedy_rows_native(P[:, i], PT[:, i], caps[:, i], budgets[:, i],
-                                               (d - others) * f[:, i:i + 1], max_iter)
-            contributions[:, i] = np.einsum("byj,bj->by", P[:, i], counts[:, i])
-    return np.clip(counts / max(float(n_cache), 1.0), 0.0, 1.0)
 
 
 def solve_greedy_fraction(P, cloud, target, n_cache, fraction, available=None, loss: str = "l2") -> np.ndarray:

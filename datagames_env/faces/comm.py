@@ -39,7 +39,7 @@ MESSAGE_BLOCKS = ("others_intent", "residual_fill")
 MAX_SWEEPS = 3
 # the solver's arithmetic lives with Greedy's (baselines sit below the faces; this package reaches them by entry
 # point only, as faces/torchrl.py reaches the gap-fraction map)
-SWEEP_MAP = "baselines.fraction:interactive_fraction_shares"
+SWEEP_MAP = "baselines.sweep_fraction:interactive_fraction_shares"
 
 
 def sweep_messages(n_robots: int, sweeps: int) -> int:
@@ -57,7 +57,7 @@ def interactive_fraction_shares(feasible, cloud, target, fraction, n_cache, avai
     the gap the others leave, ``min_{a in S_i} ||P_i a - f_i (target - cloud - o_i)||``, and announces ``P_i a``.
     The last sweep's plan is uploaded. At ``f = 1`` this is Interactive capped at ``sweeps`` sweeps (its Greedy
     start and best responses; tested to a tolerance). L2 loss only (Wolfe, compiled). The arithmetic is
-    ``baselines.fraction.interactive_fraction_shares`` (loaded by entry point); this checks ``sweeps`` against the
+    ``baselines.sweep_fraction.interactive_fraction_shares`` (loaded by entry point); this checks ``sweeps`` against the
     protocol's ``MAX_SWEEPS``.
 
     ``feasible`` (B, N, C, C) estimated feasible matrices, ``cloud`` (B, C), ``target`` (B, C) or (C,),
