@@ -20,8 +20,9 @@ selection              lazy greedy, picks with positive gain, then ledger order 
 =====================  ===================================================================================
 
 :class:`BadgeLabelDualScenario` does the same on the paper tier (:class:`~datagames_env.scenarios.dual.DualScenario`,
-the cloud network's probabilities and embeddings). ``badge_parallel_env("dual_default", labeler="submodular")`` is
-the PettingZoo face (B = 1) over the one of the config's tier; ``kernel: inverse_distance`` only.
+the cloud network's probabilities and embeddings). ``badge_scenario("dual_default", labeler="submodular")`` is the
+B = 1 scenario of the config's tier; a face wraps it (``DualParallelEnv(scenario=badge_scenario(...))``: baselines
+sit below the faces and import none). ``kernel: inverse_distance`` only.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from datagames_env.selection.submodular import FacilityLocation, lazy_greedy, ma
 
 from .dual_policies import badge_embeddings, badge_origin_coverage
 
-__all__ = ["BadgeLabelDualScenario", "BadgeLabelFastDual", "badge_parallel_env"]
+__all__ = ["BadgeLabelDualScenario", "BadgeLabelFastDual", "badge_scenario"]
 
 
 def _check_kernel(cfg) -> None:
@@ -125,11 +126,10 @@ class BadgeLabelDualScenario(DualScenario):
         return candidates[picks], float(result.value / len(candidates))
 
 
-def badge_parallel_env(config: Any = None, **overrides: Any):
-    """The PettingZoo parallel face (B = 1) of a dual config with the BADGE labeler, on the config's tier."""
-    from datagames_env.faces.pettingzoo import DualParallelEnv
-
+def badge_scenario(config: Any = None, **overrides: Any):
+    """The B = 1 Scenario of a dual config with the BADGE labeler, on the config's tier (what
+    ``DualParallelEnv(scenario=...)`` steps)."""
     cfg = load_dual_config(config, **overrides)
     if cfg.perception.tier == "fast":
-        return DualParallelEnv(scenario=BatchOfOne(BadgeLabelFastDual(cfg, 1)))
-    return DualParallelEnv(scenario=BadgeLabelDualScenario(cfg))
+        return BatchOfOne(BadgeLabelFastDual(cfg, 1))
+    return BadgeLabelDualScenario(cfg)

@@ -20,12 +20,12 @@ from __future__ import annotations
 import numpy as np
 
 from datagames_env.core import allocation_counts
-from datagames_env.policy import _Base
+from datagames_env.policy import CloudGamePolicyBase
 
 from .solvers import Channel, solve_greedy, solve_interactive, solve_oracle
 
 
-class _SolverPolicy(_Base):
+class _SolverPolicy(CloudGamePolicyBase):
     """Shared plumbing: stack the robots' infos, solve, convert counts to the env's action format."""
 
     def __init__(self, env, loss: str | None = None) -> None:

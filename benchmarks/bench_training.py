@@ -17,6 +17,16 @@ marginal rate (extra agent steps / extra seconds, so start-up does not count), t
 per agent step (summed exactly around PPO's sample and learner-update calls, wall and CPU of this thread, not
 RLlib's smoothed timers), and the ratio to RLlib's own runner with the project defaults measured in the same
 invocation.
+
+    python benchmarks/bench_training.py --vector --baseline /work/wt/base-0dbebaf --repeat 3
+
+``--baseline TREE`` (with ``--vector``) measures issue 18's goal against another source tree: its side is that
+tree's ``datagames train --algo ppo`` (``agents.rllib_train.train`` with its own defaults), this side the same call
+of this checkout with ``--preset throughput``. Every run is a fresh subprocess (``PYTHONPATH`` = its tree only), a
+short and a longer one per side for the marginal rate; the sides alternate ``--repeat`` times (the order flips each
+repeat), and the script prints the medians over repeats of agent steps per wall second and per CPU second of the
+training process (Ray's helper processes not counted; 0 remote runners and learners, so sampling and learning run
+in it), and their ratios. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -260,6 +270,99 @@ def bench_vector(args, out: str) -> None:
             print(f"ratio {name} / rllib-runner: {wall / base[0]:.2f}x wall, {cpu / base[1]:.2f}x CPU", flush=True)
 
 
+# ---- --baseline: this checkout against another source tree, alternated, one subprocess per run
+# (a standalone script: importing this file would put this checkout first on the path of the other tree's side)
+WORKER = r"""
+import json, sys, time
+spec = json.loads(sys.argv[1])
+import agents
+from pathlib import Path
+assert Path(agents.__file__).resolve().is_relative_to(Path(spec["tree"]).resolve()), agents.__file__
+import ray
+import ray.rllib.algorithms.ppo.ppo as ppo_module
+from ray.rllib.core.learner.learner_group import LearnerGroup
+from agents import rllib_train
+fields = dict(spec["fields"])
+if spec["preset"]:
+    settings = rllib_train.TrainSettings.from_preset(spec["preset"], **fields)
+else:
+    settings = rllib_train.TrainSettings(**fields)
+clocks = {"sample": 0.0, "learn": 0.0}
+sample, update = ppo_module.synchronous_parallel_sample, LearnerGroup.update
+def timed(name, call, *a, **k):
+    start = time.thread_time()
+    try:
+        return call(*a, **k)
+    finally:
+        clocks[name] += time.thread_time() - start
+ppo_module.synchronous_parallel_sample = lambda *a, **k: timed("sample", sample, *a, **k)
+LearnerGroup.update = lambda self, *a, **k: timed("learn", update, self, *a, **k)
+wall, cpu = time.perf_counter(), time.process_time()
+result = rllib_train.train(settings, log=lambda *a: None)
+wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+ray.shutdown()
+print("RESULT " + json.dumps({"steps": result["history"][-1]["agent_steps"], "wall": wall, "cpu": cpu, **clocks}))
+"""
+
+
+def _tree_run(tree: Path, preset: str | None, fields: dict, out: str) -> dict:
+    """One ``train()`` of ``tree``'s code in a fresh process: agent steps, wall and CPU seconds of the call."""
+    import json
+    import subprocess
+
+    fields = {"progress": False, "checkpoint_every": 0, "out": out, "run_name": f"bench-{time.time_ns()}", **fields}
+    spec = json.dumps({"tree": str(tree), "preset": preset, "fields": fields})
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run([sys.executable, "-c", WORKER, spec], cwd=out, env=env, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"training run of {tree} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def bench_baseline(args, out: str) -> None:
+    """Issue 18's ratio: this checkout's ``--preset throughput`` against ``--baseline``'s ``datagames train --algo
+    ppo`` defaults, marginal rates, the sides alternated ``--repeat`` times; medians and their ratios."""
+    import math
+    import statistics
+
+    this = Path(__file__).resolve().parents[1]
+    sides = {"baseline": (Path(args.baseline).resolve(), None, 2000),  # its TrainSettings defaults: 2,000 per update
+             "this": (this, "throughput", 32000)}                       # the preset's train_batch_size
+    if not (sides["baseline"][0] / "agents" / "rllib_train.py").is_file():
+        raise SystemExit(f"--baseline {args.baseline}: no agents/rllib_train.py there")
+    base_fields = {"config": args.config, **_fields(args.set)}
+    plan = {}
+    for name, (_tree, _preset, batch) in sides.items():
+        batch = base_fields.get("train_batch_size", batch)
+        short = max(args.short_updates, math.ceil(args.short_steps / batch))
+        plan[name] = (short, max(short + args.extra_updates, math.ceil(args.long_steps / batch)))
+    for name, (tree, preset, _batch) in sides.items():  # first runs compile numba caches and warm the disk
+        _tree_run(tree, preset, {**base_fields, "iterations": 1}, out)
+    rates = {name: [] for name in sides}
+    for rep in range(args.repeat):
+        for name in (("baseline", "this") if rep % 2 == 0 else ("this", "baseline")):
+            tree, preset, _batch = sides[name]
+            short, long = (_tree_run(tree, preset, {**base_fields, "iterations": n}, out) for n in plan[name])
+            d = {k: long[k] - short[k] for k in long}
+            rates[name].append((d["steps"] / d["wall"], d["steps"] / d["cpu"]))
+            print(f"repeat {rep + 1} {name:8s} ({plan[name][0]} vs {plan[name][1]} updates, {d['steps']:,} steps, "
+                  f"{d['wall']:.1f} s wall): {rates[name][-1][0]:,.0f} agent-steps/s wall, {rates[name][-1][1]:,.0f} "
+                  f"per CPU-s; CPU us per agent step: sampling {d['sample'] / d['steps'] * 1e6:,.1f}, learning "
+                  f"{d['learn'] / d['steps'] * 1e6:,.1f}", flush=True)
+    os.system("uptime")
+    medians = {name: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
+               for name, rs in rates.items()}
+    per_repeat = [(t[0] / b[0], t[1] / b[1]) for t, b in zip(rates["this"], rates["baseline"])]
+    print(f"baseline {sides['baseline'][0]} (its TrainSettings defaults): median {medians['baseline'][0]:,.0f} "
+          f"agent-steps/s wall, {medians['baseline'][1]:,.0f} per CPU-s", flush=True)
+    print(f"this     --preset throughput: median {medians['this'][0]:,.0f} agent-steps/s wall, "
+          f"{medians['this'][1]:,.0f} per CPU-s", flush=True)
+    print(f"ratio of medians this / baseline: {medians['this'][0] / medians['baseline'][0]:.1f}x wall, "
+          f"{medians['this'][1] / medians['baseline'][1]:.1f}x CPU; per repeat: "
+          + ", ".join(f"{w:.1f}x / {c:.1f}x" for w, c in per_repeat), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", choices=["ppo", "sb3-ppo", "both"], default="both")
@@ -277,13 +380,20 @@ def main() -> None:
     parser.add_argument("--long-steps", type=int, default=64000, help="--vector: agent steps of the longer run")
     parser.add_argument("--short-updates", type=int, default=2, help="--vector: at least this many updates (short)")
     parser.add_argument("--extra-updates", type=int, default=4, help="--vector: at least this many more (longer)")
+    parser.add_argument("--baseline", metavar="TREE", help="--vector: against this source tree's `datagames train "
+                        "--algo ppo` (e.g. /work/wt/base-0dbebaf), subprocesses, alternated")
+    parser.add_argument("--repeat", type=int, default=3, help="--baseline: alternations of the two sides")
     args = parser.parse_args()
     if args.warmup >= args.iterations:
         parser.error("--warmup must be below --iterations")
+    if args.baseline and not args.vector:
+        parser.error("--baseline needs --vector")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     os.system("uptime")
     with tempfile.TemporaryDirectory() as out:
         if args.vector:
-            bench_vector(args, out)
+            (bench_baseline if args.baseline else bench_vector)(args, out)
             return
         if args.algo in ("ppo", "both"):
             (compare_rllib if args.compare else bench_rllib)(args, out)

@@ -96,9 +96,10 @@ def resolve(spec: str, cfg: dict) -> tuple[str, object]:
         variant = upload[len("submodular-"):-len("-badge")].capitalize()
         upload = f"baselines.dual_policies:Submodular{variant}BadgePolicy"
     if labeler == "submodular-badge":
-        from baselines.dual_badge import badge_parallel_env
+        from baselines.dual_badge import badge_scenario
+        from datagames_env.faces.pettingzoo import DualParallelEnv
 
-        return f"{upload}/submodular", badge_parallel_env({**cfg, "labeler": "submodular"})
+        return f"{upload}/submodular", DualParallelEnv(scenario=badge_scenario({**cfg, "labeler": "submodular"}))
     return f"{upload}/{labeler}" if labeler else upload, None
 
 

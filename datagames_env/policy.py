@@ -47,7 +47,9 @@ class Policy(Protocol):
     def act(self, observations: dict[str, np.ndarray], infos: dict[str, dict]) -> dict[str, np.ndarray]: ...
 
 
-class _Base:
+class CloudGamePolicyBase:
+    """What the cloud game's policies share: action mode, class count, action width, a seeded generator."""
+
     name = "base"
     privileged = False
 
@@ -61,7 +63,7 @@ class _Base:
         self.rng = np.random.default_rng(seed)
 
 
-class RandomPolicy(_Base):
+class RandomPolicy(CloudGamePolicyBase):
     """Random shares per predicted class (allocation) or random scores (selection)."""
 
     name = "random"
@@ -70,7 +72,7 @@ class RandomPolicy(_Base):
         return {agent: self.rng.random(self.width) for agent in observations}
 
 
-class UniformPolicy(_Base):
+class UniformPolicy(CloudGamePolicyBase):
     """Upload a uniformly random subset of the round: shares proportional to the predicted-class
     histogram (allocation), i.i.d. random scores (selection). The paper's 'uniform sampling' benchmark."""
 

@@ -45,6 +45,35 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture
+def play_moved_checkpoint(tmp_path):
+    """``play(result, model, config, overrides) -> (env, policy, record)`` for a ``train()`` run under ``tmp_path``:
+    moves its checkpoint to another folder, checks that it names no folder of this machine and records ``model``,
+    loads it as an ``rllib:`` policy and plays one episode (seed 300) with a finite final distance."""
+
+    def play(result: dict, model: str, config, overrides: dict):
+        import json
+
+        import numpy as np
+
+        import datagames_env
+        from agents.portable import absolute_paths_in
+        from datagames_env.harness.episode import run_episode
+        from datagames_env.policy import make_policy
+
+        checkpoint = tmp_path / "moved"
+        (tmp_path / result["checkpoint"]).rename(checkpoint)
+        assert absolute_paths_in(checkpoint) == {}
+        assert json.loads((checkpoint / "datagames_meta.json").read_text())["settings"]["model"] == model
+        env = datagames_env.parallel_env(config, **overrides)
+        policy = make_policy(f"rllib:{checkpoint}", env)
+        record = run_episode(env, policy, seed=300)
+        assert np.isfinite(record["final_distance"])
+        return env, policy, record
+
+    return play
+
+
 # the resource that only the second node of `two_node_cluster` holds (env runners are placed by it)
 RUNNER_RESOURCE = "datagames_runner"
 

@@ -4,15 +4,11 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-import datagames_env
 from baselines.solvers import Channel, solve_greedy, solve_interactive
 from datagames_env.faces.comm import interactive_fraction_shares, sweep_messages
-from datagames_env.policy import make_policy
 
 SMALL = {"n_robots": 3, "rounds": 3, "obs_per_round": 30, "n_cache": 2}
 ray_group = pytest.mark.xdist_group("ray")
@@ -88,14 +84,13 @@ def test_sweep_fraction_needs_sweeps():
 
 
 @ray_group
-def test_sweep_fraction_trains_and_its_checkpoint_evaluates_through_rllib(tmp_path, monkeypatch, one_torch_thread):
+def test_sweep_fraction_trains_and_its_checkpoint_evaluates_through_rllib(tmp_path, monkeypatch, one_torch_thread,
+                                                                          play_moved_checkpoint):
     """Two PPO updates; ``rllib:`` plays the checkpoint through the same map and counts Interactive's messages."""
     pytest.importorskip("ray.rllib")
     import ray
 
-    from agents.portable import absolute_paths_in
     from agents.rllib_train import TrainSettings, init_ray, train
-    from datagames_env.harness.episode import run_episode
 
     monkeypatch.chdir(tmp_path)
     ray.shutdown()
@@ -107,15 +102,7 @@ def test_sweep_fraction_trains_and_its_checkpoint_evaluates_through_rllib(tmp_pa
     finally:
         ray.shutdown()
     assert [h["agent_steps"] for h in result["history"]] == [36, 72]  # the sweeps are no agent steps
-    checkpoint = tmp_path / "moved"
-    (tmp_path / result["checkpoint"]).rename(checkpoint)
-    assert absolute_paths_in(checkpoint) == {}
-    assert json.loads((checkpoint / "datagames_meta.json").read_text())["settings"]["model"] == "sweep-fraction"
-
-    env = datagames_env.parallel_env("default", **SMALL)
-    policy = make_policy(f"rllib:{checkpoint}", env)
-    record = run_episode(env, policy, seed=300)
-    assert np.isfinite(record["final_distance"])
+    env, policy, record = play_moved_checkpoint(result, "sweep-fraction", "default", SMALL)
     assert record["messages"] == SMALL["rounds"] * sweep_messages(SMALL["n_robots"], 2)
     observations, infos = env.reset(seed=301)
     actions = policy.act(observations, infos)

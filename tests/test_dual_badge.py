@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from baselines.dual_badge import BadgeLabelDualScenario, BadgeLabelFastDual, badge_parallel_env
+from baselines.dual_badge import BadgeLabelDualScenario, BadgeLabelFastDual, badge_scenario
 from baselines.dual_policies import (SubmodularIndependentBadgePolicy, SubmodularIndependentPolicy,
                                      badge_embeddings, badge_origin_coverage)
 from datagames_env.config import ConfigError
@@ -95,7 +95,7 @@ def _episode(env, policy, seed):
 
 
 def test_badge_labeler_is_deterministic_and_changes_labels():
-    env = badge_parallel_env("dual_default", **SMALL)
+    env = DualParallelEnv(scenario=badge_scenario("dual_default", **SMALL))
     plain = DualParallelEnv("dual_default", **SMALL)
     assert isinstance(env.scenario.batched, BadgeLabelFastDual)
     first = _episode(env, SubmodularIndependentPolicy(env), 5)
@@ -109,7 +109,8 @@ def test_badge_labeler_is_deterministic_and_changes_labels():
 
 def test_badge_scenario_leaves_other_labelers_alone():
     cfg = {**SMALL, "labeler": "entropy"}
-    badge_env, plain = badge_parallel_env("dual_default", **cfg), DualParallelEnv("dual_default", **cfg)
+    badge_env = DualParallelEnv(scenario=badge_scenario("dual_default", **cfg))
+    plain = DualParallelEnv("dual_default", **cfg)
     a = _episode(badge_env, SubmodularIndependentPolicy(badge_env), 7)
     b = _episode(plain, SubmodularIndependentPolicy(plain), 7)
     assert a[0] == b[0] and all(np.array_equal(x, y) for x, y in zip(a[1], b[1]))
@@ -117,7 +118,7 @@ def test_badge_scenario_leaves_other_labelers_alone():
 
 def test_badge_labeler_on_the_paper_tier():
     cfg = {**SMALL, "perception.tier": "paper", "perception.train_steps": 30}
-    env, plain = badge_parallel_env("dual_default", **cfg), DualParallelEnv("dual_default", **cfg)
+    env, plain = DualParallelEnv(scenario=badge_scenario("dual_default", **cfg)), DualParallelEnv("dual_default", **cfg)
     assert isinstance(env.scenario, BadgeLabelDualScenario)
 
     def labeled_after_one_round(e):

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -101,15 +99,14 @@ def test_gap_fraction_needs_the_vector_runner():
 
 
 @ray_group
-def test_gap_fraction_trains_and_its_checkpoint_evaluates_through_rllib(tmp_path, monkeypatch, one_torch_thread):
+def test_gap_fraction_trains_and_its_checkpoint_evaluates_through_rllib(tmp_path, monkeypatch, one_torch_thread,
+                                                                        play_moved_checkpoint):
     """Two PPO updates; the checkpoint names no folder of this machine, and ``rllib:`` plays it through the same
     map (its actions are Greedy towards the module's fraction)."""
     pytest.importorskip("ray.rllib")
     import ray
 
-    from agents.portable import absolute_paths_in
     from agents.rllib_train import TrainSettings, init_ray, train
-    from datagames_env.harness.episode import run_episode
 
     monkeypatch.chdir(tmp_path)
     ray.shutdown()
@@ -129,15 +126,7 @@ def test_gap_fraction_trains_and_its_checkpoint_evaluates_through_rllib(tmp_path
     events.Reload()
     lrs = [e.value for e in events.Scalars("learners/shared/default_optimizer_learning_rate")]
     np.testing.assert_allclose(lrs, [5.5e-4, 1e-4], rtol=1e-5)
-    checkpoint = tmp_path / "moved"
-    (tmp_path / result["checkpoint"]).rename(checkpoint)
-    assert absolute_paths_in(checkpoint) == {}
-    assert json.loads((checkpoint / "datagames_meta.json").read_text())["settings"]["model"] == "gap-fraction"
-
-    env = datagames_env.parallel_env("default", **SMALL)
-    policy = make_policy(f"rllib:{checkpoint}", env)
-    record = run_episode(env, policy, seed=300)
-    assert np.isfinite(record["final_distance"])
+    env, policy, record = play_moved_checkpoint(result, "gap-fraction", "default", SMALL)
     observations, infos = env.reset(seed=301)
     actions = policy.act(observations, infos)
     fractions = policy._decide(observations)

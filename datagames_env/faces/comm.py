@@ -30,12 +30,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..core import allocation_counts
+from ..policy import load_entry_point
 
 __all__ = ["MAX_SWEEPS", "MESSAGE_BLOCKS", "MessageSweeps", "check_sweeps", "interactive_fraction_shares",
            "sweep_messages"]
 
 MESSAGE_BLOCKS = ("others_intent", "residual_fill")
 MAX_SWEEPS = 3
+# the solver's arithmetic lives with Greedy's (baselines sit below the faces; this package reaches them by entry
+# point only, as faces/torchrl.py reaches the gap-fraction map)
+SWEEP_MAP = "baselines.sweep_fraction:interactive_fraction_shares"
 
 
 def sweep_messages(n_robots: int, sweeps: int) -> int:
@@ -52,45 +56,14 @@ def interactive_fraction_shares(feasible, cloud, target, fraction, n_cache, avai
     robot, each reading the others' latest announcements ``o_i``): robot i runs Greedy's solver towards ``f_i`` of
     the gap the others leave, ``min_{a in S_i} ||P_i a - f_i (target - cloud - o_i)||``, and announces ``P_i a``.
     The last sweep's plan is uploaded. At ``f = 1`` this is Interactive capped at ``sweeps`` sweeps (its Greedy
-    start and best responses; tested to a tolerance). L2 loss only (Wolfe, compiled).
+    start and best responses; tested to a tolerance). L2 loss only (Wolfe, compiled). The arithmetic is
+    ``baselines.sweep_fraction.interactive_fraction_shares`` (loaded by entry point); this checks ``sweeps`` against the
+    protocol's ``MAX_SWEEPS``.
 
     ``feasible`` (B, N, C, C) estimated feasible matrices, ``cloud`` (B, C), ``target`` (B, C) or (C,),
     ``fraction`` (B, N), ``available`` (B, N, C). Returns shares ``counts / n_cache`` (B, N, C) in [0, 1]."""
-    from baselines.fraction import _check_fractions, _greedy_rows_native
-    from baselines.solvers import _columns, _max_iter, _needed_budget, _validate
-
-    sweeps = check_sweeps(sweeps)
-    feasible = np.asarray(feasible, dtype=np.float64)
-    if feasible.ndim != 4 or feasible.shape[2] != feasible.shape[3]:
-        raise ValueError(f"feasible must have shape (B, N, C, C), got {feasible.shape}")
-    b, n, c = feasible.shape[:3]
-    cloud = np.asarray(cloud, dtype=np.float64)
-    target = np.broadcast_to(np.asarray(target, dtype=np.float64), (b, c))
-    if cloud.shape != (b, c):
-        raise ValueError(f"cloud must have shape (B, C) = ({b}, {c}), got {cloud.shape}")
-    if np.shape(available) != (b, n, c):
-        raise ValueError(f"available must have shape (B, N, C) = ({b}, {n}, {c}), got {np.shape(available)}")
-    f = _check_fractions(fraction, (b, n))
-    P = np.empty((b, n, c, c))
-    caps, budgets = np.empty((b, n, c)), np.empty((b, n))
-    for e in range(b):  # Interactive's validation and budget cut, per env
-        P[e], cloud_e, target_e, budget, caps[e] = _validate(feasible[e], cloud[e], target[e], n_cache, available[e])
-        budget, caps[e] = _needed_budget(P[e], cloud_e, target_e, budget, caps[e], interactive=True)
-        budgets[e] = budget if caps[e].any() else 0.0
-    d = target - cloud
-    PT = _columns(P.reshape(b * n, c, c)).reshape(b, n, c, c)
-    max_iter = _max_iter(c)
-    counts = _greedy_rows_native(P.reshape(b * n, c, c), PT.reshape(b * n, c, c), caps.reshape(b * n, c),
-                                 budgets.reshape(b * n), np.repeat(d, n, axis=0) * f.reshape(b * n, 1),
-                                 max_iter).reshape(b, n, c)
-    contributions = np.einsum("bnyj,bnj->bny", P, counts)
-    for _ in range(sweeps):
-        for i in range(n):  # robot i of every env at once
-            others = contributions.sum(axis=1) - contributions[:, i]
-            counts[:, i] = _greedy_rows_native(P[:, i], PT[:, i], caps[:, i], budgets[:, i],
-                                               (d - others) * f[:, i:i + 1], max_iter)
-            contributions[:, i] = np.einsum("byj,bj->by", P[:, i], counts[:, i])
-    return np.clip(counts / max(float(n_cache), 1.0), 0.0, 1.0)
+    return load_entry_point(SWEEP_MAP)(feasible, cloud, target, fraction, n_cache, available,
+                                       check_sweeps(sweeps))
 
 
 def check_sweeps(sweeps: int) -> int:

@@ -1,0 +1,57 @@
+"""The action map of ``--model sweep-fraction`` (learned communication, ``datagames_env.faces.comm``): Greedy towards a
+fraction of the gap (``baselines.fraction``), then Gauss-Seidel sweeps of best responses towards that fraction of
+the gap the others leave (Interactive's, capped). ``datagames_env.faces.comm.interactive_fraction_shares`` checks the
+sweep count against its protocol and calls :func:`interactive_fraction_shares` by entry point (the package imports
+no baseline)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .fraction import _check_fractions, _greedy_rows_native
+from .solvers import _columns, _max_iter, _needed_budget, _validate
+
+__all__ = ["interactive_fraction_shares"]
+
+
+def interactive_fraction_shares(feasible, cloud, target, fraction, n_cache, available, sweeps: int) -> np.ndarray:
+    """Greedy towards a fraction of the gap, then ``sweeps`` Gauss-Seidel sweeps of best responses towards the
+    fraction of the gap the others leave: the action map of ``--model sweep-fraction``
+    (``datagames_env.faces.comm.interactive_fraction_shares``, which checks ``sweeps`` against its protocol's limit
+    and calls this by entry point). ``feasible`` (B, N, C, C) estimated feasible matrices, ``cloud`` (B, C),
+    ``target`` (B, C) or (C,), ``fraction`` (B, N) in [0, 1], ``available`` (B, N, C). Returns shares
+    ``counts / n_cache`` (B, N, C) in [0, 1]. L2 loss only (Wolfe, compiled)."""
+    if int(sweeps) != sweeps or sweeps < 0:
+        raise ValueError(f"sweeps must be a non-negative integer, got {sweeps!r}")
+    sweeps = int(sweeps)
+    feasible = np.asarray(feasible, dtype=np.float64)
+    if feasible.ndim != 4 or feasible.shape[2] != feasible.shape[3]:
+        raise ValueError(f"feasible must have shape (B, N, C, C), got {feasible.shape}")
+    b, n, c = feasible.shape[:3]
+    cloud = np.asarray(cloud, dtype=np.float64)
+    target = np.broadcast_to(np.asarray(target, dtype=np.float64), (b, c))
+    if cloud.shape != (b, c):
+        raise ValueError(f"cloud must have shape (B, C) = ({b}, {c}), got {cloud.shape}")
+    if np.shape(available) != (b, n, c):
+        raise ValueError(f"available must have shape (B, N, C) = ({b}, {n}, {c}), got {np.shape(available)}")
+    f = _check_fractions(fraction, (b, n))
+    P = np.empty((b, n, c, c))
+    caps, budgets = np.empty((b, n, c)), np.empty((b, n))
+    for e in range(b):  # Interactive's validation and budget cut, per env
+        P[e], cloud_e, target_e, budget, caps[e] = _validate(feasible[e], cloud[e], target[e], n_cache, available[e])
+        budget, caps[e] = _needed_budget(P[e], cloud_e, target_e, budget, caps[e], interactive=True)
+        budgets[e] = budget if caps[e].any() else 0.0
+    d = target - cloud
+    PT = _columns(P.reshape(b * n, c, c)).reshape(b, n, c, c)
+    max_iter = _max_iter(c)
+    counts = _greedy_rows_native(P.reshape(b * n, c, c), PT.reshape(b * n, c, c), caps.reshape(b * n, c),
+                                 budgets.reshape(b * n), np.repeat(d, n, axis=0) * f.reshape(b * n, 1),
+                                 max_iter).reshape(b, n, c)
+    contributions = np.einsum("bnyj,bnj->bny", P, counts)
+    for _ in range(sweeps):
+        for i in range(n):  # robot i of every env at once
+            others = contributions.sum(axis=1) - contributions[:, i]
+            counts[:, i] = _greedy_rows_native(P[:, i], PT[:, i], caps[:, i], budgets[:, i],
+                                               (d - others) * f[:, i:i + 1], max_iter)
+            contributions[:, i] = np.einsum("byj,bj->by", P[:, i], counts[:, i])
+    return np.clip(counts / max(float(n_cache), 1.0), 0.0, 1.0)
