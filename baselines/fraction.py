@@ -66,6 +66,27 @@ def _check_fractions(fraction, shape: tuple) -> np.ndarray:
     return f
 
 
+def _batch_arrays(feasible, cloud, target) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """``feasible`` (B, N, C, C) and ``cloud`` (B, C) as float64 arrays with their shapes checked, ``target`` (B, C)
+    or (C,) broadcast to (B, C); and (B, N, C)."""
+    feasible = np.asarray(feasible, dtype=np.float64)
+    if feasible.ndim != 4 or feasible.shape[2] != feasible.shape[3]:
+        raise ValueError(f"feasible must have shape (B, N, C, C), got {feasible.shape}")
+    b, n, c = feasible.shape[:3]
+    cloud = np.asarray(cloud, dtype=np.float64)
+    target = np.broadcast_to(np.asarray(target, dtype=np.float64), (b, c))
+    if cloud.shape != (b, c):
+        raise ValueError(f"cloud must have shape (B, C) = ({b}, {c}), got {cloud.shape}")
+    return feasible, cloud, target, (b, n, c)
+
+
+def _check_available(available, shape: tuple[int, int, int], required: bool = False) -> None:
+    """``available`` must have shape (B, N, C) = ``shape`` (None passes unless ``required``)."""
+    if (required or available is not None) and np.shape(available) != shape:
+        b, n, c = shape
+        raise ValueError(f"available must have shape (B, N, C) = ({b}, {n}, {c}), got {np.shape(available)}")
+
+
 @njit(cache=_CACHE)
 def _scan_envs(P, cloud, target, available, budget, caps):
     """``baselines.solvers._scan_problem`` over B envs in one pass: value checks and caps (B, N, C). Returns
@@ -136,8 +157,7 @@ def greedy_fraction_shares(feasible, cloud, target, fraction, n_cache, available
         np.asarray(target, dtype=np.float64)
     if cloud.shape != (b, c) or target.shape != (b, c):
         raise ValueError(f"cloud and target must have shape (B, C) = ({b}, {c}), got {cloud.shape} and {target.shape}")
-    if available is not None and np.shape(available) != (b, n, c):
-        raise ValueError(f"available must have shape (B, N, C) = ({b}, {n}, {c}), got {np.shape(available)}")
+    _check_available(available, (b, n, c))
     f = _check_fractions(fraction, (b, n)).reshape(b * n)
     loss = loss.lower()
     if loss == "l2":
@@ -190,18 +210,10 @@ def class_fraction_shares(feasible, cloud, target, fractions, n_cache, available
     """:func:`greedy_fraction_shares` (``loss: l2``) with a fraction per robot and class: ``fractions`` (B, N, C) in
     [0, 1]; robot i of env b runs Greedy towards ``cloud + fractions[b, i] * (target - cloud)`` (elementwise).
     Returns shares (B, N, C)."""
-    feasible = np.asarray(feasible, dtype=np.float64)
-    if feasible.ndim != 4 or feasible.shape[2] != feasible.shape[3]:
-        raise ValueError(f"feasible must have shape (B, N, C, C), got {feasible.shape}")
-    b, n, c = feasible.shape[:3]
-    cloud = np.asarray(cloud, dtype=np.float64)
-    target = np.broadcast_to(np.asarray(target, dtype=np.float64), (b, c))
-    if cloud.shape != (b, c):
-        raise ValueError(f"cloud must have shape (B, C) = ({b}, {c}), got {cloud.shape}")
+    feasible, cloud, target, (b, n, c) = _batch_arrays(feasible, cloud, target)
     if np.shape(fractions) != (b, n, c):
         raise ValueError(f"fractions must have shape (B, N, C) = ({b}, {n}, {c}), got {np.shape(fractions)}")
-    if available is not None and np.shape(available) != (b, n, c):
-        raise ValueError(f"available must have shape (B, N, C) = ({b}, {n}, {c}), got {np.shape(available)}")
+    _check_available(available, (b, n, c))
     f = _check_fractions(fractions, (b, n, c)).reshape(b * n, c)
     P, caps, budgets, gaps = _row_problems(feasible, cloud, target, n_cache, available, "l2")
     counts = _greedy_rows_native(P, _columns(P), caps, budgets, gaps * f, _max_iter(c))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fraction import _check_fractions, _greedy_rows_native
+from .fraction import _batch_arrays, _check_available, _check_fractions, _greedy_rows_native
 from .solvers import _columns, _max_iter, _needed_budget, _validate
 
 __all__ = ["interactive_fraction_shares"]
@@ -24,16 +24,8 @@ def interactive_fraction_shares(feasible, cloud, target, fraction, n_cache, avai
     if int(sweeps) != sweeps or sweeps < 0:
         raise ValueError(f"sweeps must be a non-negative integer, got {sweeps!r}")
     sweeps = int(sweeps)
-    feasible = np.asarray(feasible, dtype=np.float64)
-    if feasible.ndim != 4 or feasible.shape[2] != feasible.shape[3]:
-        raise ValueError(f"feasible must have shape (B, N, C, C), got {feasible.shape}")
-    b, n, c = feasible.shape[:3]
-    cloud = np.asarray(cloud, dtype=np.float64)
-    target = np.broadcast_to(np.asarray(target, dtype=np.float64), (b, c))
-    if cloud.shape != (b, c):
-        raise ValueError(f"cloud must have shape (B, C) = ({b}, {c}), got {cloud.shape}")
-    if np.shape(available) != (b, n, c):
-        raise ValueError(f"available must have shape (B, N, C) = ({b}, {n}, {c}), got {np.shape(available)}")
+    feasible, cloud, target, (b, n, c) = _batch_arrays(feasible, cloud, target)
+    _check_available(available, (b, n, c), required=True)
     f = _check_fractions(fraction, (b, n))
     P = np.empty((b, n, c, c))
     caps, budgets = np.empty((b, n, c)), np.empty((b, n))

@@ -36,6 +36,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .scenarios import DEFAULT_SCENARIO
+
 
 @runtime_checkable
 class Policy(Protocol):
@@ -232,7 +234,7 @@ def missing_checkpoint(spec: PolicySpec) -> bool:
 
 
 def scenario_of_env(env) -> str:
-    return getattr(getattr(env, "config", None), "scenario", "datagames")
+    return getattr(getattr(env, "config", None), "scenario", DEFAULT_SCENARIO)
 
 
 def make_policy(spec: Any, env, scenario: str | None = None) -> Policy:

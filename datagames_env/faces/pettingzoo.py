@@ -67,18 +67,23 @@ class DualParallelEnv(FleetParallelEnv):
     scenario_class = _ScenarioOf("dual")
 
 
-PARALLEL_CLASSES: dict[str, type[FleetParallelEnv]] = {"datagames": DataGamesParallelEnv, "p2p": P2PParallelEnv,
-                                                       "dual": DualParallelEnv}
+def _face_classes() -> dict[str, type[FleetParallelEnv]]:
+    """Scenario name -> parallel face class, for every row of the scenario table: the named class above where
+    there is one (each names its scenario once, in its ``scenario_class``), else one made here."""
+    named = {cls.scenario_class.name: cls for cls in (DataGamesParallelEnv, P2PParallelEnv, DualParallelEnv)}
+    return {name: named.get(name) or type(f"{name}ParallelEnv", (FleetParallelEnv,),
+                                          {"scenario_class": _ScenarioOf(name)})
+            for name in SCENARIOS}
+
+
+PARALLEL_CLASSES = _face_classes()
 
 
 def parallel_env(config: Any = None, **kwargs: Any):
     """The parallel env of the config's scenario (``scenario`` key; default ``datagames``)."""
     name = scenario_of(config, **{k: v for k, v in kwargs.items() if k == "scenario"})
     kwargs.pop("scenario", None)  # the config object carries it
-    cls = PARALLEL_CLASSES.get(name)
-    if cls is None:  # a scenario added to the table without a named face
-        cls = type(f"{name}ParallelEnv", (FleetParallelEnv,), {"scenario_class": _ScenarioOf(name)})
-    return cls(config, **kwargs)
+    return PARALLEL_CLASSES[name](config, **kwargs)
 
 
 def aec_of(parallel) -> Any:

@@ -59,7 +59,7 @@ from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from ..policy import load_entry_point
-from ..scenarios import load_scenario_config, scenario_of
+from ..scenarios import SCENARIOS, load_scenario_config, scenario_of
 from .vector import VectorEnv
 
 
@@ -125,8 +125,7 @@ class FleetTorchRLEnv(EnvBase):
         if main.state_dim is None:  # a looped batch learns its state's width at its first reset
             main.reset(seed=0)
         self.state_dim = int(main.state_dim)
-        # the cloud game's global state lies in [-1, 1]; other scenarios' states are declared unbounded
-        self._state_bounds = (-1.0, 1.0) if self.scenario == "datagames" else None
+        self._state_bounds = SCENARIOS[self.scenario].state_bounds  # its table row's (None: unbounded)
         self._has_distance = "distance" in main.batched.env_info_keys
         b_n, n = num_envs, self.n_robots
         self._obs = np.zeros((b_n, n, self.obs_dim), dtype=np.float32)

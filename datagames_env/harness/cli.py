@@ -21,6 +21,7 @@ import re
 import sys
 from pathlib import Path
 
+from ..scenarios import DEFAULT_SCENARIO, SCENARIOS
 from .quiet import quiet_third_party
 
 # entry points of the trainers: agents/ is a layer above this package, loaded only when training
@@ -37,9 +38,7 @@ LOG_WIDTH = 200  # console width when the output is not a terminal (logs, CI): r
 def scenario_aliases() -> dict[str, str]:
     """``datagames p2p eval ...`` = ``datagames eval`` with the scenario's default config: every scenario but the
     cloud game (whose default config is the CLI's default) is an alias."""
-    from ..scenarios import SCENARIOS
-
-    return {name: info.default_config for name, info in SCENARIOS.items() if name != "datagames"}
+    return {name: info.default_config for name, info in SCENARIOS.items() if name != DEFAULT_SCENARIO}
 
 
 def make_console(stderr: bool = False):
@@ -258,7 +257,7 @@ def _report_overrides(args: argparse.Namespace) -> dict:
 
     path = Path(args.folder) / "results.json"
     config = json.loads(path.read_text()).get("config", {}) if path.is_file() else {}
-    return {reporter(config.get("scenario", "datagames")).data_dir_key: str(Path(args.data_dir).resolve())}
+    return {reporter(config.get("scenario", DEFAULT_SCENARIO)).data_dir_key: str(Path(args.data_dir).resolve())}
 
 
 def train_settings(args: argparse.Namespace, TrainSettings, overrides: dict):
@@ -343,8 +342,9 @@ def cmd_warmup(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser, default_config: str | None) -> None:
     """The flags every scenario command shares."""
-    p.add_argument("--config", default=default_config or "default",
-                   help=f"config name in configs/ or a YAML path, any scenario (default: {default_config or 'default'})")
+    default_config = default_config or SCENARIOS[DEFAULT_SCENARIO].default_config
+    p.add_argument("--config", default=default_config,
+                   help=f"config name in configs/ or a YAML path, any scenario (default: {default_config})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=override_pair,
                    help="config override, repeatable: --set n_robots=50 --set stream.alpha=0.1")
     p.add_argument("--data-dir", default=None, help="folder with dataset files (else $DATAGAMES_DATA_DIR)")

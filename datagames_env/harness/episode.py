@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from ..policy import make_policy, parse_policy_spec, scenario_of_env
+from ..scenarios import DEFAULT_SCENARIO
 from .reports import reporter
 
 
@@ -60,6 +61,6 @@ def build_env(config, spec=None, **overrides):
 
 def run_job(job: Job, on_round=None, env=None) -> dict:
     """One episode of one policy spec on a fresh env from the job's config (or ``env``, built from it)."""
-    spec = parse_policy_spec(job.policy, job.config.get("scenario", "datagames"))
+    spec = parse_policy_spec(job.policy, job.config.get("scenario", DEFAULT_SCENARIO))
     env = env if env is not None else build_env(job.config, spec)
     return run_episode(env, make_policy(spec, env), job.seed, on_round, name=job.policy)

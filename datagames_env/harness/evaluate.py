@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..policy import PolicySpec, make_policy, missing_checkpoint, parse_policy_spec, spec_grammar
-from ..scenarios import load_scenario_config, scenario_of
+from ..scenarios import DEFAULT_SCENARIO, load_scenario_config, scenario_of
 from .episode import Job, build_env, run_episode, run_job
 from .marl_eval import write_marl_eval
 from .reports import json_default, reporter
@@ -167,7 +167,7 @@ def _run_here(parsed, names, seeds, cfg, env, rep, envs, bar, task, on_done) -> 
 def write_results(out_dir: str | Path, payload: dict, ctx=None, baseline: str | None = None) -> Path:
     """``results.json``, ``marl_eval.json`` (``harness.marl_eval``) and the scenario's CSV, plots and ``summary.md``
     of an evaluation payload."""
-    rep = reporter(payload.get("scenario", "datagames"))
+    rep = reporter(payload.get("scenario", DEFAULT_SCENARIO))
     ctx = ctx if ctx is not None else rep.context_from_config(payload["config"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,7 +186,7 @@ def report(folder: str | Path, baseline: str | None = None, **overrides) -> dict
     payload = json.loads(path.read_text())
     if "episodes" not in payload and "records" in payload:  # dual folders written before the shared harness
         payload["episodes"] = payload.pop("records")
-    payload.setdefault("scenario", payload["config"].get("scenario", "datagames"))
+    payload.setdefault("scenario", payload["config"].get("scenario", DEFAULT_SCENARIO))
     payload.setdefault("task", out.name)  # folders written before marl_eval.json: the folder is named by config
     rep = reporter(payload["scenario"])
     ctx = rep.context_from_config(payload["config"], **overrides)

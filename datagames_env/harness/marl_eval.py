@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from ..scenarios import DEFAULT_SCENARIO
+
 FILE = "marl_eval.json"
 METRICS = ("return", "final_distance")
 _SEED = re.compile(r"[-_]?seed(\d+)")
@@ -55,7 +57,7 @@ def algorithm_and_run(policy: str) -> tuple[str, int, int]:
 
 def marl_eval_data(payload: dict, task: str | None = None) -> dict:
     """The marl-eval JSON (module docstring) of an evaluation payload (``harness.evaluate``)."""
-    environment = payload.get("scenario", "datagames")
+    environment = payload.get("scenario", DEFAULT_SCENARIO)
     task = task or payload.get("task") or "task"
     runs: dict[str, dict[str, dict]] = {}
     for policy in payload["policies"]:

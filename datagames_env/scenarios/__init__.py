@@ -9,13 +9,13 @@ scenario       scenario class                                 PettingZoo id     
 ``dual``       :class:`~.dual.DualScenario`                   ``datagames/Dual-v0``  two-stage upload + labeling (DUAL / Fleet-AL)
 =============  =============================================  =====================  ==============================
 
-A config names its scenario with the top-level key ``scenario`` (default ``datagames``). The faces are built
-from this table (scenarios import no face): ``datagames_env.parallel_env(config, **overrides)`` is the face
-:class:`~datagames_env.faces.base.FleetParallelEnv` over the scenario's B = 1 :func:`make_scenario`,
+A config names its scenario with the top-level key ``scenario`` (default ``DEFAULT_SCENARIO``, ``datagames``). The
+faces are built from this table (scenarios import no face): ``datagames_env.parallel_env(config, **overrides)`` is
+the face :class:`~datagames_env.faces.base.FleetParallelEnv` over the scenario's B = 1 :func:`make_scenario`,
 with flat ``Box`` observations (a declared ``obs_layout``) and ``Box`` actions, so the learned policies in
 ``agents/`` train on all of them. A new scenario is a :class:`Scenario` subclass plus one row of ``SCENARIOS``, which
 names its config loader, default config, results writer, built-in policies and (optionally) its native batched
-implementation and its warm-up.
+implementation, its warm-up and its global state's bounds.
 """
 
 from __future__ import annotations
@@ -49,8 +49,12 @@ class ScenarioInfo:
     # "module:function" (config) -> list of cache files: builds what a first episode of the config would otherwise
     # build (the fast tier's pretrained extractor); ``datagames warmup`` runs it on ``default_config``
     warm: str | None = None
+    # bounds of every entry of its global state (``state()``; TorchRL's state spec), or None: declared unbounded
+    state_bounds: tuple[float, float] | None = None
 
 
+# the scenario of a config that names none (and of a bare ``parallel_env()``)
+DEFAULT_SCENARIO = "datagames"
 _REPORTS = "datagames_env.harness.reports"
 SCENARIOS: dict[str, ScenarioInfo] = {
     "datagames": ScenarioInfo(
@@ -61,7 +65,7 @@ SCENARIOS: dict[str, ScenarioInfo] = {
          ("interactive-sum", "baselines.policies:InteractiveSumPolicy"), ("oracle", "baselines.policies:OraclePolicy"),
          ("greedy-fraction", "baselines.fraction:GreedyFractionPolicy"),
          ("greedy-share", "baselines.fraction:GreedySharePolicy")),
-        batched="batched"),
+        batched="batched", state_bounds=(-1.0, 1.0)),
     "p2p": ScenarioInfo(
         "datagames_env.scenarios.p2p", "P2PScenario", "datagames_env.scenarios.p2p_fast:make_scenario", "datagames_env.scenarios.p2p:load_p2p_config",
         "datagames/P2P-v0", "p2p_default", f"{_REPORTS}.p2p:P2PReporter",
@@ -94,16 +98,16 @@ def scenario_of(config: Any = None, **overrides: Any) -> str:
     if "scenario" in overrides:
         name = overrides["scenario"]
     elif config is None:
-        name = "datagames"
+        name = DEFAULT_SCENARIO
     elif isinstance(config, dict):
-        name = config.get("scenario", "datagames")
+        name = config.get("scenario", DEFAULT_SCENARIO)
     elif isinstance(config, (str, Path)):
         data = read_config_file(resolve_config_path(config)) or {}
-        name = data.get("scenario", "datagames") if isinstance(data, dict) else "datagames"
-    elif isinstance(config, EnvConfig):
+        name = data.get("scenario", DEFAULT_SCENARIO) if isinstance(data, dict) else DEFAULT_SCENARIO
+    elif isinstance(config, EnvConfig):  # the cloud game's config class
         name = "datagames"
     else:
-        name = getattr(config, "scenario", "datagames")
+        name = getattr(config, "scenario", DEFAULT_SCENARIO)
     if name not in SCENARIOS:
         raise ConfigError(f"scenario: '{name}' is not one of {sorted(SCENARIOS)}")
     return name

@@ -98,6 +98,7 @@ from ..config import (
 )
 from ..core import World, derive_version
 from ..data.datasets import Dataset
+from . import SCENARIOS
 from .base import SampleSpec, Scenario, Transition, active_mask, atomic_step
 from .base import SnapshotError, check_snapshot_array, check_snapshot_int, check_snapshot_rng, snapshot_entry
 from ..core import draws
@@ -191,8 +192,11 @@ class DualConfig(_Strict):
 
 
 def load_dual_config(config: str | Path | dict | DualConfig | None = None, **overrides: Any) -> DualConfig:
-    """A validated :class:`DualConfig` from a config name / YAML path / dict plus keyword overrides (top-level,
-    nested dicts, or dotted keys like ``**{"privacy.mode": "drop"}``). Errors name the key."""
+    """A validated :class:`DualConfig` from a config name (default ``dual_default``, which lists the defaults) /
+    YAML path / dict plus keyword overrides (top-level, nested dicts, or dotted keys like
+    ``**{"privacy.mode": "drop"}``). Errors name the key."""
+    if config is None:
+        config = SCENARIOS["dual"].default_config
     return load_typed_config(DualConfig, config, overrides, "dual configuration")
 
 

@@ -99,6 +99,7 @@ from ..config import (
 from ..data.datasets import Dataset, DatasetError, load_dataset
 from ..data.domains import corrupt
 from ..data.streams import draw_domain_stream
+from . import SCENARIOS
 from .base import SampleSpec, Scenario, Transition, active_mask, atomic_step
 from .base import SnapshotError, check_snapshot_array, check_snapshot_int, snapshot_entry
 from ..perception.ood import NoveltyDetector
@@ -282,7 +283,7 @@ def load_p2p_config(config: str | Path | dict | P2PConfig | None = None, **overr
     """A validated :class:`P2PConfig` from a name in ``configs/`` (default ``p2p_default``), a YAML path, a dict
     or a config, plus keyword overrides (top-level keys, nested dicts, or dotted keys ``"ood.detector"``)."""
     if config is None:
-        config = "p2p_default"
+        config = SCENARIOS["p2p"].default_config
     return load_typed_config(P2PConfig, config, overrides, "p2p configuration")
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ...scenarios import DEFAULT_SCENARIO
+
 
 class Reporter:
     """One scenario's part of the harness: what a round / an episode record holds, the summary and the files.
@@ -77,7 +79,7 @@ class Reporter:
         return ""
 
 
-def policy_labels(policies: list[str], scenario: str = "datagames") -> dict[str, str]:
+def policy_labels(policies: list[str], scenario: str = DEFAULT_SCENARIO) -> dict[str, str]:
     """One labelling rule for every table and figure: a spec's short label (``PolicySpec.label``:
     ``rllib:runs/train/<run>/checkpoint`` -> ``rllib:<run>``), the text of anything else. Specs whose short labels
     would coincide (two runs of one name in different folders) keep their full text."""
@@ -95,7 +97,7 @@ def policy_labels(policies: list[str], scenario: str = "datagames") -> dict[str,
     return {p: label if counts[label] == 1 else p for p, label in labels.items()}
 
 
-def policy_label(policy: str, scenario: str = "datagames") -> str:
+def policy_label(policy: str, scenario: str = DEFAULT_SCENARIO) -> str:
     """``rllib:runs/train/default-ppo-.../checkpoint`` -> ``rllib:default-ppo-...`` (``policy_labels`` of one)."""
     return policy_labels([policy], scenario)[policy]
 
