@@ -14,7 +14,7 @@ from pettingzoo.test import parallel_api_test
 from baselines.dual_policies import DUAL_POLICIES, make_dual_policy
 from baselines.submodular import fleet_objective
 from datagames_env.config import ConfigError
-from datagames_env.scenarios.dual import load_dual_config, uncertainty
+from datagames_env.scenarios.dual import DualConfig, load_dual_config, uncertainty
 from datagames_env.faces.pettingzoo import DualParallelEnv
 from datagames_env.faces.pettingzoo import DualParallelEnv as parallel_env  # dual unless the config says otherwise
 from datagames_env.harness.cli import main as _cli_main
@@ -216,7 +216,7 @@ def test_config_errors_name_the_key():
         load_dual_config({"scenario": "p2p"})
     with pytest.raises(ConfigError, match="'labeler'"):
         load_dual_config(None, labeler="oracle")
-    assert load_dual_config("dual_default") == load_dual_config(None)  # the YAML lists the defaults
+    assert load_dual_config("dual_default") == DualConfig() == load_dual_config(None)  # the YAML lists the defaults
 
 
 def test_scenario_factory_builds_dual():
