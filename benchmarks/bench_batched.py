@@ -1,6 +1,6 @@
 """Issue 17's speed goals as ratios, every scenario batched (prints a table with a pass/fail per row; asserts nothing).
 
-    python benchmarks/bench_batched.py --baseline /work/wt/base-0dbebaf             # the goals as stated
+    python benchmarks/bench_batched.py --baseline /path/to/0dbebaf-tree             # the goals as stated
     python benchmarks/bench_batched.py --baseline ../base --p2p-envs 8 --dual-envs 4 --torchrl-envs 16 --seconds 2
 
 =========================================  =====================================================  ======

@@ -18,7 +18,7 @@ per agent step (summed exactly around PPO's sample and learner-update calls, wal
 RLlib's smoothed timers), and the ratio to RLlib's own runner with the project defaults measured in the same
 invocation.
 
-    python benchmarks/bench_training.py --vector --baseline /work/wt/base-0dbebaf --repeat 3
+    python benchmarks/bench_training.py --vector --baseline /path/to/0dbebaf-tree --repeat 3
 
 ``--baseline TREE`` (with ``--vector``) measures issue 18's goal against another source tree: its side is that
 tree's ``datagames train --algo ppo`` (``agents.rllib_train.train`` with its own defaults), this side the same call
@@ -381,7 +381,7 @@ def main() -> None:
     parser.add_argument("--short-updates", type=int, default=2, help="--vector: at least this many updates (short)")
     parser.add_argument("--extra-updates", type=int, default=4, help="--vector: at least this many more (longer)")
     parser.add_argument("--baseline", metavar="TREE", help="--vector: against this source tree's `datagames train "
-                        "--algo ppo` (e.g. /work/wt/base-0dbebaf), subprocesses, alternated")
+                        "--algo ppo` (e.g. /path/to/0dbebaf-tree), subprocesses, alternated")
     parser.add_argument("--repeat", type=int, default=3, help="--baseline: alternations of the two sides")
     args = parser.parse_args()
     if args.warmup >= args.iterations:
