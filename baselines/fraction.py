@@ -102,12 +102,13 @@ def _scan_envs(P, cloud, target, available, budget, caps):
     return 0, 0, 0, 0, 0.0
 
 
-def _row_problems(feasible, cloud, target, n_cache, available, loss):
+def _row_problems(feasible, cloud, target, n_cache, available, loss, interactive: bool = False):
     """Validated arrays of every env's problem: P (B*N, C, C), caps (B*N, C), budgets (B*N,), gaps d (B*N, C).
 
     The per-env ``_validate`` + ``_needed_budget`` of ``solve_greedy`` as array ops over all envs (one compiled
     scan, then the L2 cut per env vectorised): the same arithmetic, bit for bit (tests/test_fraction_vectorised.py),
-    without a Python loop over envs (it held the gap-fraction map to ~120k robot-steps/s at B = 512)."""
+    without a Python loop over envs (it held the gap-fraction map to ~120k robot-steps/s at B = 512).
+    ``interactive``: the cut of Interactive's best responses (``_needed_budget(..., interactive=True)``)."""
     b, n, c = feasible.shape[:3]
     P = np.ascontiguousarray(feasible, dtype=np.float64)
     cloud = np.ascontiguousarray(cloud, dtype=np.float64)
@@ -120,21 +121,22 @@ def _row_problems(feasible, cloud, target, n_cache, available, loss):
         raise ValueError(f"env {e}: {_scan_message(code, i, j, value)}")
     budgets = np.full(b, budget)
     if loss == "l2":  # the same cut as solve_greedy: exact, and valid for any f <= 1 (the gap only shrinks)
-        budgets, caps = _needed_budgets(P, cloud, target, budget, caps)
+        budgets, caps = _needed_budgets(P, cloud, target, budget, caps, interactive)
     budgets = np.where(caps.reshape(b, n * c).any(axis=1), budgets, 0.0)
     gaps = np.repeat(target - cloud, n, axis=0)
     return P.reshape(b * n, c, c), caps.reshape(b * n, c), np.repeat(budgets, n), gaps
 
 
-def _needed_budgets(P, cloud, target, budget, caps):
-    """``baselines.solvers._needed_budget`` (Greedy's factor 2) for every env at once: budgets (B,), caps (B, N, C)."""
+def _needed_budgets(P, cloud, target, budget, caps, interactive: bool = False):
+    """``baselines.solvers._needed_budget`` for every env at once (Greedy's factor 2, or Interactive's 2N + 2):
+    budgets (B,), caps (B, N, C)."""
     b, n, c = caps.shape
     masses = P.sum(axis=2)  # (B, N, C): each column's mass, summed over y in the same order as per env
     smallest = np.where(masses >= EMPTY_COLUMN, masses, np.inf).reshape(b, n * c).min(axis=1)
     d = target - cloud
     # matmul of (1, C) @ (C, 1) is BLAS's dot, as np.linalg.norm of a vector is (einsum rounds differently)
     norms = np.sqrt(np.matmul(d[:, None, :], d[:, :, None])[:, 0, 0])
-    need = np.sqrt(c) * 2 * norms
+    need = np.sqrt(c) * (2 * n + 2 if interactive else 2) * norms
     need = need / np.where(np.isfinite(smallest), smallest, 1.0) * 1.01 + 1.0
     cut = np.isfinite(smallest) & (need < budget)  # no available column, or the cut is no tighter: unchanged
     budgets = np.where(cut, need, budget)
@@ -287,26 +289,17 @@ class GreedySharePolicy(_SolverPolicy):
             raise ValueError(f"greedy-share needs loss 'l2' (its per-class map is Greedy's L2 solver), got '{self.loss}'")
         self.floor = value
         self.name = f"greedy-share:{value:g}"
-        self._last_cloud: np.ndarray | None = None
+        self._map = ShareMap()  # remembers last round's cloud; forgets it on a round-0 observation
 
     def reset(self, seed: int | None = None) -> None:
         super().reset(seed)
-        self._last_cloud = None
+        self._map = ShareMap()
 
     def _solve(self, observations, infos, agents):
         feasible, cloud, target, available = self._problem(infos, agents)
         first = infos[agents[0]]
-        if int(first.get("round", 0)) == 0:  # a new episode, whether or not reset() was called
-            self._last_cloud = None
-        c = cloud.shape[0]
-        own = np.zeros((len(agents), c))
-        for k, agent in enumerate(agents):
-            labels = np.asarray(infos[agent].get("uploaded_true_labels", ()), dtype=np.int64)
-            labels = labels[(labels >= 0) & (labels < c)]
-            np.add.at(own[k], labels, 1.0)
-        fleet = None if self._last_cloud is None else cloud - self._last_cloud
-        fractions = share_fractions(target - cloud, own, fleet, self.floor)
-        self._last_cloud = cloud.copy()
+        labels = np.stack([np.asarray(infos[a].get("uploaded_true_labels", ()), dtype=np.int64) for a in agents])
         self.last_stats = {"messages": 0, "sweeps": 0}
-        return class_fraction_shares(feasible[None], cloud[None], target, fractions[None], self.n_cache,
-                                     available[None])[0] * max(float(self.n_cache), 1.0)
+        shares = self._map(feasible[None], cloud[None], target, np.full((1, len(agents)), self.floor), labels[None],
+                           np.asarray([int(first.get("round", 0))]), self.n_cache, available[None])
+        return shares[0] * max(float(self.n_cache), 1.0)

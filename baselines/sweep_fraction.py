@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fraction import _batch_arrays, _check_available, _check_fractions, _greedy_rows_native
-from .solvers import _columns, _max_iter, _needed_budget, _validate
+from .fraction import _batch_arrays, _check_available, _check_fractions, _greedy_rows_native, _row_problems
+from .solvers import _columns, _max_iter
 
 __all__ = ["interactive_fraction_shares"]
 
@@ -27,18 +27,14 @@ def interactive_fraction_shares(feasible, cloud, target, fraction, n_cache, avai
     feasible, cloud, target, (b, n, c) = _batch_arrays(feasible, cloud, target)
     _check_available(available, (b, n, c), required=True)
     f = _check_fractions(fraction, (b, n))
-    P = np.empty((b, n, c, c))
-    caps, budgets = np.empty((b, n, c)), np.empty((b, n))
-    for e in range(b):  # Interactive's validation and budget cut, per env
-        P[e], cloud_e, target_e, budget, caps[e] = _validate(feasible[e], cloud[e], target[e], n_cache, available[e])
-        budget, caps[e] = _needed_budget(P[e], cloud_e, target_e, budget, caps[e], interactive=True)
-        budgets[e] = budget if caps[e].any() else 0.0
-    d = target - cloud
-    PT = _columns(P.reshape(b * n, c, c)).reshape(b, n, c, c)
+    P_rows, cap_rows, budget_rows, gap_rows = _row_problems(feasible, cloud, target, n_cache, available, "l2",
+                                                            interactive=True)  # Interactive's budget cut
+    PT_rows = _columns(P_rows)
     max_iter = _max_iter(c)
-    counts = _greedy_rows_native(P.reshape(b * n, c, c), PT.reshape(b * n, c, c), caps.reshape(b * n, c),
-                                 budgets.reshape(b * n), np.repeat(d, n, axis=0) * f.reshape(b * n, 1),
+    counts = _greedy_rows_native(P_rows, PT_rows, cap_rows, budget_rows, gap_rows * f.reshape(b * n, 1),
                                  max_iter).reshape(b, n, c)
+    P, PT = P_rows.reshape(b, n, c, c), PT_rows.reshape(b, n, c, c)
+    caps, budgets, d = cap_rows.reshape(b, n, c), budget_rows.reshape(b, n), target - cloud
     contributions = np.einsum("bnyj,bnj->bny", P, counts)
     for _ in range(sweeps):
         for i in range(n):  # robot i of every env at once
