@@ -617,7 +617,7 @@ class BatchedHeads:
         """``predict(ids, valid).probs`` bit for bit (the same arithmetic), without computing the OoD scores that
         it would discard: float32 (B, N, m, C)."""
         index, _ = self._checked_ids(ids, valid)
-        return self._output(self._table32[index], mahalanobis=True, scores=False).probs
+        return self._output(self._table32[index], mahalanobis=True, with_scores=False).probs
 
     def predict_features(self, features: np.ndarray) -> HeadOutput:
         """Outputs for explicit features: ``(m, d)`` scored by every head, or ``(B, N, m, d)`` one set per head."""
@@ -701,13 +701,13 @@ class BatchedHeads:
         """``x`` float32 (B, N, m, d) -> squared Mahalanobis distances (B, N, m, C)."""
         return self._distance(x @ self._project_t, self._white_norms)
 
-    def _output(self, x: torch.Tensor, mahalanobis: bool = True, scores: bool = True) -> HeadOutput:
+    def _output(self, x: torch.Tensor, mahalanobis: bool = True, with_scores: bool = True) -> HeadOutput:
         """``x`` float32 (B, N, m, d) -> probabilities and Mahalanobis scores (``mahalanobis=False``: None, and the
-        probabilities of the scaled-logit path; ``scores=False``: the distance path's probabilities, no scores)."""
+        probabilities of the scaled-logit path; ``with_scores=False``: the distance path's probabilities, no scores)."""
         if not mahalanobis and self.head != "ridge":
             return HeadOutput(torch.softmax(self._scaled_logits(x), dim=-1).numpy(), None)
         distance = self._distances(x)
-        scores = distance.amin(dim=-1).numpy() if mahalanobis and scores else None
+        scores = distance.amin(dim=-1).numpy() if mahalanobis and with_scores else None
         if self.head == "student":  # in place: offset - slope * log1p(distance * rate)
             logits = distance.mul_(self._rate).log1p_().mul_(self._slope).neg_().add_(self._offset)
         elif self.head == "lda":
