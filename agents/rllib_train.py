@@ -88,8 +88,8 @@ class TrainSettings:
 
 # `datagames train --preset NAME` (RLlib PPO): named TrainSettings values; explicit flags win (docs/rllib_speed.md)
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    # the vector runner with throughput-sized updates: 10.8x wall / 13.2x per CPU-s 0dbebaf's agent-steps/s on
-    # `default` (2 busy CPUs, 9 alternated repeats; docs/rllib_speed.md)
+    # the vector runner with throughput-sized updates: about 15x 0dbebaf's agent-steps/s on `default` on an idle
+    # 2-CPU machine (median of 6 alternated repeats), about 11x on a busy one (docs/rllib_speed.md)
     "throughput": {"vector_runner": True, "train_batch_size": 32000, "minibatch_size": 4000, "num_epochs": 2},
 }
 
